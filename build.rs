@@ -1,0 +1,10 @@
+//! Links the EL2 image and the on-target test images with `linker.ld`.
+//! The library itself is never linked with it.
+fn main() {
+    println!("cargo::rerun-if-changed=linker.ld");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        println!("cargo::rustc-link-arg-bins=-T{dir}/linker.ld");
+        println!("cargo::rustc-link-arg-tests=-T{dir}/linker.ld");
+    }
+}

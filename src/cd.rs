@@ -1,0 +1,1 @@
+//! Context descriptors (stage 1).

@@ -1,0 +1,1 @@
+//! Command queue entries: typed commands and their encodings.

@@ -1,0 +1,153 @@
+//! The driver's one error type. Every public entry point returns
+//! [`Result`]; nothing in the driver panics on bad input.
+
+use core::fmt;
+
+/// Result alias used across the driver.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// What a bounded wait was waiting for when it timed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// CR0ACK to match a CR0 write.
+    Cr0Ack,
+    /// GBPA.UPDATE to clear.
+    GbpaUpdate,
+    /// IRQ_CTRLACK to match an IRQ_CTRL write.
+    IrqCtrlAck,
+    /// Room in the command queue.
+    CmdqSpace,
+    /// A CMD_SYNC to be consumed.
+    CmdSync,
+}
+
+/// A feature the driver needs and the SMMU lacks, or a configuration the
+/// driver refuses to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsupported {
+    /// IDR0.TTF has no AArch64 table format.
+    NoAarch64Tables,
+    /// IDR0.TTENDIAN says big-endian tables only.
+    BigEndianOnly,
+    /// IDR0.S1P = S2P = 0.
+    NoTranslationStage,
+    /// IDR1.TABLES_PRESET: the stream table base is fixed by hardware.
+    PresetTables,
+    /// IDR1.QUEUES_PRESET: queue bases are fixed by hardware.
+    PresetQueues,
+    /// IDR1.REL: base addresses are relative to an implementation-defined offset.
+    RelativeBase,
+    /// The operation needs stage 1 translation and IDR0.S1P = 0.
+    Stage1,
+    /// The operation needs stage 2 translation and IDR0.S2P = 0.
+    Stage2,
+    /// The operation needs nested translation (both stages).
+    Nested,
+    /// Two-level stream tables were requested and IDR0.ST_LEVEL has none.
+    TwoLevelStreamTable,
+    /// A translation granule the SMMU does not implement (IDR5.GRAN*).
+    Granule,
+    /// An address size beyond the SMMU's OAS/IAS.
+    AddressSize,
+}
+
+/// A command-queue error reported in CMDQ_CONS.ERR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdqError {
+    /// CERROR_NONE (0): no error recorded.
+    None,
+    /// CERROR_ILL (1): illegal command.
+    Illegal,
+    /// CERROR_ABT (2): abort on command fetch.
+    Abort,
+    /// CERROR_ATC_INV_SYNC (3): ATC invalidation timeout before a CMD_SYNC.
+    AtcInvSync,
+    /// An encoding the architecture reserves.
+    Reserved(u8),
+}
+
+/// Every way a driver call can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A bounded wait expired.
+    Timeout(Wait),
+    /// The SMMU lacks something the caller asked for.
+    Unsupported(Unsupported),
+    /// The HAL had no memory.
+    NoMemory,
+    /// The HAL returned memory that breaks its promises.
+    BadHalMemory { paddr: u64, size: usize, align: usize },
+    /// A caller-supplied value is invalid; the text says which.
+    InvalidArgument(&'static str),
+    /// A StreamID beyond the stream table (2^SIDSIZE, or the table's size).
+    SidOutOfRange { sid: u32, limit: u32 },
+    /// The StreamID already has a configuration installed.
+    SidAttached(u32),
+    /// The StreamID has no configuration to detach.
+    SidNotAttached(u32),
+    /// No domain with this handle.
+    UnknownDomain(u32),
+    /// The domain still has streams attached.
+    DomainBusy(u32),
+    /// No free VMID.
+    VmidExhausted,
+    /// No free ASID.
+    AsidExhausted,
+    /// An ID freed that was not allocated (double free) or never can be.
+    IdNotAllocated(u32),
+    /// An address or size not aligned to the granule.
+    Misaligned { addr: u64, align: u64 },
+    /// A zero-length range.
+    ZeroLength,
+    /// `addr + len` overflows, or goes beyond the address space.
+    RangeOverflow { addr: u64, len: u64 },
+    /// The range overlaps an existing mapping at `addr`.
+    Overlap { addr: u64 },
+    /// Nothing is mapped at `addr`.
+    NotMapped { addr: u64 },
+    /// A queue of 2^log2 entries exceeds the SMMU's maximum of 2^max.
+    QueueTooLarge { log2: u32, max: u32 },
+    /// The command queue stopped on an error; `index` is the slot of the
+    /// offending command, `opcode` its opcode.
+    CommandError { error: CmdqError, index: u32, opcode: u8 },
+    /// The SMMU entered service failure mode (GERROR.SFM_ERR) and was disabled.
+    ServiceFailure,
+    /// The driver is not enabled (or was disabled after a fatal error).
+    NotEnabled,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Timeout(w) => write!(f, "timed out waiting for {w:?}"),
+            Error::Unsupported(u) => write!(f, "unsupported by this SMMU: {u:?}"),
+            Error::NoMemory => write!(f, "out of DMA memory"),
+            Error::BadHalMemory { paddr, size, align } => {
+                write!(f, "HAL memory at {paddr:#x} (size {size:#x}) breaks alignment {align:#x} or size")
+            }
+            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::SidOutOfRange { sid, limit } => write!(f, "StreamID {sid:#x} beyond limit {limit:#x}"),
+            Error::SidAttached(sid) => write!(f, "StreamID {sid:#x} is already attached"),
+            Error::SidNotAttached(sid) => write!(f, "StreamID {sid:#x} is not attached"),
+            Error::UnknownDomain(d) => write!(f, "unknown domain {d}"),
+            Error::DomainBusy(d) => write!(f, "domain {d} still has streams attached"),
+            Error::VmidExhausted => write!(f, "no free VMID"),
+            Error::AsidExhausted => write!(f, "no free ASID"),
+            Error::IdNotAllocated(id) => write!(f, "ID {id} is not allocated"),
+            Error::Misaligned { addr, align } => write!(f, "{addr:#x} is not aligned to {align:#x}"),
+            Error::ZeroLength => write!(f, "zero-length range"),
+            Error::RangeOverflow { addr, len } => write!(f, "range {addr:#x}+{len:#x} overflows the address space"),
+            Error::Overlap { addr } => write!(f, "range overlaps an existing mapping at {addr:#x}"),
+            Error::NotMapped { addr } => write!(f, "nothing mapped at {addr:#x}"),
+            Error::QueueTooLarge { log2, max } => write!(f, "queue of 2^{log2} entries exceeds the maximum 2^{max}"),
+            Error::CommandError { error, index, opcode } => {
+                write!(f, "command queue error {error:?} at slot {index} (opcode {opcode:#04x})")
+            }
+            Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
+            Error::NotEnabled => write!(f, "SMMU is not enabled"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

@@ -1,0 +1,1 @@
+//! The SMMU's ID registers decoded into typed features.

@@ -1,0 +1,173 @@
+//! The hardware abstraction the driver needs from its host (the hypervisor).
+//!
+//! Everything the SMMU reads from memory (stream tables, context descriptors,
+//! queues, stage-2 tables) is allocated through [`Hal::dma_alloc`] and owned by
+//! a [`Dma`] guard. Every CPU write the SMMU must observe goes through
+//! [`Dma::publish`], which cleans the data cache when the SMMU is not
+//! coherent: that single hook keeps the non-coherent path honest even on QEMU,
+//! whose SMMU is always coherent.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// A physical (bus) address as the SMMU sees it.
+pub type PhysAddr = u64;
+
+/// Services the driver needs from the code that links it.
+///
+/// # Safety
+///
+/// Implementations must return memory that is valid, zeroed, exclusively owned
+/// by the caller until it is passed back to [`Hal::dma_free`], mapped at
+/// `vaddr` for CPU access with attributes matching what the driver programs in
+/// CR1 (normal write-back cacheable, inner shareable), and reachable by the
+/// SMMU at `paddr`.
+pub unsafe trait Hal {
+    /// Allocates `size` bytes of zeroed device-visible memory aligned to
+    /// `align` bytes. Both are powers of two. Returns `None` when out of memory.
+    fn dma_alloc(size: usize, align: usize) -> Option<DmaRegion>;
+
+    /// Returns memory obtained from [`Hal::dma_alloc`].
+    ///
+    /// # Safety
+    ///
+    /// `region` came from `dma_alloc`, and neither the CPU nor the SMMU uses
+    /// it any more.
+    unsafe fn dma_free(region: DmaRegion);
+
+    /// Cleans (writes back) the data cache for `[vaddr, vaddr + len)` to the
+    /// point of coherency. Called only for a non-coherent SMMU (IDR0.COHACC=0).
+    fn dcache_clean(vaddr: *const u8, len: usize);
+
+    /// A monotonic clock in nanoseconds; every wait in the driver is bounded
+    /// with it.
+    fn now_ns() -> u64;
+}
+
+/// A block of device-visible memory returned by [`Hal::dma_alloc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DmaRegion {
+    /// Address the SMMU uses.
+    pub paddr: PhysAddr,
+    /// Address the CPU uses.
+    pub vaddr: NonNull<u8>,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// Owns a [`DmaRegion`] and frees it on drop.
+#[derive(Debug)]
+pub struct Dma<H: Hal> {
+    region: DmaRegion,
+    coherent: bool,
+    _hal: PhantomData<H>,
+}
+
+// SAFETY: the region is exclusively owned by this guard (Hal contract), so it
+// may move to another CPU with it.
+unsafe impl<H: Hal> Send for Dma<H> {}
+// SAFETY: shared references only allow reads through `as_slice`/`read`,
+// which are plain loads of memory the guard owns.
+unsafe impl<H: Hal> Sync for Dma<H> {}
+
+impl<H: Hal> Dma<H> {
+    /// Allocates `size` zeroed bytes aligned to `align` and checks that the
+    /// HAL kept its promises (alignment, size): hardware does not forgive a
+    /// misaligned table the way QEMU does.
+    pub fn new(size: usize, align: usize, coherent: bool) -> Result<Self> {
+        if size == 0 || !size.is_power_of_two() || !align.is_power_of_two() {
+            return Err(Error::InvalidArgument("DMA size and alignment must be powers of two"));
+        }
+        let region = H::dma_alloc(size, align).ok_or(Error::NoMemory)?;
+        let dma = Self { region, coherent, _hal: PhantomData };
+        let misaligned = region.paddr % align as u64 != 0
+            || (region.vaddr.as_ptr() as usize) % align.min(4096) != 0;
+        if misaligned || region.size < size {
+            // `dma` is dropped here and the memory handed back.
+            return Err(Error::BadHalMemory { paddr: region.paddr, size: region.size, align });
+        }
+        Ok(dma)
+    }
+
+    /// The SMMU-visible address.
+    pub fn paddr(&self) -> PhysAddr {
+        self.region.paddr
+    }
+
+    /// The CPU address.
+    pub fn vaddr(&self) -> *mut u8 {
+        self.region.vaddr.as_ptr()
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.region.size
+    }
+
+    /// Number of `u64` words in the region.
+    pub fn len_u64(&self) -> usize {
+        self.region.size / 8
+    }
+
+    /// Reads the `i`-th 64-bit word (volatile: the SMMU may write it).
+    pub fn read_u64(&self, i: usize) -> u64 {
+        assert!(i < self.len_u64());
+        // SAFETY: in bounds (checked above), 8-byte aligned because the region
+        // is at least page aligned, and owned by this guard.
+        unsafe { self.vaddr().cast::<u64>().add(i).read_volatile() }
+    }
+
+    /// Writes the `i`-th 64-bit word (volatile, single-copy atomic on AArch64).
+    /// The write is not published to a non-coherent SMMU until
+    /// [`Dma::publish`].
+    pub fn write_u64(&self, i: usize, value: u64) {
+        assert!(i < self.len_u64());
+        // SAFETY: as in `read_u64`; the SMMU may read concurrently, which is
+        // why the access is volatile and 64-bit.
+        unsafe { self.vaddr().cast::<u64>().add(i).write_volatile(value) }
+    }
+
+    /// Makes CPU writes to words `[first, first + count)` visible to the SMMU:
+    /// a cache clean when it is not coherent, then a `DSB ST` in any case.
+    pub fn publish(&self, first: usize, count: usize) {
+        if !self.coherent {
+            let start = first.min(self.len_u64()) * 8;
+            let len = (count * 8).min(self.size() - start);
+            // SAFETY: the range lies inside the region (clamped above).
+            H::dcache_clean(unsafe { self.vaddr().add(start) }, len);
+        }
+        crate::barrier::dsb_st();
+    }
+}
+
+impl<H: Hal> Drop for Dma<H> {
+    fn drop(&mut self) {
+        // SAFETY: the region came from `dma_alloc` and this guard is its only
+        // owner; whoever held it for the SMMU (a table or queue) has already
+        // removed it from the SMMU's view before dropping it.
+        unsafe { H::dma_free(self.region) }
+    }
+}
+
+/// Polls `done` until it returns `true` or `timeout_ns` elapses on the HAL
+/// clock. Returns `Err(Error::Timeout(what))` on expiry.
+pub(crate) fn wait_for<H: Hal>(
+    what: crate::error::Wait,
+    timeout_ns: u64,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
+    let start = H::now_ns();
+    loop {
+        if done() {
+            return Ok(());
+        }
+        if H::now_ns().wrapping_sub(start) > timeout_ns {
+            // One last look: the condition may have become true while we were
+            // descheduled.
+            return if done() { Ok(()) } else { Err(Error::Timeout(what)) };
+        }
+        core::hint::spin_loop();
+    }
+}

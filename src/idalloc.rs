@@ -1,0 +1,1 @@
+//! Bitmap allocators for VMIDs and ASIDs.

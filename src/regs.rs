@@ -1,0 +1,1 @@
+//! MMIO register map of SMMUv3 page 0 and page 1.

@@ -1,0 +1,1 @@
+//! The SMMU: probe, enable, disable, and the command path.

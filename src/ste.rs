@@ -1,0 +1,1 @@
+//! Stream table entries: encoding and the safe update order.

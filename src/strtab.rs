@@ -1,0 +1,1 @@
+//! Linear and two-level stream tables.
