@@ -77,7 +77,11 @@ pub enum Error {
     /// The HAL had no memory.
     NoMemory,
     /// The HAL returned memory that breaks its promises.
-    BadHalMemory { paddr: u64, size: usize, align: usize },
+    BadHalMemory {
+        paddr: u64,
+        size: usize,
+        align: usize,
+    },
     /// A caller-supplied value is invalid; the text says which.
     InvalidArgument(&'static str),
     /// A StreamID beyond the stream table (2^SIDSIZE, or the table's size).
@@ -110,7 +114,11 @@ pub enum Error {
     QueueTooLarge { log2: u32, max: u32 },
     /// The command queue stopped on an error; `index` is the slot of the
     /// offending command, `opcode` its opcode.
-    CommandError { error: CmdqError, index: u32, opcode: u8 },
+    CommandError {
+        error: CmdqError,
+        index: u32,
+        opcode: u8,
+    },
     /// The SMMU entered service failure mode (GERROR.SFM_ERR) and was disabled.
     ServiceFailure,
     /// The driver is not enabled (or was disabled after a fatal error).
@@ -124,10 +132,15 @@ impl fmt::Display for Error {
             Error::Unsupported(u) => write!(f, "unsupported by this SMMU: {u:?}"),
             Error::NoMemory => write!(f, "out of DMA memory"),
             Error::BadHalMemory { paddr, size, align } => {
-                write!(f, "HAL memory at {paddr:#x} (size {size:#x}) breaks alignment {align:#x} or size")
+                write!(
+                    f,
+                    "HAL memory at {paddr:#x} (size {size:#x}) breaks alignment {align:#x} or size"
+                )
             }
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
-            Error::SidOutOfRange { sid, limit } => write!(f, "StreamID {sid:#x} beyond limit {limit:#x}"),
+            Error::SidOutOfRange { sid, limit } => {
+                write!(f, "StreamID {sid:#x} beyond limit {limit:#x}")
+            }
             Error::SidAttached(sid) => write!(f, "StreamID {sid:#x} is already attached"),
             Error::SidNotAttached(sid) => write!(f, "StreamID {sid:#x} is not attached"),
             Error::UnknownDomain(d) => write!(f, "unknown domain {d}"),
@@ -135,14 +148,27 @@ impl fmt::Display for Error {
             Error::VmidExhausted => write!(f, "no free VMID"),
             Error::AsidExhausted => write!(f, "no free ASID"),
             Error::IdNotAllocated(id) => write!(f, "ID {id} is not allocated"),
-            Error::Misaligned { addr, align } => write!(f, "{addr:#x} is not aligned to {align:#x}"),
+            Error::Misaligned { addr, align } => {
+                write!(f, "{addr:#x} is not aligned to {align:#x}")
+            }
             Error::ZeroLength => write!(f, "zero-length range"),
-            Error::RangeOverflow { addr, len } => write!(f, "range {addr:#x}+{len:#x} overflows the address space"),
+            Error::RangeOverflow { addr, len } => {
+                write!(f, "range {addr:#x}+{len:#x} overflows the address space")
+            }
             Error::Overlap { addr } => write!(f, "range overlaps an existing mapping at {addr:#x}"),
             Error::NotMapped { addr } => write!(f, "nothing mapped at {addr:#x}"),
-            Error::QueueTooLarge { log2, max } => write!(f, "queue of 2^{log2} entries exceeds the maximum 2^{max}"),
-            Error::CommandError { error, index, opcode } => {
-                write!(f, "command queue error {error:?} at slot {index} (opcode {opcode:#04x})")
+            Error::QueueTooLarge { log2, max } => {
+                write!(f, "queue of 2^{log2} entries exceeds the maximum 2^{max}")
+            }
+            Error::CommandError {
+                error,
+                index,
+                opcode,
+            } => {
+                write!(
+                    f,
+                    "command queue error {error:?} at slot {index} (opcode {opcode:#04x})"
+                )
             }
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),

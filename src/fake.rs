@@ -52,7 +52,11 @@ unsafe impl Hal for FakeHal {
         let vaddr = NonNull::new(p)?;
         LIVE_BYTES.with(|c| c.set(c.get() + size));
         LAYOUTS.with(|m| m.borrow_mut().insert(p as usize, layout));
-        Some(DmaRegion { paddr: p as u64, vaddr, size })
+        Some(DmaRegion {
+            paddr: p as u64,
+            vaddr,
+            size,
+        })
     }
 
     unsafe fn dma_free(region: DmaRegion) {

@@ -78,15 +78,25 @@ impl<H: Hal> Dma<H> {
     /// misaligned table the way QEMU does.
     pub fn new(size: usize, align: usize, coherent: bool) -> Result<Self> {
         if size == 0 || !size.is_power_of_two() || !align.is_power_of_two() {
-            return Err(Error::InvalidArgument("DMA size and alignment must be powers of two"));
+            return Err(Error::InvalidArgument(
+                "DMA size and alignment must be powers of two",
+            ));
         }
         let region = H::dma_alloc(size, align).ok_or(Error::NoMemory)?;
-        let dma = Self { region, coherent, _hal: PhantomData };
+        let dma = Self {
+            region,
+            coherent,
+            _hal: PhantomData,
+        };
         let misaligned = region.paddr % align as u64 != 0
             || (region.vaddr.as_ptr() as usize) % align.min(4096) != 0;
         if misaligned || region.size < size {
             // `dma` is dropped here and the memory handed back.
-            return Err(Error::BadHalMemory { paddr: region.paddr, size: region.size, align });
+            return Err(Error::BadHalMemory {
+                paddr: region.paddr,
+                size: region.size,
+                align,
+            });
         }
         Ok(dma)
     }
@@ -166,7 +176,11 @@ pub(crate) fn wait_for<H: Hal>(
         if H::now_ns().wrapping_sub(start) > timeout_ns {
             // One last look: the condition may have become true while we were
             // descheduled.
-            return if done() { Ok(()) } else { Err(Error::Timeout(what)) };
+            return if done() {
+                Ok(())
+            } else {
+                Err(Error::Timeout(what))
+            };
         }
         core::hint::spin_loop();
     }
