@@ -29,3 +29,16 @@ pub fn dsb_sy() {
     #[cfg(not(target_arch = "aarch64"))]
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
+
+/// Completes earlier loads before later ones: after reading a queue's PROD
+/// register, before reading the entries the SMMU wrote.
+#[inline(always)]
+pub fn dsb_ld() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier has no effect besides ordering.
+    unsafe {
+        core::arch::asm!("dsb ld", options(nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}

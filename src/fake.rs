@@ -72,11 +72,69 @@ unsafe impl Hal for FakeHal {
         CLEANED_BYTES.with(|c| c.set(c.get() + len));
     }
 
+    fn dcache_invalidate(_vaddr: *const u8, _len: usize) {}
+
     fn now_ns() -> u64 {
         CLOCK_NS.with(|c| {
             let t = c.get() + 1_000;
             c.set(t);
             t
         })
+    }
+}
+
+/// A zeroed block standing in for the SMMU's two register pages. Nothing
+/// ever acknowledges or consumes: tests set the registers by hand.
+#[derive(Debug)]
+pub struct FakeRegs {
+    mem: NonNull<u8>,
+}
+
+impl FakeRegs {
+    const LAYOUT: Layout = match Layout::from_size_align(crate::regs::MMIO_SIZE, 4096) {
+        Ok(l) => l,
+        Err(_) => panic!("layout"),
+    };
+
+    /// A zeroed register block.
+    pub fn new() -> Self {
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc_zeroed(Self::LAYOUT) };
+        Self {
+            mem: NonNull::new(p).expect("alloc"),
+        }
+    }
+
+    /// An [`crate::mmio::Mmio`] over this block.
+    pub fn mmio(&self) -> crate::mmio::Mmio {
+        // SAFETY: the block is MMIO_SIZE bytes and outlives the test using it.
+        unsafe { crate::mmio::Mmio::new(self.mem) }
+    }
+
+    /// Sets the 32-bit register at `offset`.
+    pub fn set32(&self, offset: usize, value: u32) {
+        assert!(offset + 4 <= crate::regs::MMIO_SIZE);
+        // SAFETY: in bounds and 4-byte aligned offsets only.
+        unsafe {
+            self.mem
+                .as_ptr()
+                .add(offset)
+                .cast::<u32>()
+                .write_volatile(value)
+        }
+    }
+
+    /// Reads the 32-bit register at `offset`.
+    pub fn get32(&self, offset: usize) -> u32 {
+        assert!(offset + 4 <= crate::regs::MMIO_SIZE);
+        // SAFETY: as in `set32`.
+        unsafe { self.mem.as_ptr().add(offset).cast::<u32>().read_volatile() }
+    }
+}
+
+impl Drop for FakeRegs {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout.
+        unsafe { dealloc(self.mem.as_ptr(), Self::LAYOUT) }
     }
 }

@@ -41,6 +41,11 @@ pub unsafe trait Hal {
     /// point of coherency. Called only for a non-coherent SMMU (IDR0.COHACC=0).
     fn dcache_clean(vaddr: *const u8, len: usize);
 
+    /// Invalidates the data cache for `[vaddr, vaddr + len)` so the CPU reads
+    /// what the SMMU wrote (event records). Called only for a non-coherent
+    /// SMMU. Clean-and-invalidate is an acceptable implementation.
+    fn dcache_invalidate(vaddr: *const u8, len: usize);
+
     /// A monotonic clock in nanoseconds; every wait in the driver is bounded
     /// with it.
     fn now_ns() -> u64;
@@ -137,6 +142,19 @@ impl<H: Hal> Dma<H> {
         // SAFETY: as in `read_u64`; the SMMU may read concurrently, which is
         // why the access is volatile and 64-bit.
         unsafe { self.vaddr().cast::<u64>().add(i).write_volatile(value) }
+    }
+
+    /// Makes SMMU writes to words `[first, first + count)` visible to the CPU:
+    /// a cache invalidate when the SMMU is not coherent. Call after reading
+    /// the producer index that covers them.
+    pub fn refresh(&self, first: usize, count: usize) {
+        crate::barrier::dsb_ld();
+        if !self.coherent {
+            let start = first.min(self.len_u64()) * 8;
+            let len = (count * 8).min(self.size() - start);
+            // SAFETY: the range lies inside the region (clamped above).
+            H::dcache_invalidate(unsafe { self.vaddr().add(start) }, len);
+        }
     }
 
     /// Makes CPU writes to words `[first, first + count)` visible to the SMMU:

@@ -61,9 +61,11 @@ impl Ring {
         prod.wrapping_sub(cons) & self.wrap_index_mask()
     }
 
-    /// Free entries a producer at `prod` may still write.
+    /// Free entries a producer at `prod` may still write. A consumer value
+    /// that is ahead of the producer (impossible unless the hardware
+    /// misbehaves) yields 0 rather than a bogus count.
     pub fn free(&self, prod: u32, cons: u32) -> u32 {
-        self.entries() - self.used(prod, cons)
+        self.entries().saturating_sub(self.used(prod, cons))
     }
 
     /// True when no entry is waiting.
@@ -104,7 +106,10 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
     /// queue's size (and at least 32 bytes), as the architecture requires.
     pub fn new(log2: u32, max_log2: u32, coherent: bool) -> Result<Self> {
         if log2 > max_log2 {
-            return Err(Error::QueueTooLarge { log2, max: max_log2 });
+            return Err(Error::QueueTooLarge {
+                log2,
+                max: max_log2,
+            });
         }
         let ring = Ring::new(log2)?;
         let bytes = (Self::ENTRY_BYTES << log2).max(32);
@@ -153,13 +158,27 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
         core::array::from_fn(|i| self.mem.read_u64(first + i))
     }
 
+    /// Makes the SMMU's writes to entries `[from, from + count)` visible to
+    /// the CPU (barrier, and cache invalidate when not coherent).
+    pub fn refresh(&self, from: u32, count: u32) {
+        let start = self.ring.index(from) as usize;
+        let count = count.min(self.ring.entries()) as usize;
+        let first_run = count.min(self.ring.entries() as usize - start);
+        self.mem
+            .refresh(start * ENTRY_DWORDS, first_run * ENTRY_DWORDS);
+        if first_run < count {
+            self.mem.refresh(0, (count - first_run) * ENTRY_DWORDS);
+        }
+    }
+
     /// Makes the entries `[from, from + count)` visible to the SMMU (cache
     /// clean when not coherent, then `DSB ST`), handling the wrap.
     pub fn publish(&self, from: u32, count: u32) {
         let start = self.ring.index(from) as usize;
         let count = count.min(self.ring.entries()) as usize;
         let first_run = count.min(self.ring.entries() as usize - start);
-        self.mem.publish(start * ENTRY_DWORDS, first_run * ENTRY_DWORDS);
+        self.mem
+            .publish(start * ENTRY_DWORDS, first_run * ENTRY_DWORDS);
         if first_run < count {
             self.mem.publish(0, (count - first_run) * ENTRY_DWORDS);
         }
@@ -198,7 +217,10 @@ mod tests {
 
     #[test]
     fn too_large_queues_are_rejected() {
-        assert_eq!(Ring::new(20), Err(Error::QueueTooLarge { log2: 20, max: 19 }));
+        assert_eq!(
+            Ring::new(20),
+            Err(Error::QueueTooLarge { log2: 20, max: 19 })
+        );
         let q = Queue::<FakeHal, 2>::new(9, 8, true);
         assert_eq!(q.err(), Some(Error::QueueTooLarge { log2: 9, max: 8 }));
     }

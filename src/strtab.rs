@@ -58,7 +58,10 @@ pub enum Format {
 pub fn l1_descriptor(l2_paddr: u64) -> Result<u64> {
     let align = (STE_BYTES as u64) << SPLIT;
     if l2_paddr % align != 0 {
-        return Err(Error::Misaligned { addr: l2_paddr, align });
+        return Err(Error::Misaligned {
+            addr: l2_paddr,
+            align,
+        });
     }
     if l2_paddr >> 52 != 0 {
         return Err(Error::Unsupported(Unsupported::AddressSize));
@@ -85,10 +88,14 @@ impl<H: Hal> StreamTable<H> {
     pub fn new(format: Format, sid_bits: u32, coherent: bool) -> Result<Self> {
         match format {
             Format::Linear if sid_bits > MAX_LINEAR_SID_BITS => {
-                return Err(Error::InvalidArgument("linear stream table limited to 16 SID bits"));
+                return Err(Error::InvalidArgument(
+                    "linear stream table limited to 16 SID bits",
+                ));
             }
             Format::TwoLevel if !(SPLIT..=MAX_TWO_LEVEL_SID_BITS).contains(&sid_bits) => {
-                return Err(Error::InvalidArgument("two-level stream table needs 8..=24 SID bits"));
+                return Err(Error::InvalidArgument(
+                    "two-level stream table needs 8..=24 SID bits",
+                ));
             }
             _ => {}
         }
@@ -111,7 +118,13 @@ impl<H: Hal> StreamTable<H> {
                 (top, l2)
             }
         };
-        Ok(Self { format, sid_bits, coherent, top, l2 })
+        Ok(Self {
+            format,
+            sid_bits,
+            coherent,
+            top,
+            l2,
+        })
     }
 
     /// The table's format.
@@ -150,7 +163,10 @@ impl<H: Hal> StreamTable<H> {
     /// Checks that `sid` is covered by the table.
     pub fn check_sid(&self, sid: u32) -> Result<()> {
         if u64::from(sid) >= self.limit() {
-            return Err(Error::SidOutOfRange { sid, limit: self.limit().min(u64::from(u32::MAX)) as u32 });
+            return Err(Error::SidOutOfRange {
+                sid,
+                limit: self.limit().min(u64::from(u32::MAX)) as u32,
+            });
         }
         Ok(())
     }
@@ -185,7 +201,9 @@ impl<H: Hal> StreamTable<H> {
         match self.format {
             Format::Linear => Ok((&self.top, sid as usize * STE_DWORDS)),
             Format::TwoLevel => {
-                let l2 = self.l2[(sid >> SPLIT) as usize].as_ref().ok_or(Error::SidNotAttached(sid))?;
+                let l2 = self.l2[(sid >> SPLIT) as usize]
+                    .as_ref()
+                    .ok_or(Error::SidNotAttached(sid))?;
                 Ok((l2, (sid as usize & ((1 << SPLIT) - 1)) * STE_DWORDS))
             }
         }
@@ -279,7 +297,10 @@ mod tests {
         assert_eq!(l1_descriptor(0x4010_0000).unwrap(), 0x4010_0000 | 9);
         assert_eq!(
             l1_descriptor(0x4010_2000),
-            Err(Error::Misaligned { addr: 0x4010_2000, align: 0x4000 })
+            Err(Error::Misaligned {
+                addr: 0x4010_2000,
+                align: 0x4000
+            })
         );
     }
 
@@ -295,7 +316,13 @@ mod tests {
             assert_eq!(ste[0], ABORT_STE_DWORD0);
             assert!(ste[1..].iter().all(|&w| w == 0));
         }
-        assert_eq!(t.read(256), Err(Error::SidOutOfRange { sid: 256, limit: 256 }));
+        assert_eq!(
+            t.read(256),
+            Err(Error::SidOutOfRange {
+                sid: 256,
+                limit: 256
+            })
+        );
     }
 
     #[test]
@@ -317,8 +344,17 @@ mod tests {
         assert_eq!(d & !0x3F, t.l2[1].as_ref().unwrap().paddr());
         assert_eq!(t.top.read_u64(2), 0);
         assert_eq!(t.read(0x0108).unwrap()[0], ABORT_STE_DWORD0);
-        assert_eq!(t.ensure(0x1_0000), Err(Error::SidOutOfRange { sid: 0x1_0000, limit: 0x1_0000 }));
-        assert_eq!(bytes_needed(Format::TwoLevel, 16, &[0x10, 0x11, 0x108]), t.bytes());
+        assert_eq!(
+            t.ensure(0x1_0000),
+            Err(Error::SidOutOfRange {
+                sid: 0x1_0000,
+                limit: 0x1_0000
+            })
+        );
+        assert_eq!(
+            bytes_needed(Format::TwoLevel, 16, &[0x10, 0x11, 0x108]),
+            t.bytes()
+        );
         assert_eq!(bytes_needed(Format::Linear, 16, &[0x10]), 4 << 20);
     }
 

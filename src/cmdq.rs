@@ -1,0 +1,380 @@
+//! The command queue: batches, CMD_SYNC and error recovery.
+//!
+//! A batch of commands is written into the queue, made visible with one
+//! `DSB ST`, and published with one write of CMDQ_PROD; an optional CMD_SYNC
+//! at the end is waited for by comparing its full wrap+index position with
+//! CMDQ_CONS (masked of the ERR field). Batches larger than the free space
+//! are published in as few PROD writes as the space allows.
+//!
+//! If the SMMU stops on a bad command (GERROR.CMDQ_ERR active), the waiting
+//! submitter recovers: CERROR_ILL replaces the offending command with a
+//! CMD_SYNC, CERROR_ABT and CERROR_ATC_INV_SYNC retry, then GERRORN
+//! acknowledges and the queue resumes. The submitter still waits for its own
+//! CMD_SYNC, then returns [`Error::CommandError`] describing the first fault.
+//! Every wait is bounded.
+//!
+//! The queue is not internally locked: the [`crate::smmu::Smmu`] owns it
+//! behind a lock, so submission from several CPUs is serialised.
+
+use tock_registers::interfaces::Readable;
+
+use crate::error::{CmdqError, Error, Result, Wait};
+use crate::hal::Hal;
+use crate::mmio::Mmio;
+use crate::queue::{Queue, Ring};
+use crate::regs::{GERROR, Q_CONS};
+
+/// 64-bit words per command.
+pub const CMD_DWORDS: usize = 2;
+
+/// Counters of the command queue's work (deterministic, for benchmarks).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CmdqStats {
+    /// Commands submitted (excluding the CMD_SYNCs the queue appends).
+    pub commands: u64,
+    /// CMD_SYNCs appended.
+    pub syncs: u64,
+    /// Writes of CMDQ_PROD.
+    pub prod_writes: u64,
+    /// Command errors recovered from.
+    pub errors: u64,
+    /// CERROR_ABT / CERROR_ATC_INV_SYNC retries.
+    pub retries: u64,
+}
+
+/// A command error the queue saw and recovered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CmdqFault {
+    /// What CMDQ_CONS.ERR said.
+    pub error: CmdqError,
+    /// Wrap+index of the offending command.
+    pub position: u32,
+    /// The offending command as it was in the queue.
+    pub entry: [u64; CMD_DWORDS],
+}
+
+impl CmdqFault {
+    /// The fault as the driver's error type.
+    pub fn to_error(&self, ring: Ring) -> Error {
+        Error::CommandError {
+            error: self.error,
+            index: ring.index(self.position),
+            opcode: (self.entry[0] & 0xFF) as u8,
+        }
+    }
+}
+
+/// The command queue's memory and producer state.
+#[derive(Debug)]
+pub struct CommandQueue<H: Hal> {
+    queue: Queue<H, CMD_DWORDS>,
+    prod: u32,
+    sync: [u64; CMD_DWORDS],
+    timeout_ns: u64,
+    stats: CmdqStats,
+    last_fault: Option<CmdqFault>,
+}
+
+impl<H: Hal> CommandQueue<H> {
+    /// Allocates a queue of `2^log2` commands (at most `2^max_log2`, from
+    /// IDR1.CMDQS). `sync` is the encoded CMD_SYNC the queue appends to
+    /// batches and substitutes for illegal commands.
+    pub fn new(
+        log2: u32,
+        max_log2: u32,
+        coherent: bool,
+        sync: [u64; CMD_DWORDS],
+        timeout_ns: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            queue: Queue::new(log2, max_log2, coherent)?,
+            prod: 0,
+            sync,
+            timeout_ns,
+            stats: CmdqStats::default(),
+            last_fault: None,
+        })
+    }
+
+    /// The CMDQ_BASE value.
+    pub fn base_register(&self) -> u64 {
+        self.queue.base_register()
+    }
+
+    /// Index arithmetic of the queue.
+    pub fn ring(&self) -> Ring {
+        self.queue.ring()
+    }
+
+    /// Bytes of queue memory.
+    pub fn bytes(&self) -> usize {
+        self.queue.bytes()
+    }
+
+    /// Forgets the producer position: call after programming CMDQ_PROD and
+    /// CMDQ_CONS to 0 while CMDQEN = 0.
+    pub fn reset(&mut self) {
+        self.prod = 0;
+    }
+
+    /// Work counters.
+    pub fn stats(&self) -> CmdqStats {
+        self.stats
+    }
+
+    /// The most recent command fault recovered from.
+    pub fn last_fault(&self) -> Option<CmdqFault> {
+        self.last_fault
+    }
+
+    fn cons(&self, mmio: &Mmio) -> u32 {
+        mmio.p0().cmdq_cons.get() & self.ring().wrap_index_mask()
+    }
+
+    /// Writes `cmds` (and a CMD_SYNC when `sync`) and publishes them with as
+    /// few PROD writes as the free space allows (one, when they fit). With
+    /// `sync`, waits until the CMD_SYNC is consumed.
+    pub fn submit(&mut self, mmio: &Mmio, cmds: &[[u64; CMD_DWORDS]], sync: bool) -> Result<()> {
+        let ring = self.ring();
+        let total = cmds.len() + usize::from(sync);
+        let mut written = 0;
+        let mut sync_pos = None;
+        let mut first_fault = None;
+        while written < total {
+            let free = self.wait_for_space(mmio, &mut first_fault)?;
+            let n = free.min((total - written) as u32);
+            for k in 0..n {
+                let pos = ring.advance(self.prod, k);
+                let i = written + k as usize;
+                if i < cmds.len() {
+                    self.queue.write(pos, &cmds[i]);
+                } else {
+                    self.queue.write(pos, &self.sync);
+                    sync_pos = Some(pos);
+                }
+            }
+            // Entries must be visible to the SMMU before PROD says so.
+            self.queue.publish(self.prod, n);
+            self.prod = ring.advance(self.prod, n);
+            mmio.write32(&mmio.p0().cmdq_prod, self.prod);
+            self.stats.prod_writes += 1;
+            written += n as usize;
+        }
+        self.stats.commands += cmds.len() as u64;
+        if let Some(pos) = sync_pos {
+            self.stats.syncs += 1;
+            self.wait_consumed(mmio, pos, &mut first_fault)?;
+        }
+        match first_fault {
+            Some(f) => Err(f.to_error(ring)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until at least one slot is free; returns the free count.
+    fn wait_for_space(&mut self, mmio: &Mmio, fault: &mut Option<CmdqFault>) -> Result<u32> {
+        let start = H::now_ns();
+        loop {
+            if let Some(f) = self.recover(mmio) {
+                fault.get_or_insert(f);
+            }
+            let free = self.ring().free(self.prod, self.cons(mmio));
+            if free > 0 {
+                return Ok(free);
+            }
+            if H::now_ns().wrapping_sub(start) > self.timeout_ns {
+                return Err(Error::Timeout(Wait::CmdqSpace));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Waits until the entry at `pos` has been consumed.
+    fn wait_consumed(
+        &mut self,
+        mmio: &Mmio,
+        pos: u32,
+        fault: &mut Option<CmdqFault>,
+    ) -> Result<()> {
+        let start = H::now_ns();
+        loop {
+            if let Some(f) = self.recover(mmio) {
+                fault.get_or_insert(f);
+            }
+            if self.ring().is_consumed(pos, self.cons(mmio), self.prod) {
+                return Ok(());
+            }
+            if H::now_ns().wrapping_sub(start) > self.timeout_ns {
+                return Err(Error::Timeout(Wait::CmdSync));
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// If the command queue stopped on an error, repairs it and lets it
+    /// resume. Returns what was wrong.
+    pub fn recover(&mut self, mmio: &Mmio) -> Option<CmdqFault> {
+        let cmdq_err = GERROR::CMDQ_ERR.mask << GERROR::CMDQ_ERR.shift;
+        if mmio.active_gerrors() & cmdq_err == 0 {
+            return None;
+        }
+        let cons = mmio.p0().cmdq_cons.extract();
+        let position = cons.get() & self.ring().wrap_index_mask();
+        let entry = self.queue.read(position);
+        let error = match cons.read(Q_CONS::ERR) {
+            0 => CmdqError::None,
+            1 => CmdqError::Illegal,
+            2 => CmdqError::Abort,
+            3 => CmdqError::AtcInvSync,
+            other => CmdqError::Reserved(other as u8),
+        };
+        match error {
+            // The SMMU will not execute this command: replace it with a
+            // harmless CMD_SYNC so the queue can move past it.
+            CmdqError::Illegal | CmdqError::Reserved(_) | CmdqError::None => {
+                self.queue.write(position, &self.sync);
+                self.queue.publish(position, 1);
+            }
+            // A fetch abort or an ATC invalidation timeout: retry the same
+            // command when the error is acknowledged.
+            CmdqError::Abort | CmdqError::AtcInvSync => self.stats.retries += 1,
+        }
+        self.stats.errors += 1;
+        let fault = CmdqFault {
+            error,
+            position,
+            entry,
+        };
+        self.last_fault = Some(fault);
+        mmio.ack_gerrors(cmdq_err);
+        Some(fault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeHal, FakeRegs};
+
+    const SYNC: [u64; 2] = [0x46, 0];
+    const CMDQ_PROD: usize = 0x98;
+    const CMDQ_CONS: usize = 0x9C;
+    const GERROR: usize = 0x60;
+    const GERRORN: usize = 0x64;
+
+    fn queue(log2: u32) -> CommandQueue<FakeHal> {
+        CommandQueue::new(log2, 19, true, SYNC, 1_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_one_prod_write() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        let cmds = [[0x03, 1], [0x03, 1], [0x03, 1]];
+        q.submit(&mmio, &cmds, false).unwrap();
+        assert_eq!(regs.get32(CMDQ_PROD), 3);
+        assert_eq!(mmio.writes(), 1);
+        assert_eq!(q.stats().prod_writes, 1);
+        assert_eq!(q.queue.read(2), [0x03, 1]);
+    }
+
+    #[test]
+    fn an_unconsumed_sync_times_out() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        assert_eq!(
+            q.submit(&mmio, &[[0x03, 0]], true),
+            Err(Error::Timeout(Wait::CmdSync))
+        );
+        // The SYNC was written after the command, in the same PROD write.
+        assert_eq!(q.queue.read(1), SYNC);
+        assert_eq!(regs.get32(CMDQ_PROD), 2);
+        assert_eq!(q.stats().prod_writes, 1);
+    }
+
+    #[test]
+    fn a_consumed_sync_completes_across_the_wrap() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        // 4 entries; a long bound: the fake clock ticks per poll and the
+        // consumer thread must get scheduled.
+        let mut q = CommandQueue::<FakeHal>::new(2, 19, true, SYNC, 1 << 40).unwrap();
+        // Start at slot 3, so the SYNC lands in slot 0 of the next lap.
+        q.prod = 3;
+        regs.set32(CMDQ_CONS, 3);
+        // A thread plays the SMMU: it consumes whatever PROD publishes.
+        let base = &regs as *const FakeRegs as usize;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let smmu = std::thread::spawn(move || {
+            // SAFETY (test): `regs` outlives the thread (joined below).
+            let regs = unsafe { &*(base as *const FakeRegs) };
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let prod = regs.get32(CMDQ_PROD);
+                if prod != 0 {
+                    regs.set32(CMDQ_CONS, prod);
+                }
+                std::thread::yield_now();
+            }
+        });
+        let r = q.submit(&mmio, &[[0x03, 0]], true);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        smmu.join().unwrap();
+        r.unwrap();
+        assert_eq!(regs.get32(CMDQ_PROD), 5); // slot 1, wrap set
+        assert_eq!(q.queue.read(4), SYNC);
+    }
+
+    #[test]
+    fn a_full_queue_times_out_waiting_for_space() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(1); // 2 entries
+        let r = q.submit(&mmio, &[[0x03, 0]; 3], false);
+        assert_eq!(r, Err(Error::Timeout(Wait::CmdqSpace)));
+        // The first two were published before the wait.
+        assert_eq!(regs.get32(CMDQ_PROD), 2);
+    }
+
+    #[test]
+    fn an_illegal_command_is_replaced_by_sync_and_acknowledged() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        q.queue.write(0, &[0x07, 0]);
+        q.prod = 1;
+        // The SMMU stopped at slot 0 with CERROR_ILL and toggled GERROR.CMDQ_ERR.
+        regs.set32(CMDQ_CONS, 1 << 24);
+        regs.set32(GERROR, 1);
+        let fault = q.recover(&mmio).unwrap();
+        assert_eq!(fault.error, CmdqError::Illegal);
+        assert_eq!(fault.entry, [0x07, 0]);
+        assert_eq!(q.queue.read(0), SYNC);
+        assert_eq!(regs.get32(GERRORN), 1); // acknowledged
+        assert_eq!(
+            fault.to_error(q.ring()),
+            Error::CommandError {
+                error: CmdqError::Illegal,
+                index: 0,
+                opcode: 0x07
+            }
+        );
+        assert_eq!(q.recover(&mmio), None); // nothing active any more
+    }
+
+    #[test]
+    fn ack_leaves_other_errors_pending() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        regs.set32(CMDQ_CONS, 2 << 24); // CERROR_ABT: retry, no rewrite
+        regs.set32(GERROR, 0b101); // CMDQ_ERR and EVENTQ_ABT_ERR
+        let fault = q.recover(&mmio).unwrap();
+        assert_eq!(fault.error, CmdqError::Abort);
+        assert_eq!(q.stats().retries, 1);
+        assert_eq!(regs.get32(GERRORN), 0b001);
+        assert_eq!(mmio.active_gerrors(), 0b100);
+    }
+}
