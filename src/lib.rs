@@ -20,6 +20,7 @@ pub mod cmdq;
 pub mod domain;
 pub mod error;
 pub mod event;
+pub mod eventq;
 pub mod features;
 pub mod hal;
 pub mod idalloc;
