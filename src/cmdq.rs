@@ -135,8 +135,20 @@ impl<H: Hal> CommandQueue<H> {
     /// few PROD writes as the free space allows (one, when they fit). With
     /// `sync`, waits until the CMD_SYNC is consumed.
     pub fn submit(&mut self, mmio: &Mmio, cmds: &[[u64; CMD_DWORDS]], sync: bool) -> Result<()> {
+        self.submit_with(mmio, cmds.len(), |i| cmds[i], sync)
+    }
+
+    /// Like [`CommandQueue::submit`] for `count` commands produced by
+    /// `command(i)`, so callers need not build an array first.
+    pub fn submit_with(
+        &mut self,
+        mmio: &Mmio,
+        count: usize,
+        command: impl Fn(usize) -> [u64; CMD_DWORDS],
+        sync: bool,
+    ) -> Result<()> {
         let ring = self.ring();
-        let total = cmds.len() + usize::from(sync);
+        let total = count + usize::from(sync);
         let mut written = 0;
         let mut sync_pos = None;
         let mut first_fault = None;
@@ -146,8 +158,8 @@ impl<H: Hal> CommandQueue<H> {
             for k in 0..n {
                 let pos = ring.advance(self.prod, k);
                 let i = written + k as usize;
-                if i < cmds.len() {
-                    self.queue.write(pos, &cmds[i]);
+                if i < count {
+                    self.queue.write(pos, &command(i));
                 } else {
                     self.queue.write(pos, &self.sync);
                     sync_pos = Some(pos);
@@ -160,7 +172,7 @@ impl<H: Hal> CommandQueue<H> {
             self.stats.prod_writes += 1;
             written += n as usize;
         }
-        self.stats.commands += cmds.len() as u64;
+        self.stats.commands += count as u64;
         if let Some(pos) = sync_pos {
             self.stats.syncs += 1;
             self.wait_consumed(mmio, pos, &mut first_fault)?;

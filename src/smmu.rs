@@ -1,1 +1,559 @@
-//! The SMMU: probe, enable, disable, and the command path.
+//! The SMMU: probe, enable, disable, stream table entries, commands, events
+//! and global errors.
+//!
+//! [`Smmu::new`] probes the ID registers and allocates the stream table and
+//! queues; it does not touch the SMMU's state. [`Smmu::enable`] follows the
+//! architecture's initialisation order with every step acknowledged and
+//! bounded:
+//!
+//! 1. GBPA.ABORT = 1 (with UPDATE), so traffic is aborted, never bypassed,
+//!    while the SMMU is off — including when taking over from firmware that
+//!    left it enabled;
+//! 2. CR0 = 0 and IRQ_CTRL = 0, each acknowledged;
+//! 3. CR1 (table and queue attributes as the host maps that memory), CR2
+//!    (RECINVSID, PTM), the stream table and queue base registers;
+//! 4. CMDQEN; then CFGI_ALL + TLBI_NSNH_ALL (+ TLBI_EL2_ALL with HYP) + SYNC,
+//!    since nothing cached before this point can be trusted;
+//! 5. EVENTQEN, interrupt enables, and finally SMMUEN.
+//!
+//! Locks are taken in the order stream table -> command queue -> event queue.
+//! Interrupt handlers only ever `try_lock`, so an interrupt taken while the
+//! same CPU holds a lock cannot deadlock; the lock holder handles the
+//! condition itself.
+
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use spin::Mutex;
+use tock_registers::LocalRegisterCopy;
+use tock_registers::interfaces::Readable;
+
+use crate::cmd::Command;
+use crate::domain::Domains;
+use crate::cmdq::{CmdqFault, CmdqStats, CommandQueue};
+use crate::error::{Error, Result, Unsupported, Wait};
+use crate::event::Event;
+use crate::eventq::{Drained, EventQueue};
+use crate::features::{Features, IdRegs};
+use crate::hal::{Hal, wait_for};
+use crate::mmio::Mmio;
+use crate::regs::{CR0, CR1, CR2, GBPA, GERROR, IRQ_CTRL};
+use crate::ste::{Ste, UpdateStep, plan_update};
+use crate::strtab::{self, Format, StreamTable};
+
+/// How the stream table is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTableChoice {
+    /// Two-level when the SMMU supports it and SIDSIZE > 8, else linear.
+    Auto,
+    /// Linear (covering at most 2^16 StreamIDs).
+    Linear,
+    /// Two-level with SPLIT = 8 (an error if the SMMU lacks it).
+    TwoLevel,
+}
+
+/// Driver configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Stream table format.
+    pub stream_table: StreamTableChoice,
+    /// log2 of the command queue's entries.
+    pub cmdq_log2: u32,
+    /// log2 of the event queue's entries. A faulting DMA can produce many
+    /// records (QEMU writes one per 4 bytes), so be generous.
+    pub eventq_log2: u32,
+    /// Bound on every wait, in nanoseconds of the HAL clock.
+    pub timeout_ns: u64,
+    /// Enable the event queue and global error interrupts (IRQ_CTRL).
+    pub interrupts: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            stream_table: StreamTableChoice::Auto,
+            cmdq_log2: 8,
+            eventq_log2: 11,
+            timeout_ns: 1_000_000_000,
+            interrupts: true,
+        }
+    }
+}
+
+/// Driver state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// SMMUEN = 0; traffic aborted by GBPA.
+    Disabled = 0,
+    /// Command queue on, translation not yet enabled (during `enable`).
+    CommandsOnly = 1,
+    /// Translating.
+    Enabled = 2,
+    /// Stopped after a service failure (SFM_ERR).
+    Failed = 3,
+}
+
+/// Deterministic counters of the driver's work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Command queue counters.
+    pub cmdq: CmdqStats,
+    /// Every MMIO register write so far.
+    pub mmio_writes: u64,
+    /// Event records drained.
+    pub events: u64,
+    /// Event queue overflows seen (PROD.OVFLG).
+    pub eventq_overflows: u64,
+    /// Event queue aborts seen (GERROR.EVENTQ_ABT_ERR): records were lost.
+    pub eventq_aborts: u64,
+    /// MSI write aborts seen (GERROR.MSI_*_ABT_ERR).
+    pub msi_aborts: u64,
+    /// Global errors acknowledged.
+    pub gerrors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    events: AtomicU64,
+    eventq_overflows: AtomicU64,
+    eventq_aborts: AtomicU64,
+    msi_aborts: AtomicU64,
+    gerrors: AtomicU64,
+}
+
+/// What [`Smmu::handle_gerror`] found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GerrorReport {
+    /// The active GERROR bits when the handler ran.
+    pub active: u32,
+    /// A command error it recovered from.
+    pub cmdq_fault: Option<CmdqFault>,
+    /// The command queue had an error but its lock was held: the submitter
+    /// recovers it while waiting.
+    pub cmdq_deferred: bool,
+    /// Records were lost to a full event queue.
+    pub eventq_abort: bool,
+    /// MSI writes aborted.
+    pub msi_abort: bool,
+    /// The SMMU entered service failure mode and was disabled.
+    pub service_failure: bool,
+}
+
+impl fmt::Display for GerrorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GERROR active {:#x}:", self.active)?;
+        if let Some(c) = self.cmdq_fault {
+            write!(f, " command error {:?} at {:#x} (command {:#018x} {:#018x})", c.error, c.position, c.entry[0], c.entry[1])?;
+        }
+        if self.cmdq_deferred {
+            write!(f, " command error (left to the submitter)")?;
+        }
+        if self.eventq_abort {
+            write!(f, " event queue abort (records lost)")?;
+        }
+        if self.msi_abort {
+            write!(f, " MSI abort")?;
+        }
+        if self.service_failure {
+            write!(f, " SERVICE FAILURE (SMMU disabled)")?;
+        }
+        Ok(())
+    }
+}
+
+/// An SMMUv3 instance.
+#[derive(Debug)]
+pub struct Smmu<H: Hal> {
+    mmio: Mmio,
+    features: Features,
+    config: Config,
+    state: AtomicU8,
+    strtab: Mutex<StreamTable<H>>,
+    cmdq: Mutex<CommandQueue<H>>,
+    evtq: Mutex<EventQueue<H>>,
+    pub(crate) domains: Mutex<Domains<H>>,
+    counters: Counters,
+}
+
+/// Reads the ID registers into typed features.
+pub fn probe(mmio: &Mmio) -> Result<Features> {
+    let p0 = mmio.p0();
+    Features::from_id_regs(&IdRegs {
+        idr0: p0.idr0.get(),
+        idr1: p0.idr1.get(),
+        idr3: p0.idr3.get(),
+        idr5: p0.idr5.get(),
+        iidr: p0.iidr.get(),
+        aidr: p0.aidr.get(),
+    })
+}
+
+impl<H: Hal> Smmu<H> {
+    /// Probes the SMMU at `base` and allocates its stream table and queues.
+    /// The SMMU itself is not reprogrammed until [`Smmu::enable`].
+    ///
+    /// # Safety
+    ///
+    /// `base` is the virtual address of the SMMU's register pages 0 and 1
+    /// (128 KiB, device memory), valid for the life of the returned value,
+    /// and nothing else programs this SMMU meanwhile.
+    pub unsafe fn new(base: NonNull<u8>, config: Config) -> Result<Self> {
+        // SAFETY: forwarded from the caller.
+        let mmio = unsafe { Mmio::new(base) };
+        let features = probe(&mmio)?;
+        let coherent = features.coherent;
+        let format = match config.stream_table {
+            StreamTableChoice::Auto if features.two_level_strtab && features.sid_bits > strtab::SPLIT => {
+                Format::TwoLevel
+            }
+            StreamTableChoice::Auto | StreamTableChoice::Linear => Format::Linear,
+            StreamTableChoice::TwoLevel if features.two_level_strtab => Format::TwoLevel,
+            StreamTableChoice::TwoLevel => return Err(Error::Unsupported(Unsupported::TwoLevelStreamTable)),
+        };
+        let sid_bits = match format {
+            Format::Linear => features.sid_bits.min(strtab::MAX_LINEAR_SID_BITS),
+            Format::TwoLevel => features.sid_bits.min(strtab::MAX_TWO_LEVEL_SID_BITS),
+        };
+        let strtab = StreamTable::new(format, sid_bits, coherent)?;
+        let sync = Command::sync().encode();
+        let cmdq = CommandQueue::new(config.cmdq_log2, features.cmdq_max_log2, coherent, sync, config.timeout_ns)?;
+        let evtq = EventQueue::new(config.eventq_log2, features.eventq_max_log2, coherent)?;
+        let domains = Domains::new(features.vmid_bits)?;
+        Ok(Self {
+            mmio,
+            features,
+            config,
+            state: AtomicU8::new(State::Disabled as u8),
+            strtab: Mutex::new(strtab),
+            cmdq: Mutex::new(cmdq),
+            evtq: Mutex::new(evtq),
+            domains: Mutex::new(domains),
+            counters: Counters::default(),
+        })
+    }
+
+    /// What the SMMU can do.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// The configuration it was created with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Current driver state.
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Disabled,
+            1 => State::CommandsOnly,
+            2 => State::Enabled,
+            _ => State::Failed,
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    fn commands_live(&self) -> bool {
+        matches!(self.state(), State::CommandsOnly | State::Enabled)
+    }
+
+    /// True when the SMMU consumes commands (so cached state must be
+    /// invalidated after changes).
+    pub(crate) fn is_live(&self) -> bool {
+        self.commands_live()
+    }
+
+    /// Checks that `sid` has an entry in the stream table.
+    pub fn check_sid(&self, sid: u32) -> Result<()> {
+        self.strtab.lock().check_sid(sid)
+    }
+
+    /// The register pages (for diagnostics and tests).
+    pub fn mmio(&self) -> &Mmio {
+        &self.mmio
+    }
+
+    /// Writes CR0 and waits for CR0ACK to match.
+    fn write_cr0(&self, value: u32) -> Result<()> {
+        let p0 = self.mmio.p0();
+        self.mmio.write32(&p0.cr0, value);
+        wait_for::<H>(Wait::Cr0Ack, self.config.timeout_ns, || p0.cr0ack.get() == value)
+    }
+
+    /// Writes IRQ_CTRL and waits for IRQ_CTRLACK to match.
+    fn write_irq_ctrl(&self, value: u32) -> Result<()> {
+        let p0 = self.mmio.p0();
+        self.mmio.write32(&p0.irq_ctrl, value);
+        wait_for::<H>(Wait::IrqCtrlAck, self.config.timeout_ns, || p0.irq_ctrlack.get() == value)
+    }
+
+    /// Sets GBPA.ABORT so that traffic is aborted whenever SMMUEN = 0.
+    fn abort_bypass(&self) -> Result<()> {
+        let p0 = self.mmio.p0();
+        let t = self.config.timeout_ns;
+        wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))?;
+        let mut gbpa = p0.gbpa.extract();
+        gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
+        self.mmio.write32(&p0.gbpa, gbpa.get());
+        wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))
+    }
+
+    /// Takes the SMMU into the translating state: see the module docs for
+    /// the order. May be called again after [`Smmu::disable`]; the stream
+    /// table keeps its entries.
+    pub fn enable(&self) -> Result<()> {
+        let strtab = self.strtab.lock();
+        let mut cmdq = self.cmdq.lock();
+        let mut evtq = self.evtq.lock();
+        let p0 = self.mmio.p0();
+        let p1 = self.mmio.p1();
+        if p0.cr0.is_set(CR0::SMMUEN) {
+            log::warn!("SMMU already enabled (by firmware or a previous owner): taking over");
+        }
+        self.abort_bypass()?;
+        self.set_state(State::Disabled);
+        self.write_cr0(0)?;
+        self.write_irq_ctrl(0)?;
+
+        let mut cr1 = LocalRegisterCopy::<u32, CR1::Register>::new(0);
+        if self.features.coherent {
+            cr1.modify(
+                CR1::TABLE_SH::Inner
+                    + CR1::TABLE_OC::WriteBack
+                    + CR1::TABLE_IC::WriteBack
+                    + CR1::QUEUE_SH::Inner
+                    + CR1::QUEUE_OC::WriteBack
+                    + CR1::QUEUE_IC::WriteBack,
+            );
+        } else {
+            // A non-coherent SMMU reads tables and queues from memory; the
+            // HAL cleans caches before every publish.
+            cr1.modify(
+                CR1::TABLE_SH::Outer
+                    + CR1::TABLE_OC::NonCacheable
+                    + CR1::TABLE_IC::NonCacheable
+                    + CR1::QUEUE_SH::Outer
+                    + CR1::QUEUE_OC::NonCacheable
+                    + CR1::QUEUE_IC::NonCacheable,
+            );
+        }
+        self.mmio.write32(&p0.cr1, cr1.get());
+        // RECINVSID: report transactions with out-of-range StreamIDs. PTM:
+        // this driver never relies on broadcast TLB maintenance. E2H stays 0:
+        // the driver does not configure EL2 (StreamWorld EL2-E2H) streams.
+        let mut cr2 = LocalRegisterCopy::<u32, CR2::Register>::new(0);
+        cr2.modify(CR2::RECINVSID::SET + CR2::PTM::SET);
+        self.mmio.write32(&p0.cr2, cr2.get());
+
+        self.mmio.write64(&p0.strtab_base, strtab.base_register());
+        self.mmio.write32(&p0.strtab_base_cfg, strtab.base_cfg_register());
+        self.mmio.write64(&p0.cmdq_base, cmdq.base_register());
+        self.mmio.write32(&p0.cmdq_prod, 0);
+        self.mmio.write32(&p0.cmdq_cons, 0);
+        cmdq.reset();
+        self.mmio.write64(&p0.eventq_base, evtq.base_register());
+        self.mmio.write32(&p1.eventq_prod, 0);
+        self.mmio.write32(&p1.eventq_cons, 0);
+        evtq.reset();
+        // Errors left from before this enable are stale: acknowledge them.
+        self.mmio.ack_gerrors(u32::MAX);
+
+        let cmdqen = CR0::CMDQEN::SET.value;
+        self.write_cr0(cmdqen)?;
+        self.set_state(State::CommandsOnly);
+        let cmds = [Command::cfgi_all(), Command::TlbiNsnhAll, Command::TlbiEl2All];
+        let n = if self.features.hyp { 3 } else { 2 };
+        cmdq.submit_with(&self.mmio, n, |i| cmds[i].encode(), true)?;
+
+        let eventqen = cmdqen | CR0::EVENTQEN::SET.value;
+        self.write_cr0(eventqen)?;
+        if self.config.interrupts {
+            self.write_irq_ctrl((IRQ_CTRL::GERROR_IRQEN::SET + IRQ_CTRL::EVENTQ_IRQEN::SET).value)?;
+        }
+        self.write_cr0(eventqen | CR0::SMMUEN::SET.value)?;
+        self.set_state(State::Enabled);
+        drop((strtab, cmdq, evtq));
+        Ok(())
+    }
+
+    /// Stops translation and returns the SMMU to aborting all traffic
+    /// (GBPA.ABORT = 1, CR0 = 0). Stream table contents are kept.
+    pub fn disable(&self) -> Result<()> {
+        let _strtab = self.strtab.lock();
+        let _cmdq = self.cmdq.lock();
+        let _evtq = self.evtq.lock();
+        self.abort_bypass()?;
+        self.write_irq_ctrl(0)?;
+        self.write_cr0(0)?;
+        self.set_state(State::Disabled);
+        Ok(())
+    }
+
+    /// Submits `cmds` as one batch followed by one CMD_SYNC, and waits for
+    /// the SYNC.
+    pub fn submit(&self, cmds: &[Command]) -> Result<()> {
+        self.submit_batch(cmds, true)
+    }
+
+    /// Submits `cmds` as one batch; with `sync`, appends a CMD_SYNC and waits.
+    pub fn submit_batch(&self, cmds: &[Command], sync: bool) -> Result<()> {
+        if !self.commands_live() {
+            return Err(Error::NotEnabled);
+        }
+        self.cmdq.lock().submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync)
+    }
+
+    /// Reads the STE of `sid`.
+    pub fn ste(&self, sid: u32) -> Result<Ste> {
+        Ok(Ste(self.strtab.lock().read(sid)?))
+    }
+
+    /// Installs `target` as the STE of `sid`, following the safe update
+    /// order (body first, dword 0 last; a live entry that changes in more
+    /// than one dword goes through abort), with CFGI_STE + CMD_SYNC after
+    /// each visible step.
+    pub fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
+        let mut strtab = self.strtab.lock();
+        if strtab.ensure(sid)? && self.commands_live() {
+            // A new level-2 table: drop anything cached for its range
+            // (2^(7+1) = 256 StreamIDs).
+            let first = sid & !((1 << strtab::SPLIT) - 1);
+            self.submit_locked(&[Command::CfgiSteRange { sid: first, range: strtab::SPLIT as u8 - 1 }])?;
+        }
+        let current = Ste(strtab.read(sid)?);
+        for step in plan_update(&current, target) {
+            match step {
+                UpdateStep::Write { dword, value } => strtab.write_dword(sid, dword, value)?,
+                UpdateStep::Publish => strtab.publish(sid)?,
+                UpdateStep::Sync => {
+                    if self.commands_live() {
+                        self.submit_locked(&[Command::CfgiSte { sid, leaf: true }])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits with the caller already holding the stream table lock.
+    fn submit_locked(&self, cmds: &[Command]) -> Result<()> {
+        self.cmdq.lock().submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true)
+    }
+
+    /// Makes `sid` bypass translation (a deliberate, per-stream choice).
+    pub fn set_bypass(&self, sid: u32) -> Result<()> {
+        self.write_ste(sid, &Ste::bypass())
+    }
+
+    /// Makes `sid` abort all its traffic.
+    pub fn set_abort(&self, sid: u32) -> Result<()> {
+        self.write_ste(sid, &Ste::abort())
+    }
+
+    /// Number of StreamIDs the stream table covers.
+    pub fn sid_limit(&self) -> u64 {
+        self.strtab.lock().limit()
+    }
+
+    /// Stream table format in use.
+    pub fn stream_table_format(&self) -> Format {
+        self.strtab.lock().format()
+    }
+
+    /// Bytes of stream table memory in use.
+    pub fn stream_table_bytes(&self) -> usize {
+        self.strtab.lock().bytes()
+    }
+
+    /// A copy of all stream table words (for tests that prove a rejected
+    /// call left the table unchanged).
+    pub fn stream_table_snapshot(&self) -> alloc::vec::Vec<u64> {
+        self.strtab.lock().snapshot()
+    }
+
+    /// Decodes and hands every pending event to `each`. Returns what was
+    /// drained; `None` if another CPU (or the interrupted code) is draining.
+    pub fn drain_events(&self, mut each: impl FnMut(Event)) -> Option<Drained> {
+        let mut evtq = self.evtq.try_lock()?;
+        let drained = evtq.drain(&self.mmio, |raw| each(Event::decode(raw)));
+        self.counters.events.fetch_add(u64::from(drained.records), Ordering::Relaxed);
+        if drained.overflow {
+            self.counters.eventq_overflows.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(drained)
+    }
+
+    /// Handles every active global error (always via GERROR ^ GERRORN):
+    /// recovers command errors (unless a submitter holds the queue and will),
+    /// counts event-queue and MSI aborts, and on SFM_ERR disables the SMMU
+    /// and returns [`Error::ServiceFailure`].
+    pub fn handle_gerror(&self) -> Result<GerrorReport> {
+        let active = self.mmio.active_gerrors();
+        let mut report = GerrorReport { active, ..GerrorReport::default() };
+        if active == 0 {
+            return Ok(report);
+        }
+        let bit = |f: tock_registers::fields::Field<u32, GERROR::Register>| f.mask << f.shift;
+        if active & bit(GERROR::CMDQ_ERR) != 0 {
+            match self.cmdq.try_lock() {
+                Some(mut cmdq) => report.cmdq_fault = cmdq.recover(&self.mmio),
+                None => report.cmdq_deferred = true,
+            }
+        }
+        let mut ack = 0;
+        if active & bit(GERROR::EVENTQ_ABT_ERR) != 0 {
+            report.eventq_abort = true;
+            self.counters.eventq_aborts.fetch_add(1, Ordering::Relaxed);
+            ack |= bit(GERROR::EVENTQ_ABT_ERR);
+        }
+        let msi = bit(GERROR::MSI_CMDQ_ABT_ERR)
+            | bit(GERROR::MSI_EVENTQ_ABT_ERR)
+            | bit(GERROR::MSI_PRIQ_ABT_ERR)
+            | bit(GERROR::MSI_GERROR_ABT_ERR);
+        if active & msi != 0 {
+            report.msi_abort = true;
+            self.counters.msi_aborts.fetch_add(1, Ordering::Relaxed);
+            ack |= active & msi;
+        }
+        // Errors this driver never enables (PRI queue, CMDQP) are only
+        // acknowledged.
+        ack |= active & (bit(GERROR::PRIQ_ABT_ERR) | bit(GERROR::CMDQP_ERR));
+        let sfm = active & bit(GERROR::SFM_ERR) != 0;
+        if sfm {
+            ack |= bit(GERROR::SFM_ERR);
+        }
+        if ack != 0 {
+            self.mmio.ack_gerrors(ack);
+        }
+        self.counters.gerrors.fetch_add(u64::from(active.count_ones()), Ordering::Relaxed);
+        if sfm {
+            report.service_failure = true;
+            // The SMMU stopped; leave it aborting everything. Best effort:
+            // a failed SMMU may not acknowledge.
+            self.set_state(State::Failed);
+            let _ = self.abort_bypass();
+            self.mmio.write32(&self.mmio.p0().cr0, 0);
+            return Err(Error::ServiceFailure);
+        }
+        Ok(report)
+    }
+
+    /// Work counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            cmdq: self.cmdq.lock().stats(),
+            mmio_writes: self.mmio.writes(),
+            events: c.events.load(Ordering::Relaxed),
+            eventq_overflows: c.eventq_overflows.load(Ordering::Relaxed),
+            eventq_aborts: c.eventq_aborts.load(Ordering::Relaxed),
+            msi_aborts: c.msi_aborts.load(Ordering::Relaxed),
+            gerrors: c.gerrors.load(Ordering::Relaxed),
+        }
+    }
+}
