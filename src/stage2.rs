@@ -746,7 +746,7 @@ impl<H: Hal> Stage2Table<H> {
             return Err(Error::ZeroLength);
         }
         for addr in [ipa, pa, len] {
-            if addr % g != 0 {
+            if !addr.is_multiple_of(g) {
                 return Err(Error::Misaligned { addr, align: g });
             }
         }
@@ -842,7 +842,7 @@ impl<H: Hal> Stage2Table<H> {
             return Err(Error::ZeroLength);
         }
         for addr in [ipa, len] {
-            if addr % g != 0 {
+            if !addr.is_multiple_of(g) {
                 return Err(Error::Misaligned { addr, align: g });
             }
         }
@@ -913,7 +913,7 @@ impl<H: Hal> Stage2Table<H> {
         let low = addr & ((1 << 48) - 1) & !(self.cfg.granule.size() - 1);
         let mut f = S2_DESC::ADDR.val(low >> 12);
         if self.cfg.oas_bits() == 52 {
-            f = f + S2_DESC::OA_HI.val(addr >> 48);
+            f += S2_DESC::OA_HI.val(addr >> 48);
         }
         f
     }
@@ -974,8 +974,8 @@ impl<H: Hal> Stage2Table<H> {
     fn leaf_fits(&self, level: u32, ipa: u64, pa: u64, next: u64) -> bool {
         let size = 1u64 << level_shift(self.cfg.granule, level);
         (level == 3 || self.cfg.granule.block_at(level))
-            && ipa % size == 0
-            && pa % size == 0
+            && ipa.is_multiple_of(size)
+            && pa.is_multiple_of(size)
             && next - ipa == size
     }
 
@@ -1120,7 +1120,7 @@ impl<H: Hal> Stage2Table<H> {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => return Err(Error::NotMapped { addr: cur }),
                 Entry::Leaf { .. } => {
-                    if cur % size != 0 || next - cur != size {
+                    if !cur.is_multiple_of(size) || next - cur != size {
                         return Err(Error::InvalidArgument(split));
                     }
                 }
