@@ -686,6 +686,16 @@ impl<H: Hal> Stage2Table<H> {
         })
     }
 
+    /// Every word of table memory (start table, then the other tables in
+    /// address order): tests use it to prove a rejected call changed nothing.
+    pub fn snapshot(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for dma in core::iter::once(&self.root.dma).chain(self.tables.values().map(|n| &n.dma)) {
+            out.extend((0..dma.len_u64()).map(|i| dma.read_u64(i)));
+        }
+        out
+    }
+
     /// Physical address of the start table (for VTTBR_EL2.BADDR or the
     /// STE's S2TTB).
     pub fn root_paddr(&self) -> PhysAddr {
