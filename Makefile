@@ -32,7 +32,7 @@ fmt:
 	cargo fmt
 
 clippy:
-	cargo clippy --release --all-targets
+	cargo clippy --release --bins --tests
 
 clean:
 	cargo clean

@@ -48,7 +48,11 @@ static BSS_PROBE: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
 
 fn bss_is_zeroed() -> TestResult {
     let addr = BSS_PROBE.as_ptr() as usize;
-    check!(layout::bss().contains(&addr), "probe at {addr:#x}, bss {:#x?}", layout::bss());
+    check!(
+        layout::bss().contains(&addr),
+        "probe at {addr:#x}, bss {:#x?}",
+        layout::bss()
+    );
     for (i, v) in BSS_PROBE.iter().enumerate() {
         check_eq!((i, v.load(Ordering::Relaxed)), (i, 0));
     }
@@ -71,7 +75,10 @@ fn vectors_installed() -> TestResult {
     // SAFETY: reading VBAR_EL2 has no side effects.
     unsafe { core::arch::asm!("mrs {}, vbar_el2", out(reg) vbar) };
     check_eq!(vbar % 0x800, 0);
-    check!(layout::text().contains(&(vbar as usize)), "VBAR_EL2 {vbar:#x}");
+    check!(
+        layout::text().contains(&(vbar as usize)),
+        "VBAR_EL2 {vbar:#x}"
+    );
     Ok(())
 }
 
@@ -79,7 +86,11 @@ fn stacks_are_where_the_layout_says() -> TestResult {
     let local = 0u64;
     let sp = &local as *const u64 as usize;
     let s = layout::cpu_stacks(0);
-    check!(s.stack.contains(&sp), "sp ~ {sp:#x}, CPU 0 stack {:#x?}", s.stack);
+    check!(
+        s.stack.contains(&sp),
+        "sp ~ {sp:#x}, CPU 0 stack {:#x?}",
+        s.stack
+    );
     let spsel: u64;
     // SAFETY: reading SPSel has no side effects.
     unsafe { core::arch::asm!("mrs {}, spsel", out(reg) spsel) };
@@ -99,8 +110,15 @@ fn heap_alloc_works() -> TestResult {
     let before = heap::bytes_in_use();
     let v: Vec<u32> = (0..100_000).collect();
     let b = Box::new([7u8; 1000]);
-    check!(heap::bytes_in_use() >= before + 400_000, "in use {}", heap::bytes_in_use());
-    check_eq!(v.iter().map(|&x| u64::from(x)).sum::<u64>(), 4_999_950_000u64);
+    check!(
+        heap::bytes_in_use() >= before + 400_000,
+        "in use {}",
+        heap::bytes_in_use()
+    );
+    check_eq!(
+        v.iter().map(|&x| u64::from(x)).sum::<u64>(),
+        4_999_950_000u64
+    );
     check_eq!(b[999], 7);
     drop((v, b));
     check_eq!(heap::bytes_in_use(), before);
@@ -113,13 +131,18 @@ fn dma_blocks_are_naturally_aligned_and_zeroed() -> TestResult {
     let before = dma::bytes_in_use();
     let mut blocks = Vec::new();
     for size in SIZES {
-        let r = dma::alloc(size, size).ok_or(harness::Failure::new("dma::alloc returned a block"))?;
+        let r =
+            dma::alloc(size, size).ok_or(harness::Failure::new("dma::alloc returned a block"))?;
         check_eq!((size, r.paddr % size as u64), (size, 0));
         check_eq!(r.size, size);
         check_eq!(r.vaddr.as_ptr() as u64, r.paddr);
         // SAFETY: the block is `size` bytes of RAM owned by this test.
         let bytes = unsafe { core::slice::from_raw_parts_mut(r.vaddr.as_ptr(), size) };
-        check!(bytes.iter().all(|&b| b == 0), "block {:#x} ({size} bytes) not zeroed", r.paddr);
+        check!(
+            bytes.iter().all(|&b| b == 0),
+            "block {:#x} ({size} bytes) not zeroed",
+            r.paddr
+        );
         bytes.fill(0xa5);
         blocks.push(r);
     }
@@ -143,10 +166,14 @@ fn dma_blocks_are_reused_after_free() -> TestResult {
     unsafe { r.vaddr.as_ptr().write_bytes(0x5a, r.size) };
     // SAFETY: allocated above, no longer used.
     unsafe { dma::free(r) };
-    let again = dma::alloc(4 << 20, 4 << 20).ok_or(harness::Failure::new("dma::alloc 4 MiB again"))?;
+    let again =
+        dma::alloc(4 << 20, 4 << 20).ok_or(harness::Failure::new("dma::alloc 4 MiB again"))?;
     // SAFETY: owned by this test.
     let bytes = unsafe { core::slice::from_raw_parts(again.vaddr.as_ptr(), again.size) };
-    check!(bytes.iter().all(|&b| b == 0), "a reused block was not zeroed");
+    check!(
+        bytes.iter().all(|&b| b == 0),
+        "a reused block was not zeroed"
+    );
     // SAFETY: allocated above, no longer used.
     unsafe { dma::free(again) };
     Ok(())
@@ -197,7 +224,12 @@ fn iommu_map_translates_rids() -> TestResult {
     check_eq!(p.pci.rid_to_sid(0x0108), Ok((smmu, 0x0108)));
     // A map that covers only bus 1, with an offset, and a mask dropping the function.
     let mut host = p.pci.clone();
-    host.iommu_map = alloc::vec![IommuMapEntry { rid_base: 0x100, iommu: 7, sid_base: 0x4000, len: 0x100 }];
+    host.iommu_map = alloc::vec![IommuMapEntry {
+        rid_base: 0x100,
+        iommu: 7,
+        sid_base: 0x4000,
+        len: 0x100
+    }];
     host.iommu_map_mask = 0xfff8;
     check_eq!(host.rid_to_sid(0x0109), Ok((7, 0x4008)));
     check_eq!(host.rid_to_sid(0x0008), Err(RidError::NotCovered(0x0008)));

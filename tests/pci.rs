@@ -48,21 +48,31 @@ fn edus() -> Vec<Edu> {
 }
 
 fn root_ports() -> impl Iterator<Item = &'static PciFunction> {
-    functions().iter().filter(|f| (f.vendor, f.device) == (0x1b36, 0x000c))
+    functions()
+        .iter()
+        .filter(|f| (f.vendor, f.device) == (0x1b36, 0x000c))
 }
 
 fn all_edus_found() -> TestResult {
     let edus = edus();
     check!(edus.len() >= 2, "found {} edu functions", edus.len());
-    check!(edus.iter().any(|e| e.bdf.bus == 0), "no edu on the root bus");
+    check!(
+        edus.iter().any(|e| e.bdf.bus == 0),
+        "no edu on the root bus"
+    );
     Ok(())
 }
 
 fn edu_behind_root_port_has_its_bus_number() -> TestResult {
-    let rp = root_ports().next().ok_or(Failure::new("a PCIe root port exists"))?;
+    let rp = root_ports()
+        .next()
+        .ok_or(Failure::new("a PCIe root port exists"))?;
     let (secondary, subordinate) = rp.buses.ok_or(Failure::new("root port has bus numbers"))?;
     check!(secondary > 0 && secondary <= subordinate);
-    let behind: Vec<_> = edus().into_iter().filter(|e| e.bdf.bus == secondary).collect();
+    let behind: Vec<_> = edus()
+        .into_iter()
+        .filter(|e| e.bdf.bus == secondary)
+        .collect();
     check_eq!(behind.len(), 1);
     // The bridge forwards config cycles: its secondary bus answers.
     let ecam = Ecam::new(&image::boot().platform.pci);
@@ -82,17 +92,35 @@ fn stream_id_is_rid() -> TestResult {
 
 fn bars_lie_inside_the_windows() -> TestResult {
     let host = &image::boot().platform.pci;
-    let windows: Vec<Region> = [host.mem32, host.mem64, host.io].into_iter().flatten().map(|w| w.cpu_region()).collect();
+    let windows: Vec<Region> = [host.mem32, host.mem64, host.io]
+        .into_iter()
+        .flatten()
+        .map(|w| w.cpu_region())
+        .collect();
     for f in functions() {
         for b in &f.bars {
-            let inside = windows.iter().any(|w| w.contains(b.cpu_addr) && b.cpu_addr + b.size <= w.end());
-            check!(inside, "{} BAR{} {:#x}+{:#x}", f.bdf, b.index, b.cpu_addr, b.size);
+            let inside = windows
+                .iter()
+                .any(|w| w.contains(b.cpu_addr) && b.cpu_addr + b.size <= w.end());
+            check!(
+                inside,
+                "{} BAR{} {:#x}+{:#x}",
+                f.bdf,
+                b.index,
+                b.cpu_addr,
+                b.size
+            );
             check_eq!(b.cpu_addr % b.size, 0);
         }
     }
     for e in edus() {
         let w = host.mem32.ok_or(Failure::new("32-bit window"))?;
-        check!(w.cpu_region().contains(e.bar0 as u64), "edu {} BAR0 {:#x}", e.bdf, e.bar0);
+        check!(
+            w.cpu_region().contains(e.bar0 as u64),
+            "edu {} BAR0 {:#x}",
+            e.bdf,
+            e.bar0
+        );
     }
     Ok(())
 }
@@ -101,7 +129,10 @@ fn memory_and_bus_master_enabled() -> TestResult {
     let ecam = Ecam::new(&image::boot().platform.pci);
     for f in functions() {
         let cmd = ecam.read16(f.bdf, 4);
-        check_eq!((f.bdf, cmd & (CMD_MEMORY | CMD_BUS_MASTER)), (f.bdf, CMD_MEMORY | CMD_BUS_MASTER));
+        check_eq!(
+            (f.bdf, cmd & (CMD_MEMORY | CMD_BUS_MASTER)),
+            (f.bdf, CMD_MEMORY | CMD_BUS_MASTER)
+        );
     }
     Ok(())
 }
@@ -113,7 +144,10 @@ fn bridge_windows_cover_devices_behind_them() -> TestResult {
         let mem = ecam.read32(rp.bdf, 0x20);
         let base = u64::from(mem & 0xfff0) << 16;
         let limit = (u64::from(mem >> 16 & 0xfff0) << 16) | 0xf_ffff;
-        for f in functions().iter().filter(|f| (sec..=sub).contains(&f.bdf.bus)) {
+        for f in functions()
+            .iter()
+            .filter(|f| (sec..=sub).contains(&f.bdf.bus))
+        {
             for b in f.bars.iter().filter(|b| b.kind == pci::BarKind::Mem32) {
                 check!(
                     b.pci_addr >= base && b.pci_addr + b.size - 1 <= limit,
@@ -166,9 +200,17 @@ fn edu_dma_round_trip() -> TestResult {
             // RAM -> device buffer (offset 0x100), then device -> RAM.
             try_ok!(e.dma_from_ram(0x100, src.paddr, 0x800));
             try_ok!(e.dma_to_ram(0x100, dst.paddr + 0x40, 0x800));
-            check!(d[..0x40].iter().all(|&b| b == 0xee), "{}: bytes before the target were written", e.bdf);
+            check!(
+                d[..0x40].iter().all(|&b| b == 0xee),
+                "{}: bytes before the target were written",
+                e.bdf
+            );
             check_eq!((e.bdf, &d[0x40..0x840]), (e.bdf, &s[..0x800]));
-            check!(d[0x840..].iter().all(|&b| b == 0xee), "{}: bytes after the target were written", e.bdf);
+            check!(
+                d[0x840..].iter().all(|&b| b == 0xee),
+                "{}: bytes after the target were written",
+                e.bdf
+            );
         }
         Ok(())
     })();
@@ -182,7 +224,13 @@ fn edu_dma_round_trip() -> TestResult {
 
 fn edu_dma_rejects_ranges_outside_the_buffer() -> TestResult {
     let e = *edus().first().ok_or(Failure::new("an edu"))?;
-    check_eq!(e.dma_from_ram(4000, 0x4000_0000, 200), Err(EduError::OutOfBuffer { offset: 4000, len: 200 }));
+    check_eq!(
+        e.dma_from_ram(4000, 0x4000_0000, 200),
+        Err(EduError::OutOfBuffer {
+            offset: 4000,
+            len: 200
+        })
+    );
     check_eq!(e.dma_to_ram(usize::MAX, 0x4000_0000, 2).is_err(), true);
     Ok(())
 }

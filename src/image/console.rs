@@ -106,7 +106,12 @@ impl Log for Logger {
 
     fn log(&self, record: &Record) {
         let module = record.module_path().unwrap_or(record.target());
-        print_args(format_args!("[{:<5} {}] {}\n", record.level(), module, record.args()));
+        print_args(format_args!(
+            "[{:<5} {}] {}\n",
+            record.level(),
+            module,
+            record.args()
+        ));
     }
 
     fn flush(&self) {}

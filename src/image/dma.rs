@@ -60,7 +60,11 @@ pub fn alloc(size: usize, align: usize) -> Option<DmaRegion> {
     // this allocation alone (the buddy allocator handed it out).
     unsafe { core::ptr::write_bytes(addr as *mut u8, 0, bytes) };
     IN_USE.fetch_add(bytes, Ordering::Relaxed);
-    Some(DmaRegion { paddr: addr as u64, vaddr: NonNull::new(addr as *mut u8)?, size: bytes })
+    Some(DmaRegion {
+        paddr: addr as u64,
+        vaddr: NonNull::new(addr as *mut u8)?,
+        size: bytes,
+    })
 }
 
 /// Returns a block from [`alloc`].
@@ -70,7 +74,9 @@ pub fn alloc(size: usize, align: usize) -> Option<DmaRegion> {
 /// `region` came from [`alloc`] and nobody (CPU or device) uses it any more.
 pub unsafe fn free(region: DmaRegion) {
     let pages = region.size / PAGE_SIZE;
-    FRAMES.lock().dealloc(region.paddr as usize / PAGE_SIZE, pages);
+    FRAMES
+        .lock()
+        .dealloc(region.paddr as usize / PAGE_SIZE, pages);
     IN_USE.fetch_sub(region.size, Ordering::Relaxed);
 }
 

@@ -60,14 +60,28 @@ pub enum EduError {
 impl fmt::Display for EduError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Self::BadId(v) => write!(f, "edu ID register reads {v:#010x}, expected {EDU_ID_VALUE:#010x}"),
+            Self::BadId(v) => write!(
+                f,
+                "edu ID register reads {v:#010x}, expected {EDU_ID_VALUE:#010x}"
+            ),
             Self::NotAlive { wrote, read } => {
-                write!(f, "edu liveness: wrote {wrote:#010x}, read {read:#010x} (expected {:#010x})", !wrote)
+                write!(
+                    f,
+                    "edu liveness: wrote {wrote:#010x}, read {read:#010x} (expected {:#010x})",
+                    !wrote
+                )
             }
             Self::OutOfBuffer { offset, len } => {
-                write!(f, "edu buffer range {offset:#x}+{len:#x} exceeds {BUFFER_SIZE:#x} bytes")
+                write!(
+                    f,
+                    "edu buffer range {offset:#x}+{len:#x} exceeds {BUFFER_SIZE:#x} bytes"
+                )
             }
-            Self::DmaTimeout => write!(f, "edu DMA did not complete within {} ms", DMA_TIMEOUT_NS / 1_000_000),
+            Self::DmaTimeout => write!(
+                f,
+                "edu DMA did not complete within {} ms",
+                DMA_TIMEOUT_NS / 1_000_000
+            ),
             Self::Busy => f.write_str("edu DMA already running"),
         }
     }
@@ -91,7 +105,11 @@ pub fn find_all(functions: &[PciFunction]) -> Vec<Edu> {
         .filter(|f| (f.vendor, f.device) == EDU_IDS)
         .filter_map(|f| {
             let bar0 = f.bar(0)?;
-            Some(Edu { bdf: f.bdf, bar0: bar0.cpu_addr as usize, stream_id: f.stream_id.ok() })
+            Some(Edu {
+                bdf: f.bdf,
+                bar0: bar0.cpu_addr as usize,
+                stream_id: f.stream_id.ok(),
+            })
         })
         .collect()
 }
@@ -137,7 +155,11 @@ impl Edu {
     pub fn check_alive(&self, value: u32) -> Result<(), EduError> {
         self.write32(REG_LIVENESS, value);
         let read = self.read32(REG_LIVENESS);
-        if read == !value { Ok(()) } else { Err(EduError::NotAlive { wrote: value, read }) }
+        if read == !value {
+            Ok(())
+        } else {
+            Err(EduError::NotAlive { wrote: value, read })
+        }
     }
 
     /// Whether a transfer is running.
@@ -164,7 +186,11 @@ impl Edu {
         let start = cpu::now_ns();
         while self.dma_busy() {
             if cpu::now_ns() - start > DMA_TIMEOUT_NS {
-                return if self.dma_busy() { Err(EduError::DmaTimeout) } else { Ok(()) };
+                return if self.dma_busy() {
+                    Err(EduError::DmaTimeout)
+                } else {
+                    Ok(())
+                };
             }
             core::hint::spin_loop();
         }

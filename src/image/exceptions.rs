@@ -43,9 +43,10 @@ pub struct Frame {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<Frame>();
-const _: () = assert!(FRAME_SIZE == 816 && FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE == 816 && FRAME_SIZE.is_multiple_of(16));
 const _: () = assert!(core::mem::offset_of!(Frame, elr) == 248);
 const _: () = assert!(core::mem::offset_of!(Frame, q) == 288);
+const _: () = assert!(core::mem::offset_of!(Frame, fpcr) == 800);
 
 global_asm!(
     r#"
@@ -189,19 +190,23 @@ fn irq_handler() -> Option<fn()> {
 }
 
 const KINDS: [&str; 4] = ["synchronous", "IRQ", "FIQ", "SError"];
-const ORIGINS: [&str; 4] =
-    ["current EL with SP_EL0", "current EL with SP_EL2", "lower EL (AArch64)", "lower EL (AArch32)"];
+const ORIGINS: [&str; 4] = [
+    "current EL with SP_EL0",
+    "current EL with SP_EL2",
+    "lower EL (AArch64)",
+    "lower EL (AArch32)",
+];
 
 /// Called by the vectors with the saved state; returns only for IRQs.
 #[unsafe(no_mangle)]
 extern "C" fn exception_handler(frame: &mut Frame, vector: u64) {
     let kind = (vector & 3) as usize;
     let origin = ((vector >> 2) & 3) as usize;
-    if kind == 1 {
-        if let Some(handler) = irq_handler() {
-            handler();
-            return;
-        }
+    if kind == 1
+        && let Some(handler) = irq_handler()
+    {
+        handler();
+        return;
     }
     print_unlocked(format_args!(
         "\nEXCEPTION: {} from {}\n{}",
@@ -277,19 +282,39 @@ impl fmt::Display for Report<'_> {
         if self.1 == 0 || self.1 == 3 {
             writeln!(f, "  {}", exception_class_name(ec))?;
         }
-        writeln!(f, "  ESR_EL2 {:#010x}: EC {:#04x}, IL {}, ISS {:#09x}", fr.esr, ec, (fr.esr >> 25) & 1, iss)?;
+        writeln!(
+            f,
+            "  ESR_EL2 {:#010x}: EC {:#04x}, IL {}, ISS {:#09x}",
+            fr.esr,
+            ec,
+            (fr.esr >> 25) & 1,
+            iss
+        )?;
         if self.1 == 0 && matches!(ec, 0x20 | 0x21 | 0x24 | 0x25) {
-            write!(f, "  fault status {:#04x}: {}", iss & 0x3f, FaultStatus(iss))?;
+            write!(
+                f,
+                "  fault status {:#04x}: {}",
+                iss & 0x3f,
+                FaultStatus(iss)
+            )?;
             if ec >= 0x24 {
                 let wnr = (iss >> 6) & 1;
-                write!(f, ", WnR {wnr} ({})", if wnr == 1 { "write" } else { "read" })?;
+                write!(
+                    f,
+                    ", WnR {wnr} ({})",
+                    if wnr == 1 { "write" } else { "read" }
+                )?;
             }
             writeln!(f)?;
             if let Some(what) = guard_page_of(fr.far as usize) {
                 writeln!(f, "  FAR is in {what}: stack overflow?")?;
             }
         }
-        writeln!(f, "  FAR_EL2 {:#018x}  ELR_EL2 {:#018x}  SPSR_EL2 {:#010x}", fr.far, fr.elr, fr.spsr)?;
+        writeln!(
+            f,
+            "  FAR_EL2 {:#018x}  ELR_EL2 {:#018x}  SPSR_EL2 {:#010x}",
+            fr.far, fr.elr, fr.spsr
+        )?;
         for (i, pair) in fr.x.chunks(2).enumerate() {
             match pair {
                 [a, b] => writeln!(f, "  x{:<2} {a:#018x}  x{:<2} {b:#018x}", 2 * i, 2 * i + 1)?,
@@ -305,12 +330,19 @@ fn guard_page_of(addr: usize) -> Option<&'static str> {
     (0..layout::MAX_CPUS).find_map(|cpu| {
         let s = layout::cpu_stacks(cpu);
         if s.guard.contains(&addr) {
-            Some(["the guard page below CPU 0's stack", "the guard page below CPU 1's stack"][cpu])
+            Some(
+                [
+                    "the guard page below CPU 0's stack",
+                    "the guard page below CPU 1's stack",
+                ][cpu],
+            )
         } else if s.exc_guard.contains(&addr) {
-            Some([
-                "the guard page below CPU 0's exception stack",
-                "the guard page below CPU 1's exception stack",
-            ][cpu])
+            Some(
+                [
+                    "the guard page below CPU 0's exception stack",
+                    "the guard page below CPU 1's exception stack",
+                ][cpu],
+            )
         } else {
             None
         }

@@ -52,7 +52,12 @@ impl fmt::Display for Failure {
         if let Some(a) = &self.actual {
             writeln!(f, "    actual: {a}")?;
         }
-        write!(f, "    at {}:{}", self.location.file(), self.location.line())
+        write!(
+            f,
+            "    at {}:{}",
+            self.location.file(),
+            self.location.line()
+        )
     }
 }
 
@@ -60,12 +65,21 @@ impl Failure {
     /// A failed condition.
     #[track_caller]
     pub fn new(what: impl Into<String>) -> Self {
-        Self { what: what.into(), expected: None, actual: None, location: core::panic::Location::caller() }
+        Self {
+            what: what.into(),
+            expected: None,
+            actual: None,
+            location: core::panic::Location::caller(),
+        }
     }
 
     /// A failed comparison.
     #[track_caller]
-    pub fn compare(what: impl Into<String>, expected: impl fmt::Debug, actual: impl fmt::Debug) -> Self {
+    pub fn compare(
+        what: impl Into<String>,
+        expected: impl fmt::Debug,
+        actual: impl fmt::Debug,
+    ) -> Self {
         Self {
             what: what.into(),
             expected: Some(alloc::format!("{expected:#x?}")),

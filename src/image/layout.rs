@@ -108,8 +108,14 @@ pub fn cpu_stacks(cpu: usize) -> CpuStacks {
 /// Checks that the linker script and these constants agree (the entry code
 /// relies on them to find the exception stack).
 pub fn check() {
-    assert_eq!(stacks().end - stacks().start, MAX_CPUS * (2 * GUARD_SIZE + EXC_STACK_SIZE + STACK_SIZE));
+    assert_eq!(
+        stacks().end - stacks().start,
+        MAX_CPUS * (2 * GUARD_SIZE + EXC_STACK_SIZE + STACK_SIZE)
+    );
     for r in [text(), rodata(), data(), stacks(), heap()] {
-        assert!(r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0, "layout: {r:#x?} not page aligned");
+        assert!(
+            r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0,
+            "layout: {r:#x?} not page aligned"
+        );
     }
 }

@@ -10,10 +10,10 @@
 use core::arch::asm;
 use core::fmt;
 
+use aarch64_paging::MapError;
 use aarch64_paging::descriptor::El23Attributes as Attr;
 use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{El2, MemoryRegion};
-use aarch64_paging::MapError;
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -80,16 +80,35 @@ impl fmt::Display for MmuError {
 struct Builder(IdMap<El2>);
 
 impl Builder {
-    fn map(&mut self, what: &'static str, r: core::ops::Range<usize>, flags: Attr) -> Result<(), MmuError> {
-        let region = Region { base: r.start as u64, size: (r.end - r.start) as u64 };
-        self.0.map_range(&MemoryRegion::new(r.start, r.end), flags).map_err(|err| MmuError { what, region, err })
+    fn map(
+        &mut self,
+        what: &'static str,
+        r: core::ops::Range<usize>,
+        flags: Attr,
+    ) -> Result<(), MmuError> {
+        let region = Region {
+            base: r.start as u64,
+            size: (r.end - r.start) as u64,
+        };
+        self.0
+            .map_range(&MemoryRegion::new(r.start, r.end), flags)
+            .map_err(|err| MmuError { what, region, err })
     }
 }
 
 /// The MMIO regions the image touches, with a name for error messages.
 pub fn device_regions(p: &Platform) -> Vec<(&'static str, Region)> {
-    let mut v = vec![("UART", p.uart), ("GIC distributor", p.gic.distributor), ("SMMU", p.smmu.reg)];
-    v.extend(p.gic.redistributors.iter().map(|&r| ("GIC redistributors", r)));
+    let mut v = vec![
+        ("UART", p.uart),
+        ("GIC distributor", p.gic.distributor),
+        ("SMMU", p.smmu.reg),
+    ];
+    v.extend(
+        p.gic
+            .redistributors
+            .iter()
+            .map(|&r| ("GIC redistributors", r)),
+    );
     v.extend(p.gic.its.map(|r| ("GIC ITS", r)));
     v.push(("PCI ECAM", p.pci.ecam));
     v.extend(p.pci.mem32.map(|w| ("PCI 32-bit window", w.cpu_region())));
@@ -117,7 +136,11 @@ pub fn init(p: &Platform) -> Result<(), MmuError> {
 
     // The tables must outlive every CPU that uses them: leak them.
     let idmap = Box::leak(Box::new(b.0));
-    let config = MmuConfig { mair: MAIR_EL2, tcr: tcr_el2(), ttbr0: idmap.root_address().0 as u64 };
+    let config = MmuConfig {
+        mair: MAIR_EL2,
+        tcr: tcr_el2(),
+        ttbr0: idmap.root_address().0 as u64,
+    };
     CONFIG.call_once(|| config);
     // SAFETY: the map covers everything the image uses (code, data, stacks,
     // heap, RAM, the devices it drives) with the attributes it expects, and is
@@ -139,7 +162,9 @@ pub fn config() -> Option<MmuConfig> {
 fn tcr_el2() -> u64 {
     let mmfr0: u64;
     // SAFETY: reading an ID register has no side effects.
-    unsafe { asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("mrs {}, id_aa64mmfr0_el1", out(reg) mmfr0, options(nomem, nostack, preserves_flags))
+    };
     let ps = (mmfr0 & 0xf).min(5);
     let t0sz = 64 - VA_BITS;
     let irgn0 = 1 << 8; // write-back read/write-allocate

@@ -97,7 +97,11 @@ fn print_banner(p: &Platform) {
     println!(
         "smmuv3 image: CurrentEL {}, MMU {}, image {:#x}..{:#x}",
         cpu::current_el(),
-        if mmu::enabled() { "on (caches on)" } else { "OFF" },
+        if mmu::enabled() {
+            "on (caches on)"
+        } else {
+            "OFF"
+        },
         layout::image().start,
         layout::image().end
     );
@@ -114,7 +118,12 @@ fn print_banner(p: &Platform) {
     }
     println!();
     let i = p.smmu.irqs;
-    let irq = |v: Option<u32>| v.map_or_else(|| alloc::string::String::from("-"), |n| alloc::format!("{n}"));
+    let irq = |v: Option<u32>| {
+        v.map_or_else(
+            || alloc::string::String::from("-"),
+            |n| alloc::format!("{n}"),
+        )
+    };
     println!(
         "  SMMU  {} IRQs eventq {} priq {} cmdq-sync {} gerror {}, {}",
         p.smmu.reg,
@@ -122,7 +131,11 @@ fn print_banner(p: &Platform) {
         irq(i.priq),
         irq(i.cmdq_sync),
         irq(i.gerror),
-        if p.smmu.dma_coherent { "dma-coherent" } else { "not dma-coherent" }
+        if p.smmu.dma_coherent {
+            "dma-coherent"
+        } else {
+            "not dma-coherent"
+        }
     );
     println!(
         "  PSCI  {}",
@@ -132,13 +145,27 @@ fn print_banner(p: &Platform) {
             None => "none",
         }
     );
-    println!("  PCI   ECAM {} buses {:02x}..{:02x}", p.pci.ecam, p.pci.bus_start, p.pci.bus_end);
-    for (name, w) in [("32-bit", p.pci.mem32), ("64-bit", p.pci.mem64), ("I/O", p.pci.io)] {
+    println!(
+        "  PCI   ECAM {} buses {:02x}..{:02x}",
+        p.pci.ecam, p.pci.bus_start, p.pci.bus_end
+    );
+    for (name, w) in [
+        ("32-bit", p.pci.mem32),
+        ("64-bit", p.pci.mem64),
+        ("I/O", p.pci.io),
+    ] {
         if let Some(w) = w {
-            println!("        {name} window {} (PCI {:#x})", w.cpu_region(), w.pci_addr);
+            println!(
+                "        {name} window {} (PCI {:#x})",
+                w.cpu_region(),
+                w.pci_addr
+            );
         }
     }
-    println!("  DMA   {} free for devices", pci::human_size(dma::bytes_total() as u64));
+    println!(
+        "  DMA   {} free for devices",
+        pci::human_size(dma::bytes_total() as u64)
+    );
 }
 
 /// Prints one line per PCI function.
@@ -163,6 +190,9 @@ extern "C" fn image_rust_entry(boot_cpu: u64) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
-    console::print_unlocked(format_args!("\npanic: {} at {file}:{line}\n", info.message()));
+    console::print_unlocked(format_args!(
+        "\npanic: {} at {file}:{line}\n",
+        info.message()
+    ));
     exit(EXIT_PANIC)
 }

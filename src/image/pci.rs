@@ -126,7 +126,14 @@ pub fn human_size(size: u64) -> String {
 
 impl fmt::Display for PciFunction {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{} [{:04x}:{:04x}] {}", self.bdf, self.vendor, self.device, self.name())?;
+        write!(
+            f,
+            "{} [{:04x}:{:04x}] {}",
+            self.bdf,
+            self.vendor,
+            self.device,
+            self.name()
+        )?;
         if let Some((sec, sub)) = self.buses {
             write!(f, "  buses {sec:02x}..{sub:02x}")?;
         }
@@ -136,7 +143,13 @@ impl fmt::Display for PciFunction {
                 BarKind::Mem64 => " 64-bit",
                 BarKind::Io => " I/O",
             };
-            write!(f, "  BAR{}{kind} {:#x} ({})", b.index, b.cpu_addr, human_size(b.size))?;
+            write!(
+                f,
+                "  BAR{}{kind} {:#x} ({})",
+                b.index,
+                b.cpu_addr,
+                human_size(b.size)
+            )?;
         }
         match self.stream_id {
             Ok(sid) => write!(f, "  StreamID {sid:#06x}"),
@@ -155,7 +168,10 @@ pub struct Ecam {
 impl Ecam {
     /// Config space of `host` (its ECAM region must be mapped as device memory).
     pub fn new(host: &PciHost) -> Self {
-        Self { base: host.ecam.base as usize, bus_start: host.bus_start }
+        Self {
+            base: host.ecam.base as usize,
+            bus_start: host.bus_start,
+        }
     }
 
     fn addr(&self, bdf: Bdf, reg: usize) -> usize {
@@ -224,7 +240,12 @@ struct Pool {
 impl Pool {
     fn new(window: Option<Window>) -> Self {
         // Never hand out PCI address 0 (an I/O window usually starts there).
-        Self { window, next: window.map_or(0, |w| w.pci_addr.max(if w.pci_addr == 0 { 0x1000 } else { 0 })) }
+        Self {
+            window,
+            next: window.map_or(0, |w| {
+                w.pci_addr.max(if w.pci_addr == 0 { 0x1000 } else { 0 })
+            }),
+        }
     }
 
     fn alloc(&mut self, size: u64) -> Option<(u64, u64)> {
@@ -262,7 +283,11 @@ impl fmt::Display for PciError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             Self::OutOfSpace { bdf, bar, size } => {
-                write!(f, "{bdf} BAR{bar} ({}) does not fit into its PCI window", human_size(*size))
+                write!(
+                    f,
+                    "{bdf} BAR{bar} ({}) does not fit into its PCI window",
+                    human_size(*size)
+                )
             }
             Self::OutOfBuses(bdf) => write!(f, "no bus number left for the bridge at {bdf}"),
         }
@@ -345,7 +370,8 @@ impl Enumerator<'_> {
         if header_type == 1 {
             self.found[index].buses = Some(self.configure_bridge(bdf)?);
         }
-        let uses_io = self.found[index].bars.iter().any(|b| b.kind == BarKind::Io) || header_type == 1;
+        let uses_io =
+            self.found[index].bars.iter().any(|b| b.kind == BarKind::Io) || header_type == 1;
         let cmd = CMD_MEMORY | CMD_BUS_MASTER | if uses_io { CMD_IO } else { 0 };
         self.ecam.write16(bdf, COMMAND, cmd);
         Ok(())
@@ -368,7 +394,11 @@ impl Enumerator<'_> {
             let io = lo & 1 != 0;
             let is64 = !io && (lo >> 1) & 3 == 2;
             let prefetchable = !io && lo & 8 != 0;
-            let mut mask = if io { u64::from(lo & !3) | 0xffff_0000 } else { u64::from(lo & !0xf) };
+            let mut mask = if io {
+                u64::from(lo & !3) | 0xffff_0000
+            } else {
+                u64::from(lo & !0xf)
+            };
             if is64 {
                 self.ecam.write32(bdf, reg + 4, u32::MAX);
                 mask |= u64::from(self.ecam.read32(bdf, reg + 4)) << 32;
@@ -388,15 +418,29 @@ impl Enumerator<'_> {
             } else if is64 && (prefetchable || root) && self.mem64.window.is_some() {
                 (BarKind::Mem64, &mut self.mem64)
             } else {
-                (if is64 { BarKind::Mem64 } else { BarKind::Mem32 }, &mut self.mem32)
+                (
+                    if is64 { BarKind::Mem64 } else { BarKind::Mem32 },
+                    &mut self.mem32,
+                )
             };
-            let (pci_addr, cpu_addr) =
-                pool.alloc(size).ok_or(PciError::OutOfSpace { bdf, bar: index, size })?;
-            self.ecam.write32(bdf, reg, pci_addr as u32 | (lo & if io { 3 } else { 0xf }));
+            let (pci_addr, cpu_addr) = pool.alloc(size).ok_or(PciError::OutOfSpace {
+                bdf,
+                bar: index,
+                size,
+            })?;
+            self.ecam
+                .write32(bdf, reg, pci_addr as u32 | (lo & if io { 3 } else { 0xf }));
             if is64 {
                 self.ecam.write32(bdf, reg + 4, (pci_addr >> 32) as u32);
             }
-            bars.push(Bar { index, kind, prefetchable, pci_addr, cpu_addr, size });
+            bars.push(Bar {
+                index,
+                kind,
+                prefetchable,
+                pci_addr,
+                cpu_addr,
+                size,
+            });
         }
         Ok(bars)
     }
@@ -410,7 +454,9 @@ impl Enumerator<'_> {
         self.last_bus += 1;
         let secondary = self.last_bus;
         let latency = self.ecam.read32(bdf, BUSES) & 0xff00_0000;
-        let buses = |sub: u8| latency | u32::from(sub) << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus);
+        let buses = |sub: u8| {
+            latency | u32::from(sub) << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus)
+        };
         // Open the subordinate range fully while scanning below.
         self.ecam.write32(bdf, BUSES, buses(self.host.bus_end));
 
@@ -429,7 +475,11 @@ impl Enumerator<'_> {
 
         // Memory window (32-bit, 1 MiB granular): base/limit bits 31:20.
         let (base, limit) = window(m32, self.mem32.next);
-        self.ecam.write32(bdf, MEM_BASE_LIMIT, ((limit >> 16) as u32 & 0xfff0) << 16 | ((base >> 16) as u32 & 0xfff0));
+        self.ecam.write32(
+            bdf,
+            MEM_BASE_LIMIT,
+            ((limit >> 16) as u32 & 0xfff0) << 16 | ((base >> 16) as u32 & 0xfff0),
+        );
         // Prefetchable window (64-bit capable): bits 31:20 here, 63:32 upper.
         let (base, limit) = window(m64, self.mem64.next);
         self.ecam.write32(
@@ -438,12 +488,21 @@ impl Enumerator<'_> {
             (((limit >> 16) as u32 & 0xfff0) | 1) << 16 | ((base >> 16) as u32 & 0xfff0) | 1,
         );
         self.ecam.write32(bdf, PREF_BASE_UPPER, (base >> 32) as u32);
-        self.ecam.write32(bdf, PREF_LIMIT_UPPER, (limit >> 32) as u32);
+        self.ecam
+            .write32(bdf, PREF_LIMIT_UPPER, (limit >> 32) as u32);
         // I/O window (4 KiB granular, 32-bit I/O addressing).
         let (base, limit) = window(io, self.io.next);
         // 16-bit write: the secondary status next to it is write-1-to-clear.
-        self.ecam.write16(bdf, IO_BASE_LIMIT, ((limit >> 8) as u16 & 0xf0) << 8 | ((base >> 8) as u16 & 0xf0));
-        self.ecam.write32(bdf, IO_UPPER, ((limit >> 16) as u32) << 16 | (base >> 16) as u32 & 0xffff);
+        self.ecam.write16(
+            bdf,
+            IO_BASE_LIMIT,
+            ((limit >> 8) as u16 & 0xf0) << 8 | ((base >> 8) as u16 & 0xf0),
+        );
+        self.ecam.write32(
+            bdf,
+            IO_UPPER,
+            ((limit >> 16) as u32) << 16 | (base >> 16) as u32 & 0xffff,
+        );
         Ok((secondary, subordinate))
     }
 }
@@ -451,5 +510,9 @@ impl Enumerator<'_> {
 /// A bridge window `[start, end)` as (base, limit); an empty window is
 /// encoded with base > limit, which disables it.
 fn window(start: u64, end: u64) -> (u64, u64) {
-    if end > start { (start, end - 1) } else { (u64::MAX & !0xfffff, 0) }
+    if end > start {
+        (start, end - 1)
+    } else {
+        (!0xfffff, 0)
+    }
 }

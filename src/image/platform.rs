@@ -108,13 +108,16 @@ pub struct Window {
 
 impl Window {
     /// The CPU address of PCI address `pci`.
-    pub fn to_cpu(&self, pci: u64) -> u64 {
+    pub fn to_cpu(self, pci: u64) -> u64 {
         pci - self.pci_addr + self.cpu_addr
     }
 
     /// The CPU-side region.
-    pub fn cpu_region(&self) -> Region {
-        Region { base: self.cpu_addr, size: self.size }
+    pub fn cpu_region(self) -> Region {
+        Region {
+            base: self.cpu_addr,
+            size: self.size,
+        }
     }
 }
 
@@ -239,7 +242,13 @@ fn cells(value: &[u8]) -> impl Iterator<Item = u32> + '_ {
 
 fn reg_of(node: FdtNode) -> Vec<Region> {
     node.raw_reg()
-        .map(|regs| regs.map(|r| Region { base: be(r.address), size: be(r.size) }).collect())
+        .map(|regs| {
+            regs.map(|r| Region {
+                base: be(r.address),
+                size: be(r.size),
+            })
+            .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -271,7 +280,10 @@ pub unsafe fn open_dtb(addr: usize) -> Result<Fdt<'static>, DtbError> {
 /// The PL011's register region: the `stdout-path` node if it is a PL011,
 /// else the first `arm,pl011`.
 pub fn find_uart(fdt: &Fdt) -> Result<Region, DtbError> {
-    let is_pl011 = |n: &FdtNode| n.compatible().is_some_and(|c| c.all().any(|s| s == "arm,pl011"));
+    let is_pl011 = |n: &FdtNode| {
+        n.compatible()
+            .is_some_and(|c| c.all().any(|s| s == "arm,pl011"))
+    };
     let node = fdt
         .chosen()
         .stdout()
@@ -284,7 +296,10 @@ pub fn find_uart(fdt: &Fdt) -> Result<Region, DtbError> {
 impl Platform {
     /// Reads everything the image needs from the DTB.
     pub fn from_dtb(fdt: &Fdt) -> Result<Self, DtbError> {
-        let dtb = Region { base: DTB_ADDR as u64, size: fdt.total_size() as u64 };
+        let dtb = Region {
+            base: DTB_ADDR as u64,
+            size: fdt.total_size() as u64,
+        };
         Ok(Self {
             dtb,
             ram: ram(fdt)?,
@@ -304,11 +319,17 @@ fn ram(fdt: &Fdt) -> Result<Vec<Region>, DtbError> {
         .flat_map(reg_of)
         .filter(|r| r.size > 0)
         .collect();
-    if ram.is_empty() { Err(DtbError::Missing("memory node")) } else { Ok(ram) }
+    if ram.is_empty() {
+        Err(DtbError::Missing("memory node"))
+    } else {
+        Ok(ram)
+    }
 }
 
 fn gic(fdt: &Fdt) -> Result<Gic, DtbError> {
-    let node = fdt.find_compatible(&["arm,gic-v3"]).ok_or(DtbError::Missing("arm,gic-v3 interrupt controller"))?;
+    let node = fdt
+        .find_compatible(&["arm,gic-v3"])
+        .ok_or(DtbError::Missing("arm,gic-v3 interrupt controller"))?;
     let regs = reg_of(node);
     let distributor = *regs.first().ok_or(DtbError::Missing("GICD reg"))?;
     let n_redist = u32_prop(node, "#redistributor-regions").unwrap_or(1) as usize;
@@ -318,21 +339,37 @@ fn gic(fdt: &Fdt) -> Result<Gic, DtbError> {
     }
     let its = node
         .children()
-        .find(|c| c.compatible().is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its")))
+        .find(|c| {
+            c.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
+        })
         .and_then(|c| reg_of(c).first().copied());
-    Ok(Gic { distributor, redistributors, its })
+    Ok(Gic {
+        distributor,
+        redistributors,
+        its,
+    })
 }
 
 fn smmu(fdt: &Fdt) -> Result<Smmu, DtbError> {
-    let node = fdt.find_compatible(&["arm,smmu-v3"]).ok_or(DtbError::Missing("arm,smmu-v3 node"))?;
+    let node = fdt
+        .find_compatible(&["arm,smmu-v3"])
+        .ok_or(DtbError::Missing("arm,smmu-v3 node"))?;
     let reg = first_reg(node, "reg for the SMMU")?;
     let mut irqs = SmmuIrqs::default();
-    if let (Some(ints), Some(names)) = (node.property("interrupts"), node.property("interrupt-names")) {
+    if let (Some(ints), Some(names)) = (
+        node.property("interrupts"),
+        node.property("interrupt-names"),
+    ) {
         // GICv3 interrupt specifiers: <type number flags>, type 0 = SPI, 1 = PPI.
         let specs: Vec<u32> = cells(ints.value).collect();
         let names = names.value.split(|&b| b == 0).filter(|s| !s.is_empty());
         for (spec, name) in specs.chunks_exact(3).zip(names) {
-            let intid = if spec[0] == 0 { 32 + spec[1] } else { 16 + spec[1] };
+            let intid = if spec[0] == 0 {
+                32 + spec[1]
+            } else {
+                16 + spec[1]
+            };
             match name {
                 b"eventq" => irqs.eventq = Some(intid),
                 b"priq" => irqs.priq = Some(intid),
@@ -377,19 +414,28 @@ fn pci_host(fdt: &Fdt) -> Result<PciHost, DtbError> {
 
     // ranges: <pci-addr (3 cells)> <cpu-addr (parent #address-cells)> <size (2 cells)>
     let parent_cells = fdt.root().cell_sizes().address_cells;
-    let ranges = node.property("ranges").ok_or(DtbError::Missing("ranges for the PCI host bridge"))?;
+    let ranges = node
+        .property("ranges")
+        .ok_or(DtbError::Missing("ranges for the PCI host bridge"))?;
     let entry_cells = 3 + parent_cells + 2;
     let words: Vec<u32> = cells(ranges.value).collect();
-    if words.is_empty() || words.len() % entry_cells != 0 {
+    if words.is_empty() || !words.len().is_multiple_of(entry_cells) {
         return Err(DtbError::Malformed("PCI ranges"));
     }
     let (mut mem32, mut mem64, mut io) = (None, None, None);
     for e in words.chunks_exact(entry_cells) {
         let flags = e[0];
         let pci_addr = (u64::from(e[1]) << 32) | u64::from(e[2]);
-        let cpu_addr = e[3..3 + parent_cells].iter().fold(0u64, |a, &c| (a << 32) | u64::from(c));
+        let cpu_addr = e[3..3 + parent_cells]
+            .iter()
+            .fold(0u64, |a, &c| (a << 32) | u64::from(c));
         let size = (u64::from(e[3 + parent_cells]) << 32) | u64::from(e[4 + parent_cells]);
-        let w = Window { pci_addr, cpu_addr, size, prefetchable: flags & (1 << 30) != 0 };
+        let w = Window {
+            pci_addr,
+            cpu_addr,
+            size,
+            prefetchable: flags & (1 << 30) != 0,
+        };
         match (flags >> 24) & 3 {
             1 => io = Some(w),
             2 => mem32 = Some(w),
@@ -406,7 +452,12 @@ fn pci_host(fdt: &Fdt) -> Result<PciHost, DtbError> {
         .map(|p| {
             let v: Vec<u32> = cells(p.value).collect();
             v.chunks_exact(4)
-                .map(|c| IommuMapEntry { rid_base: c[0], iommu: c[1], sid_base: c[2], len: c[3] })
+                .map(|c| IommuMapEntry {
+                    rid_base: c[0],
+                    iommu: c[1],
+                    sid_base: c[2],
+                    len: c[3],
+                })
                 .collect()
         })
         .unwrap_or_default();

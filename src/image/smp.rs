@@ -29,7 +29,9 @@ pub fn set_secondary_main(f: fn() -> !) {
 
 /// Runs on a secondary CPU after `entry.rs` set its stacks and vectors.
 pub fn secondary_main() -> ! {
-    let Some(config) = mmu::config() else { semihosting::exit(super::EXIT_BOOT_FAILURE) };
+    let Some(config) = mmu::config() else {
+        semihosting::exit(super::EXIT_BOOT_FAILURE)
+    };
     // SAFETY: the boot CPU built this identity map for every CPU's needs.
     unsafe { mmu::enable(&config) };
     let p = SECONDARY_MAIN.load(Ordering::Acquire);
