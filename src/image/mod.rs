@@ -163,8 +163,8 @@ fn print_banner(p: &Platform) {
         }
     }
     println!(
-        "  DMA   {} free for devices",
-        pci::human_size(dma::bytes_total() as u64)
+        "  DMA   {} MiB of RAM for device-visible memory",
+        dma::bytes_total() >> 20
     );
 }
 
