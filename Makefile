@@ -1,0 +1,38 @@
+# The two commands that matter: `make run` and `make test`.
+.PHONY: all setup run test bench size fmt clippy clean
+
+IMAGE := target/aarch64-unknown-none/release/smmuv3-image
+
+all: test
+
+setup:
+	@qemu/setup.sh
+
+# Boots the image under QEMU (extra QEMU arguments: QEMU_ARGS="...").
+run: setup
+	cargo build --release
+	@$(MAKE) --no-print-directory size
+	cargo run --release
+
+# Host unit tests + every on-target suite, one verdict line at the end.
+test: setup
+	tests/collect.sh
+
+# Benchmark mode (filled in with the driver demo).
+bench: setup
+	cargo run --release --features bench
+
+# Image size (text, data, bss).
+size:
+	@if command -v llvm-size >/dev/null 2>&1; then llvm-size $(IMAGE); \
+	elif command -v size >/dev/null 2>&1; then size $(IMAGE); \
+	else readelf -SW $(IMAGE); fi
+
+fmt:
+	cargo fmt
+
+clippy:
+	cargo clippy --release --bins --tests
+
+clean:
+	cargo clean

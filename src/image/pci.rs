@@ -1,0 +1,518 @@
+//! PCI enumeration from scratch (no firmware ran before the image).
+//!
+//! A depth-first walk from the root bus: every bridge (type 1 header) gets
+//! its secondary/subordinate bus numbers, every BAR is sized and assigned
+//! (32-bit BARs from the 32-bit window, 64-bit prefetchable BARs, and any
+//! 64-bit BAR on the root bus, from the 64-bit window), bridge windows are
+//! programmed around what lies behind them, and memory space + bus master are
+//! enabled on every function.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use super::platform::{PciHost, RidError, Window};
+
+/// Bus/device/function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Bdf {
+    /// Bus number.
+    pub bus: u8,
+    /// Device (0..32).
+    pub dev: u8,
+    /// Function (0..8).
+    pub func: u8,
+}
+
+impl Bdf {
+    /// The PCI requester ID: `bus << 8 | dev << 3 | func`.
+    pub fn rid(&self) -> u16 {
+        (u16::from(self.bus) << 8) | (u16::from(self.dev) << 3) | u16::from(self.func)
+    }
+}
+
+impl fmt::Display for Bdf {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.dev, self.func)
+    }
+}
+
+/// What kind of BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    /// 32-bit memory.
+    Mem32,
+    /// 64-bit memory (occupies two BAR slots).
+    Mem64,
+    /// I/O ports.
+    Io,
+}
+
+/// An assigned BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bar {
+    /// BAR index (0..6).
+    pub index: u8,
+    /// Kind.
+    pub kind: BarKind,
+    /// Prefetchable flag.
+    pub prefetchable: bool,
+    /// Address on the PCI bus (what the BAR holds).
+    pub pci_addr: u64,
+    /// Address the CPU uses.
+    pub cpu_addr: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One PCI function found by [`enumerate`].
+#[derive(Debug, Clone)]
+pub struct PciFunction {
+    /// Where it is.
+    pub bdf: Bdf,
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+    /// Class code (base class << 16 | subclass << 8 | prog-if).
+    pub class: u32,
+    /// Header type (0 = endpoint, 1 = PCI-to-PCI bridge), without the
+    /// multi-function bit.
+    pub header_type: u8,
+    /// Assigned BARs.
+    pub bars: Vec<Bar>,
+    /// For bridges: the secondary..=subordinate bus range.
+    pub buses: Option<(u8, u8)>,
+    /// The StreamID from `iommu-map` (None or an error when not covered).
+    pub stream_id: Result<u32, RidError>,
+    /// phandle of the IOMMU the StreamID belongs to.
+    pub iommu: Option<u32>,
+}
+
+impl PciFunction {
+    /// A human name for known vendor:device pairs.
+    pub fn name(&self) -> &'static str {
+        match (self.vendor, self.device) {
+            (0x1234, 0x11e8) => "edu",
+            (0x1b36, 0x0008) => "QEMU PCIe host bridge",
+            (0x1b36, 0x000c) => "PCIe root port",
+            (0x104c, 0x8232) => "XIO3130 switch upstream port",
+            (0x104c, 0x8233) => "XIO3130 switch downstream port",
+            (0x1b36, 0x000e) => "PCIe-to-PCI bridge",
+            (0x1b36, 0x0001) => "PCI-to-PCI bridge",
+            _ => match self.class >> 16 {
+                0x06 => "bridge",
+                _ => "device",
+            },
+        }
+    }
+
+    /// The BAR with index `i`.
+    pub fn bar(&self, i: u8) -> Option<&Bar> {
+        self.bars.iter().find(|b| b.index == i)
+    }
+}
+
+/// Formats a size as `1 MiB`, `4 KiB`, `16 B`.
+pub fn human_size(size: u64) -> String {
+    let (v, unit) = match size {
+        s if s >= 1 << 30 && s % (1 << 30) == 0 => (s >> 30, "GiB"),
+        s if s >= 1 << 20 && s % (1 << 20) == 0 => (s >> 20, "MiB"),
+        s if s >= 1 << 10 && s % (1 << 10) == 0 => (s >> 10, "KiB"),
+        s => (s, "B"),
+    };
+    alloc::format!("{v} {unit}")
+}
+
+impl fmt::Display for PciFunction {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "{} [{:04x}:{:04x}] {}",
+            self.bdf,
+            self.vendor,
+            self.device,
+            self.name()
+        )?;
+        if let Some((sec, sub)) = self.buses {
+            write!(f, "  buses {sec:02x}..{sub:02x}")?;
+        }
+        for b in &self.bars {
+            let kind = match b.kind {
+                BarKind::Mem32 => "",
+                BarKind::Mem64 => " 64-bit",
+                BarKind::Io => " I/O",
+            };
+            write!(
+                f,
+                "  BAR{}{kind} {:#x} ({})",
+                b.index,
+                b.cpu_addr,
+                human_size(b.size)
+            )?;
+        }
+        match self.stream_id {
+            Ok(sid) => write!(f, "  StreamID {sid:#06x}"),
+            Err(e) => write!(f, "  no StreamID ({e})"),
+        }
+    }
+}
+
+/// ECAM config-space accessors.
+#[derive(Debug, Clone, Copy)]
+pub struct Ecam {
+    base: usize,
+    bus_start: u8,
+}
+
+impl Ecam {
+    /// Config space of `host` (its ECAM region must be mapped as device memory).
+    pub fn new(host: &PciHost) -> Self {
+        Self {
+            base: host.ecam.base as usize,
+            bus_start: host.bus_start,
+        }
+    }
+
+    fn addr(&self, bdf: Bdf, reg: usize) -> usize {
+        let bus = usize::from(bdf.bus - self.bus_start);
+        self.base + (bus << 20 | usize::from(bdf.dev) << 15 | usize::from(bdf.func) << 12 | reg)
+    }
+
+    /// Reads the 32-bit config register at `reg` (4-byte aligned).
+    pub fn read32(&self, bdf: Bdf, reg: usize) -> u32 {
+        // SAFETY: the ECAM window is mapped device memory covering every
+        // bus/device/function of the host bridge; config reads have no side
+        // effects beyond the device's own semantics.
+        unsafe { (self.addr(bdf, reg & !3) as *const u32).read_volatile() }
+    }
+
+    /// Writes the 32-bit config register at `reg` (4-byte aligned).
+    pub fn write32(&self, bdf: Bdf, reg: usize, value: u32) {
+        // SAFETY: as in `read32`; the enumerator owns config space.
+        unsafe { (self.addr(bdf, reg & !3) as *mut u32).write_volatile(value) }
+    }
+
+    /// Reads a 16-bit config register.
+    pub fn read16(&self, bdf: Bdf, reg: usize) -> u16 {
+        (self.read32(bdf, reg) >> ((reg & 2) * 8)) as u16
+    }
+
+    /// Writes a 16-bit config register (16-bit access, so the neighbouring
+    /// register, e.g. the RW1C status next to command, is untouched).
+    pub fn write16(&self, bdf: Bdf, reg: usize, value: u16) {
+        // SAFETY: as in `write32`, for an aligned 16-bit register.
+        unsafe { (self.addr(bdf, reg & !1) as *mut u16).write_volatile(value) }
+    }
+}
+
+const VENDOR: usize = 0x00;
+const COMMAND: usize = 0x04;
+const CLASS_REV: usize = 0x08;
+const HEADER: usize = 0x0c;
+const BAR0: usize = 0x10;
+const BUSES: usize = 0x18;
+const IO_BASE_LIMIT: usize = 0x1c;
+const MEM_BASE_LIMIT: usize = 0x20;
+const PREF_BASE_LIMIT: usize = 0x24;
+const PREF_BASE_UPPER: usize = 0x28;
+const PREF_LIMIT_UPPER: usize = 0x2c;
+const IO_UPPER: usize = 0x30;
+
+/// Command register: I/O space, memory space, bus master.
+pub const CMD_IO: u16 = 1 << 0;
+/// Memory space enable.
+pub const CMD_MEMORY: u16 = 1 << 1;
+/// Bus master enable.
+pub const CMD_BUS_MASTER: u16 = 1 << 2;
+
+/// Bridge windows are 1 MiB (memory) and 4 KiB (I/O) granular.
+const MEM_WINDOW_ALIGN: u64 = 1 << 20;
+const IO_WINDOW_ALIGN: u64 = 1 << 12;
+
+/// A bump allocator over one window's PCI addresses.
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    window: Option<Window>,
+    next: u64,
+}
+
+impl Pool {
+    fn new(window: Option<Window>) -> Self {
+        // Never hand out PCI address 0 (an I/O window usually starts there).
+        Self {
+            window,
+            next: window.map_or(0, |w| {
+                w.pci_addr.max(if w.pci_addr == 0 { 0x1000 } else { 0 })
+            }),
+        }
+    }
+
+    fn alloc(&mut self, size: u64) -> Option<(u64, u64)> {
+        let w = self.window?;
+        let addr = self.next.checked_next_multiple_of(size)?;
+        if addr + size > w.pci_addr + w.size {
+            return None;
+        }
+        self.next = addr + size;
+        Some((addr, w.to_cpu(addr)))
+    }
+
+    fn align(&mut self, to: u64) {
+        self.next = self.next.next_multiple_of(to);
+    }
+}
+
+/// Why enumeration stopped.
+#[derive(Debug, Clone)]
+pub enum PciError {
+    /// A BAR did not fit into its window.
+    OutOfSpace {
+        /// The function.
+        bdf: Bdf,
+        /// BAR index.
+        bar: u8,
+        /// BAR size.
+        size: u64,
+    },
+    /// More bridges than bus numbers.
+    OutOfBuses(Bdf),
+}
+
+impl fmt::Display for PciError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::OutOfSpace { bdf, bar, size } => {
+                write!(
+                    f,
+                    "{bdf} BAR{bar} ({}) does not fit into its PCI window",
+                    human_size(*size)
+                )
+            }
+            Self::OutOfBuses(bdf) => write!(f, "no bus number left for the bridge at {bdf}"),
+        }
+    }
+}
+
+struct Enumerator<'a> {
+    host: &'a PciHost,
+    ecam: Ecam,
+    mem32: Pool,
+    mem64: Pool,
+    io: Pool,
+    last_bus: u8,
+    found: Vec<PciFunction>,
+}
+
+/// Enumerates and configures every function below `host`.
+pub fn enumerate(host: &PciHost) -> Result<Vec<PciFunction>, PciError> {
+    let mut e = Enumerator {
+        host,
+        ecam: Ecam::new(host),
+        mem32: Pool::new(host.mem32),
+        mem64: Pool::new(host.mem64),
+        io: Pool::new(host.io),
+        last_bus: host.bus_start,
+        found: Vec::new(),
+    };
+    e.scan_bus(host.bus_start, true)?;
+    Ok(e.found)
+}
+
+impl Enumerator<'_> {
+    fn scan_bus(&mut self, bus: u8, root: bool) -> Result<(), PciError> {
+        for dev in 0..32 {
+            let mut functions = 1;
+            let mut func = 0;
+            while func < functions {
+                let bdf = Bdf { bus, dev, func };
+                func += 1;
+                if self.ecam.read16(bdf, VENDOR) == 0xffff {
+                    continue;
+                }
+                let header = (self.ecam.read32(bdf, HEADER) >> 16) as u8;
+                if bdf.func == 0 && header & 0x80 != 0 {
+                    functions = 8;
+                }
+                self.configure(bdf, header & 0x7f, root)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn configure(&mut self, bdf: Bdf, header_type: u8, root: bool) -> Result<(), PciError> {
+        let ids = self.ecam.read32(bdf, VENDOR);
+        let class = self.ecam.read32(bdf, CLASS_REV) >> 8;
+        // Decoding off while BARs are sized.
+        self.ecam.write16(bdf, COMMAND, 0);
+        let nbars = match header_type {
+            0 => 6,
+            1 => 2,
+            _ => 0,
+        };
+        let bars = self.assign_bars(bdf, nbars, root)?;
+        let (stream_id, iommu) = match self.host.rid_to_sid(bdf.rid()) {
+            Ok((iommu, sid)) => (Ok(sid), Some(iommu)),
+            Err(e) => (Err(e), None),
+        };
+        let index = self.found.len();
+        self.found.push(PciFunction {
+            bdf,
+            vendor: ids as u16,
+            device: (ids >> 16) as u16,
+            class,
+            header_type,
+            bars,
+            buses: None,
+            stream_id,
+            iommu,
+        });
+        if header_type == 1 {
+            self.found[index].buses = Some(self.configure_bridge(bdf)?);
+        }
+        let uses_io =
+            self.found[index].bars.iter().any(|b| b.kind == BarKind::Io) || header_type == 1;
+        let cmd = CMD_MEMORY | CMD_BUS_MASTER | if uses_io { CMD_IO } else { 0 };
+        self.ecam.write16(bdf, COMMAND, cmd);
+        Ok(())
+    }
+
+    fn assign_bars(&mut self, bdf: Bdf, nbars: u8, root: bool) -> Result<Vec<Bar>, PciError> {
+        let mut bars = Vec::new();
+        let mut i = 0;
+        while i < nbars {
+            let reg = BAR0 + 4 * usize::from(i);
+            let orig = self.ecam.read32(bdf, reg);
+            self.ecam.write32(bdf, reg, u32::MAX);
+            let lo = self.ecam.read32(bdf, reg);
+            let index = i;
+            i += 1;
+            if lo == 0 {
+                self.ecam.write32(bdf, reg, orig);
+                continue;
+            }
+            let io = lo & 1 != 0;
+            let is64 = !io && (lo >> 1) & 3 == 2;
+            let prefetchable = !io && lo & 8 != 0;
+            let mut mask = if io {
+                u64::from(lo & !3) | 0xffff_0000
+            } else {
+                u64::from(lo & !0xf)
+            };
+            if is64 {
+                self.ecam.write32(bdf, reg + 4, u32::MAX);
+                mask |= u64::from(self.ecam.read32(bdf, reg + 4)) << 32;
+                i += 1;
+            } else {
+                mask |= 0xffff_ffff_0000_0000;
+            }
+            let size = (!mask).wrapping_add(1);
+            if size == 0 {
+                continue;
+            }
+            // A 64-bit BAR goes to the 64-bit window when a bridge's
+            // prefetchable window can carry it (prefetchable) or no bridge
+            // is in between (root bus); otherwise it needs a 32-bit address.
+            let (kind, pool) = if io {
+                (BarKind::Io, &mut self.io)
+            } else if is64 && (prefetchable || root) && self.mem64.window.is_some() {
+                (BarKind::Mem64, &mut self.mem64)
+            } else {
+                (
+                    if is64 { BarKind::Mem64 } else { BarKind::Mem32 },
+                    &mut self.mem32,
+                )
+            };
+            let (pci_addr, cpu_addr) = pool.alloc(size).ok_or(PciError::OutOfSpace {
+                bdf,
+                bar: index,
+                size,
+            })?;
+            self.ecam
+                .write32(bdf, reg, pci_addr as u32 | (lo & if io { 3 } else { 0xf }));
+            if is64 {
+                self.ecam.write32(bdf, reg + 4, (pci_addr >> 32) as u32);
+            }
+            bars.push(Bar {
+                index,
+                kind,
+                prefetchable,
+                pci_addr,
+                cpu_addr,
+                size,
+            });
+        }
+        Ok(bars)
+    }
+
+    /// Numbers the buses behind the bridge at `bdf`, enumerates them, and
+    /// opens the bridge's windows around what was assigned behind it.
+    fn configure_bridge(&mut self, bdf: Bdf) -> Result<(u8, u8), PciError> {
+        if self.last_bus >= self.host.bus_end {
+            return Err(PciError::OutOfBuses(bdf));
+        }
+        self.last_bus += 1;
+        let secondary = self.last_bus;
+        let latency = self.ecam.read32(bdf, BUSES) & 0xff00_0000;
+        let buses = |sub: u8| {
+            latency | u32::from(sub) << 16 | u32::from(secondary) << 8 | u32::from(bdf.bus)
+        };
+        // Open the subordinate range fully while scanning below.
+        self.ecam.write32(bdf, BUSES, buses(self.host.bus_end));
+
+        self.mem32.align(MEM_WINDOW_ALIGN);
+        self.mem64.align(MEM_WINDOW_ALIGN);
+        self.io.align(IO_WINDOW_ALIGN);
+        let (m32, m64, io) = (self.mem32.next, self.mem64.next, self.io.next);
+
+        self.scan_bus(secondary, false)?;
+
+        let subordinate = self.last_bus;
+        self.ecam.write32(bdf, BUSES, buses(subordinate));
+        self.mem32.align(MEM_WINDOW_ALIGN);
+        self.mem64.align(MEM_WINDOW_ALIGN);
+        self.io.align(IO_WINDOW_ALIGN);
+
+        // Memory window (32-bit, 1 MiB granular): base/limit bits 31:20.
+        let (base, limit) = window(m32, self.mem32.next);
+        self.ecam.write32(
+            bdf,
+            MEM_BASE_LIMIT,
+            ((limit >> 16) as u32 & 0xfff0) << 16 | ((base >> 16) as u32 & 0xfff0),
+        );
+        // Prefetchable window (64-bit capable): bits 31:20 here, 63:32 upper.
+        let (base, limit) = window(m64, self.mem64.next);
+        self.ecam.write32(
+            bdf,
+            PREF_BASE_LIMIT,
+            (((limit >> 16) as u32 & 0xfff0) | 1) << 16 | ((base >> 16) as u32 & 0xfff0) | 1,
+        );
+        self.ecam.write32(bdf, PREF_BASE_UPPER, (base >> 32) as u32);
+        self.ecam
+            .write32(bdf, PREF_LIMIT_UPPER, (limit >> 32) as u32);
+        // I/O window (4 KiB granular, 32-bit I/O addressing).
+        let (base, limit) = window(io, self.io.next);
+        // 16-bit write: the secondary status next to it is write-1-to-clear.
+        self.ecam.write16(
+            bdf,
+            IO_BASE_LIMIT,
+            ((limit >> 8) as u16 & 0xf0) << 8 | ((base >> 8) as u16 & 0xf0),
+        );
+        self.ecam.write32(
+            bdf,
+            IO_UPPER,
+            ((limit >> 16) as u32) << 16 | (base >> 16) as u32 & 0xffff,
+        );
+        Ok((secondary, subordinate))
+    }
+}
+
+/// A bridge window `[start, end)` as (base, limit); an empty window is
+/// encoded with base > limit, which disables it.
+fn window(start: u64, end: u64) -> (u64, u64) {
+    if end > start {
+        (start, end - 1)
+    } else {
+        (!0xfffff, 0)
+    }
+}

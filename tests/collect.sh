@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs every test and prints one verdict: the last line is "N passed, M failed",
+# and the exit status is non-zero iff M > 0.
+#
+#  1. host unit tests of the driver: cargo test --lib --target <host triple>
+#     (counted from cargo's "test result:" lines);
+#  2. every on-target suite (tests/*.rs, [[test]] in Cargo.toml), each booted
+#     in a fresh QEMU by qemu/run.sh through `cargo test --no-fail-fast`
+#     (counted from the "test <name> ... ok|FAILED" lines). A suite that
+#     crashed, timed out or printed no summary counts as a failure (run.sh
+#     prints "test <suite> ... FAILED (<reason>)"), and so does a suite that
+#     never ran (build failure).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+echo "collect: host unit tests (cargo test --lib --target $host)"
+cargo test --lib --target "$host" 2>&1 | tee "$logs/host.txt"
+host_status=${PIPESTATUS[0]}
+
+echo "collect: on-target suites (cargo test --no-fail-fast, each image in its own QEMU)"
+cargo test --no-fail-fast 2>&1 | tee "$logs/target.txt"
+target_status=${PIPESTATUS[0]}
+
+# Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
+read -r host_pass host_fail host_results < <(
+    awk '/^test result: / { for (i = 1; i <= NF; i++) {
+             if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } n++ }
+         END { print p + 0, f + 0, n + 0 }' "$logs/host.txt")
+if [ "$host_status" -ne 0 ] && [ "$host_fail" -eq 0 ]; then
+    echo "collect: FAILED: host unit tests did not build or run (exit status $host_status)"
+    host_fail=1
+fi
+
+# On target: per-test lines, and one summary per suite that ran.
+expected_suites=$(grep -c '^\[\[test\]\]' Cargo.toml)
+read -r t_pass t_fail t_suites t_nosummary < <(
+    tr -d '\r' <"$logs/target.txt" | awk '
+        /^ *Running tests\// { if (in_suite && !summary) missing++; in_suite = 1; summary = 0; suites++; next }
+        /^test .* \.\.\. ok/ { p++; next }
+        /^test .* \.\.\. FAILED/ { f++; next }
+        /^[0-9]+ passed, [0-9]+ failed$/ { summary = 1 }
+        END { if (in_suite && !summary) missing++; print p + 0, f + 0, suites + 0, missing + 0 }')
+if [ "$t_nosummary" -gt 0 ]; then
+    echo "collect: FAILED: $t_nosummary on-target suite(s) ended without a verdict"
+    t_fail=$((t_fail + t_nosummary))
+fi
+if [ "$t_suites" -lt "$expected_suites" ]; then
+    echo "collect: FAILED: only $t_suites of $expected_suites on-target suites ran (exit status $target_status)"
+    t_fail=$((t_fail + expected_suites - t_suites))
+fi
+if [ "$target_status" -ne 0 ] && [ "$t_fail" -eq 0 ]; then
+    echo "collect: FAILED: cargo test exited $target_status with no failing test line"
+    t_fail=1
+fi
+
+echo
+echo "collect: host unit tests: $host_pass passed, $host_fail failed ($host_results binaries)"
+echo "collect: on-target tests: $t_pass passed, $t_fail failed ($t_suites of $expected_suites suites)"
+grep -h '^test .* \.\.\. FAILED' "$logs/host.txt" <(tr -d '\r' <"$logs/target.txt") | sed 's/^/collect:   /'
+pass=$((host_pass + t_pass))
+fail=$((host_fail + t_fail))
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
