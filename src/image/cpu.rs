@@ -51,6 +51,21 @@ pub fn dcache_clean(addr: usize, len: usize) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Cleans and invalidates `[addr, addr + len)` to the point of coherency,
+/// so the next read fetches what a device wrote to memory.
+pub fn dcache_clean_invalidate(addr: usize, len: usize) {
+    let line = dcache_line();
+    let mut a = addr & !(line - 1);
+    while a < addr + len {
+        // SAFETY: clean+invalidate writes back dirty lines first, so no data
+        // the program wrote is lost.
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    // SAFETY: a barrier.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// Busy-waits for `ns` nanoseconds.
 pub fn delay_ns(ns: u64) {
     let start = now_ns();

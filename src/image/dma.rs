@@ -113,6 +113,10 @@ unsafe impl Hal for ImageHal {
         super::cpu::dcache_clean(vaddr as usize, len);
     }
 
+    fn dcache_invalidate(vaddr: *const u8, len: usize) {
+        super::cpu::dcache_clean_invalidate(vaddr as usize, len);
+    }
+
     fn now_ns() -> u64 {
         super::cpu::now_ns()
     }
