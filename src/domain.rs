@@ -110,10 +110,10 @@ impl<H: Hal> Smmu<H> {
             return Err(Error::Unsupported(Unsupported::Stage2));
         }
         let cfg = options.stage2;
-        if !f.supports_granule(cfg.granule().shift()) {
+        if !f.supports_granule(cfg.granule()) {
             return Err(Error::Unsupported(Unsupported::Granule));
         }
-        cfg.check_fits(f.ias_bits, f.oas_bits)?;
+        cfg.check_fits(u32::from(f.ias_bits), u32::from(f.oas_bits))?;
         let mut domains = self.domains.lock();
         let table = Stage2Table::new(cfg, f.coherent)?;
         let vmid = match options.vmid {

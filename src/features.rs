@@ -92,37 +92,8 @@ pub enum TtEndian {
     Big,
 }
 
-/// A translation granule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Granule {
-    /// 4 KiB pages.
-    Size4K,
-    /// 16 KiB pages.
-    Size16K,
-    /// 64 KiB pages.
-    Size64K,
-}
-
-impl Granule {
-    /// log2 of the granule size in bytes (12, 14 or 16).
-    pub const fn shift(self) -> u32 {
-        match self {
-            Granule::Size4K => 12,
-            Granule::Size16K => 14,
-            Granule::Size64K => 16,
-        }
-    }
-
-    /// The granule whose size is `1 << shift`, if any.
-    pub const fn from_shift(shift: u32) -> Option<Granule> {
-        match shift {
-            12 => Some(Granule::Size4K),
-            14 => Some(Granule::Size16K),
-            16 => Some(Granule::Size64K),
-            _ => None,
-        }
-    }
-}
+/// Translation granules are shared with the stage-2 tables.
+pub use crate::stage2::Granule;
 
 /// Implementation identification (SMMU_IIDR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,9 +338,9 @@ impl Features {
     /// Whether the SMMU implements translation granule `g` (IDR5.GRAN*).
     pub fn supports_granule(&self, g: Granule) -> bool {
         match g {
-            Granule::Size4K => self.granule_4k,
-            Granule::Size16K => self.granule_16k,
-            Granule::Size64K => self.granule_64k,
+            Granule::K4 => self.granule_4k,
+            Granule::K16 => self.granule_16k,
+            Granule::K64 => self.granule_64k,
         }
     }
 
@@ -537,7 +508,7 @@ mod tests {
         assert_eq!(f.stall_model, StallModel::NoStall);
         assert_eq!(f.tt_endian, TtEndian::Little);
         assert_eq!(f.max_sid(), 0xFFFF);
-        assert!(f.supports_granule(Granule::Size16K));
+        assert!(f.supports_granule(Granule::K16));
     }
 
     #[test]

@@ -204,8 +204,9 @@ impl<H: Hal> Smmu<H> {
         let mmio = unsafe { Mmio::new(base) };
         let features = probe(&mmio)?;
         let coherent = features.coherent;
+        let sid_bits = u32::from(features.sid_bits);
         let format = match config.stream_table {
-            StreamTableChoice::Auto if features.two_level_strtab && features.sid_bits > strtab::SPLIT => {
+            StreamTableChoice::Auto if features.two_level_strtab && sid_bits > strtab::SPLIT => {
                 Format::TwoLevel
             }
             StreamTableChoice::Auto | StreamTableChoice::Linear => Format::Linear,
@@ -213,14 +214,14 @@ impl<H: Hal> Smmu<H> {
             StreamTableChoice::TwoLevel => return Err(Error::Unsupported(Unsupported::TwoLevelStreamTable)),
         };
         let sid_bits = match format {
-            Format::Linear => features.sid_bits.min(strtab::MAX_LINEAR_SID_BITS),
-            Format::TwoLevel => features.sid_bits.min(strtab::MAX_TWO_LEVEL_SID_BITS),
+            Format::Linear => sid_bits.min(strtab::MAX_LINEAR_SID_BITS),
+            Format::TwoLevel => sid_bits.min(strtab::MAX_TWO_LEVEL_SID_BITS),
         };
         let strtab = StreamTable::new(format, sid_bits, coherent)?;
         let sync = Command::sync().encode();
-        let cmdq = CommandQueue::new(config.cmdq_log2, features.cmdq_max_log2, coherent, sync, config.timeout_ns)?;
-        let evtq = EventQueue::new(config.eventq_log2, features.eventq_max_log2, coherent)?;
-        let domains = Domains::new(features.vmid_bits)?;
+        let cmdq = CommandQueue::new(config.cmdq_log2, u32::from(features.cmdq_max_log2), coherent, sync, config.timeout_ns)?;
+        let evtq = EventQueue::new(config.eventq_log2, u32::from(features.eventq_max_log2), coherent)?;
+        let domains = Domains::new(u32::from(features.vmid_bits))?;
         Ok(Self {
             mmio,
             features,
@@ -426,7 +427,7 @@ impl<H: Hal> Smmu<H> {
             self.submit_locked(&[Command::CfgiSteRange { sid: first, range: strtab::SPLIT as u8 - 1 }])?;
         }
         let current = Ste(strtab.read(sid)?);
-        for step in plan_update(&current, target) {
+        for step in plan_update(&current, target).iter().copied() {
             match step {
                 UpdateStep::Write { dword, value } => strtab.write_dword(sid, dword, value)?,
                 UpdateStep::Publish => strtab.publish(sid)?,

@@ -173,6 +173,16 @@ impl Granule {
         1 << self.shift()
     }
 
+    /// The granule whose size is `1 << shift`, if any.
+    pub const fn from_shift(shift: u32) -> Option<Granule> {
+        match shift {
+            12 => Some(Granule::K4),
+            14 => Some(Granule::K16),
+            16 => Some(Granule::K64),
+            _ => None,
+        }
+    }
+
     /// Address bits resolved per level: each table holds `2^stride` entries.
     const fn stride(self) -> u32 {
         self.shift() - 3
