@@ -58,12 +58,12 @@ register_bitfields! [u64,
     ],
     /// CD dword 1 (and dword 2 for TTB1): table base.
     pub CD_1 [
-        /// TTB0[51:4].
+        /// TTB0\[51:4\].
         TTB0 OFFSET(4) NUMBITS(48) []
     ],
     /// CD dword 3: memory attribute indirection.
     pub CD_3 [
-        /// MAIR0 [31:0] and MAIR1 [63:32]: the whole MAIR_ELx value.
+        /// MAIR0 \[31:0\] and MAIR1 \[63:32\]: the whole MAIR_ELx value.
         MAIR OFFSET(0) NUMBITS(64) []
     ]
 ];
