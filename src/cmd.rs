@@ -59,9 +59,9 @@ register_bitfields! [u64,
         /// Granule of a range invalidation: 0 = not a range, 1 = 4K,
         /// 2 = 16K, 3 = 64K.
         TG OFFSET(10) NUMBITS(2) [None = 0, Size4K = 1, Size16K = 2, Size64K = 3],
-        /// Address[63:12] (TLBI_NH_VA, TLBI_NH_VAA).
+        /// Address\[63:12\] (TLBI_NH_VA, TLBI_NH_VAA).
         VA OFFSET(12) NUMBITS(52) [],
-        /// Address[51:12] (TLBI_S2_IPA).
+        /// Address\[51:12\] (TLBI_S2_IPA).
         IPA OFFSET(12) NUMBITS(40) []
     ],
     /// Dword 0 of CMD_SYNC.
@@ -77,7 +77,7 @@ register_bitfields! [u64,
     ],
     /// Dword 1 of CMD_SYNC.
     pub SYNC_1 [
-        /// MSIAddress[51:2].
+        /// MSIAddress\[51:2\].
         MSIADDR OFFSET(2) NUMBITS(50) []
     ]
 ];
@@ -114,7 +114,7 @@ pub mod opcode {
     pub const SYNC: u8 = 0x46;
 }
 
-/// Address bits below the VA/IPA fields of a TLBI (Address[11:0]).
+/// Address bits below the VA/IPA fields of a TLBI (Address\[11:0\]).
 const ADDR_FIELD_SHIFT: u32 = 12;
 /// The IPA field ends at bit 51.
 const IPA_LIMIT: u64 = 1 << 52;
@@ -142,14 +142,14 @@ pub enum SyncCs {
 /// `(num + 1) * 2^scale` pages of the `tg` granule from its address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbiRange {
-    /// NUM (dword 0 [16:12]): 0..=31.
+    /// NUM (dword 0 \[16:12\]): 0..=31.
     pub num: u8,
-    /// SCALE (dword 0 [24:20]): 0..=31.
+    /// SCALE (dword 0 \[24:20\]): 0..=31.
     pub scale: u8,
-    /// TG (dword 1 [11:10]): 1 = 4K, 2 = 16K, 3 = 64K (0 would mean "not a
+    /// TG (dword 1 \[11:10\]): 1 = 4K, 2 = 16K, 3 = 64K (0 would mean "not a
     /// range" and is rejected; use `None` instead).
     pub tg: u8,
-    /// TTL (dword 1 [9:8]): level hint, 0 = no hint.
+    /// TTL (dword 1 \[9:8\]): level hint, 0 = no hint.
     pub ttl: u8,
 }
 
@@ -251,7 +251,7 @@ pub enum Command {
         vmid: u16,
         /// ASID.
         asid: u16,
-        /// VA, 4 KiB aligned (bits [63:12] are encoded).
+        /// VA, 4 KiB aligned (bits \[63:12\] are encoded).
         addr: u64,
         /// Only last-level entries.
         leaf: bool,

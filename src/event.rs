@@ -44,9 +44,9 @@ register_bitfields! [u64,
     ],
     /// Event record dword 3.
     pub EVT_3 [
-        /// IPA[51:12] (translation-class faults at stage 2).
+        /// IPA\[51:12\] (translation-class faults at stage 2).
         IPA OFFSET(12) NUMBITS(40) [],
-        /// FetchAddr[51:3] (fetch faults, external aborts on walks).
+        /// FetchAddr\[51:3\] (fetch faults, external aborts on walks).
         FETCH_ADDR OFFSET(3) NUMBITS(49) []
     ]
 ];
@@ -56,7 +56,7 @@ const IPA_SHIFT: u32 = 12;
 /// Low address bits the FetchAddr field does not hold.
 const FETCH_SHIFT: u32 = 3;
 
-/// Event types (dword 0 [7:0]).
+/// Event types (dword 0 \[7:0\]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
     /// 0x01 F_UUT: unsupported upstream transaction.
@@ -262,15 +262,15 @@ impl FaultClass {
 pub struct Event {
     /// The event type.
     pub kind: EventType,
-    /// StreamID (dword 0 [63:32]).
+    /// StreamID (dword 0 \[63:32\]).
     pub sid: u32,
     /// SubstreamID, when SSV = 1.
     pub ssid: Option<u32>,
     /// The transaction's input address (dword 2), for types that carry one.
     pub input_addr: Option<u64>,
-    /// IPA[51:12] (dword 3) of a stage-2 translation-class fault.
+    /// IPA\[51:12\] (dword 3) of a stage-2 translation-class fault.
     pub ipa: Option<u64>,
-    /// FetchAddr[51:3] (dword 3) of a fetch fault or a walk external abort.
+    /// FetchAddr\[51:3\] (dword 3) of a fetch fault or a walk external abort.
     pub fetch_addr: Option<u64>,
     /// RnW: true = read (false for types without access information).
     pub rnw: bool,

@@ -29,7 +29,7 @@ register_bitfields! [u64,
         ],
         /// CD table format: 0 = linear (or a single CD).
         S1FMT OFFSET(4) NUMBITS(2) [],
-        /// S1ContextPtr[51:6].
+        /// S1ContextPtr\[51:6\].
         S1CONTEXTPTR OFFSET(6) NUMBITS(46) [],
         /// log2 of the number of CDs; 0 = one CD.
         S1CDMAX OFFSET(59) NUMBITS(5) []
@@ -81,14 +81,14 @@ register_bitfields! [u64,
     ],
     /// STE dword 3: stage-2 translation table base.
     pub STE_3 [
-        /// S2TTB[51:4].
+        /// S2TTB\[51:4\].
         S2TTB OFFSET(4) NUMBITS(48) []
     ],
     /// Level-1 stream table descriptor.
     pub L1STD [
         /// 0 = invalid; n = the L2 table holds 2^(n - 1) STEs.
         SPAN OFFSET(0) NUMBITS(5) [],
-        /// L2Ptr[51:6].
+        /// L2Ptr\[51:6\].
         L2PTR OFFSET(6) NUMBITS(46) []
     ]
 ];
@@ -537,7 +537,7 @@ fn diff_mask(a: &Ste, b: &Ste) -> u8 {
 ///    also covers a one-dword change of a live entry (e.g. its VMID) and a
 ///    live entry becoming abort.
 /// 3. Otherwise (a live entry where several used dwords change), break
-///    before make: dword 0 = `Ste::abort().0[0]`, `Publish`, `Sync`; then
+///    before make: dword 0 = `Ste::abort().0\[0\]`, `Publish`, `Sync`; then
 ///    the differing dwords 1..=7, `Publish`, target dword 0, `Publish`,
 ///    `Sync`.
 ///
