@@ -533,7 +533,7 @@ impl<H: Hal> Smmu<H> {
         }
         self.counters.gerrors.fetch_add(u64::from(active.count_ones()), Ordering::Relaxed);
         if sfm {
-            report.service_failure = true;
+            log::error!("{}", GerrorReport { service_failure: true, ..report });
             // The SMMU stopped; leave it aborting everything. Best effort:
             // a failed SMMU may not acknowledge.
             self.set_state(State::Failed);
