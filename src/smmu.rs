@@ -22,6 +22,7 @@
 //! condition itself.
 
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -170,10 +171,11 @@ pub struct Smmu<H: Hal> {
     features: Features,
     config: Config,
     state: AtomicU8,
-    strtab: Mutex<StreamTable<H>>,
-    cmdq: Mutex<CommandQueue<H>>,
-    evtq: Mutex<EventQueue<H>>,
-    pub(crate) domains: Mutex<Domains<H>>,
+    // Memory the SMMU reads: dropped explicitly, only once it is stopped.
+    strtab: ManuallyDrop<Mutex<StreamTable<H>>>,
+    cmdq: ManuallyDrop<Mutex<CommandQueue<H>>>,
+    evtq: ManuallyDrop<Mutex<EventQueue<H>>>,
+    pub(crate) domains: ManuallyDrop<Mutex<Domains<H>>>,
     counters: Counters,
 }
 
@@ -227,10 +229,10 @@ impl<H: Hal> Smmu<H> {
             features,
             config,
             state: AtomicU8::new(State::Disabled as u8),
-            strtab: Mutex::new(strtab),
-            cmdq: Mutex::new(cmdq),
-            evtq: Mutex::new(evtq),
-            domains: Mutex::new(domains),
+            strtab: ManuallyDrop::new(Mutex::new(strtab)),
+            cmdq: ManuallyDrop::new(Mutex::new(cmdq)),
+            evtq: ManuallyDrop::new(Mutex::new(evtq)),
+            domains: ManuallyDrop::new(Mutex::new(domains)),
             counters: Counters::default(),
         })
     }
@@ -555,6 +557,29 @@ impl<H: Hal> Smmu<H> {
             eventq_aborts: c.eventq_aborts.load(Ordering::Relaxed),
             msi_aborts: c.msi_aborts.load(Ordering::Relaxed),
             gerrors: c.gerrors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<H: Hal> Drop for Smmu<H> {
+    /// Stops the SMMU before its tables and queues are freed: memory the
+    /// hardware may still read must not be handed back while it is live. If
+    /// the SMMU does not acknowledge the disable, the memory is leaked
+    /// rather than reused under a possibly live SMMU.
+    fn drop(&mut self) {
+        if self.state() != State::Disabled {
+            if let Err(e) = self.disable() {
+                log::error!("SMMU did not stop on drop ({e}): leaking its tables and queues");
+                return;
+            }
+        }
+        // SAFETY: each field is dropped exactly once, here, and never used
+        // again: `self` is being dropped.
+        unsafe {
+            ManuallyDrop::drop(&mut self.domains);
+            ManuallyDrop::drop(&mut self.evtq);
+            ManuallyDrop::drop(&mut self.cmdq);
+            ManuallyDrop::drop(&mut self.strtab);
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod entry;
 pub mod exceptions;
 pub mod harness;
 pub mod heap;
+pub mod iommu;
 pub mod layout;
 pub mod mmu;
 pub mod pci;
