@@ -21,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod event;
 pub mod eventq;
+pub mod fault;
 pub mod features;
 pub mod hal;
 pub mod idalloc;
