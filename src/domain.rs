@@ -22,7 +22,7 @@ use crate::hal::Hal;
 use crate::idalloc::{IdAllocator, IdKind};
 use crate::smmu::Smmu;
 use crate::stage2::{Perm, Stage2Config, Stage2Table, Translation};
-use crate::ste::{SteConfig, Stage2Ste, Ste};
+use crate::ste::{Stage2Ste, Ste, SteConfig};
 
 /// Handle of a domain.
 pub type DomainId = u32;
@@ -46,7 +46,11 @@ pub struct DomainOptions {
 impl DomainOptions {
     /// Defaults for `stage2`: allocated VMID, S2AFFD set.
     pub fn new(stage2: Stage2Config) -> Self {
-        Self { stage2, vmid: None, access_flag_fault_disable: true }
+        Self {
+            stage2,
+            vmid: None,
+            access_flag_fault_disable: true,
+        }
     }
 }
 
@@ -122,7 +126,15 @@ impl<H: Hal> Smmu<H> {
         };
         let id = domains.next;
         domains.next = domains.next.wrapping_add(1).max(1);
-        domains.domains.insert(id, Domain { vmid, affd: options.access_flag_fault_disable, table, sids: Vec::new() });
+        domains.domains.insert(
+            id,
+            Domain {
+                vmid,
+                affd: options.access_flag_fault_disable,
+                table,
+                sids: Vec::new(),
+            },
+        );
         Ok(id)
     }
 
@@ -182,7 +194,10 @@ impl<H: Hal> Smmu<H> {
     pub fn detach(&self, sid: u32) -> Result<()> {
         let mut domains = self.domains.lock();
         self.check_sid(sid)?;
-        let id = *domains.attached.get(&sid).ok_or(Error::SidNotAttached(sid))?;
+        let id = *domains
+            .attached
+            .get(&sid)
+            .ok_or(Error::SidNotAttached(sid))?;
         self.write_ste(sid, &Ste::abort())?;
         domains.attached.remove(&sid);
         domains.get_mut(id)?.sids.retain(|&s| s != sid);
@@ -197,7 +212,11 @@ impl<H: Hal> Smmu<H> {
     /// Maps `[ipa, ipa + len)` of the domain to `[pa, pa + len)`.
     pub fn map(&self, id: DomainId, ipa: u64, pa: u64, len: u64, perm: Perm) -> Result<()> {
         // Only invalid descriptors become valid: nothing to invalidate.
-        self.domains.lock().get_mut(id)?.table.map(ipa, pa, len, perm)
+        self.domains
+            .lock()
+            .get_mut(id)?
+            .table
+            .map(ipa, pa, len, perm)
     }
 
     /// Unmaps `[ipa, ipa + len)` and invalidates the SMMU's TLBs for it
@@ -231,7 +250,12 @@ impl<H: Hal> Smmu<H> {
     pub fn domain_info(&self, id: DomainId) -> Result<DomainInfo> {
         let domains = self.domains.lock();
         let d = domains.get(id)?;
-        Ok(DomainInfo { vmid: d.vmid, sids: d.sids.clone(), table_bytes: d.table.table_bytes(), root: d.table.root_paddr() })
+        Ok(DomainInfo {
+            vmid: d.vmid,
+            sids: d.sids.clone(),
+            table_bytes: d.table.table_bytes(),
+            root: d.table.root_paddr(),
+        })
     }
 
     /// VMIDs in use.
@@ -252,7 +276,14 @@ impl<H: Hal> Smmu<H> {
         if !self.is_live() {
             return Ok(());
         }
-        let plan = cmd::s2_invalidation(vmid, ipa, len, granule_shift, self.features().ril, MAX_RANGE_COMMANDS);
+        let plan = cmd::s2_invalidation(
+            vmid,
+            ipa,
+            len,
+            granule_shift,
+            self.features().ril,
+            MAX_RANGE_COMMANDS,
+        );
         self.submit(plan.commands())
     }
 }

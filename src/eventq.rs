@@ -39,7 +39,11 @@ impl<H: Hal> EventQueue<H> {
     /// Allocates a queue of `2^log2` records (at most `2^max_log2`, from
     /// IDR1.EVENTQS).
     pub fn new(log2: u32, max_log2: u32, coherent: bool) -> Result<Self> {
-        Ok(Self { queue: Queue::new(log2, max_log2, coherent)?, cons: 0, overflow_acked: false })
+        Ok(Self {
+            queue: Queue::new(log2, max_log2, coherent)?,
+            cons: 0,
+            overflow_acked: false,
+        })
     }
 
     /// The EVENTQ_BASE value.
@@ -85,7 +89,10 @@ impl<H: Hal> EventQueue<H> {
             let ack = if overflowed { 1 << 31 } else { 0 };
             mmio.write32(&mmio.p1().eventq_cons, self.cons | ack);
         }
-        Drained { records: n, overflow }
+        Drained {
+            records: n,
+            overflow,
+        }
     }
 }
 
@@ -104,12 +111,19 @@ mod tests {
         let mut q = EventQueue::<FakeHal>::new(2, 19, true).unwrap();
         // The SMMU wrote 3 records.
         for i in 0..3u64 {
-            q.queue.write(i as u32, &[0x10 | (i << 32), 0, 0x1000 * i, 0]);
+            q.queue
+                .write(i as u32, &[0x10 | (i << 32), 0, 0x1000 * i, 0]);
         }
         regs.set32(EVENTQ_PROD, 3);
         let mut seen = Vec::new();
         let d = q.drain(&mmio, |r| seen.push(r[2]));
-        assert_eq!(d, Drained { records: 3, overflow: false });
+        assert_eq!(
+            d,
+            Drained {
+                records: 3,
+                overflow: false
+            }
+        );
         assert_eq!(seen, [0, 0x1000, 0x2000]);
         assert_eq!(regs.get32(EVENTQ_CONS), 3);
         // Nothing new: no register write.
@@ -122,7 +136,13 @@ mod tests {
         regs.set32(EVENTQ_PROD, (1 << 31) | 5);
         let mut seen = Vec::new();
         let d = q.drain(&mmio, |r| seen.push(r[2]));
-        assert_eq!(d, Drained { records: 2, overflow: true });
+        assert_eq!(
+            d,
+            Drained {
+                records: 2,
+                overflow: true
+            }
+        );
         assert_eq!(seen, [0x3000, 0x4000]);
         assert_eq!(regs.get32(EVENTQ_CONS), (1 << 31) | 5);
         // The overflow is reported once.

@@ -51,7 +51,11 @@ impl FaultSummary {
             (None, None) => true,
             _ => false,
         };
-        self.kind == e.kind && self.sid == e.sid && self.read == e.rnw && self.stage2 == e.stage2 && same_block
+        self.kind == e.kind
+            && self.sid == e.sid
+            && self.read == e.rnw
+            && self.stage2 == e.stage2
+            && same_block
     }
 
     fn absorb(&mut self, e: &Event) {
@@ -112,7 +116,9 @@ mod tests {
 
     #[test]
     fn one_dma_is_one_summary() {
-        let events: Vec<Event> = (0..1024).map(|i| translation(8, 0x8_0000 + 4 * i, false)).collect();
+        let events: Vec<Event> = (0..1024)
+            .map(|i| translation(8, 0x8_0000 + 4 * i, false))
+            .collect();
         let s = coalesce(&events, 4096);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].records, 1024);
@@ -120,7 +126,10 @@ mod tests {
         assert_eq!(s[0].sid, 8);
         assert!(!s[0].read && s[0].stage2);
         let line = alloc::format!("{}", s[0]);
-        assert!(line.starts_with("F_TRANSLATION sid 0x0008 IPA 0x80000..0x81000 write"), "{line}");
+        assert!(
+            line.starts_with("F_TRANSLATION sid 0x0008 IPA 0x80000..0x81000 write"),
+            "{line}"
+        );
         assert!(line.ends_with("1024 records"), "{line}");
     }
 
@@ -134,6 +143,9 @@ mod tests {
             translation(9, 0x2004, true),
         ];
         let s = coalesce(&events, 4096);
-        assert_eq!(s.iter().map(|f| f.records).collect::<Vec<_>>(), [2, 1, 1, 1]);
+        assert_eq!(
+            s.iter().map(|f| f.records).collect::<Vec<_>>(),
+            [2, 1, 1, 1]
+        );
     }
 }

@@ -31,8 +31,8 @@ use tock_registers::LocalRegisterCopy;
 use tock_registers::interfaces::Readable;
 
 use crate::cmd::Command;
-use crate::domain::Domains;
 use crate::cmdq::{CmdqFault, CmdqStats, CommandQueue};
+use crate::domain::Domains;
 use crate::error::{Error, Result, Unsupported, Wait};
 use crate::event::Event;
 use crate::eventq::{Drained, EventQueue};
@@ -146,7 +146,11 @@ impl fmt::Display for GerrorReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GERROR active {:#x}:", self.active)?;
         if let Some(c) = self.cmdq_fault {
-            write!(f, " command error {:?} at {:#x} (command {:#018x} {:#018x})", c.error, c.position, c.entry[0], c.entry[1])?;
+            write!(
+                f,
+                " command error {:?} at {:#x} (command {:#018x} {:#018x})",
+                c.error, c.position, c.entry[0], c.entry[1]
+            )?;
         }
         if self.cmdq_deferred {
             write!(f, " command error (left to the submitter)")?;
@@ -213,7 +217,9 @@ impl<H: Hal> Smmu<H> {
             }
             StreamTableChoice::Auto | StreamTableChoice::Linear => Format::Linear,
             StreamTableChoice::TwoLevel if features.two_level_strtab => Format::TwoLevel,
-            StreamTableChoice::TwoLevel => return Err(Error::Unsupported(Unsupported::TwoLevelStreamTable)),
+            StreamTableChoice::TwoLevel => {
+                return Err(Error::Unsupported(Unsupported::TwoLevelStreamTable));
+            }
         };
         let sid_bits = match format {
             Format::Linear => sid_bits.min(strtab::MAX_LINEAR_SID_BITS),
@@ -221,8 +227,18 @@ impl<H: Hal> Smmu<H> {
         };
         let strtab = StreamTable::new(format, sid_bits, coherent)?;
         let sync = Command::sync().encode();
-        let cmdq = CommandQueue::new(config.cmdq_log2, u32::from(features.cmdq_max_log2), coherent, sync, config.timeout_ns)?;
-        let evtq = EventQueue::new(config.eventq_log2, u32::from(features.eventq_max_log2), coherent)?;
+        let cmdq = CommandQueue::new(
+            config.cmdq_log2,
+            u32::from(features.cmdq_max_log2),
+            coherent,
+            sync,
+            config.timeout_ns,
+        )?;
+        let evtq = EventQueue::new(
+            config.eventq_log2,
+            u32::from(features.eventq_max_log2),
+            coherent,
+        )?;
         let domains = Domains::new(u32::from(features.vmid_bits))?;
         Ok(Self {
             mmio,
@@ -285,14 +301,18 @@ impl<H: Hal> Smmu<H> {
     fn write_cr0(&self, value: u32) -> Result<()> {
         let p0 = self.mmio.p0();
         self.mmio.write32(&p0.cr0, value);
-        wait_for::<H>(Wait::Cr0Ack, self.config.timeout_ns, || p0.cr0ack.get() == value)
+        wait_for::<H>(Wait::Cr0Ack, self.config.timeout_ns, || {
+            p0.cr0ack.get() == value
+        })
     }
 
     /// Writes IRQ_CTRL and waits for IRQ_CTRLACK to match.
     fn write_irq_ctrl(&self, value: u32) -> Result<()> {
         let p0 = self.mmio.p0();
         self.mmio.write32(&p0.irq_ctrl, value);
-        wait_for::<H>(Wait::IrqCtrlAck, self.config.timeout_ns, || p0.irq_ctrlack.get() == value)
+        wait_for::<H>(Wait::IrqCtrlAck, self.config.timeout_ns, || {
+            p0.irq_ctrlack.get() == value
+        })
     }
 
     /// Sets GBPA.ABORT so that traffic is aborted whenever SMMUEN = 0.
@@ -354,7 +374,8 @@ impl<H: Hal> Smmu<H> {
         self.mmio.write32(&p0.cr2, cr2.get());
 
         self.mmio.write64(&p0.strtab_base, strtab.base_register());
-        self.mmio.write32(&p0.strtab_base_cfg, strtab.base_cfg_register());
+        self.mmio
+            .write32(&p0.strtab_base_cfg, strtab.base_cfg_register());
         self.mmio.write64(&p0.cmdq_base, cmdq.base_register());
         self.mmio.write32(&p0.cmdq_prod, 0);
         self.mmio.write32(&p0.cmdq_cons, 0);
@@ -369,7 +390,11 @@ impl<H: Hal> Smmu<H> {
         let cmdqen = CR0::CMDQEN::SET.value;
         self.write_cr0(cmdqen)?;
         self.set_state(State::CommandsOnly);
-        let cmds = [Command::cfgi_all(), Command::TlbiNsnhAll, Command::TlbiEl2All];
+        let cmds = [
+            Command::cfgi_all(),
+            Command::TlbiNsnhAll,
+            Command::TlbiEl2All,
+        ];
         let n = if self.features.hyp { 3 } else { 2 };
         cmdq.submit_with(&self.mmio, n, |i| cmds[i].encode(), true)?;
 
@@ -408,7 +433,9 @@ impl<H: Hal> Smmu<H> {
         if !self.commands_live() {
             return Err(Error::NotEnabled);
         }
-        self.cmdq.lock().submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync)
+        self.cmdq
+            .lock()
+            .submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync)
     }
 
     /// Reads the STE of `sid`.
@@ -426,7 +453,10 @@ impl<H: Hal> Smmu<H> {
             // A new level-2 table: drop anything cached for its range
             // (2^(7+1) = 256 StreamIDs).
             let first = sid & !((1 << strtab::SPLIT) - 1);
-            self.submit_locked(&[Command::CfgiSteRange { sid: first, range: strtab::SPLIT as u8 - 1 }])?;
+            self.submit_locked(&[Command::CfgiSteRange {
+                sid: first,
+                range: strtab::SPLIT as u8 - 1,
+            }])?;
         }
         let current = Ste(strtab.read(sid)?);
         for step in plan_update(&current, target).iter().copied() {
@@ -445,7 +475,9 @@ impl<H: Hal> Smmu<H> {
 
     /// Submits with the caller already holding the stream table lock.
     fn submit_locked(&self, cmds: &[Command]) -> Result<()> {
-        self.cmdq.lock().submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true)
+        self.cmdq
+            .lock()
+            .submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true)
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
@@ -484,9 +516,13 @@ impl<H: Hal> Smmu<H> {
     pub fn drain_events(&self, mut each: impl FnMut(Event)) -> Option<Drained> {
         let mut evtq = self.evtq.try_lock()?;
         let drained = evtq.drain(&self.mmio, |raw| each(Event::decode(raw)));
-        self.counters.events.fetch_add(u64::from(drained.records), Ordering::Relaxed);
+        self.counters
+            .events
+            .fetch_add(u64::from(drained.records), Ordering::Relaxed);
         if drained.overflow {
-            self.counters.eventq_overflows.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .eventq_overflows
+                .fetch_add(1, Ordering::Relaxed);
         }
         Some(drained)
     }
@@ -497,7 +533,10 @@ impl<H: Hal> Smmu<H> {
     /// and returns [`Error::ServiceFailure`].
     pub fn handle_gerror(&self) -> Result<GerrorReport> {
         let active = self.mmio.active_gerrors();
-        let mut report = GerrorReport { active, ..GerrorReport::default() };
+        let mut report = GerrorReport {
+            active,
+            ..GerrorReport::default()
+        };
         if active == 0 {
             return Ok(report);
         }
@@ -533,9 +572,17 @@ impl<H: Hal> Smmu<H> {
         if ack != 0 {
             self.mmio.ack_gerrors(ack);
         }
-        self.counters.gerrors.fetch_add(u64::from(active.count_ones()), Ordering::Relaxed);
+        self.counters
+            .gerrors
+            .fetch_add(u64::from(active.count_ones()), Ordering::Relaxed);
         if sfm {
-            log::error!("{}", GerrorReport { service_failure: true, ..report });
+            log::error!(
+                "{}",
+                GerrorReport {
+                    service_failure: true,
+                    ..report
+                }
+            );
             // The SMMU stopped; leave it aborting everything. Best effort:
             // a failed SMMU may not acknowledge.
             self.set_state(State::Failed);

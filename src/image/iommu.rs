@@ -15,7 +15,9 @@ use super::dma::ImageHal;
 pub fn new_smmu(config: Config) -> Result<Smmu<ImageHal>> {
     let reg = super::boot().platform.smmu.reg;
     if reg.size < MMIO_SIZE as u64 {
-        return Err(Error::InvalidArgument("DTB SMMU region is smaller than pages 0 and 1"));
+        return Err(Error::InvalidArgument(
+            "DTB SMMU region is smaller than pages 0 and 1",
+        ));
     }
     let base = NonNull::new(reg.base as *mut u8).ok_or(Error::InvalidArgument("SMMU base is 0"))?;
     // SAFETY: the MMU maps the DTB's SMMU region (both pages) as device

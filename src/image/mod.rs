@@ -15,6 +15,7 @@
 
 pub mod console;
 pub mod cpu;
+pub mod demo;
 pub mod dma;
 pub mod edu;
 pub mod entry;

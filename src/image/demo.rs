@@ -1,0 +1,534 @@
+//! The demonstrations `make run` prints, built from small scenarios that
+//! the on-target tests reuse.
+//!
+//! Every scenario drives a real `edu` DMA engine and judges the outcome by
+//! what the device did to memory and what the SMMU recorded in its event
+//! queue, never by what the driver claims.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use smmuv3::Dma;
+use smmuv3::domain::{DomainId, DomainOptions};
+use smmuv3::event::{Event, EventType};
+use smmuv3::fault::{self, FaultSummary};
+use smmuv3::smmu::Smmu;
+use smmuv3::stage2::{Granule, Perm, Stage2Config};
+
+use super::console::println;
+use super::dma::ImageHal;
+use super::edu::Edu;
+
+/// The driver as the image uses it.
+pub type Driver = Smmu<ImageHal>;
+
+/// Page size of the demo's mappings.
+pub const PAGE: u64 = 4096;
+/// Base of each VM's IPA window. Below 256 MiB, so devices with edu's
+/// default 28-bit DMA mask reach it too.
+pub const WINDOW: u64 = 0x0400_0000;
+/// Byte used to fill pages nobody should write.
+pub const CANARY: u8 = 0xA5;
+
+/// A page of device-visible RAM owned by the demo.
+#[derive(Debug)]
+pub struct Page(Dma<ImageHal>);
+
+impl Page {
+    /// A page filled with [`CANARY`].
+    pub fn new() -> Result<Self, String> {
+        let dma = Dma::new(PAGE as usize, PAGE as usize, true).map_err(|e| format!("page: {e}"))?;
+        let p = Self(dma);
+        p.fill(CANARY);
+        Ok(p)
+    }
+
+    /// Physical address.
+    pub fn pa(&self) -> u64 {
+        self.0.paddr()
+    }
+
+    fn bytes(&self) -> *mut u8 {
+        self.0.vaddr()
+    }
+
+    /// Sets every byte to `b`.
+    pub fn fill(&self, b: u8) {
+        for i in 0..PAGE as usize {
+            // SAFETY: in bounds of the owned page.
+            unsafe { self.bytes().add(i).write_volatile(b) };
+        }
+    }
+
+    /// Sets byte `i` to `seed + i` (a pattern no canary matches).
+    pub fn fill_pattern(&self, seed: u8) {
+        for i in 0..PAGE as usize {
+            // SAFETY: in bounds of the owned page.
+            unsafe {
+                self.bytes()
+                    .add(i)
+                    .write_volatile(seed.wrapping_add(i as u8) | 1)
+            };
+        }
+    }
+
+    /// Byte `i`.
+    pub fn get(&self, i: usize) -> u8 {
+        assert!(i < PAGE as usize);
+        // SAFETY: in bounds of the owned page (checked).
+        unsafe { self.bytes().add(i).read_volatile() }
+    }
+
+    /// Bytes `[off, off + len)`.
+    pub fn read(&self, off: usize, len: usize) -> Vec<u8> {
+        (off..off + len).map(|i| self.get(i)).collect()
+    }
+
+    /// The first offset outside `[lo, hi)` whose byte is not `b`.
+    pub fn first_change_outside(&self, lo: usize, hi: usize, b: u8) -> Option<usize> {
+        (0..PAGE as usize).find(|&i| (i < lo || i >= hi) && self.get(i) != b)
+    }
+
+    /// Whether every byte is `b`.
+    pub fn all(&self, b: u8) -> bool {
+        self.first_change_outside(0, 0, b).is_none()
+    }
+}
+
+/// One line of a results table.
+#[derive(Debug)]
+pub struct Row {
+    /// Which device.
+    pub device: String,
+    /// What was checked.
+    pub check: &'static str,
+    /// The verdict.
+    pub ok: bool,
+    /// Evidence.
+    pub detail: String,
+}
+
+/// A results table.
+#[derive(Debug, Default)]
+pub struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    /// Records a scenario's outcome.
+    pub fn add(&mut self, device: &str, check: &'static str, result: Result<String, String>) {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        self.rows.push(Row {
+            device: device.into(),
+            check,
+            ok,
+            detail,
+        });
+    }
+
+    /// Number of failed rows.
+    pub fn failures(&self) -> usize {
+        self.rows.iter().filter(|r| !r.ok).count()
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// Prints the table.
+    pub fn print(&self, title: &str) {
+        println!("{title}");
+        println!("  {:<8} {:<44} {:<6} evidence", "device", "check", "result");
+        for r in &self.rows {
+            println!(
+                "  {:<8} {:<44} {:<6} {}",
+                r.device,
+                r.check,
+                if r.ok { "ok" } else { "FAILED" },
+                r.detail
+            );
+        }
+        println!(
+            "  {} passed, {} failed",
+            self.rows.len() - self.failures(),
+            self.failures()
+        );
+    }
+}
+
+/// The short name of a device for tables: its BDF.
+pub fn name(edu: &Edu) -> String {
+    format!("{}", edu.bdf)
+}
+
+fn sid_of(edu: &Edu) -> Result<u32, String> {
+    edu.stream_id
+        .ok_or_else(|| format!("{}: no StreamID (iommu-map does not cover it)", edu.bdf))
+}
+
+/// Drains the event queue and returns the records.
+pub fn drain(smmu: &Driver) -> Vec<Event> {
+    let mut events = Vec::new();
+    let _ = smmu.drain_events(|e| events.push(e));
+    events
+}
+
+/// Drains the event queue and prints one line per faulting DMA, naming the
+/// device; returns the summaries.
+pub fn report_faults(smmu: &Driver, edus: &[Edu]) -> Vec<FaultSummary> {
+    let summaries = fault::coalesce(&drain(smmu), PAGE);
+    for s in &summaries {
+        let who = edus
+            .iter()
+            .find(|e| e.stream_id == Some(s.sid))
+            .map_or_else(
+                || String::from("unknown device"),
+                |e| format!("{} edu", e.bdf),
+            );
+        println!("  fault: {s} [{who}]");
+    }
+    summaries
+}
+
+/// Checks that exactly one fault of `kind` for `sid` at `ipa` was recorded
+/// among `faults`, and nothing else.
+fn expect_fault(
+    faults: &[FaultSummary],
+    kind: EventType,
+    sid: u32,
+    ipa: u64,
+) -> Result<String, String> {
+    match faults {
+        [f] if f.kind == kind && f.sid == sid && f.addr_range.map(|r| r.0) == Some(ipa) => Ok(
+            format!("{} at IPA {ipa:#x}, {} records", kind.name(), f.records),
+        ),
+        _ => Err(format!(
+            "expected one {} for sid {sid:#x} at {ipa:#x}, got {faults:x?}",
+            kind.name()
+        )),
+    }
+}
+
+fn edu_err(e: super::edu::EduError) -> String {
+    format!("edu: {e}")
+}
+
+// ---------------------------------------------------------------------------
+// Bring-up: default deny and bypass.
+
+/// An edu with no STE of its own (abort by default) cannot write memory.
+pub fn default_deny(smmu: &Driver, edu: &Edu) -> Result<String, String> {
+    let page = Page::new()?;
+    let ste = smmu.ste(sid_of(edu)?).map_err(|e| format!("{e}"))?;
+    if !ste.config().is_abort() {
+        return Err(format!("STE is {:?}, not abort", ste.config()));
+    }
+    edu.dma_to_ram(0, page.pa(), 256).map_err(edu_err)?;
+    let faults = fault::coalesce(&drain(smmu), PAGE);
+    if !page.all(CANARY) {
+        return Err(String::from("memory changed: the DMA got through"));
+    }
+    let recorded = match faults.as_slice() {
+        [] => String::from("nothing recorded"),
+        [f, ..] => format!("recorded {f}"),
+    };
+    Ok(format!("STE abort; memory unchanged; {recorded}"))
+}
+
+/// An edu given a bypass STE reaches physical memory untranslated.
+pub fn bypass(smmu: &Driver, edu: &Edu) -> Result<String, String> {
+    let sid = sid_of(edu)?;
+    let (src, dst) = (Page::new()?, Page::new()?);
+    src.fill_pattern(0x31);
+    smmu.set_bypass(sid)
+        .map_err(|e| format!("set_bypass: {e}"))?;
+    let moved = edu
+        .dma_from_ram(0, src.pa(), 256)
+        .and_then(|()| edu.dma_to_ram(0, dst.pa(), 256))
+        .map_err(edu_err);
+    smmu.set_abort(sid).map_err(|e| format!("set_abort: {e}"))?;
+    moved?;
+    if dst.read(0, 256) != src.read(0, 256) || dst.first_change_outside(0, 256, CANARY).is_some() {
+        return Err(String::from("bytes did not arrive at the physical address"));
+    }
+    Ok(format!(
+        "256 bytes {:#x} -> device -> {:#x}",
+        src.pa(),
+        dst.pa()
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Stage-2 isolation.
+
+/// A VM as the demo builds it: a domain, its device, and the pages its IPA
+/// window maps.
+#[derive(Debug)]
+pub struct Vm {
+    /// The domain.
+    pub domain: DomainId,
+    /// The StreamID attached.
+    pub sid: u32,
+    /// IPA WINDOW + 0x0000, read-write: DMA target.
+    pub data: Page,
+    /// IPA WINDOW + 0x1000, read-only: DMA source (patterned).
+    pub source: Page,
+    /// IPA WINDOW + 0x2000, read-only: a write must fault.
+    pub readonly: Page,
+    /// IPA WINDOW + 0x3000, read-write, later unmapped.
+    pub scratch: Page,
+}
+
+/// IPA of the data page.
+pub const IPA_DATA: u64 = WINDOW;
+/// IPA of the source page.
+pub const IPA_SOURCE: u64 = WINDOW + PAGE;
+/// IPA of the read-only page.
+pub const IPA_READONLY: u64 = WINDOW + 2 * PAGE;
+/// IPA of the page unmapped during the demo.
+pub const IPA_SCRATCH: u64 = WINDOW + 3 * PAGE;
+/// An IPA never mapped.
+pub const IPA_UNMAPPED: u64 = WINDOW + 8 * PAGE;
+
+/// The stage-2 geometry of every demo VM: 4K granule, 40-bit IPA.
+pub fn vm_stage2() -> Result<Stage2Config, String> {
+    Stage2Config::new(Granule::K4, 40, 44).map_err(|e| format!("stage 2 config: {e}"))
+}
+
+/// Creates a domain for `edu`, maps its window onto fresh pages and
+/// attaches the device.
+pub fn create_vm(smmu: &Driver, edu: &Edu, seed: u8) -> Result<Vm, String> {
+    let sid = sid_of(edu)?;
+    let domain = smmu
+        .create_domain(DomainOptions::new(vm_stage2()?))
+        .map_err(|e| format!("create_domain: {e}"))?;
+    let vm = Vm {
+        domain,
+        sid,
+        data: Page::new()?,
+        source: Page::new()?,
+        readonly: Page::new()?,
+        scratch: Page::new()?,
+    };
+    vm.source.fill_pattern(seed);
+    for (ipa, page, perm) in [
+        (IPA_DATA, &vm.data, Perm::ReadWrite),
+        (IPA_SOURCE, &vm.source, Perm::Read),
+        (IPA_READONLY, &vm.readonly, Perm::Read),
+        (IPA_SCRATCH, &vm.scratch, Perm::ReadWrite),
+    ] {
+        smmu.map(domain, ipa, page.pa(), PAGE, perm)
+            .map_err(|e| format!("map {ipa:#x}: {e}"))?;
+    }
+    smmu.attach(domain, sid)
+        .map_err(|e| format!("attach: {e}"))?;
+    Ok(vm)
+}
+
+/// Loads the device buffer from the VM's source page (RAM -> device).
+fn load_buffer(edu: &Edu, off: usize, len: usize) -> Result<(), String> {
+    edu.dma_from_ram(off, IPA_SOURCE + off as u64, len)
+        .map_err(edu_err)
+}
+
+/// A device-to-memory DMA to a mapped IPA lands at exactly the mapped PA.
+pub fn write_lands(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
+    let (off, len) = (0x100usize, 0x100usize);
+    load_buffer(edu, off, len)?;
+    edu.dma_to_ram(off, IPA_DATA + off as u64, len)
+        .map_err(edu_err)?;
+    let faults = fault::coalesce(&drain(smmu), PAGE);
+    if !faults.is_empty() {
+        return Err(format!("unexpected faults: {faults:x?}"));
+    }
+    if vm.data.read(off, len) != vm.source.read(off, len) {
+        return Err(format!(
+            "data page at {:#x} does not hold the pattern",
+            vm.data.pa()
+        ));
+    }
+    if let Some(i) = vm.data.first_change_outside(off, off + len, CANARY) {
+        return Err(format!("canary at offset {i:#x} overwritten"));
+    }
+    let t = smmu
+        .translate(vm.domain, IPA_DATA)
+        .map_err(|e| format!("{e}"))?
+        .ok_or("IPA not mapped")?;
+    Ok(format!(
+        "IPA {:#x} -> PA {:#x}; canaries intact",
+        IPA_DATA + off as u64,
+        t.pa + off as u64
+    ))
+}
+
+/// A memory-to-device DMA reads the right bytes (checked by writing them
+/// back to the data page).
+pub fn read_right_bytes(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
+    let (off, len) = (0x800usize, 64usize);
+    vm.data.fill(CANARY);
+    load_buffer(edu, off, len)?;
+    edu.dma_to_ram(off, IPA_DATA, len).map_err(edu_err)?;
+    let faults = fault::coalesce(&drain(smmu), PAGE);
+    if !faults.is_empty() {
+        return Err(format!("unexpected faults: {faults:x?}"));
+    }
+    if vm.data.read(0, len) != vm.source.read(off, len) {
+        return Err(String::from("bytes read differ from the source page"));
+    }
+    Ok(format!(
+        "{len} bytes read at IPA {:#x} match",
+        IPA_SOURCE + off as u64
+    ))
+}
+
+/// A DMA to an unmapped IPA is blocked and reported as a translation fault.
+pub fn unmapped_blocked(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Result<String, String> {
+    let before = vm_pages(vm);
+    edu.dma_to_ram(0, IPA_UNMAPPED, 64).map_err(edu_err)?;
+    let faults = report_faults(smmu, edus);
+    let seen = expect_fault(&faults, EventType::FTranslation, vm.sid, IPA_UNMAPPED)?;
+    vm_pages_untouched(vm, &before)?;
+    Ok(seen)
+}
+
+/// A write to a read-only mapping is blocked and reported as a permission
+/// fault.
+pub fn readonly_blocked(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Result<String, String> {
+    edu.dma_to_ram(0, IPA_READONLY, 64).map_err(edu_err)?;
+    let faults = report_faults(smmu, edus);
+    let seen = expect_fault(&faults, EventType::FPermission, vm.sid, IPA_READONLY)?;
+    if !vm.readonly.all(CANARY) {
+        return Err(String::from("read-only page was written"));
+    }
+    Ok(seen)
+}
+
+/// After unmap (and the driver's invalidation), the old IPA faults: a stale
+/// TLB entry would let the DMA through.
+pub fn unmap_invalidates(
+    smmu: &Driver,
+    edus: &[Edu],
+    edu: &Edu,
+    vm: &Vm,
+) -> Result<String, String> {
+    // First use the mapping, so the SMMU caches the translation.
+    edu.dma_to_ram(0, IPA_SCRATCH, 64).map_err(edu_err)?;
+    if vm.scratch.all(CANARY) {
+        return Err(String::from("the mapped write did not land"));
+    }
+    let before = smmu.stats().cmdq;
+    smmu.unmap(vm.domain, IPA_SCRATCH, PAGE)
+        .map_err(|e| format!("unmap: {e}"))?;
+    let after = smmu.stats().cmdq;
+    vm.scratch.fill(CANARY);
+    edu.dma_to_ram(0, IPA_SCRATCH, 64).map_err(edu_err)?;
+    let faults = report_faults(smmu, edus);
+    let seen = expect_fault(&faults, EventType::FTranslation, vm.sid, IPA_SCRATCH)?;
+    if !vm.scratch.all(CANARY) {
+        return Err(String::from(
+            "write reached the unmapped page: stale TLB entry",
+        ));
+    }
+    Ok(format!(
+        "{seen}; unmap issued {} TLBI + {} SYNC",
+        after.commands - before.commands,
+        after.syncs - before.syncs
+    ))
+}
+
+/// Two devices in two VMs using the same IPA reach different pages, and
+/// neither reaches the other's.
+pub fn two_vms_same_ipa(
+    smmu: &Driver,
+    edus: &[Edu],
+    a: (&Edu, &Vm),
+    b: (&Edu, &Vm),
+) -> Result<String, String> {
+    let (off, len) = (0x600usize, 32usize);
+    for (edu, vm) in [a, b] {
+        vm.data.fill(CANARY);
+        load_buffer(edu, off, len)?;
+        edu.dma_to_ram(off, IPA_DATA + off as u64, len)
+            .map_err(edu_err)?;
+    }
+    for (_, vm) in [a, b] {
+        if vm.data.read(off, len) != vm.source.read(off, len) {
+            return Err(format!(
+                "sid {:#x}: its own pattern is not in its own page",
+                vm.sid
+            ));
+        }
+    }
+    if a.1.source.read(off, len) == b.1.source.read(off, len) {
+        return Err(String::from(
+            "the two VMs' patterns are equal: the check proves nothing",
+        ));
+    }
+    // Device A aims at B's page by its physical address: not in A's map.
+    let target = b.1.data.pa();
+    a.0.dma_to_ram(0, target, 64).map_err(edu_err)?;
+    let faults = report_faults(smmu, edus);
+    if faults.is_empty()
+        || faults
+            .iter()
+            .any(|f| f.sid != a.1.sid || f.kind != EventType::FTranslation)
+    {
+        return Err(format!(
+            "expected translation faults from sid {:#x}, got {faults:x?}",
+            a.1.sid
+        ));
+    }
+    if b.1.data.read(off, len) != b.1.source.read(off, len)
+        || b.1
+            .data
+            .first_change_outside(off, off + len, CANARY)
+            .is_some()
+    {
+        return Err(String::from("device A changed device B's page"));
+    }
+    Ok(format!(
+        "IPA {:#x} -> {:#x} / {:#x}; A -> B's PA {target:#x} faulted",
+        IPA_DATA + off as u64,
+        a.1.data.pa() + off as u64,
+        b.1.data.pa() + off as u64
+    ))
+}
+
+/// After detach the device is blocked (abort: no translation, no record).
+pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
+    smmu.detach(vm.sid).map_err(|e| format!("detach: {e}"))?;
+    vm.data.fill(CANARY);
+    let before = vm_pages(vm);
+    edu.dma_to_ram(0, IPA_DATA, 64).map_err(edu_err)?;
+    let _ = drain(smmu);
+    vm_pages_untouched(vm, &before)?;
+    let ste = smmu.ste(vm.sid).map_err(|e| format!("{e}"))?;
+    if !ste.config().is_abort() {
+        return Err(format!("STE after detach is {:?}", ste.config()));
+    }
+    Ok(String::from("STE abort; memory unchanged"))
+}
+
+/// The contents of every page a VM's device can write.
+fn vm_pages(vm: &Vm) -> [Vec<u8>; 3] {
+    [&vm.data, &vm.readonly, &vm.scratch].map(|p| p.read(0, PAGE as usize))
+}
+
+/// Fails if any writable page differs from `before`.
+fn vm_pages_untouched(vm: &Vm, before: &[Vec<u8>; 3]) -> Result<(), String> {
+    for ((name, now), then) in ["data", "readonly", "scratch"]
+        .iter()
+        .zip(vm_pages(vm))
+        .zip(before)
+    {
+        if let Some(i) = now.iter().zip(then).position(|(a, b)| a != b) {
+            return Err(format!("{name} page changed at offset {i:#x}"));
+        }
+    }
+    Ok(())
+}
