@@ -21,6 +21,10 @@ use smmuv3::smmu::Config;
 fn main() -> ! {
     let boot = image::init();
     image::print_pci_functions(&boot.pci);
+    if cfg!(feature = "bench") {
+        let ok = image::bench::run(&boot.pci);
+        image::exit(if ok { 0 } else { 1 });
+    }
     let edus = edu::find_all(&boot.pci);
     let failures = run_demo(&edus);
     image::exit(if failures == 0 { 0 } else { 1 })
