@@ -593,6 +593,15 @@ impl<H: Hal> Smmu<H> {
         Ok(report)
     }
 
+    /// Services the SMMU: handles global errors, then drains events into
+    /// `each`. The one call an interrupt handler (eventq or gerror) or a
+    /// polling loop needs. Safe to call from an interrupt taken while this
+    /// CPU holds a driver lock: contended work is left to the lock holder.
+    pub fn service(&self, each: impl FnMut(Event)) -> Result<(GerrorReport, Option<Drained>)> {
+        let report = self.handle_gerror()?;
+        Ok((report, self.drain_events(each)))
+    }
+
     /// Work counters.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;

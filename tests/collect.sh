@@ -61,6 +61,12 @@ echo
 echo "collect: host unit tests: $host_pass passed, $host_fail failed ($host_results binaries)"
 echo "collect: on-target tests: $t_pass passed, $t_fail failed ($t_suites of $expected_suites suites)"
 grep -h '^test .* \.\.\. FAILED' "$logs/host.txt" <(tr -d '\r' <"$logs/target.txt") | sed 's/^/collect:   /'
+# Robustness counters reported by the suites themselves (harness::tally).
+robustness=$(tr -d '\r' <"$logs/target.txt" | awk -F'[ =]' '
+    /^robustness-tally: / { for (i = 2; i < NF; i += 2) sum[$i] += $(i + 1) }
+    END { printf "robustness: %d bad inputs rejected, %d faults injected, %d recovered, %d lost\n",
+          sum["bad_inputs"], sum["faults"], sum["recovered"], sum["lost"] }')
+echo "$robustness"
 pass=$((host_pass + t_pass))
 fail=$((host_fail + t_fail))
 echo "$pass passed, $fail failed"

@@ -154,6 +154,51 @@ macro_rules! try_ok {
 #[allow(unused_imports)]
 pub(crate) use {check, check_eq, tests, try_ok};
 
+/// Robustness counters, summed over all suites by the collector into the
+/// line `robustness: B bad inputs rejected, F faults injected, R recovered,
+/// L lost`. Tests bump them only after checking the outcome they count.
+mod tally {
+    use core::sync::atomic::{AtomicU32, Ordering};
+
+    pub(super) static BAD_INPUTS: AtomicU32 = AtomicU32::new(0);
+    pub(super) static FAULTS: AtomicU32 = AtomicU32::new(0);
+    pub(super) static RECOVERED: AtomicU32 = AtomicU32::new(0);
+    pub(super) static LOST: AtomicU32 = AtomicU32::new(0);
+
+    pub(super) fn get(c: &AtomicU32) -> u32 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a bad input that was rejected with the right typed error and left
+/// the tables unchanged (checked by the caller).
+pub fn bad_input_rejected(case: &str) {
+    tally::BAD_INPUTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    println!("robustness: rejected bad input: {case}");
+}
+
+/// Counts an injected fault of kind `kind`.
+pub fn fault_injected(kind: &str) {
+    tally::FAULTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    println!("robustness: injected fault: {kind}");
+}
+
+/// Counts a recovery from an injected fault (checked by the caller: the
+/// driver works normally afterwards).
+pub fn recovered(kind: &str) {
+    tally::RECOVERED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    println!("robustness: recovered from: {kind}");
+}
+
+/// Counts `n` lost items (commands, SYNCs, fault reports) the test expected
+/// to see and did not.
+pub fn lost(what: &str, n: u32) {
+    tally::LOST.fetch_add(n, core::sync::atomic::Ordering::Relaxed);
+    if n > 0 {
+        println!("robustness: LOST {n} {what}");
+    }
+}
+
 /// Runs every test in order, prints the summary and exits: 0 iff none failed.
 pub fn run(suite: &str, tests: &[Test]) -> ! {
     println!("harness: running {} tests in {suite}", tests.len());
@@ -166,6 +211,16 @@ pub fn run(suite: &str, tests: &[Test]) -> ! {
                 println!("test {name} ... FAILED\n{failure}");
             }
         }
+    }
+    let t = |c| tally::get(c);
+    if t(&tally::BAD_INPUTS) + t(&tally::FAULTS) + t(&tally::RECOVERED) + t(&tally::LOST) > 0 {
+        println!(
+            "robustness-tally: bad_inputs={} faults={} recovered={} lost={}",
+            t(&tally::BAD_INPUTS),
+            t(&tally::FAULTS),
+            t(&tally::RECOVERED),
+            t(&tally::LOST)
+        );
     }
     println!("{} passed, {failed} failed", tests.len() - failed);
     semihosting::exit(if failed == 0 { 0 } else { 1 })

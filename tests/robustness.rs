@@ -1,0 +1,728 @@
+//! Robustness: bad input at every public entry point, injected faults, and
+//! recovery. Each bad-input test checks the typed error AND that the stream
+//! table and the domain's stage-2 tables are byte-for-byte unchanged; each
+//! injected fault is followed by proof that the driver works normally again.
+//! The counts feed the collector's `robustness:` line.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../src/image/mod.rs"]
+mod image;
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use image::demo::{self, Driver, IPA_DATA, PAGE, Page, Vm};
+use image::edu::{self, Edu};
+use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
+use image::iommu::new_smmu;
+use smmuv3::cmd::Command;
+use smmuv3::domain::{DomainId, DomainOptions};
+use smmuv3::error::{CmdqError, Error, Wait};
+use smmuv3::event::EventType;
+use smmuv3::idalloc::{IdAllocator, IdKind};
+use smmuv3::regs::CR0;
+use smmuv3::smmu::{Config, State};
+use smmuv3::stage2::{Granule, Perm, Stage2Config};
+use smmuv3::ste::{Stage2Ste, Ste};
+use tock_registers::interfaces::{Readable, Writeable};
+
+fn main() -> ! {
+    image::init();
+    harness::run(
+        "robustness",
+        tests![
+            sid_beyond_table_attach,
+            sid_beyond_table_write_ste,
+            sid_beyond_table_bypass,
+            double_attach_same_domain,
+            double_attach_other_domain,
+            attach_over_bypass,
+            detach_never_attached,
+            attach_unknown_domain,
+            map_unknown_domain,
+            destroy_busy_domain,
+            destroy_unknown_domain,
+            vmid_taken_twice,
+            vmid_exhaustion_and_double_free,
+            asid_exhaustion_and_double_free,
+            map_misaligned_ipa,
+            map_misaligned_pa,
+            map_misaligned_len,
+            map_zero_length,
+            map_wrapping_range,
+            map_beyond_ipa_space,
+            map_overlapping,
+            unmap_not_mapped,
+            unmap_zero_length,
+            unmap_splitting_block,
+            protect_not_mapped,
+            ipa_size_beyond_ias,
+            queue_sizes_beyond_idr1,
+            ste_with_misaligned_ttb,
+            tlbi_with_misaligned_ipa,
+            commands_while_disabled,
+            illegal_command_in_batch,
+            illegal_command_without_sync,
+            event_storm,
+            stalled_command_queue_times_out,
+            bad_ste_reported_and_replaced,
+        ],
+    )
+}
+
+fn edus() -> Vec<Edu> {
+    edu::find_all(&image::boot().pci)
+}
+
+fn enabled(config: Config) -> Result<Driver, Failure> {
+    let smmu = new_smmu(config).map_err(|e| Failure::new(format!("new_smmu: {e}")))?;
+    smmu.enable()
+        .map_err(|e| Failure::new(format!("enable: {e}")))?;
+    Ok(smmu)
+}
+
+fn s2() -> Stage2Config {
+    Stage2Config::new(Granule::K4, 40, 44).expect("valid stage 2 config")
+}
+
+/// A driver with one domain that maps one page at IPA_DATA and has SID
+/// `sid` attached.
+fn fixture(sid: u32) -> Result<(Driver, DomainId, Page), Failure> {
+    let smmu = enabled(Config::default())?;
+    let dom = try_ok!(smmu.create_domain(DomainOptions::new(s2())));
+    let page = Page::new().map_err(Failure::new)?;
+    try_ok!(smmu.map(dom, IPA_DATA, page.pa(), PAGE, Perm::ReadWrite));
+    try_ok!(smmu.attach(dom, sid));
+    Ok((smmu, dom, page))
+}
+
+/// Runs `call`, checks it fails with `expected` and changes neither the
+/// stream table nor `dom`'s stage-2 tables, and counts the rejection.
+fn rejects<T: core::fmt::Debug>(
+    case: &str,
+    smmu: &Driver,
+    dom: Option<DomainId>,
+    expected: Error,
+    call: impl FnOnce() -> smmuv3::Result<T>,
+) -> TestResult {
+    let strtab = smmu.stream_table_snapshot();
+    let tables = dom.map(|d| smmu.stage2_snapshot(d).expect("domain exists"));
+    let result = call();
+    check_eq!(result.map(|_| ()), Err(expected));
+    check!(
+        smmu.stream_table_snapshot() == strtab,
+        "stream table changed by a rejected call"
+    );
+    if let (Some(d), Some(before)) = (dom, tables) {
+        check!(
+            smmu.stage2_snapshot(d).ok() == Some(before),
+            "stage-2 tables changed by a rejected call"
+        );
+    }
+    harness::bad_input_rejected(case);
+    Ok(())
+}
+
+const SID: u32 = 0x42;
+
+// --- Bad input -----------------------------------------------------------------
+
+fn sid_beyond_table_attach() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "attach SID beyond the table",
+        &smmu,
+        Some(dom),
+        Error::SidOutOfRange {
+            sid: 0x1_0000,
+            limit: 0x1_0000,
+        },
+        || smmu.attach(dom, 0x1_0000),
+    )
+}
+
+fn sid_beyond_table_write_ste() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "write_ste SID beyond the table",
+        &smmu,
+        Some(dom),
+        Error::SidOutOfRange {
+            sid: u32::MAX,
+            limit: 0x1_0000,
+        },
+        || smmu.write_ste(u32::MAX, &Ste::bypass()),
+    )
+}
+
+fn sid_beyond_table_bypass() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "bypass SID beyond the table",
+        &smmu,
+        Some(dom),
+        Error::SidOutOfRange {
+            sid: 0x2_0000,
+            limit: 0x1_0000,
+        },
+        || smmu.set_bypass(0x2_0000),
+    )
+}
+
+fn double_attach_same_domain() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "attach an attached SID to its domain",
+        &smmu,
+        Some(dom),
+        Error::SidAttached(SID),
+        || smmu.attach(dom, SID),
+    )
+}
+
+fn double_attach_other_domain() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    let other = try_ok!(smmu.create_domain(DomainOptions::new(s2())));
+    rejects(
+        "attach an attached SID to another domain",
+        &smmu,
+        Some(dom),
+        Error::SidAttached(SID),
+        || smmu.attach(other, SID),
+    )
+}
+
+fn attach_over_bypass() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    try_ok!(smmu.set_bypass(SID + 1));
+    rejects(
+        "attach a SID configured as bypass",
+        &smmu,
+        Some(dom),
+        Error::SidAttached(SID + 1),
+        || smmu.attach(dom, SID + 1),
+    )
+}
+
+fn detach_never_attached() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "detach a never-attached SID",
+        &smmu,
+        Some(dom),
+        Error::SidNotAttached(SID + 7),
+        || smmu.detach(SID + 7),
+    )
+}
+
+fn attach_unknown_domain() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "attach to an unknown domain",
+        &smmu,
+        Some(dom),
+        Error::UnknownDomain(999),
+        || smmu.attach(999, SID + 1),
+    )
+}
+
+fn map_unknown_domain() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    rejects(
+        "map in an unknown domain",
+        &smmu,
+        Some(dom),
+        Error::UnknownDomain(dom + 100),
+        || smmu.map(dom + 100, 0, p.pa(), PAGE, Perm::Read),
+    )
+}
+
+fn destroy_busy_domain() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    let vmids = smmu.vmids_in_use();
+    rejects(
+        "destroy a domain with streams attached",
+        &smmu,
+        Some(dom),
+        Error::DomainBusy(dom),
+        || smmu.destroy_domain(dom),
+    )?;
+    check_eq!(smmu.vmids_in_use(), vmids);
+    Ok(())
+}
+
+fn destroy_unknown_domain() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "destroy an unknown domain",
+        &smmu,
+        Some(dom),
+        Error::UnknownDomain(77),
+        || smmu.destroy_domain(77),
+    )
+}
+
+fn vmid_taken_twice() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    let taken = try_ok!(smmu.domain_info(dom)).vmid;
+    let vmids = smmu.vmids_in_use();
+    let result = smmu.create_domain(DomainOptions {
+        vmid: Some(taken),
+        ..DomainOptions::new(s2())
+    });
+    check!(
+        result.is_err(),
+        "a second domain got VMID {taken}: {result:?}"
+    );
+    check_eq!(smmu.vmids_in_use(), vmids);
+    harness::bad_input_rejected("domain with a VMID already in use");
+    Ok(())
+}
+
+fn vmid_exhaustion_and_double_free() -> TestResult {
+    let mut a = try_ok!(IdAllocator::new(8, true, IdKind::Vmid));
+    for _ in 0..255 {
+        try_ok!(a.alloc());
+    }
+    check_eq!(a.alloc(), Err(Error::VmidExhausted));
+    harness::bad_input_rejected("VMID allocation past exhaustion");
+    try_ok!(a.free(7));
+    check_eq!(a.free(7), Err(Error::IdNotAllocated(7)));
+    harness::bad_input_rejected("VMID double free");
+    check_eq!(a.alloc(), Ok(7));
+    Ok(())
+}
+
+fn asid_exhaustion_and_double_free() -> TestResult {
+    let mut a = try_ok!(IdAllocator::new(8, true, IdKind::Asid));
+    for _ in 0..255 {
+        try_ok!(a.alloc());
+    }
+    check_eq!(a.alloc(), Err(Error::AsidExhausted));
+    harness::bad_input_rejected("ASID allocation past exhaustion");
+    try_ok!(a.free(200));
+    check_eq!(a.free(200), Err(Error::IdNotAllocated(200)));
+    harness::bad_input_rejected("ASID double free");
+    Ok(())
+}
+
+fn map_misaligned_ipa() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    rejects(
+        "map a misaligned IPA",
+        &smmu,
+        Some(dom),
+        Error::Misaligned {
+            addr: 0x10_0800,
+            align: PAGE,
+        },
+        || smmu.map(dom, 0x10_0800, p.pa(), PAGE, Perm::Read),
+    )
+}
+
+fn map_misaligned_pa() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    rejects(
+        "map a misaligned PA",
+        &smmu,
+        Some(dom),
+        Error::Misaligned {
+            addr: p.pa() + 4,
+            align: PAGE,
+        },
+        || smmu.map(dom, 0x10_0000, p.pa() + 4, PAGE, Perm::Read),
+    )
+}
+
+fn map_misaligned_len() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    rejects(
+        "map a misaligned length",
+        &smmu,
+        Some(dom),
+        Error::Misaligned {
+            addr: 100,
+            align: PAGE,
+        },
+        || smmu.map(dom, 0x10_0000, p.pa(), 100, Perm::Read),
+    )
+}
+
+fn map_zero_length() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    rejects(
+        "map zero bytes",
+        &smmu,
+        Some(dom),
+        Error::ZeroLength,
+        || smmu.map(dom, 0x10_0000, p.pa(), 0, Perm::Read),
+    )
+}
+
+fn map_wrapping_range() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    let ipa = 0xFFFF_FFFF_FFFF_F000;
+    rejects(
+        "map a range that wraps",
+        &smmu,
+        Some(dom),
+        Error::RangeOverflow {
+            addr: ipa,
+            len: 2 * PAGE,
+        },
+        || smmu.map(dom, ipa, p.pa(), 2 * PAGE, Perm::Read),
+    )
+}
+
+fn map_beyond_ipa_space() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    let ipa = 1 << 40;
+    rejects(
+        "map beyond the 40-bit IPA space",
+        &smmu,
+        Some(dom),
+        Error::RangeOverflow {
+            addr: ipa,
+            len: PAGE,
+        },
+        || smmu.map(dom, ipa, p.pa(), PAGE, Perm::Read),
+    )
+}
+
+fn map_overlapping() -> TestResult {
+    let (smmu, dom, p) = fixture(SID)?;
+    // Two pages starting one page below the mapped one: overlaps at IPA_DATA.
+    rejects(
+        "map over an existing mapping",
+        &smmu,
+        Some(dom),
+        Error::Overlap { addr: IPA_DATA },
+        || smmu.map(dom, IPA_DATA - PAGE, p.pa(), 2 * PAGE, Perm::Read),
+    )
+}
+
+fn unmap_not_mapped() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    // One mapped page followed by an unmapped one: nothing may change.
+    rejects(
+        "unmap a range not fully mapped",
+        &smmu,
+        Some(dom),
+        Error::NotMapped {
+            addr: IPA_DATA + PAGE,
+        },
+        || smmu.unmap(dom, IPA_DATA, 2 * PAGE),
+    )
+}
+
+fn unmap_zero_length() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "unmap zero bytes",
+        &smmu,
+        Some(dom),
+        Error::ZeroLength,
+        || smmu.unmap(dom, IPA_DATA, 0),
+    )
+}
+
+fn unmap_splitting_block() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    // A 2 MiB block (IPA and PA 2 MiB aligned; the PA is never accessed).
+    try_ok!(smmu.map(dom, 0x4000_0000, 0x4000_0000, 2 << 20, Perm::Read));
+    rejects(
+        "unmap part of a block",
+        &smmu,
+        Some(dom),
+        Error::InvalidArgument("unmap splits a block mapping"),
+        || smmu.unmap(dom, 0x4000_0000, PAGE),
+    )
+}
+
+fn protect_not_mapped() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "protect an unmapped range",
+        &smmu,
+        Some(dom),
+        Error::NotMapped { addr: 0x20_0000 },
+        || smmu.protect(dom, 0x20_0000, PAGE, Perm::Read),
+    )
+}
+
+fn ipa_size_beyond_ias() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    let ias = u32::from(smmu.features().ias_bits);
+    let cfg = try_ok!(Stage2Config::new(Granule::K4, 48, 48));
+    check!(
+        ias < 48,
+        "this SMMU has a 48-bit IAS: the case does not apply"
+    );
+    let vmids = smmu.vmids_in_use();
+    let result = smmu.create_domain(DomainOptions::new(cfg));
+    check!(
+        result.is_err(),
+        "domain with a 48-bit IPA on a {ias}-bit SMMU: {result:?}"
+    );
+    check_eq!(smmu.vmids_in_use(), vmids);
+    check!(smmu.stage2_snapshot(dom).is_ok());
+    harness::bad_input_rejected("stage-2 IPA size beyond IAS/OAS");
+    Ok(())
+}
+
+fn queue_sizes_beyond_idr1() -> TestResult {
+    let max = u32::from(
+        try_ok!(new_smmu(Config::default()))
+            .features()
+            .cmdq_max_log2,
+    );
+    let r = new_smmu(Config {
+        cmdq_log2: max + 1,
+        ..Config::default()
+    });
+    check_eq!(r.err(), Some(Error::QueueTooLarge { log2: max + 1, max }));
+    harness::bad_input_rejected("command queue larger than IDR1.CMDQS");
+    let max = u32::from(
+        try_ok!(new_smmu(Config::default()))
+            .features()
+            .eventq_max_log2,
+    );
+    let r = new_smmu(Config {
+        eventq_log2: max + 1,
+        ..Config::default()
+    });
+    check_eq!(r.err(), Some(Error::QueueTooLarge { log2: max + 1, max }));
+    harness::bad_input_rejected("event queue larger than IDR1.EVENTQS");
+    Ok(())
+}
+
+fn stage2_ste(vmid: u16, t0sz: u8, ttb: u64) -> Stage2Ste {
+    let f = s2().ste_fields();
+    Stage2Ste {
+        vmid,
+        t0sz,
+        sl0: f.sl0,
+        ir0: f.ir0,
+        or0: f.or0,
+        sh0: f.sh0,
+        tg: f.tg,
+        ps: f.ps,
+        ttb,
+        affd: true,
+        record_faults: true,
+        ptw: false,
+    }
+}
+
+fn ste_with_misaligned_ttb() -> TestResult {
+    let r = Ste::stage2(&stage2_ste(1, 24, 0x4000_0008));
+    check!(
+        r.is_err(),
+        "STE accepted a TTB that is not 16-byte aligned: {r:?}"
+    );
+    harness::bad_input_rejected("stage-2 STE with a misaligned table base");
+    Ok(())
+}
+
+fn tlbi_with_misaligned_ipa() -> TestResult {
+    let r = Command::tlbi_s2_ipa(1, 0x1234, true, None);
+    check!(r.is_err(), "TLBI_S2_IPA accepted an unaligned IPA: {r:?}");
+    harness::bad_input_rejected("TLBI_S2_IPA with an unaligned IPA");
+    Ok(())
+}
+
+fn commands_while_disabled() -> TestResult {
+    let smmu = try_ok!(new_smmu(Config::default()));
+    check_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
+    harness::bad_input_rejected("commands submitted to a disabled SMMU");
+    Ok(())
+}
+
+// --- Injected faults ---------------------------------------------------------------
+
+fn gerror_clear(smmu: &Driver) -> bool {
+    smmu.mmio().active_gerrors() == 0
+}
+
+fn cmdq_drained(smmu: &Driver) -> bool {
+    let p0 = smmu.mmio().p0();
+    p0.cmdq_prod.get() == p0.cmdq_cons.get() & 0xF_FFFF
+}
+
+fn illegal_command_in_batch() -> TestResult {
+    let smmu = enabled(Config::default())?;
+    let batch = [
+        Command::cfgi_all(),
+        Command::Raw([0x07, 0]),
+        Command::TlbiNsnhAll,
+        Command::CfgiSte { sid: 1, leaf: true },
+    ];
+    let before = smmu.stats().cmdq;
+    harness::fault_injected("illegal command (CERROR_ILL) in a batch with CMD_SYNC");
+    let r = smmu.submit(&batch);
+    let Err(Error::CommandError {
+        error: CmdqError::Illegal,
+        opcode: 0x07,
+        index,
+    }) = r
+    else {
+        return Err(Failure::compare(
+            "submit returns CommandError(Illegal, 0x07)",
+            "CommandError",
+            r,
+        ));
+    };
+    check!(
+        gerror_clear(&smmu),
+        "GERROR still active: {:#x}",
+        smmu.mmio().active_gerrors()
+    );
+    check!(
+        cmdq_drained(&smmu),
+        "commands after the bad one were not consumed"
+    );
+    let after = smmu.stats().cmdq;
+    check_eq!(after.errors - before.errors, 1);
+    // Every command was consumed: the 3 good ones plus the SYNC; none lost.
+    harness::lost("commands", if cmdq_drained(&smmu) { 0 } else { 1 });
+    try_ok!(smmu.submit(&[Command::TlbiNsnhAll, Command::cfgi_all()]));
+    image::console::println!(
+        "  illegal command at slot {index} replaced by CMD_SYNC; next batch completed"
+    );
+    harness::recovered("illegal command");
+    Ok(())
+}
+
+fn illegal_command_without_sync() -> TestResult {
+    let smmu = enabled(Config::default())?;
+    harness::fault_injected(
+        "illegal command with no CMD_SYNC waiting (found by the GERROR handler)",
+    );
+    try_ok!(smmu.submit_batch(&[Command::Raw([0x07, 0]), Command::TlbiNsnhAll], false));
+    check!(!gerror_clear(&smmu), "GERROR.CMDQ_ERR not raised");
+    let (report, _) = try_ok!(smmu.service(|_| ()));
+    let fault = report
+        .cmdq_fault
+        .ok_or_else(|| Failure::new(format!("handler saw no command fault: {report}")))?;
+    check_eq!(fault.error, CmdqError::Illegal);
+    check_eq!(fault.entry, [0x07, 0]);
+    image::console::println!("  {report}");
+    check!(gerror_clear(&smmu));
+    check!(
+        cmdq_drained(&smmu),
+        "queue did not resume after the handler"
+    );
+    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    harness::recovered("illegal command found by the GERROR handler");
+    Ok(())
+}
+
+fn event_storm() -> TestResult {
+    let edus = edus();
+    let edu = edus.first().ok_or_else(|| Failure::new("no edu"))?;
+    // A 32-record event queue against a 4096-byte faulting DMA (QEMU records
+    // one event per 4 bytes: 1024 records).
+    let smmu = enabled(Config {
+        eventq_log2: 5,
+        ..Config::default()
+    })?;
+    let vm = demo::create_vm(&smmu, edu, 0x20).map_err(Failure::new)?;
+    harness::fault_injected("event storm: 1024 fault records into a 32-entry event queue");
+    try_ok!(edu.dma_to_ram(0, demo::IPA_UNMAPPED, 4096));
+    let mut records = 0u32;
+    let (report, _) = try_ok!(smmu.service(|_| records += 1));
+    let stats = smmu.stats();
+    image::console::println!(
+        "  storm: {records} records drained, event queue aborts {}, overflows {}: {report}",
+        stats.eventq_aborts,
+        stats.eventq_overflows
+    );
+    check!(
+        stats.eventq_aborts + stats.eventq_overflows > 0,
+        "the overflow was not detected"
+    );
+    check!(
+        records > 0 && records <= 32,
+        "drained {records} records from a 32-entry queue"
+    );
+    check!(gerror_clear(&smmu));
+    // Fault reporting keeps working: one more small fault is reported whole.
+    try_ok!(edu.dma_to_ram(0, demo::IPA_READONLY, 64));
+    let faults = smmuv3::fault::coalesce(&demo::drain(&smmu), PAGE);
+    check!(
+        faults.len() == 1
+            && faults[0].kind == EventType::FPermission
+            && faults[0].records == 16
+            && faults[0].sid == vm.sid,
+        "after the storm: {faults:x?}"
+    );
+    harness::lost(
+        "fault reports after the storm",
+        if faults.len() == 1 { 0 } else { 1 },
+    );
+    harness::recovered("event storm");
+    Ok(())
+}
+
+fn stalled_command_queue_times_out() -> TestResult {
+    let smmu = enabled(Config {
+        timeout_ns: 50_000_000,
+        ..Config::default()
+    })?;
+    // Behind the driver's back, stop the command queue (CMDQEN = 0): nothing
+    // will consume the SYNC.
+    let p0 = smmu.mmio().p0();
+    p0.cr0.write(CR0::SMMUEN::SET + CR0::EVENTQEN::SET);
+    harness::fault_injected("command queue stopped under a waiting CMD_SYNC");
+    let start = image::cpu::now_ns();
+    let r = smmu.submit(&[Command::TlbiNsnhAll]);
+    let waited = image::cpu::now_ns() - start;
+    check_eq!(r, Err(Error::Timeout(Wait::CmdSync)));
+    check!(waited < 1_000_000_000, "the bounded wait took {waited} ns");
+    // Recovery: enable again (re-initialises the queues) and work normally.
+    try_ok!(smmu.enable());
+    check_eq!(smmu.state(), State::Enabled);
+    try_ok!(smmu.submit(&[Command::TlbiNsnhAll, Command::cfgi_all()]));
+    harness::recovered("stalled command queue (timeout, then re-enable)");
+    Ok(())
+}
+
+fn bad_ste_reported_and_replaced() -> TestResult {
+    let edus = edus();
+    let edu = edus.first().ok_or_else(|| Failure::new("no edu"))?;
+    let sid = edu
+        .stream_id
+        .ok_or_else(|| Failure::new("edu without StreamID"))?;
+    let smmu = enabled(Config::default())?;
+    let vm: Vm = demo::create_vm(&smmu, edu, 0x60).map_err(Failure::new)?;
+    try_ok!(smmu.detach(sid));
+    // A stage-2 STE whose S2T0SZ (50: a 14-bit IPA space) the architecture
+    // does not allow with a 4K granule starting at level 1.
+    let info = try_ok!(smmu.domain_info(vm.domain));
+    let bad = try_ok!(Ste::stage2(&stage2_ste(info.vmid, 50, info.root)));
+    try_ok!(smmu.write_ste(sid, &bad));
+    harness::fault_injected("malformed STE (illegal S2T0SZ)");
+    vm.data.fill(demo::CANARY);
+    try_ok!(edu.dma_to_ram(0, IPA_DATA, 64));
+    let faults = smmuv3::fault::coalesce(&demo::drain(&smmu), PAGE);
+    check!(
+        faults
+            .iter()
+            .any(|f| f.kind == EventType::CBadSte && f.sid == sid),
+        "no C_BAD_STE for sid {sid:#x}: {faults:x?}"
+    );
+    check!(
+        vm.data.all(demo::CANARY),
+        "DMA through a bad STE reached memory"
+    );
+    // Replace the live bad entry with the domain's good one.
+    try_ok!(smmu.set_abort(sid));
+    try_ok!(smmu.attach(vm.domain, sid));
+    demo::write_lands(&smmu, edu, &vm).map_err(Failure::new)?;
+    harness::recovered("malformed STE replaced");
+    Ok(())
+}
