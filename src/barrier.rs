@@ -3,29 +3,17 @@
 //! A Rust `fence(Release)` compiles to `DMB ISH`, which orders accesses only
 //! between CPUs of the inner-shareable domain: the SMMU is outside it. Table
 //! and queue writes must complete before the MMIO write that tells the SMMU to
-//! look (CMDQ_PROD, CR0), which needs `DSB ST`.
+//! look (CMDQ_PROD, CR0), which needs `DSB ST`. On the host (unit tests)
+//! a sequentially consistent fence stands in for each barrier.
+
+#[cfg(target_arch = "aarch64")]
+use aarch64_cpu::asm::barrier;
 
 /// Completes all earlier stores before any later memory access or MMIO write.
 #[inline(always)]
 pub fn dsb_st() {
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: a barrier has no effect besides ordering.
-    unsafe {
-        core::arch::asm!("dsb st", options(nostack, preserves_flags))
-    };
-    #[cfg(not(target_arch = "aarch64"))]
-    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-}
-
-/// Completes all earlier loads and stores (used after reading a queue's PROD
-/// before reading the entries it covers).
-#[inline(always)]
-pub fn dsb_sy() {
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: a barrier has no effect besides ordering.
-    unsafe {
-        core::arch::asm!("dsb sy", options(nostack, preserves_flags))
-    };
+    barrier::dsb(barrier::ST);
     #[cfg(not(target_arch = "aarch64"))]
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
@@ -35,10 +23,7 @@ pub fn dsb_sy() {
 #[inline(always)]
 pub fn dsb_ld() {
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: a barrier has no effect besides ordering.
-    unsafe {
-        core::arch::asm!("dsb ld", options(nostack, preserves_flags))
-    };
+    barrier::dsb(barrier::LD);
     #[cfg(not(target_arch = "aarch64"))]
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
