@@ -62,6 +62,7 @@ fn main() -> ! {
             command_batches,
             command_error_recovery,
             event_queue_records_translation_faults,
+            event_queue_overflow_is_reported,
             enable_disable_reenable,
             take_over_an_enabled_smmu,
             vmid_allocator_exhaustion,
@@ -667,6 +668,36 @@ fn event_queue_records_translation_faults() -> TestResult {
     check!(drain(&smmu).is_empty(), "a detached (abort) stream recorded events");
     try_ok!(smmu.destroy_domain(dom));
     check_eq!(active_gerrors(&smmu), 0);
+    Ok(())
+}
+
+fn event_queue_overflow_is_reported() -> TestResult {
+    const IOVA: u64 = 0x2000_0000;
+    let (e, sid) = edu0()?;
+    // 16 records of room; one faulting 256-byte read produces 64 on QEMU.
+    let smmu = enabled(Config { eventq_log2: 4, ..Config::default() })?;
+    let dom = try_ok!(smmu.create_domain(DomainOptions::new(s2_config()?)));
+    try_ok!(smmu.attach(dom, sid));
+    let s0 = smmu.stats();
+    try_ok!(e.dma_from_ram(0, IOVA, LEN));
+    // QEMU drops what does not fit and raises GERROR.EVENTQ_ABT_ERR.
+    check_eq!(active_gerrors(&smmu) & (1 << 2), 1 << 2);
+    let kept = drain(&smmu);
+    check_eq!(kept.len(), 16);
+    check!(kept.iter().all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid), "{:x?}", kept.first());
+    let report = try_ok!(smmu.handle_gerror());
+    check!(report.eventq_abort && report.cmdq_fault.is_none(), "{report}");
+    check_eq!(active_gerrors(&smmu), 0);
+    let s1 = smmu.stats();
+    check_eq!(s1.eventq_aborts - s0.eventq_aborts, 1);
+    check_eq!(s1.events - s0.events, 16);
+    // Drained and acknowledged, the queue records again.
+    try_ok!(e.dma_from_ram(0, IOVA, 16));
+    let again = drain(&smmu);
+    check_eq!((again.len(), again.first().and_then(|ev| ev.input_addr)), (4, Some(IOVA)));
+    check_eq!(active_gerrors(&smmu), 0);
+    try_ok!(smmu.detach(sid));
+    try_ok!(smmu.destroy_domain(dom));
     Ok(())
 }
 
