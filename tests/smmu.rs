@@ -31,6 +31,7 @@ use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::iommu::new_smmu;
 use image::{ImageHal, cpu};
 
+use smmuv3::Error;
 use smmuv3::cmd::Command;
 use smmuv3::domain::DomainOptions;
 use smmuv3::error::CmdqError;
@@ -42,7 +43,6 @@ use smmuv3::smmu::{Config, Smmu, State, StreamTableChoice};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
 use smmuv3::ste::{Stage2Ste, Ste, SteConfig};
 use smmuv3::strtab::{self, Format};
-use smmuv3::Error;
 use tock_registers::interfaces::Readable;
 
 fn main() -> ! {
@@ -101,7 +101,8 @@ fn driver(config: Config) -> Result<Driver, Failure> {
 
 fn enabled(config: Config) -> Result<Driver, Failure> {
     let smmu = driver(config)?;
-    smmu.enable().map_err(|e| Failure::new(format!("enable: {e}")))?;
+    smmu.enable()
+        .map_err(|e| Failure::new(format!("enable: {e}")))?;
     Ok(smmu)
 }
 
@@ -118,7 +119,11 @@ fn edu0() -> Result<(Edu, u32), Failure> {
 
 /// StreamIDs of every PCI function (the SIDs in use).
 fn sids_in_use() -> Vec<u32> {
-    let mut v: Vec<u32> = image::boot().pci.iter().filter_map(|f| f.stream_id.ok()).collect();
+    let mut v: Vec<u32> = image::boot()
+        .pci
+        .iter()
+        .filter_map(|f| f.stream_id.ok())
+        .collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -128,27 +133,34 @@ fn page() -> Result<Page, Failure> {
     Dma::new(4096, 4096, true).map_err(|e| Failure::new(format!("DMA page: {e}")))
 }
 
-fn bytes(p: &Page) -> &mut [u8] {
+fn bytes(p: &Page) -> &[u8] {
     // SAFETY: the page is owned by the test, identity mapped; no DMA runs
-    // while the slice is used (edu calls wait for RUN to clear).
-    unsafe { core::slice::from_raw_parts_mut(p.vaddr(), p.size()) }
+    // while the slice is used (edu calls wait for RUN to clear), and the
+    // test writes it only through `fill_with` between uses.
+    unsafe { core::slice::from_raw_parts(p.vaddr(), p.size()) }
+}
+
+/// Writes byte `i` of the page to `f(i)`.
+fn fill_with(p: &Page, f: impl Fn(usize) -> u8) {
+    for i in 0..p.size() {
+        // SAFETY: in bounds of the page the test owns; no DMA is running.
+        unsafe { p.vaddr().add(i).write_volatile(f(i)) };
+    }
 }
 
 /// A page filled with a pattern derived from `seed` (never the canary).
 fn pattern_page(seed: u8) -> Result<Page, Failure> {
     let p = page()?;
-    for (i, b) in bytes(&p).iter_mut().enumerate() {
-        *b = ((i as u8).wrapping_mul(31) ^ seed) | 1;
-        if *b == CANARY {
-            *b = 0x11;
-        }
-    }
+    fill_with(&p, |i| match ((i as u8).wrapping_mul(31) ^ seed) | 1 {
+        CANARY => 0x11,
+        b => b,
+    });
     Ok(p)
 }
 
 fn canary_page() -> Result<Page, Failure> {
     let p = page()?;
-    bytes(&p).fill(CANARY);
+    fill_with(&p, |_| CANARY);
     Ok(p)
 }
 
@@ -208,7 +220,10 @@ fn check_round_trip(e: &Edu, seed: u8) -> TestResult {
     let dst = canary_page()?;
     round_trip(e, src.paddr(), dst.paddr())?;
     check_eq!(&bytes(&dst)[..LEN], &bytes(&src)[..LEN]);
-    check!(bytes(&dst)[LEN..].iter().all(|&b| b == CANARY), "bytes past the DMA were written");
+    check!(
+        bytes(&dst)[LEN..].iter().all(|&b| b == CANARY),
+        "bytes past the DMA were written"
+    );
     Ok(())
 }
 
@@ -217,7 +232,10 @@ fn check_round_trip(e: &Edu, seed: u8) -> TestResult {
 fn check_write_blocked(e: &Edu) -> TestResult {
     let dst = canary_page()?;
     try_ok!(e.dma_to_ram(0, dst.paddr(), LEN));
-    check!(is_canary(&dst), "a blocked device write changed the canary page");
+    check!(
+        is_canary(&dst),
+        "a blocked device write changed the canary page"
+    );
     Ok(())
 }
 
@@ -250,7 +268,12 @@ fn s2_config() -> Result<Stage2Config, Failure> {
 fn probe_matches_qemu_virt() -> TestResult {
     let smmu = driver(Config::default())?;
     let f = *smmu.features();
-    check!(f.stage1 && f.stage2 && f.nested(), "stages S1 {} S2 {}", f.stage1, f.stage2);
+    check!(
+        f.stage1 && f.stage2 && f.nested(),
+        "stages S1 {} S2 {}",
+        f.stage1,
+        f.stage2
+    );
     check_eq!(f.table_format, smmuv3::features::TableFormat::Aarch64);
     check!(f.coherent, "COHACC");
     check_eq!(f.sid_bits, 16);
@@ -263,7 +286,10 @@ fn probe_matches_qemu_virt() -> TestResult {
     check_eq!((f.cmdq_max_log2, f.eventq_max_log2), (19, 19));
     check_eq!(f.version.to_string(), "SMMUv3.1");
     // Not modelled by QEMU.
-    check!(!f.msi && !f.ats && !f.pri && !f.hyp, "MSI/ATS/PRI/HYP should be absent");
+    check!(
+        !f.msi && !f.ats && !f.pri && !f.hyp,
+        "MSI/ATS/PRI/HYP should be absent"
+    );
     // The raw registers agree with the decoding (and with the QEMU notes).
     let p0 = smmu.mmio().p0();
     check_eq!(p0.idr0.get(), 0x0D44_101Bu32);
@@ -285,7 +311,10 @@ fn probe_matches_qemu_virt() -> TestResult {
         "coherent           : yes",
         "RIL/BBML           : yes / 2",
     ] {
-        check!(table.lines().any(|l| l == line), "missing {line:?} in\n{table}");
+        check!(
+            table.lines().any(|l| l == line),
+            "missing {line:?} in\n{table}"
+        );
     }
     Ok(())
 }
@@ -304,27 +333,45 @@ fn enable_two_level_default() -> TestResult {
     // Coherent SMMU: tables and queues inner shareable, write-back.
     check_eq!(p0.cr1.get(), 0xD75u32);
     // Event and global error interrupts enabled, and acknowledged.
-    check_eq!((p0.irq_ctrl.get(), p0.irq_ctrlack.get()), (0b101u32, 0b101u32));
+    check_eq!(
+        (p0.irq_ctrl.get(), p0.irq_ctrlack.get()),
+        (0b101u32, 0b101u32)
+    );
     // Queue bases: LOG2SIZE as configured, addresses aligned to the queue.
     let addr = |r: u64| r & (((1 << 52) - 1) & !0x1F);
     let (cmdq, evtq) = (p0.cmdq_base.get(), p0.eventq_base.get());
     check_eq!((cmdq & 0x1F, evtq & 0x1F), (8u64, 11u64));
-    check!(addr(cmdq) != 0 && addr(cmdq) % (16 << 8) == 0, "CMDQ_BASE {cmdq:#x}");
-    check!(addr(evtq) != 0 && addr(evtq) % (32 << 11) == 0, "EVENTQ_BASE {evtq:#x}");
+    check!(
+        addr(cmdq) != 0 && addr(cmdq).is_multiple_of(16 << 8),
+        "CMDQ_BASE {cmdq:#x}"
+    );
+    check!(
+        addr(evtq) != 0 && addr(evtq).is_multiple_of(32 << 11),
+        "EVENTQ_BASE {evtq:#x}"
+    );
     // Level 1: 256 descriptors of 8 bytes, aligned to its size, all invalid
     // (Span 0: every StreamID is denied) before any STE is written.
     let l1 = strtab_base(&smmu);
     let l1_bytes = 256 * 8;
-    check!(l1 != 0 && l1 % l1_bytes == 0, "L1 table at {l1:#x} not aligned to {l1_bytes:#x}");
+    check!(
+        l1 != 0 && l1.is_multiple_of(l1_bytes),
+        "L1 table at {l1:#x} not aligned to {l1_bytes:#x}"
+    );
     // The image's allocator hands out whole pages: 2 KiB of L1 use 4 KiB.
     let l1_alloc = (l1_bytes as usize).max(4096);
     check_eq!(smmu.stream_table_bytes(), l1_alloc);
-    check!((0..256).all(|i| read_phys(l1 + 8 * i) == 0), "an L1 descriptor is valid before any STE was written");
+    check!(
+        (0..256).all(|i| read_phys(l1 + 8 * i) == 0),
+        "an L1 descriptor is valid before any STE was written"
+    );
     let sids = sids_in_use();
     check!(sids.len() >= 4, "SIDs in use: {sids:x?}");
     for &sid in &sids {
         let ste = try_ok!(smmu.ste(sid));
-        check!(ste.is_valid() && ste.config() == SteConfig::Abort, "SID {sid:#x}: {ste:x?}");
+        check!(
+            ste.is_valid() && ste.config() == SteConfig::Abort,
+            "SID {sid:#x}: {ste:x?}"
+        );
     }
     // Writing abort STEs makes the level-2 tables exist: one per bus in use.
     for &sid in &sids {
@@ -339,7 +386,10 @@ fn enable_two_level_default() -> TestResult {
         if buses.contains(&i) {
             check_eq!((i, d & 0x1F), (i, 9)); // Span = SPLIT + 1
             let l2 = d & STRTAB_ADDR_MASK;
-            check!(l2 % l2_bytes as u64 == 0, "L2 table of bus {i} at {l2:#x} misaligned");
+            check!(
+                l2.is_multiple_of(l2_bytes as u64),
+                "L2 table of bus {i} at {l2:#x} misaligned"
+            );
             // The STEs as the SMMU reads them: abort (V = 1, Config = 0).
             for &sid in sids.iter().filter(|&&s| s >> 8 == i) {
                 let d0 = read_phys(l2 + 64 * u64::from(sid & 0xFF));
@@ -351,7 +401,10 @@ fn enable_two_level_default() -> TestResult {
     }
     for &sid in &sids {
         let ste = try_ok!(smmu.ste(sid));
-        check!(ste.is_valid() && ste.config() == SteConfig::Abort, "SID {sid:#x}: {ste:x?}");
+        check!(
+            ste.is_valid() && ste.config() == SteConfig::Abort,
+            "SID {sid:#x}: {ste:x?}"
+        );
     }
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
@@ -362,17 +415,27 @@ fn enable_two_level_default() -> TestResult {
 /// would then walk this linear table as a level-1 table (C_BAD_STE).
 fn forced_linear_stream_table() -> TestResult {
     let (e, sid) = edu0()?;
-    let smmu = enabled(Config { stream_table: StreamTableChoice::Linear, interrupts: false, ..Config::default() })?;
+    let smmu = enabled(Config {
+        stream_table: StreamTableChoice::Linear,
+        interrupts: false,
+        ..Config::default()
+    })?;
     check_eq!(smmu.stream_table_format(), Format::Linear);
     check_eq!(cr0(&smmu), (CR0_ON, CR0_ON));
     check_eq!(smmu.mmio().p0().irq_ctrl.get(), 0);
     check_eq!(smmu.mmio().p0().strtab_base_cfg.get(), STRTAB_CFG_LINEAR);
     let base = strtab_base(&smmu);
     let size = 64u64 << 16; // 4 MiB
-    check!(base != 0 && base % size == 0, "linear table at {base:#x} not aligned to {size:#x}");
+    check!(
+        base != 0 && base.is_multiple_of(size),
+        "linear table at {base:#x} not aligned to {size:#x}"
+    );
     check_eq!(smmu.stream_table_bytes() as u64, size);
     // Every STE is abort, in memory, before anything is written.
-    check!((0..1u64 << 16).all(|s| read_phys(base + 64 * s) == 1), "a linear STE is not abort");
+    check!(
+        (0..1u64 << 16).all(|s| read_phys(base + 64 * s) == 1),
+        "a linear STE is not abort"
+    );
     try_ok!(smmu.set_bypass(sid));
     // V = 1, Config = 0b100 (bypass) in the SMMU's view of the table.
     check_eq!(read_phys(base + 64 * u64::from(sid)), 0b1001u64);
@@ -410,7 +473,11 @@ fn default_deny_without_ste() -> TestResult {
     try_ok!(smmu.set_bypass(sid));
     let out = canary_page()?;
     try_ok!(e.dma_to_ram(0, out.paddr(), 2 * LEN));
-    check!(bytes(&out)[..LEN].iter().all(|&b| b == 0), "denied read did not give zeros: {:x?}", &bytes(&out)[..16]);
+    check!(
+        bytes(&out)[..LEN].iter().all(|&b| b == 0),
+        "denied read did not give zeros: {:x?}",
+        &bytes(&out)[..16]
+    );
     check_eq!(&bytes(&out)[LEN..2 * LEN], &bytes(&known)[LEN..2 * LEN]);
     Ok(())
 }
@@ -420,23 +487,37 @@ fn bypass_ste_then_abort() -> TestResult {
     let smmu = enabled(Config::default())?;
     try_ok!(smmu.set_bypass(sid));
     let ste = try_ok!(smmu.ste(sid));
-    check!(ste.is_valid() && ste.config() == SteConfig::Bypass, "{ste:x?}");
+    check!(
+        ste.is_valid() && ste.config() == SteConfig::Bypass,
+        "{ste:x?}"
+    );
     check_round_trip(&e, 0x42)?;
     // Replace the live bypass STE with abort.
     try_ok!(smmu.set_abort(sid));
     let ste = try_ok!(smmu.ste(sid));
-    check!(ste.is_valid() && ste.config() == SteConfig::Abort, "{ste:x?}");
+    check!(
+        ste.is_valid() && ste.config() == SteConfig::Abort,
+        "{ste:x?}"
+    );
     check_write_blocked(&e)?;
     let src = pattern_page(0x99)?;
     try_ok!(e.dma_from_ram(0, src.paddr(), LEN));
     // An abort STE aborts silently (no event).
     let events = drain(&smmu);
-    check!(events.is_empty(), "abort STE recorded {} events, first {:x?}", events.len(), events.first());
+    check!(
+        events.is_empty(),
+        "abort STE recorded {} events, first {:x?}",
+        events.len(),
+        events.first()
+    );
     // Back to bypass: the blocked read above gave zeros.
     try_ok!(smmu.set_bypass(sid));
     let out = canary_page()?;
     try_ok!(e.dma_to_ram(0, out.paddr(), LEN));
-    check!(bytes(&out)[..LEN].iter().all(|&b| b == 0), "aborted read did not give zeros");
+    check!(
+        bytes(&out)[..LEN].iter().all(|&b| b == 0),
+        "aborted read did not give zeros"
+    );
     check_round_trip(&e, 0x43)?;
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
@@ -458,18 +539,27 @@ fn ste_installation_and_replacement() -> TestResult {
     // 1. bypass
     try_ok!(smmu.set_bypass(sid));
     let ste = try_ok!(smmu.ste(sid));
-    check_eq!((ste.is_valid(), ste.config(), ste.vmid()), (true, SteConfig::Bypass, 0));
+    check_eq!(
+        (ste.is_valid(), ste.config(), ste.vmid()),
+        (true, SteConfig::Bypass, 0)
+    );
     // attach refuses a stream configured outside the domain API, and
     // changes nothing.
     let before = smmu.stream_table_snapshot();
     check_eq!(smmu.attach(dom, sid), Err(Error::SidAttached(sid)));
-    check!(smmu.stream_table_snapshot() == before, "a refused attach changed the stream table");
+    check!(
+        smmu.stream_table_snapshot() == before,
+        "a refused attach changed the stream table"
+    );
 
     // 2. live bypass -> stage 2 (the domain's tables).
     let s2 = try_ok!(stage2_ste(&cfg, info.vmid, info.root));
     try_ok!(smmu.write_ste(sid, &s2));
     let ste = try_ok!(smmu.ste(sid));
-    check_eq!((ste.is_valid(), ste.config(), ste.vmid()), (true, SteConfig::Stage2, info.vmid));
+    check_eq!(
+        (ste.is_valid(), ste.config(), ste.vmid()),
+        (true, SteConfig::Stage2, info.vmid)
+    );
     check_eq!(ste.s2ttb(), info.root);
     check_eq!(ste, s2);
     // Translation is live: IOVA -> dst, IOVA + 4K -> src.
@@ -478,10 +568,16 @@ fn ste_installation_and_replacement() -> TestResult {
     // Physical addresses are no longer reachable (not mapped at stage 2).
     let other = canary_page()?;
     try_ok!(e.dma_to_ram(0, other.paddr(), 16));
-    check!(is_canary(&other), "stage 2 let a write to an unmapped IPA through");
+    check!(
+        is_canary(&other),
+        "stage 2 let a write to an unmapped IPA through"
+    );
     let events = drain(&smmu);
     check!(
-        !events.is_empty() && events.iter().all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid),
+        !events.is_empty()
+            && events
+                .iter()
+                .all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid),
         "events {:x?}",
         events.first()
     );
@@ -490,21 +586,30 @@ fn ste_installation_and_replacement() -> TestResult {
     try_ok!(smmu.set_abort(sid));
     let ste = try_ok!(smmu.ste(sid));
     check_eq!((ste.is_valid(), ste.config()), (true, SteConfig::Abort));
-    bytes(&dst).fill(CANARY);
+    fill_with(&dst, |_| CANARY);
     try_ok!(e.dma_to_ram(0, IOVA, LEN));
-    check!(is_canary(&dst), "abort STE let a write through the old stage-2 mapping");
+    check!(
+        is_canary(&dst),
+        "abort STE let a write through the old stage-2 mapping"
+    );
 
     // 4. abort -> bypass.
     try_ok!(smmu.set_bypass(sid));
     let ste = try_ok!(smmu.ste(sid));
-    check_eq!((ste.is_valid(), ste.config(), ste.vmid()), (true, SteConfig::Bypass, 0));
+    check_eq!(
+        (ste.is_valid(), ste.config(), ste.vmid()),
+        (true, SteConfig::Bypass, 0)
+    );
     check_round_trip(&e, 0x25)?;
 
     // 5. abort -> stage 2 through the domain API, and back.
     try_ok!(smmu.set_abort(sid));
     try_ok!(smmu.attach(dom, sid));
     let ste = try_ok!(smmu.ste(sid));
-    check_eq!((ste.config(), ste.vmid(), ste.s2ttb()), (SteConfig::Stage2, info.vmid, info.root));
+    check_eq!(
+        (ste.config(), ste.vmid(), ste.s2ttb()),
+        (SteConfig::Stage2, info.vmid, info.root)
+    );
     check_eq!(smmu.domain_of(sid), Some(dom));
     try_ok!(smmu.detach(sid));
     let ste = try_ok!(smmu.ste(sid));
@@ -513,7 +618,10 @@ fn ste_installation_and_replacement() -> TestResult {
     try_ok!(smmu.destroy_domain(dom));
 
     // StreamIDs beyond the table.
-    let out = Error::SidOutOfRange { sid: 0x1_0000, limit: 0x1_0000 };
+    let out = Error::SidOutOfRange {
+        sid: 0x1_0000,
+        limit: 0x1_0000,
+    };
     check_eq!(smmu.ste(0x1_0000), Err(out));
     check_eq!(smmu.set_bypass(0x1_0000), Err(out));
     check_eq!(smmu.write_ste(0x1_0000, &Ste::abort()), Err(out));
@@ -524,7 +632,10 @@ fn ste_installation_and_replacement() -> TestResult {
 
 fn command_batches() -> TestResult {
     let (_, sid) = edu0()?;
-    let smmu = enabled(Config { cmdq_log2: 8, ..Config::default() })?;
+    let smmu = enabled(Config {
+        cmdq_log2: 8,
+        ..Config::default()
+    })?;
     let entries = 1u32 << 8;
     let harmless = |i: usize| match i % 3 {
         0 => Command::cfgi_ste(sid),
@@ -586,7 +697,14 @@ fn command_error_recovery() -> TestResult {
     let (prod0, _) = cmdq_positions(&smmu);
     let s0 = smmu.stats();
     let r = smmu.submit(&[Command::cfgi_ste(sid), illegal, Command::cfgi_ste(sid)]);
-    check_eq!(r, Err(Error::CommandError { error: CmdqError::Illegal, index: (prod0 + 1) & mask, opcode: 0x07 }));
+    check_eq!(
+        r,
+        Err(Error::CommandError {
+            error: CmdqError::Illegal,
+            index: (prod0 + 1) & mask,
+            opcode: 0x07
+        })
+    );
     check_eq!(active_gerrors(&smmu), 0);
     let (prod, cons) = cmdq_positions(&smmu);
     check_eq!(cons, prod);
@@ -598,8 +716,19 @@ fn command_error_recovery() -> TestResult {
 
     // Illegal opcode 0x00 too, not first in the batch.
     let (prod0, _) = cmdq_positions(&smmu);
-    let r = smmu.submit(&[Command::TlbiNsnhAll, Command::TlbiNsnhAll, Command::Raw([0, 0])]);
-    check_eq!(r, Err(Error::CommandError { error: CmdqError::Illegal, index: (prod0 + 2) & mask, opcode: 0 }));
+    let r = smmu.submit(&[
+        Command::TlbiNsnhAll,
+        Command::TlbiNsnhAll,
+        Command::Raw([0, 0]),
+    ]);
+    check_eq!(
+        r,
+        Err(Error::CommandError {
+            error: CmdqError::Illegal,
+            index: (prod0 + 2) & mask,
+            opcode: 0
+        })
+    );
     check_eq!(active_gerrors(&smmu), 0);
 
     // An error in the middle of a batch larger than the queue (several PROD
@@ -611,15 +740,35 @@ fn command_error_recovery() -> TestResult {
     let mut cmds: Vec<Command> = (0..600).map(|_| Command::cfgi_ste(sid)).collect();
     cmds[300] = illegal;
     let r = smmu.submit(&cmds);
-    check_eq!(r, Err(Error::CommandError { error: CmdqError::Illegal, index: (prod0 + 300) % entries, opcode: 0x07 }));
+    check_eq!(
+        r,
+        Err(Error::CommandError {
+            error: CmdqError::Illegal,
+            index: (prod0 + 300) % entries,
+            opcode: 0x07
+        })
+    );
     let (prod, cons) = cmdq_positions(&smmu);
     check_eq!(cons, prod);
     check_eq!(prod, (prod0 + 601) & (2 * entries - 1));
     let s1 = smmu.stats();
-    check_eq!((s1.cmdq.errors - s0.cmdq.errors, s1.cmdq.syncs - s0.cmdq.syncs), (1, 1));
+    check_eq!(
+        (
+            s1.cmdq.errors - s0.cmdq.errors,
+            s1.cmdq.syncs - s0.cmdq.syncs
+        ),
+        (1, 1)
+    );
     let (prod0, _) = cmdq_positions(&smmu);
     let r = smmu.submit(&[illegal, Command::TlbiNsnhAll, Command::Raw([0x07, 1])]);
-    check_eq!(r, Err(Error::CommandError { error: CmdqError::Illegal, index: prod0 % entries, opcode: 0x07 }));
+    check_eq!(
+        r,
+        Err(Error::CommandError {
+            error: CmdqError::Illegal,
+            index: prod0 % entries,
+            opcode: 0x07
+        })
+    );
     check_eq!(smmu.stats().cmdq.errors - s1.cmdq.errors, 2);
     check_eq!(active_gerrors(&smmu), 0);
     try_ok!(smmu.submit(&[]));
@@ -637,8 +786,13 @@ fn command_error_recovery() -> TestResult {
     check_eq!(smmu.mmio().p0().cmdq_cons.get() >> 24 & 0x7F, 1); // CERROR_ILL
     let report = try_ok!(smmu.handle_gerror());
     check_eq!(report.active & 1, 1);
-    let f = report.cmdq_fault.ok_or(Failure::new("handle_gerror reported no command fault"))?;
-    check_eq!((f.error, f.position, f.entry[0] & 0xFF), (CmdqError::Illegal, prod0, 0x07));
+    let f = report
+        .cmdq_fault
+        .ok_or(Failure::new("handle_gerror reported no command fault"))?;
+    check_eq!(
+        (f.error, f.position, f.entry[0] & 0xFF),
+        (CmdqError::Illegal, prod0, 0x07)
+    );
     check!(!report.service_failure && !report.cmdq_deferred, "{report}");
     check_eq!(active_gerrors(&smmu), 0);
     let s2 = smmu.stats();
@@ -659,10 +813,16 @@ fn two_domains_isolate_two_edus() -> TestResult {
     check!(all.len() >= 2, "{} edus", all.len());
     let (e0, e1) = (all[0], all[1]);
     let (sid0, sid1) = (e0.stream_id.unwrap_or(0), e1.stream_id.unwrap_or(0));
-    check!(sid0 >> 8 != sid1 >> 8, "edus on different buses: {sid0:#x} {sid1:#x}");
+    check!(
+        sid0 >> 8 != sid1 >> 8,
+        "edus on different buses: {sid0:#x} {sid1:#x}"
+    );
     let smmu = enabled(Config::default())?;
     let cfg = s2_config()?;
-    let (da, db) = (try_ok!(smmu.create_domain(DomainOptions::new(cfg))), try_ok!(smmu.create_domain(DomainOptions::new(cfg))));
+    let (da, db) = (
+        try_ok!(smmu.create_domain(DomainOptions::new(cfg))),
+        try_ok!(smmu.create_domain(DomainOptions::new(cfg))),
+    );
     let (src_a, src_b) = (pattern_page(0xA0)?, pattern_page(0xB0)?);
     let (dst_a, dst_b) = (canary_page()?, canary_page()?);
     // The same IPAs, different memory behind them.
@@ -672,9 +832,18 @@ fn two_domains_isolate_two_edus() -> TestResult {
     try_ok!(smmu.map(db, IOVA + 0x1000, src_b.paddr(), 4096, Perm::Read));
     try_ok!(smmu.attach(da, sid0));
     try_ok!(smmu.attach(db, sid1));
-    let (va, vb) = (try_ok!(smmu.domain_info(da)).vmid, try_ok!(smmu.domain_info(db)).vmid);
+    let (va, vb) = (
+        try_ok!(smmu.domain_info(da)).vmid,
+        try_ok!(smmu.domain_info(db)).vmid,
+    );
     check!(va != vb, "two domains share VMID {va}");
-    check_eq!((try_ok!(smmu.ste(sid0)).vmid(), try_ok!(smmu.ste(sid1)).vmid()), (va, vb));
+    check_eq!(
+        (
+            try_ok!(smmu.ste(sid0)).vmid(),
+            try_ok!(smmu.ste(sid1)).vmid()
+        ),
+        (va, vb)
+    );
     round_trip(&e0, IOVA + 0x1000, IOVA)?;
     round_trip(&e1, IOVA + 0x1000, IOVA)?;
     check_eq!(&bytes(&dst_a)[..LEN], &bytes(&src_a)[..LEN]);
@@ -692,19 +861,32 @@ fn two_domains_isolate_two_edus() -> TestResult {
     check_eq!(&bytes(&src_a)[..LEN], &before[..]);
     let events = drain(&smmu);
     check!(
-        !events.is_empty() && events.iter().all(|ev| ev.kind == EventType::FPermission && ev.sid == sid0 && !ev.rnw),
+        !events.is_empty()
+            && events
+                .iter()
+                .all(|ev| ev.kind == EventType::FPermission && ev.sid == sid0 && !ev.rnw),
         "events {:x?}",
         events.first()
     );
     // Unmapping invalidates the SMMU's TLB: the next write lands nowhere.
     try_ok!(smmu.unmap(db, IOVA, 4096));
-    bytes(&dst_b).fill(CANARY);
+    fill_with(&dst_b, |_| CANARY);
     try_ok!(e1.dma_to_ram(0, IOVA, LEN));
-    check!(is_canary(&dst_b), "a write reached an unmapped page (stale SMMU TLB)");
+    check!(
+        is_canary(&dst_b),
+        "a write reached an unmapped page (stale SMMU TLB)"
+    );
     let events = drain(&smmu);
-    check!(!events.is_empty() && events.iter().all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid1), "events {:x?}", events.first());
+    check!(
+        !events.is_empty()
+            && events
+                .iter()
+                .all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid1),
+        "events {:x?}",
+        events.first()
+    );
     // Domain A is unaffected.
-    bytes(&dst_a).fill(CANARY);
+    fill_with(&dst_a, |_| CANARY);
     try_ok!(e0.dma_to_ram(0, IOVA, LEN));
     check_eq!(&bytes(&dst_a)[..LEN], &bytes(&src_a)[..LEN]);
     try_ok!(smmu.detach(sid0));
@@ -732,13 +914,31 @@ fn event_queue_records_translation_faults() -> TestResult {
     // A write (device -> RAM) to another unmapped IPA.
     try_ok!(e.dma_to_ram(0, IOVA_W, N));
     let writes = drain(&smmu);
-    check!(!reads.is_empty() && !writes.is_empty(), "{} read and {} write events", reads.len(), writes.len());
-    check!(reads.len() <= N / 4 && writes.len() <= N / 4, "{} read and {} write events", reads.len(), writes.len());
+    check!(
+        !reads.is_empty() && !writes.is_empty(),
+        "{} read and {} write events",
+        reads.len(),
+        writes.len()
+    );
+    check!(
+        reads.len() <= N / 4 && writes.len() <= N / 4,
+        "{} read and {} write events",
+        reads.len(),
+        writes.len()
+    );
     for (evs, base, read) in [(&reads, IOVA_R, true), (&writes, IOVA_W, false)] {
         for ev in evs.iter() {
-            check_eq!((ev.kind, ev.sid, ev.rnw, ev.stage2), (EventType::FTranslation, sid, read, true));
-            let a = ev.input_addr.ok_or(Failure::new("F_TRANSLATION without input address"))?;
-            check!((base..base + N as u64).contains(&a), "input address {a:#x} outside {base:#x}+{N:#x}");
+            check_eq!(
+                (ev.kind, ev.sid, ev.rnw, ev.stage2),
+                (EventType::FTranslation, sid, read, true)
+            );
+            let a = ev
+                .input_addr
+                .ok_or(Failure::new("F_TRANSLATION without input address"))?;
+            check!(
+                (base..base + N as u64).contains(&a),
+                "input address {a:#x} outside {base:#x}+{N:#x}"
+            );
             check_eq!(ev.ipa, Some(base & !0xFFF));
         }
         check_eq!(evs[0].input_addr, Some(base));
@@ -751,8 +951,22 @@ fn event_queue_records_translation_faults() -> TestResult {
     let all: Vec<Event> = reads.iter().chain(writes.iter()).copied().collect();
     let summaries = fault::coalesce(&all, 4096);
     check_eq!(summaries.len(), 2);
-    check_eq!((summaries[0].sid, summaries[0].read, summaries[0].records as usize), (sid, true, reads.len()));
-    check_eq!((summaries[1].sid, summaries[1].read, summaries[1].records as usize), (sid, false, writes.len()));
+    check_eq!(
+        (
+            summaries[0].sid,
+            summaries[0].read,
+            summaries[0].records as usize
+        ),
+        (sid, true, reads.len())
+    );
+    check_eq!(
+        (
+            summaries[1].sid,
+            summaries[1].read,
+            summaries[1].records as usize
+        ),
+        (sid, false, writes.len())
+    );
     check_eq!(summaries[0].addr_range.map(|r| r.0), Some(IOVA_R));
     check_eq!(summaries[1].addr_range.map(|r| r.0), Some(IOVA_W));
     for s in &summaries {
@@ -770,7 +984,10 @@ fn event_queue_records_translation_faults() -> TestResult {
     // Detached: aborted silently again.
     try_ok!(smmu.detach(sid));
     try_ok!(e.dma_from_ram(0, IOVA_R, N));
-    check!(drain(&smmu).is_empty(), "a detached (abort) stream recorded events");
+    check!(
+        drain(&smmu).is_empty(),
+        "a detached (abort) stream recorded events"
+    );
     try_ok!(smmu.destroy_domain(dom));
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
@@ -780,7 +997,10 @@ fn event_queue_overflow_is_reported() -> TestResult {
     const IOVA: u64 = 0x2000_0000;
     let (e, sid) = edu0()?;
     // 16 records of room; one faulting 256-byte read produces 64 on QEMU.
-    let smmu = enabled(Config { eventq_log2: 4, ..Config::default() })?;
+    let smmu = enabled(Config {
+        eventq_log2: 4,
+        ..Config::default()
+    })?;
     let dom = try_ok!(smmu.create_domain(DomainOptions::new(s2_config()?)));
     try_ok!(smmu.attach(dom, sid));
     let s0 = smmu.stats();
@@ -789,9 +1009,17 @@ fn event_queue_overflow_is_reported() -> TestResult {
     check_eq!(active_gerrors(&smmu) & (1 << 2), 1 << 2);
     let kept = drain(&smmu);
     check_eq!(kept.len(), 16);
-    check!(kept.iter().all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid), "{:x?}", kept.first());
+    check!(
+        kept.iter()
+            .all(|ev| ev.kind == EventType::FTranslation && ev.sid == sid),
+        "{:x?}",
+        kept.first()
+    );
     let report = try_ok!(smmu.handle_gerror());
-    check!(report.eventq_abort && report.cmdq_fault.is_none(), "{report}");
+    check!(
+        report.eventq_abort && report.cmdq_fault.is_none(),
+        "{report}"
+    );
     check_eq!(active_gerrors(&smmu), 0);
     let s1 = smmu.stats();
     check_eq!(s1.eventq_aborts - s0.eventq_aborts, 1);
@@ -799,7 +1027,10 @@ fn event_queue_overflow_is_reported() -> TestResult {
     // Drained and acknowledged, the queue records again.
     try_ok!(e.dma_from_ram(0, IOVA, 16));
     let again = drain(&smmu);
-    check_eq!((again.len(), again.first().and_then(|ev| ev.input_addr)), (4, Some(IOVA)));
+    check_eq!(
+        (again.len(), again.first().and_then(|ev| ev.input_addr)),
+        (4, Some(IOVA))
+    );
     check_eq!(active_gerrors(&smmu), 0);
     try_ok!(smmu.detach(sid));
     try_ok!(smmu.destroy_domain(dom));
@@ -846,7 +1077,10 @@ fn take_over_an_enabled_smmu() -> TestResult {
     check_eq!(cr0(&smmu), (CR0_ON, CR0_ON));
     check_eq!(gbpa(&smmu) & GBPA_ABORT, GBPA_ABORT);
     let base = strtab_base(&smmu);
-    check!(base != old_base, "the stream table base was not reprogrammed ({base:#x})");
+    check!(
+        base != old_base,
+        "the stream table base was not reprogrammed ({base:#x})"
+    );
     // The new owner's table applies: no STE for the edu, so it is denied
     // (and the old bypass entry is not cached).
     check_write_blocked(&e)?;
@@ -904,7 +1138,10 @@ fn vmid_allocator_exhaustion() -> TestResult {
     // A chosen VMID already in use is refused; a free one is granted.
     let mut opts = DomainOptions::new(cfg);
     opts.vmid = Some(5);
-    check!(matches!(smmu.create_domain(opts), Err(Error::InvalidArgument(_))), "VMID 5 given twice");
+    check!(
+        matches!(smmu.create_domain(opts), Err(Error::InvalidArgument(_))),
+        "VMID 5 given twice"
+    );
     opts.vmid = Some(4000);
     let d = try_ok!(smmu.create_domain(opts));
     check_eq!(try_ok!(smmu.domain_info(d)).vmid, 4000);
@@ -931,11 +1168,20 @@ fn stream_table_memory() -> TestResult {
     let needed = strtab::bytes_needed(Format::TwoLevel, 16, &sids);
     check_eq!(two_level, needed - 2048 + 4096);
     let linear = {
-        let smmu = driver(Config { stream_table: StreamTableChoice::Linear, ..Config::default() })?;
+        let smmu = driver(Config {
+            stream_table: StreamTableChoice::Linear,
+            ..Config::default()
+        })?;
         smmu.stream_table_bytes()
     };
     check_eq!(linear, 4 << 20);
-    println!("strtab: linear {linear} bytes, two-level {two_level} bytes for {} SIDs", sids.len());
-    check!(two_level * 64 < linear, "two-level {two_level} vs linear {linear}");
+    println!(
+        "strtab: linear {linear} bytes, two-level {two_level} bytes for {} SIDs",
+        sids.len()
+    );
+    check!(
+        two_level * 64 < linear,
+        "two-level {two_level} vs linear {linear}"
+    );
     Ok(())
 }
