@@ -69,15 +69,17 @@ impl FaultSummary {
 impl fmt::Display for FaultSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} sid {:#06x}", self.kind.name(), self.sid)?;
-        match (self.ipa, self.addr_range) {
-            (Some(ipa), _) => write!(f, " IPA {ipa:#x}")?,
-            (None, Some((lo, _))) => write!(f, " addr {lo:#x}")?,
-            _ => {}
-        }
+        // The input addresses of the records, then the IPA page the event
+        // reports (IPA[51:12] only): a range must not start at one and end
+        // at the other.
         if let Some((lo, hi)) = self.addr_range {
+            write!(f, " addr {lo:#x}")?;
             if hi != lo {
                 write!(f, "..{:#x}", hi + 4)?;
             }
+        }
+        if let Some(ipa) = self.ipa {
+            write!(f, " (IPA page {ipa:#x})")?;
         }
         write!(
             f,
@@ -127,10 +129,26 @@ mod tests {
         assert!(!s[0].read && s[0].stage2);
         let line = alloc::format!("{}", s[0]);
         assert!(
-            line.starts_with("F_TRANSLATION sid 0x0008 IPA 0x80000..0x81000 write"),
+            line.starts_with(
+                "F_TRANSLATION sid 0x0008 addr 0x80000..0x81000 (IPA page 0x80000) write"
+            ),
             "{line}"
         );
         assert!(line.ends_with("1024 records"), "{line}");
+    }
+
+    #[test]
+    fn range_starts_at_the_first_faulting_address() {
+        // A DMA starting mid-page: the IPA field holds only the page.
+        let events: Vec<Event> = (0..16)
+            .map(|i| translation(8, 0x2000_0100 + 4 * i, true))
+            .collect();
+        let s = coalesce(&events, 4096);
+        let line = alloc::format!("{}", s[0]);
+        assert_eq!(
+            line,
+            "F_TRANSLATION sid 0x0008 addr 0x20000100..0x20000140 (IPA page 0x20000000) read (stage 2): 16 records"
+        );
     }
 
     #[test]
