@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Cross-checks the EL2 image's report against QEMU's own SMMU trace.
+
+Runs the demo image (``cargo run --release``) with ``QEMU_TRACE`` and checks:
+
+* every ``IPA X -> PA Y`` the image reports has a ``smmuv3_translate_success``
+  event with ``iova=X translated=Y`` (the SMMU really translated it so);
+* every ``fault:`` line (type, StreamID, N records) is matched by at least N
+  ``smmuv3_record_event`` lines of that type and StreamID;
+* the total of event records the driver drained (``SMMU stats: ... N event
+  records``) equals the number of ``smmuv3_record_event`` lines.
+
+Prints ``test trace_agreement ... ok`` or ``... FAILED`` (with reasons) and
+exits accordingly. Extra QEMU arguments come from ``QEMU_ARGS`` as usual.
+"""
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+NAME = sys.argv[1] if len(sys.argv) > 1 else "trace_agreement"
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.log")
+        env = dict(os.environ, QEMU_TRACE=trace, RUN_MODE="run")
+        run = subprocess.run(["cargo", "run", "--release", "-q"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out = run.stdout
+        sys.stdout.write(out)
+        problems = []
+        if run.returncode != 0:
+            problems.append(f"the demo exited {run.returncode}")
+        try:
+            with open(trace) as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            lines = []
+            problems.append(f"no trace: {e}")
+
+    translations = set()
+    events = collections.Counter()
+    for line in lines:
+        m = re.search(r"smmuv3_translate_success .*iova=(0x[0-9a-f]+) translated=(0x[0-9a-f]+)", line)
+        if m:
+            translations.add((int(m[1], 16), int(m[2], 16)))
+        m = re.search(r"smmuv3_record_event SMMU_EVT_(\w+) sid=(0x[0-9a-f]+)", line)
+        if m:
+            events[(m[1], int(m[2], 16))] += 1
+
+    claimed = [(int(a, 16), int(b, 16)) for a, b in re.findall(r"IPA (0x[0-9a-f]+) -> PA (0x[0-9a-f]+)", out)]
+    if not claimed:
+        problems.append("the image reported no IPA -> PA translation")
+    for ipa, pa in claimed:
+        if (ipa, pa) not in translations:
+            problems.append(f"image says IPA {ipa:#x} -> PA {pa:#x}; QEMU traced no such translation")
+
+    faults = re.findall(r"fault: (\w+) sid (0x[0-9a-f]+) .*: (\d+) records?", out)
+    if not faults:
+        problems.append("the image reported no fault")
+    need = collections.Counter()
+    for kind, sid, n in faults:
+        need[(kind, int(sid, 16))] += int(n)
+    for (kind, sid), n in need.items():
+        have = events[(kind, sid)]
+        if have < n:
+            problems.append(f"image reports {n} {kind} records for sid {sid:#x}; QEMU recorded {have}")
+
+    m = re.search(r"SMMU stats: .* (\d+) event records", out)
+    total = sum(events.values())
+    if not m:
+        problems.append("no 'SMMU stats' line")
+    elif int(m[1]) != total:
+        problems.append(f"driver drained {m[1]} event records; QEMU recorded {total}")
+
+    print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
+          f"against {len(translations)} traced translations and {total} traced events")
+    if problems:
+        print(f"test {NAME} ... FAILED")
+        for p in problems:
+            print(f"    {p}")
+        return 1
+    print(f"test {NAME} ... ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
