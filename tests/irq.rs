@@ -356,7 +356,8 @@ fn smmu_irqs_can_be_registered_and_delivered() -> TestResult {
     for (k, &id) in ids.iter().enumerate() {
         try_ok!(gic::set_pending(id));
         check!(
-            smp::wait_until(WAIT_NS, || SMMU_IRQS_TAKEN.load(Ordering::Acquire) > k as u32),
+            smp::wait_until(WAIT_NS, || SMMU_IRQS_TAKEN.load(Ordering::Acquire)
+                > k as u32),
             "{id:?} made pending but not taken"
         );
         check_eq!(gic::count(id), 1);

@@ -19,10 +19,10 @@
 //! gives CPUs 0..16 (Aff0 = n % 16, Aff1 = n / 16).
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use alloc::vec::Vec;
-use spin::Once;
+use spin::{Mutex, Once};
 
 use super::psci::{self, PsciError};
 use super::{cpu, gic, layout, mmu, platform, semihosting};
@@ -165,7 +165,9 @@ pub fn current_cpu() -> usize {
 }
 
 /// Busy-waits until `done()` holds or `timeout_ns` (generic timer) elapse;
-/// returns `done()`'s last value. Polls, so it needs no SEV or IRQ.
+/// returns `done()`'s last value. Polls, so it needs no SEV or IRQ; no
+/// YIELD hint either: under QEMU's TCG a YIELD leaves the vCPU's execution
+/// loop, which delays noticing the other CPU by milliseconds.
 pub fn wait_until(timeout_ns: u64, mut done: impl FnMut() -> bool) -> bool {
     let start = cpu::now_ns();
     loop {
@@ -175,7 +177,6 @@ pub fn wait_until(timeout_ns: u64, mut done: impl FnMut() -> bool) -> bool {
         if cpu::now_ns() - start >= timeout_ns {
             return done();
         }
-        core::hint::spin_loop();
     }
 }
 
@@ -240,35 +241,35 @@ fn secondary_trampoline() -> ! {
 
 // --- The CPU 1 worker ---------------------------------------------------------
 
-/// Job states: IDLE -> CLAIMED (poster fills in the job) -> POSTED ->
-/// RUNNING (CPU 1) -> DONE -> IDLE (after `wait`).
-const IDLE: u8 = 0;
-const CLAIMED: u8 = 1;
-const POSTED: u8 = 2;
-const RUNNING: u8 = 3;
-const DONE: u8 = 4;
-
 static WORKER: AtomicBool = AtomicBool::new(false);
-static JOB_STATE: AtomicU8 = AtomicU8::new(IDLE);
+/// Serialises posters (any CPU but 1) between the busy check and the publish.
+static POST: Mutex<()> = Mutex::new(());
+/// Sequence number of the last posted job, and of the last finished one; CPU 1
+/// is busy while they differ.
+static POSTED_SEQ: AtomicU64 = AtomicU64::new(0);
+static DONE_SEQ: AtomicU64 = AtomicU64::new(0);
 static JOB_FN: AtomicUsize = AtomicUsize::new(0);
 static JOB_ARG: AtomicUsize = AtomicUsize::new(0);
 
 /// A job posted to CPU 1 by [`run_on_cpu1`]; wait for it with [`Self::wait`].
-#[must_use = "wait for the job, or CPU 1 stays busy"]
+#[must_use = "wait for the job: CPU 1 takes no other job until it finishes"]
 #[derive(Debug)]
-pub struct Cpu1Job(());
+pub struct Cpu1Job {
+    seq: u64,
+}
 
 impl Cpu1Job {
     /// Whether the job has finished.
     pub fn is_done(&self) -> bool {
-        JOB_STATE.load(Ordering::Acquire) == DONE
+        DONE_SEQ.load(Ordering::Acquire) >= self.seq
     }
 
-    /// Waits up to `timeout_ns` for the job to finish. On a timeout CPU 1 is
-    /// still busy and later jobs get [`SmpError::Busy`].
-    pub fn wait(self, timeout_ns: u64) -> Result<(), SmpError> {
+    /// Waits up to `timeout_ns` for the job to finish; everything the job
+    /// wrote is then visible to the caller. On [`SmpError::JobTimeout`] the
+    /// job may still finish later: wait again, or give up on CPU 1 (later
+    /// jobs get [`SmpError::Busy`] until it does).
+    pub fn wait(&self, timeout_ns: u64) -> Result<(), SmpError> {
         if wait_until(timeout_ns, || self.is_done()) {
-            JOB_STATE.store(IDLE, Ordering::Release);
             Ok(())
         } else {
             Err(SmpError::JobTimeout)
@@ -277,7 +278,8 @@ impl Cpu1Job {
 }
 
 /// Runs `f` on CPU 1 while the caller goes on; starts CPU 1 (PSCI, GIC) on
-/// first use. CPU 1 runs it with IRQs unmasked. Wait with [`Cpu1Job::wait`].
+/// first use. CPU 1 runs jobs one at a time, with IRQs unmasked (so it takes
+/// SGIs and the SPIs routed to it). Wait with [`Cpu1Job::wait`].
 pub fn run_on_cpu1(f: fn()) -> Result<Cpu1Job, SmpError> {
     fn call(arg: usize) {
         // SAFETY: `run_on_cpu1` passes a `fn()` as `arg`.
@@ -287,8 +289,10 @@ pub fn run_on_cpu1(f: fn()) -> Result<Cpu1Job, SmpError> {
     run_on_cpu1_with(call, f as usize)
 }
 
-/// As [`run_on_cpu1`], passing `arg` to `f` (a poor man's closure).
+/// As [`run_on_cpu1`], passing `arg` to `f` (a poor man's closure: an index,
+/// or the address of a `static` the caller and the job share).
 pub fn run_on_cpu1_with(f: fn(usize), arg: usize) -> Result<Cpu1Job, SmpError> {
+    let _post = POST.lock();
     if !WORKER.load(Ordering::Acquire) {
         if STARTED[1].load(Ordering::Acquire) {
             return Err(SmpError::NotWorker);
@@ -296,37 +300,42 @@ pub fn run_on_cpu1_with(f: fn(usize), arg: usize) -> Result<Cpu1Job, SmpError> {
         start_secondary(1, worker_main)?;
         WORKER.store(true, Ordering::Release);
     }
-    if JOB_STATE
-        .compare_exchange(IDLE, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
+    let posted = POSTED_SEQ.load(Ordering::Acquire);
+    if DONE_SEQ.load(Ordering::Acquire) != posted {
         return Err(SmpError::Busy);
     }
-    // Published by the Release store below; the worker reads them after it
-    // sees POSTED.
+    // Published by the Release store of the sequence number; the worker
+    // reads them after it sees the new number (Acquire).
     JOB_FN.store(f as usize, Ordering::Relaxed);
     JOB_ARG.store(arg, Ordering::Relaxed);
-    JOB_STATE.store(POSTED, Ordering::Release);
+    POSTED_SEQ.store(posted + 1, Ordering::Release);
     aarch64_cpu::asm::sev();
-    Ok(Cpu1Job(()))
+    Ok(Cpu1Job { seq: posted + 1 })
+}
+
+/// Whether CPU 1 runs the [`run_on_cpu1`] worker and has no unfinished job.
+pub fn cpu1_idle() -> bool {
+    WORKER.load(Ordering::Acquire)
+        && DONE_SEQ.load(Ordering::Acquire) == POSTED_SEQ.load(Ordering::Acquire)
 }
 
 /// The worker loop CPU 1 runs for [`run_on_cpu1`].
 fn worker_main() -> ! {
     gic::enable_irqs();
     loop {
-        if JOB_STATE.load(Ordering::Acquire) == POSTED {
-            JOB_STATE.store(RUNNING, Ordering::Release);
-            let f = JOB_FN.load(Ordering::Relaxed);
-            let arg = JOB_ARG.load(Ordering::Relaxed);
-            // SAFETY: only `fn(usize)` values are stored in JOB_FN
-            // (`run_on_cpu1_with`).
-            let f = unsafe { core::mem::transmute::<usize, fn(usize)>(f) };
-            f(arg);
-            JOB_STATE.store(DONE, Ordering::Release);
-            aarch64_cpu::asm::sev();
-        } else {
+        let posted = POSTED_SEQ.load(Ordering::Acquire);
+        if posted == DONE_SEQ.load(Ordering::Relaxed) {
+            // Woken by the poster's SEV (or an IRQ).
             aarch64_cpu::asm::wfe();
+            continue;
         }
+        let f = JOB_FN.load(Ordering::Relaxed);
+        let arg = JOB_ARG.load(Ordering::Relaxed);
+        // SAFETY: only `fn(usize)` values are stored in JOB_FN
+        // (`run_on_cpu1_with`).
+        let f = unsafe { core::mem::transmute::<usize, fn(usize)>(f) };
+        f(arg);
+        DONE_SEQ.store(posted, Ordering::Release);
+        aarch64_cpu::asm::sev();
     }
 }
