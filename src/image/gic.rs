@@ -501,11 +501,7 @@ pub fn spurious_count() -> u32 {
 /// pending.
 pub fn dispatch() {
     let mut taken = 0u32;
-    loop {
-        let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1)
-        else {
-            break;
-        };
+    while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
         let n = u32::from(intid) as usize;
         if n >= MAX_INTID {
             // 1020..1022: special INTIDs, never ended.

@@ -180,9 +180,10 @@ pub fn wait_until(timeout_ns: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-const NO_CPU: AtomicBool = AtomicBool::new(false);
-static STARTED: [AtomicBool; layout::MAX_CPUS] = [NO_CPU; layout::MAX_CPUS];
-static ONLINE: [AtomicBool; layout::MAX_CPUS] = [NO_CPU; layout::MAX_CPUS];
+static STARTED: [AtomicBool; layout::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; layout::MAX_CPUS];
+static ONLINE: [AtomicBool; layout::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; layout::MAX_CPUS];
 static MAINS: [AtomicUsize; layout::MAX_CPUS] = [const { AtomicUsize::new(0) }; layout::MAX_CPUS];
 
 /// Whether CPU `cpu` has reported itself online (boot CPU: always).
