@@ -147,7 +147,10 @@ fn checksum(n: u64) -> u64 {
 /// The SGI is sent with IRQs masked and unmasked halfway through a loop that
 /// keeps its whole state in registers (GPRs and v20/v31): the IRQ is taken
 /// right there, the handler overwrites every caller-saved register, and the
-/// loop must still produce the right checksum and find its SIMD values.
+/// loop must still produce the right checksum, find its sentinels in x0..x11
+/// and its SIMD values in v20/v31, and see FPSR unchanged. (Checked by
+/// mutation: dropping the restore of x10/x11 or q20/q21 in the vectors fails
+/// this test.)
 fn interrupted_code_keeps_its_registers() -> TestResult {
     try_ok!(gic::register_sgi(SGI_SCRIBBLE, counting_and_scribbling));
     const N: u64 = 20_000;
@@ -156,6 +159,10 @@ fn interrupted_code_keeps_its_registers() -> TestResult {
     let before = SCRIBBLED.load(Ordering::Acquire);
     let sgir = sgi1r(SGI_SCRIBBLE, gic::current_mpidr());
     let (sum, lo, hi, lo31, fpsr): (u64, u64, u64, u64, u64);
+    // x0..x11 hold sentinels across the whole block (the handler writes
+    // them all); the loop's own state lives in whatever registers are left.
+    let seeds: [u64; 12] = core::array::from_fn(|k| 0x1111_1111_1111_1111 * (k as u64 + 1));
+    let mut kept = seeds;
     let taken_at: u64;
     // SAFETY: register-only code plus DAIF and ICC_SGI1R_EL1 writes (an SGI
     // to this CPU, whose handler is registered); leaves IRQs unmasked.
@@ -201,6 +208,18 @@ fn interrupted_code_keeps_its_registers() -> TestResult {
             hi = out(reg) hi,
             lo31 = out(reg) lo31,
             fpsr = out(reg) fpsr,
+            inout("x0") kept[0],
+            inout("x1") kept[1],
+            inout("x2") kept[2],
+            inout("x3") kept[3],
+            inout("x4") kept[4],
+            inout("x5") kept[5],
+            inout("x6") kept[6],
+            inout("x7") kept[7],
+            inout("x8") kept[8],
+            inout("x9") kept[9],
+            inout("x10") kept[10],
+            inout("x11") kept[11],
             out("v20") _,
             out("v31") _,
             options(nostack),
@@ -210,6 +229,7 @@ fn interrupted_code_keeps_its_registers() -> TestResult {
     check_eq!(taken_at as u32, before + 1);
     check_eq!(SCRIBBLED.load(Ordering::Acquire), before + 1);
     check_eq!(sum, checksum(N));
+    check_eq!(kept, seeds);
     check_eq!((lo, hi, lo31), (PAT_LO, PAT_HI, PAT_HI));
     check_eq!(fpsr, 0);
     Ok(())
