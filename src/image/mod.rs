@@ -21,6 +21,7 @@ pub mod dma;
 pub mod edu;
 pub mod entry;
 pub mod exceptions;
+pub mod gic;
 pub mod harness;
 pub mod heap;
 pub mod iommu;
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod mmu;
 pub mod pci;
 pub mod platform;
+pub mod psci;
 pub mod semihosting;
 pub mod smp;
 
