@@ -13,6 +13,9 @@
 //! CMD_SYNC, then returns [`Error::CommandError`] describing the first fault.
 //! Every wait is bounded.
 //!
+//! A submitter recovers any command error it finds before returning, so an
+//! interrupt handler that finds the queue locked can leave the error to it.
+//!
 //! The queue is not internally locked: the [`crate::smmu::Smmu`] owns it
 //! behind a lock, so submission from several CPUs is serialised.
 
@@ -176,6 +179,12 @@ impl<H: Hal> CommandQueue<H> {
         if let Some(pos) = sync_pos {
             self.stats.syncs += 1;
             self.wait_consumed(mmio, pos, &mut first_fault)?;
+        }
+        // An error raised while we held the queue (on QEMU, inside the PROD
+        // write itself) may have been deferred to us by an interrupt handler
+        // that found the lock taken: handle it before letting go.
+        if let Some(f) = self.recover(mmio) {
+            first_fault.get_or_insert(f);
         }
         match first_fault {
             Some(f) => Err(f.to_error(ring)),

@@ -50,6 +50,23 @@ fn run_demo(edus: &[Edu]) -> usize {
         smmu.sid_limit(),
         smmu.stream_table_bytes()
     );
+    let irqs = match image::iommu::use_interrupts(&smmu) {
+        Ok(Some(guard)) => {
+            println!(
+                "SMMU interrupts: INTIDs {:?} (eventq, gerror) serviced by the driver",
+                guard.intids
+            );
+            Some(guard)
+        }
+        Ok(None) => {
+            println!("SMMU interrupts: none in the DTB; polling");
+            None
+        }
+        Err(e) => {
+            println!("SMMU interrupts: GIC unavailable ({e:?}); polling");
+            None
+        }
+    };
 
     let mut report = Report::default();
     match edus {
@@ -145,8 +162,14 @@ fn run_demo(edus: &[Edu]) -> usize {
     report.print("DMA isolation results:");
     let s = smmu.stats();
     println!(
-        "SMMU stats: {} commands, {} CMD_SYNCs, {} CMDQ_PROD writes, {} MMIO writes, {} event records",
-        s.cmdq.commands, s.cmdq.syncs, s.cmdq.prod_writes, s.mmio_writes, s.events
+        "SMMU stats: {} commands, {} CMD_SYNCs, {} CMDQ_PROD writes, {} MMIO writes, {} event records, {} interrupts",
+        s.cmdq.commands,
+        s.cmdq.syncs,
+        s.cmdq.prod_writes,
+        s.mmio_writes,
+        s.events,
+        image::iommu::interrupts_taken()
     );
+    drop(irqs);
     report.failures()
 }

@@ -117,11 +117,39 @@ pub struct Stats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// A copy of the command queue's counters, refreshed by every path that
+    /// holds its lock, so that reading statistics never takes that lock (an
+    /// interrupt handler finding it taken would have to defer its work).
+    cmdq: [AtomicU64; 5],
     events: AtomicU64,
     eventq_overflows: AtomicU64,
     eventq_aborts: AtomicU64,
     msi_aborts: AtomicU64,
     gerrors: AtomicU64,
+}
+
+impl Counters {
+    fn store_cmdq(&self, s: CmdqStats) {
+        for (a, v) in
+            self.cmdq
+                .iter()
+                .zip([s.commands, s.syncs, s.prod_writes, s.errors, s.retries])
+        {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    fn load_cmdq(&self) -> CmdqStats {
+        let [commands, syncs, prod_writes, errors, retries] =
+            self.cmdq.each_ref().map(|a| a.load(Ordering::Relaxed));
+        CmdqStats {
+            commands,
+            syncs,
+            prod_writes,
+            errors,
+            retries,
+        }
+    }
 }
 
 /// What [`Smmu::handle_gerror`] found and did.
@@ -396,7 +424,9 @@ impl<H: Hal> Smmu<H> {
             Command::TlbiEl2All,
         ];
         let n = if self.features.hyp { 3 } else { 2 };
-        cmdq.submit_with(&self.mmio, n, |i| cmds[i].encode(), true)?;
+        let submitted = cmdq.submit_with(&self.mmio, n, |i| cmds[i].encode(), true);
+        self.counters.store_cmdq(cmdq.stats());
+        submitted?;
 
         let eventqen = cmdqen | CR0::EVENTQEN::SET.value;
         self.write_cr0(eventqen)?;
@@ -433,9 +463,16 @@ impl<H: Hal> Smmu<H> {
         if !self.commands_live() {
             return Err(Error::NotEnabled);
         }
-        self.cmdq
-            .lock()
-            .submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync)
+        self.with_cmdq(|q| q.submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync))
+    }
+
+    /// Runs `f` on the locked command queue, then refreshes the lock-free
+    /// copy of its counters.
+    fn with_cmdq<R>(&self, f: impl FnOnce(&mut CommandQueue<H>) -> R) -> R {
+        let mut q = self.cmdq.lock();
+        let r = f(&mut q);
+        self.counters.store_cmdq(q.stats());
+        r
     }
 
     /// Reads the STE of `sid`.
@@ -475,9 +512,7 @@ impl<H: Hal> Smmu<H> {
 
     /// Submits with the caller already holding the stream table lock.
     fn submit_locked(&self, cmds: &[Command]) -> Result<()> {
-        self.cmdq
-            .lock()
-            .submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true)
+        self.with_cmdq(|q| q.submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true))
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
@@ -543,7 +578,10 @@ impl<H: Hal> Smmu<H> {
         let bit = |f: tock_registers::fields::Field<u32, GERROR::Register>| f.mask << f.shift;
         if active & bit(GERROR::CMDQ_ERR) != 0 {
             match self.cmdq.try_lock() {
-                Some(mut cmdq) => report.cmdq_fault = cmdq.recover(&self.mmio),
+                Some(mut cmdq) => {
+                    report.cmdq_fault = cmdq.recover(&self.mmio);
+                    self.counters.store_cmdq(cmdq.stats());
+                }
                 None => report.cmdq_deferred = true,
             }
         }
@@ -606,7 +644,7 @@ impl<H: Hal> Smmu<H> {
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
         Stats {
-            cmdq: self.cmdq.lock().stats(),
+            cmdq: c.load_cmdq(),
             mmio_writes: self.mmio.writes(),
             events: c.events.load(Ordering::Relaxed),
             eventq_overflows: c.eventq_overflows.load(Ordering::Relaxed),

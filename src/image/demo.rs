@@ -171,11 +171,10 @@ fn sid_of(edu: &Edu) -> Result<u32, String> {
         .ok_or_else(|| format!("{}: no StreamID (iommu-map does not cover it)", edu.bdf))
 }
 
-/// Drains the event queue and returns the records.
+/// Every event received since the last call (through the SMMU's interrupt,
+/// or drained now).
 pub fn drain(smmu: &Driver) -> Vec<Event> {
-    let mut events = Vec::new();
-    let _ = smmu.drain_events(|e| events.push(e));
-    events
+    super::iommu::take_events(smmu)
 }
 
 /// Drains the event queue and prints one line per faulting DMA, naming the

@@ -25,3 +25,115 @@ pub fn new_smmu(config: Config) -> Result<Smmu<ImageHal>> {
     // most one driver instance alive at a time.
     unsafe { Smmu::new(base, config) }
 }
+
+// ---------------------------------------------------------------------------
+// Interrupts: the SMMU's eventq and gerror lines, found by name in the DTB.
+
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
+
+use smmuv3::event::Event;
+
+use super::gic::{self, IntId, Trigger};
+
+/// The driver the interrupt handler services; null when none. Published only
+/// once the driver is fully constructed and enabled, so the handler never
+/// sees a half-initialised driver.
+static ACTIVE: AtomicPtr<Smmu<ImageHal>> = AtomicPtr::new(null_mut());
+/// Events drained by the interrupt handler and not yet taken.
+static RECEIVED: spin::Mutex<Vec<Event>> = spin::Mutex::new(Vec::new());
+/// Most events kept between two `take_events` calls.
+const MAX_BUFFERED: usize = 1 << 14;
+static DROPPED: AtomicU32 = AtomicU32::new(0);
+static TAKEN: AtomicU32 = AtomicU32::new(0);
+
+/// While alive, the SMMU's interrupts are serviced by the driver it borrows.
+/// Dropping it stops that before the driver can go away.
+#[derive(Debug)]
+pub struct IrqGuard<'a> {
+    /// The INTIDs wired (eventq, gerror).
+    pub intids: Vec<u32>,
+    _driver: PhantomData<&'a Smmu<ImageHal>>,
+}
+
+impl Drop for IrqGuard<'_> {
+    fn drop(&mut self) {
+        // The SMMU's SPIs are routed to the boot CPU only: with IRQs masked
+        // here, no handler is using the pointer while it is cleared.
+        gic::without_irqs(|| ACTIVE.store(null_mut(), Ordering::Release));
+    }
+}
+
+/// Routes the SMMU's `eventq` and `gerror` interrupts to `smmu.service()`
+/// and unmasks IRQs. Returns `None` when the DTB names neither interrupt:
+/// the caller then polls ([`take_events`] drains by itself).
+pub fn use_interrupts(
+    smmu: &Smmu<ImageHal>,
+) -> core::result::Result<Option<IrqGuard<'_>>, gic::GicError> {
+    let irqs = super::boot().platform.smmu.irqs;
+    let wanted: Vec<u32> = [irqs.eventq, irqs.gerror].into_iter().flatten().collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    gic::init()?;
+    gic::without_irqs(|| ACTIVE.store(smmu as *const _ as *mut _, Ordering::Release));
+    for &n in &wanted {
+        let id = IntId::try_from(n).map_err(|_| gic::GicError::NotInitialised)?;
+        gic::register(id, Trigger::Edge, smmu_irq)?;
+    }
+    gic::enable_irqs();
+    Ok(Some(IrqGuard {
+        intids: wanted,
+        _driver: PhantomData,
+    }))
+}
+
+/// Interrupts taken by the SMMU handler so far.
+pub fn interrupts_taken() -> u32 {
+    TAKEN.load(Ordering::Relaxed)
+}
+
+fn smmu_irq(_: IntId) {
+    TAKEN.fetch_add(1, Ordering::Relaxed);
+    let p = ACTIVE.load(Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: `use_interrupts` published a reference that the `IrqGuard`'s
+    // lifetime keeps valid, and the guard clears it (with IRQs masked on this,
+    // the only CPU the SMMU's SPIs target) before the driver can be dropped.
+    let smmu = unsafe { &*p };
+    // `take_events` holds the buffer with IRQs masked, so on this CPU the
+    // lock is free whenever the handler runs.
+    let Some(mut buf) = RECEIVED.try_lock() else {
+        return;
+    };
+    let result = smmu.service(|e| {
+        if buf.len() < MAX_BUFFERED {
+            buf.push(e);
+        } else {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    if let Err(e) = result {
+        log::error!("SMMU interrupt: {e}");
+    }
+}
+
+/// Every event received so far: those the interrupt handler drained, then
+/// whatever is still in the queue (the polling path, and the fallback when
+/// there is no interrupt).
+pub fn take_events(smmu: &Smmu<ImageHal>) -> Vec<Event> {
+    gic::without_irqs(|| {
+        let mut buf = RECEIVED.lock();
+        let _ = smmu.drain_events(|e| buf.push(e));
+        core::mem::take(&mut *buf)
+    })
+}
+
+/// Events the handler had to drop because nobody took them.
+pub fn events_dropped() -> u32 {
+    DROPPED.load(Ordering::Relaxed)
+}
