@@ -659,11 +659,11 @@ fn several_domains_at_once() -> TestResult {
     // One device visiting every domain in turn reaches only that domain's page.
     let e = &edus[0];
     let s = sid(e)?;
-    for k in 0..N {
+    for (k, &dom) in doms.iter().enumerate() {
         for p in &pages {
             p.fill(CANARY);
         }
-        try_ok!(smmu.attach(doms[k], s));
+        try_ok!(smmu.attach(dom, s));
         edu_ok(e.dma_to_ram(0, IPA_DATA + 0x200, 0x20))?;
         try_ok!(smmu.detach(s));
         expect_no_fault(&demo::report_faults(&smmu, &edus))?;
@@ -1341,7 +1341,7 @@ fn errors_map() -> TestResult {
     rejected(&smmu, &doms, "map zero length", Error::ZeroLength, || {
         smmu.map(d, free_ipa, pa, 0, rw)
     })?;
-    let top = u64::MAX & !(PAGE - 1);
+    let top = !(PAGE - 1);
     rejected(
         &smmu,
         &doms,
@@ -1471,9 +1471,9 @@ fn errors_unmap_and_protect() -> TestResult {
             &format!("{op} wrapping range"),
             Error::RangeOverflow {
                 addr: WINDOW,
-                len: u64::MAX & !(PAGE - 1),
+                len: !(PAGE - 1),
             },
-            || call(WINDOW, u64::MAX & !(PAGE - 1)),
+            || call(WINDOW, !(PAGE - 1)),
         )?;
         rejected(
             &smmu,
