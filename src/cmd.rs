@@ -696,6 +696,12 @@ fn range_pieces(mut pages: u64, tg: u8, max: usize) -> Option<Vec<(u64, TlbiRang
             return None;
         }
         let scale = pages.trailing_zeros();
+        if scale > 31 {
+            // SCALE is a 5-bit field: 2^32 pages and up (8 TiB with 4K
+            // pages) cannot be expressed. Encoding it would truncate SCALE
+            // and invalidate almost nothing; let the caller fall back.
+            return None;
+        }
         let num = (pages >> scale) & 0x1F;
         let count = num << scale;
         out.push((
@@ -782,8 +788,9 @@ fn plan(
 /// commands that cover exactly those granules; without, one TLBI_S2_IPA per
 /// granule. Precise commands are non-leaf (they also drop walk-cache entries,
 /// so the plan is safe after freeing tables). More than `max_commands`, a
-/// range reaching beyond 2^52, or an unknown granule yield
-/// `Fallback(TlbiS12Vmall { vmid })`. A zero length gives an empty plan.
+/// range reaching beyond 2^52, a range piece needing SCALE > 31 (with `ril`:
+/// 2^32 granules or more, e.g. 16 TiB of 4K pages), or an unknown granule
+/// yield `Fallback(TlbiS12Vmall { vmid })`. A zero length gives an empty plan.
 pub fn s2_invalidation(
     vmid: u16,
     ipa: u64,
@@ -1195,6 +1202,47 @@ mod tests {
             nh_invalidation(1, 9, 0, 1023 << 12, 12, true, 1),
             InvalidationPlan::Fallback(Command::TlbiNhAsid { vmid: 1, asid: 9 })
         );
+    }
+
+    /// Ranges of 2^32 pages and more need SCALE > 31, which the 5-bit field
+    /// cannot hold: they fall back instead of being truncated (a 16 TiB unmap
+    /// used to be planned as one command with SCALE = 32, which the SMMU
+    /// reads as SCALE = 0: one page).
+    #[test]
+    fn huge_ranges_fall_back_instead_of_truncating_scale() {
+        // Precise plans must be valid commands covering exactly the range.
+        let exact = |p: &InvalidationPlan, pages: u64| {
+            let total: u64 = p
+                .commands()
+                .iter()
+                .map(|c| {
+                    c.validate().unwrap();
+                    match *c {
+                        Command::TlbiS2Ipa { range: Some(r), .. }
+                        | Command::TlbiNhVa { range: Some(r), .. } => r.pages(),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                })
+                .sum();
+            assert_eq!(total, pages);
+        };
+        for (addr, len) in [(0u64, 1u64 << 44), (0, 1 << 47), (0x1000, 1 << 44)] {
+            let p = s2_invalidation(3, addr, len, 12, true, 64);
+            assert_eq!(
+                p,
+                InvalidationPlan::Fallback(Command::TlbiS12Vmall { vmid: 3 }),
+                "{addr:#x}+{len:#x}"
+            );
+            assert!(nh_invalidation(3, 4, addr, len, 12, true, 64).is_fallback());
+        }
+        // SCALE = 31 is the largest: 3 * 2^31 pages and 2^32 - 1 pages are
+        // still precise and exact.
+        for len in [(1u64 << 44) + (1 << 43), ((1 << 32) - 1) << 12] {
+            let p = s2_invalidation(3, 0, len, 12, true, 64);
+            assert!(!p.is_fallback(), "{len:#x}");
+            exact(&p, len >> 12);
+            exact(&nh_invalidation(3, 4, 0, len, 12, true, 64), len >> 12);
+        }
     }
 
     /// The window greedy uses the fewest commands: compare with a dynamic
