@@ -25,6 +25,15 @@ echo "collect: on-target suites (cargo test --no-fail-fast, each image in its ow
 cargo test --no-fail-fast 2>&1 | tee "$logs/target.txt"
 target_status=${PIPESTATUS[0]}
 
+# The demo image, judged against QEMU's own SMMU trace, on the default
+# topology and on one with a switch, an extra root port and more memory.
+echo "collect: demo vs QEMU trace (qemu/trace-check.py)"
+python3 qemu/trace-check.py trace_agreement 2>&1 | tee -a "$logs/target.txt" | tail -n 3
+QEMU_ARGS="-m 2G -device pcie-root-port,id=rp7,chassis=7 -device edu,bus=rp7 \
+-device pcie-root-port,id=rp8,chassis=8 -device x3130-upstream,id=up8,bus=rp8 \
+-device xio3130-downstream,id=dn8,bus=up8,chassis=9 -device edu,bus=dn8" \
+    python3 qemu/trace-check.py demo_switch_topology 2>&1 | tee -a "$logs/target.txt" | tail -n 3
+
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(
     awk '/^test result: / { for (i = 1; i <= NF; i++) {
