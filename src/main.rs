@@ -149,6 +149,18 @@ fn run_demo(edus: &[Edu]) -> usize {
             demo::two_vms_same_ipa(&smmu, edus, (a.0, &a.1), (b.0, &b.1)),
         );
     }
+    report.add(
+        "-",
+        "command error: recovered, queue resumes",
+        demo::command_error_recovery(&smmu),
+    );
+    if let Some((edu, vm)) = vms.first() {
+        report.add(
+            &name(edu),
+            "event storm: overflow detected, reporting resumes",
+            demo::event_storm(&smmu, edus, edu, vm),
+        );
+    }
     for (edu, vm) in &vms {
         report.add(
             &name(edu),

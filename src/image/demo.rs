@@ -531,3 +531,73 @@ fn vm_pages_untouched(vm: &Vm, before: &[Vec<u8>; 3]) -> Result<(), String> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Failure paths.
+
+/// Injects an illegal command into a batch: the driver reports it, replaces
+/// it with CMD_SYNC, and the queue carries on.
+pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
+    use smmuv3::cmd::Command;
+    use smmuv3::error::{CmdqError, Error};
+    let before = smmu.stats().cmdq;
+    let r = smmu.submit(&[
+        Command::TlbiNsnhAll,
+        Command::Raw([0x07, 0]),
+        Command::cfgi_all(),
+    ]);
+    let Err(Error::CommandError {
+        error: CmdqError::Illegal,
+        index,
+        opcode,
+    }) = r
+    else {
+        return Err(format!("expected CERROR_ILL, got {r:?}"));
+    };
+    if smmu.mmio().active_gerrors() != 0 {
+        return Err(String::from("GERROR still active after recovery"));
+    }
+    smmu.submit(&[Command::TlbiNsnhAll])
+        .map_err(|e| format!("next batch: {e}"))?;
+    let after = smmu.stats().cmdq;
+    Ok(format!(
+        "opcode {opcode:#04x} at slot {index}: CERROR_ILL, replaced by CMD_SYNC, {} error recovered, next batch completed",
+        after.errors - before.errors
+    ))
+}
+
+/// Floods the event queue with more fault records than it holds (interrupts
+/// masked, so nobody drains meanwhile), then checks the loss is detected and
+/// fault reporting still works.
+pub fn event_storm(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Result<String, String> {
+    let capacity = 1u32 << smmu.config().eventq_log2;
+    let dmas = capacity / 1024 + 1;
+    let before = smmu.stats();
+    super::gic::without_irqs(|| -> Result<(), String> {
+        for _ in 0..dmas {
+            edu.dma_to_ram(0, IPA_UNMAPPED, 4096).map_err(edu_err)?;
+        }
+        Ok(())
+    })?;
+    smmu.service(|_| ()).map_err(|e| format!("service: {e}"))?;
+    let _ = drain(smmu);
+    let after = smmu.stats();
+    let aborts = after.eventq_aborts - before.eventq_aborts;
+    let overflows = after.eventq_overflows - before.eventq_overflows;
+    if aborts + overflows == 0 {
+        return Err(format!(
+            "{} records into {capacity} slots and no overflow detected",
+            dmas * 1024
+        ));
+    }
+    // Reporting keeps working: one more fault arrives whole.
+    edu.dma_to_ram(0, IPA_READONLY, 64).map_err(edu_err)?;
+    let faults = report_faults(smmu, edus);
+    expect_fault(&faults, EventType::FPermission, vm.sid, IPA_READONLY)?;
+    Ok(format!(
+        "{} records into a {capacity}-entry queue: {} drained, {} lost, overflow detected ({aborts} EVENTQ_ABT_ERR, {overflows} OVFLG); next fault reported whole",
+        dmas * 1024,
+        after.events - before.events,
+        u64::from(dmas * 1024).saturating_sub(after.events - before.events)
+    ))
+}
