@@ -14,6 +14,7 @@ thread_local! {
     static LIVE_BYTES: Cell<usize> = const { Cell::new(0) };
     static CLEANED_BYTES: Cell<usize> = const { Cell::new(0) };
     static FAIL_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    static MISALIGN: Cell<bool> = const { Cell::new(false) };
     static LAYOUTS: RefCell<HashMap<usize, Layout>> = RefCell::new(HashMap::new());
 }
 
@@ -30,6 +31,12 @@ impl FakeHal {
     pub fn cleaned_bytes() -> usize {
         CLEANED_BYTES.with(|c| c.get())
     }
+    /// While set, allocations return memory offset by 64 bytes from the
+    /// alignment asked for (a HAL breaking its contract).
+    pub fn misalign_next(on: bool) {
+        MISALIGN.with(|c| c.set(on));
+    }
+
     /// Makes allocations fail after `n` more successes (`None`: never).
     pub fn fail_after(n: Option<usize>) {
         FAIL_AFTER.with(|c| c.set(n));
@@ -46,15 +53,18 @@ unsafe impl Hal for FakeHal {
             }
             FAIL_AFTER.with(|c| c.set(Some(n - 1)));
         }
-        let layout = Layout::from_size_align(size, align).ok()?;
+        let extra = if MISALIGN.with(|c| c.get()) { 64 } else { 0 };
+        let layout = Layout::from_size_align(size + extra, align).ok()?;
         // SAFETY: size is non-zero (callers never ask for 0 bytes; Dma::new checks).
         let p = unsafe { alloc_zeroed(layout) };
-        let vaddr = NonNull::new(p)?;
+        NonNull::new(p)?;
+        // SAFETY: `extra` bytes into an allocation of `size + extra` bytes.
+        let start = unsafe { p.add(extra) };
         LIVE_BYTES.with(|c| c.set(c.get() + size));
-        LAYOUTS.with(|m| m.borrow_mut().insert(p as usize, layout));
+        LAYOUTS.with(|m| m.borrow_mut().insert(start as usize, layout));
         Some(DmaRegion {
-            paddr: p as u64,
-            vaddr,
+            paddr: start as u64,
+            vaddr: NonNull::new(start)?,
             size,
         })
     }
@@ -64,8 +74,14 @@ unsafe impl Hal for FakeHal {
         let layout = LAYOUTS
             .with(|m| m.borrow_mut().remove(&(region.vaddr.as_ptr() as usize)))
             .expect("FakeHal: freeing memory it did not allocate");
-        // SAFETY: the region came from `dma_alloc`, which recorded its layout.
-        unsafe { dealloc(region.vaddr.as_ptr(), layout) }
+        let extra = if region.size < layout.size() {
+            layout.size() - region.size
+        } else {
+            0
+        };
+        // SAFETY: the region came from `dma_alloc`, which recorded its layout
+        // and offset the region by `extra` bytes into the allocation.
+        unsafe { dealloc(region.vaddr.as_ptr().sub(extra), layout) }
     }
 
     fn dcache_clean(_vaddr: *const u8, len: usize) {
@@ -103,6 +119,11 @@ impl FakeRegs {
         Self {
             mem: NonNull::new(p).expect("alloc"),
         }
+    }
+
+    /// The block's address, as a driver's register base.
+    pub fn base(&self) -> NonNull<u8> {
+        self.mem
     }
 
     /// An [`crate::mmio::Mmio`] over this block.

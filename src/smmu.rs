@@ -677,3 +677,124 @@ impl<H: Hal> Drop for Smmu<H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeHal, FakeRegs};
+
+    /// A fake register block that reads like QEMU virt's SMMU and never
+    /// acknowledges anything.
+    fn qemu_like() -> FakeRegs {
+        let regs = FakeRegs::new();
+        regs.set32(0x00, 0x0D44_101B); // IDR0
+        regs.set32(0x04, 0x0273_0010); // IDR1
+        regs.set32(0x0C, 0x0000_1404); // IDR3: RIL, BBML2, HAD
+        regs.set32(0x14, 0x0000_0074); // IDR5
+        regs.set32(0x1C, 0x0000_0001); // AIDR: v3.1
+        regs
+    }
+
+    fn driver(regs: &FakeRegs) -> Smmu<FakeHal> {
+        let config = Config {
+            timeout_ns: 1_000_000,
+            ..Config::default()
+        };
+        // SAFETY: the fake block is MMIO_SIZE bytes and outlives the driver.
+        unsafe { Smmu::new(regs.base(), config) }.expect("probe")
+    }
+
+    #[test]
+    fn probe_and_allocate_without_touching_the_smmu() {
+        let regs = qemu_like();
+        let smmu = driver(&regs);
+        assert_eq!(smmu.stream_table_format(), Format::TwoLevel);
+        assert_eq!(smmu.sid_limit(), 1 << 16);
+        assert_eq!(smmu.mmio().writes(), 0);
+        assert_eq!(smmu.state(), State::Disabled);
+    }
+
+    #[test]
+    fn gbpa_that_never_updates_times_out() {
+        let regs = qemu_like();
+        let smmu = driver(&regs);
+        assert_eq!(smmu.enable(), Err(Error::Timeout(Wait::GbpaUpdate)));
+        assert_eq!(smmu.state(), State::Disabled);
+        assert_eq!(smmu.disable(), Err(Error::Timeout(Wait::GbpaUpdate)));
+    }
+
+    #[test]
+    fn cr0_and_irq_ctrl_that_never_acknowledge_time_out() {
+        let regs = qemu_like();
+        let smmu = driver(&regs);
+        assert_eq!(
+            smmu.write_cr0(CR0::CMDQEN::SET.value),
+            Err(Error::Timeout(Wait::Cr0Ack))
+        );
+        assert_eq!(
+            smmu.write_irq_ctrl(1),
+            Err(Error::Timeout(Wait::IrqCtrlAck))
+        );
+        // Writing what the ACK register already holds completes at once.
+        assert_eq!(smmu.write_cr0(0), Ok(()));
+    }
+
+    #[test]
+    fn a_sync_nobody_consumes_times_out() {
+        let regs = qemu_like();
+        let smmu = driver(&regs);
+        assert_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
+        smmu.set_state(State::CommandsOnly);
+        assert_eq!(
+            smmu.submit(&[Command::TlbiNsnhAll]),
+            Err(Error::Timeout(Wait::CmdSync))
+        );
+        assert_eq!(smmu.stats().cmdq.prod_writes, 1);
+        // Not enabled: dropping must not try to leak or hang.
+        smmu.set_state(State::Disabled);
+    }
+
+    #[test]
+    fn undrivable_smmus_are_typed_errors() {
+        for (idr0, idr1, expected) in [
+            (0x0D44_1013, 0x0273_0010, Unsupported::NoAarch64Tables), // TTF = AArch32
+            (0x0D64_101B, 0x0273_0010, Unsupported::BigEndianOnly),   // TTENDIAN = BE
+            (0x0D44_1018, 0x0273_0010, Unsupported::NoTranslationStage),
+            (0x0D44_101B, 0x4273_0010, Unsupported::PresetTables),
+            (0x0D44_101B, 0x2273_0010, Unsupported::PresetQueues),
+        ] {
+            let regs = qemu_like();
+            regs.set32(0x00, idr0);
+            regs.set32(0x04, idr1);
+            // SAFETY: as in `driver`.
+            let r = unsafe { Smmu::<FakeHal>::new(regs.base(), Config::default()) };
+            assert_eq!(
+                r.err(),
+                Some(Error::Unsupported(expected)),
+                "IDR0 {idr0:#x} IDR1 {idr1:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stage_the_smmu_lacks_is_refused() {
+        let regs = qemu_like();
+        regs.set32(0x00, 0x0D44_101A); // S2P = 0
+        let smmu = driver(&regs);
+        let cfg = crate::stage2::Stage2Config::new(crate::stage2::Granule::K4, 40, 44).unwrap();
+        assert_eq!(
+            smmu.create_domain(crate::domain::DomainOptions::new(cfg)),
+            Err(Error::Unsupported(Unsupported::Stage2))
+        );
+    }
+
+    #[test]
+    fn bad_hal_memory_is_refused() {
+        let regs = qemu_like();
+        crate::fake::FakeHal::misalign_next(true);
+        // SAFETY: as in `driver`.
+        let r = unsafe { Smmu::<FakeHal>::new(regs.base(), Config::default()) };
+        crate::fake::FakeHal::misalign_next(false);
+        assert!(matches!(r, Err(Error::BadHalMemory { .. })), "{r:?}");
+    }
+}

@@ -374,4 +374,29 @@ mod tests {
         }
         assert_eq!(FakeHal::live_bytes(), 0);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn every_sid_has_its_own_slot(sids in proptest::collection::vec(0u32..0x1_0000, 1..40)) {
+            let mut t = StreamTable::<FakeHal>::new(Format::TwoLevel, 16, true).unwrap();
+            for &sid in &sids {
+                t.ensure(sid).unwrap();
+                // Tag dword 1 of each STE with its SID.
+                t.write_dword(sid, 1, u64::from(sid) | 1 << 40).unwrap();
+            }
+            for &sid in &sids {
+                let ste = t.read(sid).unwrap();
+                proptest::prop_assert_eq!(ste[1], u64::from(sid) | 1 << 40);
+                proptest::prop_assert_eq!(ste[0], ABORT_STE_DWORD0);
+            }
+            let mut buses: Vec<u32> = sids.iter().map(|s| s >> SPLIT).collect();
+            buses.sort_unstable();
+            buses.dedup();
+            proptest::prop_assert_eq!(t.l2_tables(), buses.len());
+            proptest::prop_assert_eq!(t.bytes(), bytes_needed(Format::TwoLevel, 16, &sids));
+            // A SID never touched reads as plain abort.
+            let untouched = (0..0x1_0000u32).find(|s| !sids.contains(s)).unwrap();
+            proptest::prop_assert_eq!(t.read(untouched).unwrap()[1], 0);
+        }
+    }
 }
