@@ -93,8 +93,8 @@ impl<H: Hal> Dma<H> {
             coherent,
             _hal: PhantomData,
         };
-        let misaligned = region.paddr % align as u64 != 0
-            || (region.vaddr.as_ptr() as usize) % align.min(4096) != 0;
+        let misaligned = !region.paddr.is_multiple_of(align as u64)
+            || !(region.vaddr.as_ptr() as usize).is_multiple_of(align.min(4096));
         if misaligned || region.size < size {
             // `dma` is dropped here and the memory handed back.
             return Err(Error::BadHalMemory {

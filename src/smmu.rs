@@ -661,11 +661,11 @@ impl<H: Hal> Drop for Smmu<H> {
     /// the SMMU does not acknowledge the disable, the memory is leaked
     /// rather than reused under a possibly live SMMU.
     fn drop(&mut self) {
-        if self.state() != State::Disabled {
-            if let Err(e) = self.disable() {
-                log::error!("SMMU did not stop on drop ({e}): leaking its tables and queues");
-                return;
-            }
+        if self.state() != State::Disabled
+            && let Err(e) = self.disable()
+        {
+            log::error!("SMMU did not stop on drop ({e}): leaking its tables and queues");
+            return;
         }
         // SAFETY: each field is dropped exactly once, here, and never used
         // again: `self` is being dropped.

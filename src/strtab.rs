@@ -57,7 +57,7 @@ pub enum Format {
 /// Encodes a level-1 descriptor for a full level-2 table at `l2_paddr`.
 pub fn l1_descriptor(l2_paddr: u64) -> Result<u64> {
     let align = (STE_BYTES as u64) << SPLIT;
-    if l2_paddr % align != 0 {
+    if !l2_paddr.is_multiple_of(align) {
         return Err(Error::Misaligned {
             addr: l2_paddr,
             align,
