@@ -13,9 +13,8 @@
 
 use alloc::vec::Vec;
 use tock_registers::LocalRegisterCopy;
-use tock_registers::register_bitfields;
 
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal};
 use crate::regs::{STRTAB_BASE, STRTAB_BASE_CFG};
 
@@ -35,16 +34,6 @@ pub const MAX_TWO_LEVEL_SID_BITS: u32 = SPLIT + 16;
 /// Dword 0 of an abort STE: V = 1, Config = 0b000 (abort).
 pub const ABORT_STE_DWORD0: u64 = 1;
 
-register_bitfields! [u64,
-    /// A level-1 stream table descriptor.
-    pub L1STD [
-        /// Number of STEs in the level-2 table: 2^(SPAN-1); 0 = invalid.
-        SPAN OFFSET(0) NUMBITS(5) [],
-        /// Level-2 table address, bits [51:6].
-        L2PTR OFFSET(6) NUMBITS(46) []
-    ]
-];
-
 /// The stream table layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -52,23 +41,6 @@ pub enum Format {
     Linear,
     /// Level-1 descriptors pointing at level-2 arrays of 2^SPLIT STEs.
     TwoLevel,
-}
-
-/// Encodes a level-1 descriptor for a full level-2 table at `l2_paddr`.
-pub fn l1_descriptor(l2_paddr: u64) -> Result<u64> {
-    let align = (STE_BYTES as u64) << SPLIT;
-    if !l2_paddr.is_multiple_of(align) {
-        return Err(Error::Misaligned {
-            addr: l2_paddr,
-            align,
-        });
-    }
-    if l2_paddr >> 52 != 0 {
-        return Err(Error::Unsupported(Unsupported::AddressSize));
-    }
-    let mut d = LocalRegisterCopy::<u64, L1STD::Register>::new(0);
-    d.modify(L1STD::L2PTR.val(l2_paddr >> 6) + L1STD::SPAN.val(u64::from(SPLIT) + 1));
-    Ok(d.get())
 }
 
 /// A stream table in device-visible memory.
@@ -188,7 +160,8 @@ impl<H: Hal> StreamTable<H> {
         let bytes = STE_BYTES << SPLIT;
         let table = Dma::new(bytes, bytes, self.coherent)?;
         fill_abort(&table);
-        let desc = l1_descriptor(table.paddr())?;
+        // Span = SPLIT + 1: a full level-2 table of 2^SPLIT STEs.
+        let desc = crate::ste::l1_descriptor(table.paddr(), SPLIT as u8 + 1)?;
         self.l2[l1] = Some(table);
         self.top.write_u64(l1, desc);
         self.top.publish(l1, 1);
@@ -290,19 +263,6 @@ pub fn bytes_needed(format: Format, sid_bits: u32, sids: &[u32]) -> usize {
 mod tests {
     use super::*;
     use crate::fake::FakeHal;
-
-    #[test]
-    fn l1_descriptor_fields() {
-        // L2Ptr = 0x4010_0000 in bits [51:6], Span = SPLIT + 1 = 9.
-        assert_eq!(l1_descriptor(0x4010_0000).unwrap(), 0x4010_0000 | 9);
-        assert_eq!(
-            l1_descriptor(0x4010_2000),
-            Err(Error::Misaligned {
-                addr: 0x4010_2000,
-                align: 0x4000
-            })
-        );
-    }
 
     #[test]
     fn linear_table_is_all_abort_and_aligned() {
