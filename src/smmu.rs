@@ -516,13 +516,25 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
+    /// A StreamID attached to a domain must be detached first.
     pub fn set_bypass(&self, sid: u32) -> Result<()> {
+        self.check_not_in_domain(sid)?;
         self.write_ste(sid, &Ste::bypass())
     }
 
-    /// Makes `sid` abort all its traffic.
+    /// Makes `sid` abort all its traffic. A StreamID attached to a domain
+    /// is detached with [`Smmu::detach`] instead.
     pub fn set_abort(&self, sid: u32) -> Result<()> {
+        self.check_not_in_domain(sid)?;
         self.write_ste(sid, &Ste::abort())
+    }
+
+    fn check_not_in_domain(&self, sid: u32) -> Result<()> {
+        self.check_sid(sid)?;
+        match self.domain_of(sid) {
+            Some(_) => Err(Error::SidAttached(sid)),
+            None => Ok(()),
+        }
     }
 
     /// Number of StreamIDs the stream table covers.

@@ -41,6 +41,7 @@ fn main() -> ! {
             double_attach_same_domain,
             double_attach_other_domain,
             attach_over_bypass,
+            bypass_over_attached,
             detach_never_attached,
             attach_unknown_domain,
             map_unknown_domain,
@@ -209,6 +210,19 @@ fn attach_over_bypass() -> TestResult {
         Error::SidAttached(SID + 1),
         || smmu.attach(dom, SID + 1),
     )
+}
+
+fn bypass_over_attached() -> TestResult {
+    let (smmu, dom, _p) = fixture(SID)?;
+    rejects(
+        "bypass a SID attached to a domain",
+        &smmu,
+        Some(dom),
+        Error::SidAttached(SID),
+        || smmu.set_bypass(SID),
+    )?;
+    check_eq!(smmu.domain_of(SID), Some(dom));
+    Ok(())
 }
 
 fn detach_never_attached() -> TestResult {
