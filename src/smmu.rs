@@ -801,6 +801,30 @@ mod tests {
     }
 
     #[test]
+    fn service_failure_disables_and_msi_aborts_are_counted() {
+        let regs = qemu_like();
+        let smmu = driver(&regs);
+        // MSI write aborts (bits 4..7) and a PRI queue abort (bit 3): counted
+        // and acknowledged, nothing else.
+        regs.set32(0x60, 0xF8);
+        let report = smmu.handle_gerror().unwrap();
+        assert!(report.msi_abort && !report.service_failure);
+        assert_eq!(regs.get32(0x64), 0xF8); // GERRORN now matches GERROR
+        assert_eq!(smmu.stats().msi_aborts, 1);
+        // SFM_ERR: the SMMU is stopped and the caller told.
+        smmu.set_state(State::Enabled);
+        regs.set32(0x20, 0xD); // CR0 as the SMMU had it
+        regs.set32(0x60, 0xF8 | 1 << 8);
+        assert_eq!(smmu.handle_gerror(), Err(Error::ServiceFailure));
+        assert_eq!(smmu.state(), State::Failed);
+        assert_eq!(regs.get32(0x20), 0); // CR0 cleared
+        assert_eq!(regs.get32(0x64), 0x1F8);
+        assert_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
+        // A failed SMMU that never acknowledges: dropping it leaks its memory
+        // rather than hanging or freeing what it may still read.
+    }
+
+    #[test]
     fn bad_hal_memory_is_refused() {
         let regs = qemu_like();
         crate::fake::FakeHal::misalign_next(true);
