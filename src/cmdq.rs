@@ -194,20 +194,10 @@ impl<H: Hal> CommandQueue<H> {
 
     /// Waits until at least one slot is free; returns the free count.
     fn wait_for_space(&mut self, mmio: &Mmio, fault: &mut Option<CmdqFault>) -> Result<u32> {
-        let start = H::now_ns();
-        loop {
-            if let Some(f) = self.recover(mmio) {
-                fault.get_or_insert(f);
-            }
-            let free = self.ring().free(self.prod, self.cons(mmio));
-            if free > 0 {
-                return Ok(free);
-            }
-            if H::now_ns().wrapping_sub(start) > self.timeout_ns {
-                return Err(Error::Timeout(Wait::CmdqSpace));
-            }
-            core::hint::spin_loop();
-        }
+        self.poll(mmio, fault, Wait::CmdqSpace, |q, cons| {
+            let free = q.ring().free(q.prod, cons);
+            (free > 0).then_some(free)
+        })
     }
 
     /// Waits until the entry at `pos` has been consumed.
@@ -217,16 +207,31 @@ impl<H: Hal> CommandQueue<H> {
         pos: u32,
         fault: &mut Option<CmdqFault>,
     ) -> Result<()> {
+        self.poll(mmio, fault, Wait::CmdSync, |q, cons| {
+            q.ring().is_consumed(pos, cons, q.prod).then_some(())
+        })
+    }
+
+    /// Polls `ready(queue, CONS)` until it yields a value, recovering command
+    /// errors on the way (the first is kept in `fault`), bounded by the
+    /// queue's timeout.
+    fn poll<T>(
+        &mut self,
+        mmio: &Mmio,
+        fault: &mut Option<CmdqFault>,
+        what: Wait,
+        ready: impl Fn(&Self, u32) -> Option<T>,
+    ) -> Result<T> {
         let start = H::now_ns();
         loop {
             if let Some(f) = self.recover(mmio) {
                 fault.get_or_insert(f);
             }
-            if self.ring().is_consumed(pos, self.cons(mmio), self.prod) {
-                return Ok(());
+            if let Some(v) = ready(self, self.cons(mmio)) {
+                return Ok(v);
             }
             if H::now_ns().wrapping_sub(start) > self.timeout_ns {
-                return Err(Error::Timeout(Wait::CmdSync));
+                return Err(Error::Timeout(what));
             }
             core::hint::spin_loop();
         }

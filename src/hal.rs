@@ -150,10 +150,8 @@ impl<H: Hal> Dma<H> {
     pub fn refresh(&self, first: usize, count: usize) {
         crate::barrier::dsb_ld();
         if !self.coherent {
-            let start = first.min(self.len_u64()) * 8;
-            let len = (count * 8).min(self.size() - start);
-            // SAFETY: the range lies inside the region (clamped above).
-            H::dcache_invalidate(unsafe { self.vaddr().add(start) }, len);
+            let (start, len) = self.bytes_of(first, count);
+            H::dcache_invalidate(start, len);
         }
     }
 
@@ -161,12 +159,19 @@ impl<H: Hal> Dma<H> {
     /// a cache clean when it is not coherent, then a `DSB ST` in any case.
     pub fn publish(&self, first: usize, count: usize) {
         if !self.coherent {
-            let start = first.min(self.len_u64()) * 8;
-            let len = (count * 8).min(self.size() - start);
-            // SAFETY: the range lies inside the region (clamped above).
-            H::dcache_clean(unsafe { self.vaddr().add(start) }, len);
+            let (start, len) = self.bytes_of(first, count);
+            H::dcache_clean(start, len);
         }
         crate::barrier::dsb_st();
+    }
+
+    /// The bytes of words `[first, first + count)`, clamped to the region.
+    fn bytes_of(&self, first: usize, count: usize) -> (*const u8, usize) {
+        let start = first.min(self.len_u64()) * 8;
+        let len = count.saturating_mul(8).min(self.size() - start);
+        // SAFETY: `start <= size`, so the pointer stays inside (or one past)
+        // the region.
+        (unsafe { self.vaddr().add(start) }, len)
     }
 }
 

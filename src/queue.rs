@@ -158,29 +158,36 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
         core::array::from_fn(|i| self.mem.read_u64(first + i))
     }
 
-    /// Makes the SMMU's writes to entries `[from, from + count)` visible to
-    /// the CPU (barrier, and cache invalidate when not coherent).
-    pub fn refresh(&self, from: u32, count: u32) {
+    /// The word ranges `(first, count)` covering entries `[from, from +
+    /// count)`: one run, or two when the range wraps past the last slot (the
+    /// second run is then non-empty).
+    fn word_runs(&self, from: u32, count: u32) -> [(usize, usize); 2] {
         let start = self.ring.index(from) as usize;
         let count = count.min(self.ring.entries()) as usize;
         let first_run = count.min(self.ring.entries() as usize - start);
-        self.mem
-            .refresh(start * ENTRY_DWORDS, first_run * ENTRY_DWORDS);
-        if first_run < count {
-            self.mem.refresh(0, (count - first_run) * ENTRY_DWORDS);
+        [
+            (start * ENTRY_DWORDS, first_run * ENTRY_DWORDS),
+            (0, (count - first_run) * ENTRY_DWORDS),
+        ]
+    }
+
+    /// Makes the SMMU's writes to entries `[from, from + count)` visible to
+    /// the CPU (barrier, and cache invalidate when not coherent).
+    pub fn refresh(&self, from: u32, count: u32) {
+        let [head, wrapped] = self.word_runs(from, count);
+        self.mem.refresh(head.0, head.1);
+        if wrapped.1 > 0 {
+            self.mem.refresh(wrapped.0, wrapped.1);
         }
     }
 
     /// Makes the entries `[from, from + count)` visible to the SMMU (cache
     /// clean when not coherent, then `DSB ST`), handling the wrap.
     pub fn publish(&self, from: u32, count: u32) {
-        let start = self.ring.index(from) as usize;
-        let count = count.min(self.ring.entries()) as usize;
-        let first_run = count.min(self.ring.entries() as usize - start);
-        self.mem
-            .publish(start * ENTRY_DWORDS, first_run * ENTRY_DWORDS);
-        if first_run < count {
-            self.mem.publish(0, (count - first_run) * ENTRY_DWORDS);
+        let [head, wrapped] = self.word_runs(from, count);
+        self.mem.publish(head.0, head.1);
+        if wrapped.1 > 0 {
+            self.mem.publish(wrapped.0, wrapped.1);
         }
     }
 }
