@@ -63,9 +63,17 @@ impl<H: Hal> EventQueue<H> {
 
     /// Forgets the consumer position: call after programming EVENTQ_PROD and
     /// EVENTQ_CONS to 0 while EVENTQEN = 0.
+    ///
+    /// Also makes the queue memory clean in every cache (a no-op for a
+    /// coherent SMMU): the zeroes the allocator wrote may still sit in dirty
+    /// lines, and a dirty line evicted after the SMMU wrote a record there
+    /// would overwrite the record. Cleaned then invalidated, the lines
+    /// cannot be written back again until the CPU writes them, which it
+    /// never does while EVENTQEN = 1.
     pub fn reset(&mut self) {
         self.cons = 0;
         self.overflow_acked = false;
+        self.queue.clean_and_invalidate();
     }
 
     /// Hands every record the SMMU has written to `each`, oldest first, and
@@ -86,6 +94,9 @@ impl<H: Hal> EventQueue<H> {
         let overflow = overflowed != self.overflow_acked;
         self.overflow_acked = overflowed;
         if n > 0 || overflow {
+            // Every record read must complete before the SMMU may reuse its
+            // slot.
+            crate::barrier::dmb_osh();
             let ack = if overflowed { 1 << 31 } else { 0 };
             mmio.write32(&mmio.p1().eventq_cons, self.cons | ack);
         }
@@ -147,5 +158,66 @@ mod tests {
         assert_eq!(regs.get32(EVENTQ_CONS), (1 << 31) | 5);
         // The overflow is reported once.
         assert!(!q.drain(&mmio, |_| ()).overflow);
+    }
+
+    /// Issue 8 item 10: the record reads complete before CONS hands their
+    /// slots back to the SMMU.
+    #[test]
+    fn records_are_read_before_their_slots_are_freed() {
+        use crate::fake::{Trace, start_trace, take_trace};
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = EventQueue::<FakeHal>::new(2, 19, true).unwrap();
+        q.queue.write(0, &[0x10, 0, 0, 0]);
+        q.queue.write(1, &[0x10, 0, 0, 0]);
+        regs.set32(EVENTQ_PROD, 2);
+        start_trace();
+        q.drain(&mmio, |_| ());
+        let t = take_trace();
+        let last_read = t
+            .iter()
+            .rposition(|e| matches!(e, Trace::EntryRead { .. }))
+            .expect("records read");
+        let cons_write = t
+            .iter()
+            .position(|e| matches!(e, Trace::Write { offset: EVENTQ_CONS, .. }))
+            .expect("CONS written");
+        assert!(last_read < cons_write);
+        assert!(
+            t[last_read..cons_write]
+                .iter()
+                .any(|e| matches!(e, Trace::Barrier("dmb osh") | Trace::Barrier("dsb ld"))),
+            "no barrier between the last record read and EVENTQ_CONS: {t:?}"
+        );
+    }
+
+    /// Issue 8 item 6: a non-coherent event queue is cleaned and invalidated
+    /// (every byte) when it is reset before EVENTQEN, so no dirty line of the
+    /// allocator's zeroes can later be written back over a record.
+    #[test]
+    fn a_non_coherent_queue_is_cleaned_and_invalidated_on_reset() {
+        use crate::fake::{Trace, start_trace, take_trace};
+        let mut q = EventQueue::<FakeHal>::new(3, 19, false).unwrap();
+        let (start, bytes) = (q.queue.paddr() as usize, q.bytes());
+        start_trace();
+        q.reset();
+        let t = take_trace();
+        let clean = t.iter().position(|e| *e == Trace::Clean { addr: start, len: bytes });
+        let inval = t
+            .iter()
+            .position(|e| *e == Trace::Invalidate { addr: start, len: bytes });
+        assert!(
+            matches!((clean, inval), (Some(c), Some(i)) if c < i),
+            "expected clean then invalidate of the whole queue: {t:?}"
+        );
+        // A coherent queue needs nothing.
+        let mut q = EventQueue::<FakeHal>::new(3, 19, true).unwrap();
+        start_trace();
+        q.reset();
+        assert!(
+            !take_trace()
+                .iter()
+                .any(|e| matches!(e, Trace::Clean { .. } | Trace::Invalidate { .. }))
+        );
     }
 }

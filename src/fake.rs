@@ -4,6 +4,7 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::{Cell, RefCell};
+use std::mem::ManuallyDrop;
 use std::collections::HashMap;
 use std::ptr::NonNull;
 
@@ -84,11 +85,20 @@ unsafe impl Hal for FakeHal {
         unsafe { dealloc(region.vaddr.as_ptr().sub(extra), layout) }
     }
 
-    fn dcache_clean(_vaddr: *const u8, len: usize) {
+    fn dcache_clean(vaddr: *const u8, len: usize) {
         CLEANED_BYTES.with(|c| c.set(c.get() + len));
+        trace(Trace::Clean {
+            addr: vaddr as usize,
+            len,
+        });
     }
 
-    fn dcache_invalidate(_vaddr: *const u8, _len: usize) {}
+    fn dcache_invalidate(vaddr: *const u8, len: usize) {
+        trace(Trace::Invalidate {
+            addr: vaddr as usize,
+            len,
+        });
+    }
 
     fn now_ns() -> u64 {
         CLOCK_NS.with(|c| {
@@ -157,5 +167,223 @@ impl Drop for FakeRegs {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with the same layout.
         unsafe { dealloc(self.mem.as_ptr(), Self::LAYOUT) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// An observation trace and a responsive model of the SMMU's register
+// interface.
+//
+// The trace records, in program order, what the driver did that hardware
+// could observe: MMIO writes (offset from page 0, value), barriers, cache
+// maintenance, and reads of queue entries. Tests check orderings on it that
+// QEMU cannot show (a barrier between reading event records and freeing
+// their slots; IRQ_CFG writes before IRQ_CTRL enables interrupts).
+//
+// The model, when installed for one register block, answers the way an SMMU
+// does: CR0ACK follows CR0, IRQ_CTRLACK follows IRQ_CTRL, GBPA.UPDATE
+// completes at once, and commands published through CMDQ_PROD are consumed
+// (logged) while CMDQEN is set and no command error is active. A test may
+// make it stop on chosen commands with a CERROR code, as hardware does.
+
+/// One observable action of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trace {
+    /// An MMIO write at `offset` from register page 0.
+    Write {
+        /// Offset from page 0 (page 1 registers are at 0x1_0000 + offset).
+        offset: usize,
+        /// Value written (zero-extended).
+        value: u64,
+    },
+    /// A barrier (its mnemonic).
+    Barrier(&'static str),
+    /// `Hal::dcache_clean` of `[addr, addr + len)`.
+    Clean {
+        /// Start address.
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// `Hal::dcache_invalidate` of `[addr, addr + len)`.
+    Invalidate {
+        /// Start address.
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// A read of one queue entry (event record) by the driver.
+    EntryRead {
+        /// Address of the entry.
+        addr: usize,
+    },
+}
+
+/// Decides whether the model stops at a command: returns the CERROR code
+/// (1 = ILL, 2 = ABT, 3 = ATC_INV_SYNC) to raise for it, or `None` to
+/// execute it.
+pub type CommandFault = Box<dyn FnMut(&[u64; 2]) -> Option<u32>>;
+
+struct ModelState {
+    base: usize,
+    commands: Vec<[u64; 2]>,
+    fault: Option<CommandFault>,
+}
+
+thread_local! {
+    static TRACE: RefCell<Option<Vec<Trace>>> = const { RefCell::new(None) };
+    static MODEL: RefCell<Option<ModelState>> = const { RefCell::new(None) };
+    static PAUSE: RefCell<Option<(&'static str, Box<dyn FnMut()>)>> = const { RefCell::new(None) };
+}
+
+/// Starts (or restarts) recording a [`Trace`] on this thread.
+pub fn start_trace() {
+    TRACE.with(|t| *t.borrow_mut() = Some(Vec::new()));
+}
+
+/// Stops recording and returns what was recorded.
+pub fn take_trace() -> Vec<Trace> {
+    TRACE.with(|t| t.borrow_mut().take().unwrap_or_default())
+}
+
+/// Records `event` if this thread is tracing.
+pub fn trace(event: Trace) {
+    TRACE.with(|t| {
+        if let Some(v) = t.borrow_mut().as_mut() {
+            v.push(event);
+        }
+    });
+}
+
+/// Runs `f` the next time the driver passes the pause point `name` on this
+/// thread (once). Used to interleave another thread's call at an exact
+/// point of a driver operation.
+pub fn at_pause_point(name: &'static str, f: impl FnMut() + 'static) {
+    PAUSE.with(|p| *p.borrow_mut() = Some((name, Box::new(f))));
+}
+
+/// A named point in a driver operation (no-op unless a test armed it).
+pub fn pause_point(name: &'static str) {
+    let armed = PAUSE.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.take() {
+            Some((n, f)) if n == name => Some(f),
+            other => {
+                *p = other;
+                None
+            }
+        }
+    });
+    if let Some(mut f) = armed {
+        f();
+    }
+}
+
+impl FakeRegs {
+    /// Makes this block answer like an SMMU (see the section comment) on
+    /// the calling thread.
+    pub fn respond(&self) {
+        MODEL.with(|m| {
+            *m.borrow_mut() = Some(ModelState {
+                base: self.mem.as_ptr() as usize,
+                commands: Vec::new(),
+                fault: None,
+            })
+        });
+    }
+
+    /// Makes the model stop at the commands `fault` picks.
+    pub fn fault_commands(&self, fault: CommandFault) {
+        MODEL.with(|m| {
+            if let Some(s) = m.borrow_mut().as_mut() {
+                s.fault = Some(fault);
+            }
+        });
+    }
+
+    /// Commands the model has consumed so far (CMD_SYNCs included).
+    pub fn commands(&self) -> Vec<[u64; 2]> {
+        MODEL.with(|m| m.borrow().as_ref().map(|s| s.commands.clone()).unwrap_or_default())
+    }
+
+    /// Reads the 64-bit register at `offset`.
+    pub fn get64(&self, offset: usize) -> u64 {
+        u64::from(self.get32(offset)) | u64::from(self.get32(offset + 4)) << 32
+    }
+
+    /// Sets the 64-bit register at `offset`.
+    pub fn set64(&self, offset: usize, value: u64) {
+        self.set32(offset, value as u32);
+        self.set32(offset + 4, (value >> 32) as u32);
+    }
+}
+
+/// Register offsets the model reacts to.
+mod off {
+    pub const CR0: usize = 0x20;
+    pub const CR0ACK: usize = 0x24;
+    pub const GBPA: usize = 0x44;
+    pub const IRQ_CTRL: usize = 0x50;
+    pub const IRQ_CTRLACK: usize = 0x54;
+    pub const GERROR: usize = 0x60;
+    pub const GERRORN: usize = 0x64;
+    pub const CMDQ_BASE: usize = 0x90;
+    pub const CMDQ_PROD: usize = 0x98;
+    pub const CMDQ_CONS: usize = 0x9C;
+}
+
+/// Called by [`crate::mmio::Mmio`] after every register write.
+pub fn mmio_written(base: usize, offset: usize, value: u64) {
+    trace(Trace::Write { offset, value });
+    MODEL.with(|m| {
+        let mut m = m.borrow_mut();
+        let Some(state) = m.as_mut().filter(|s| s.base == base) else {
+            return;
+        };
+        let regs = ManuallyDrop::new(FakeRegs {
+            mem: NonNull::new(base as *mut u8).expect("base"),
+        });
+        match offset {
+            off::CR0 => regs.set32(off::CR0ACK, value as u32),
+            off::IRQ_CTRL => regs.set32(off::IRQ_CTRLACK, value as u32),
+            off::GBPA => regs.set32(off::GBPA, value as u32 & !(1 << 31)),
+            off::CMDQ_PROD | off::GERRORN => consume(&regs, state),
+            _ => {}
+        }
+    });
+}
+
+/// Consumes published commands while CMDQEN is set and no command error is
+/// active.
+fn consume(regs: &FakeRegs, state: &mut ModelState) {
+    const CMDQEN: u32 = 1 << 3;
+    const CMDQ_ERR: u32 = 1;
+    if regs.get32(off::CR0ACK) & CMDQEN == 0 {
+        return;
+    }
+    let base = regs.get64(off::CMDQ_BASE);
+    let log2 = (base & 0x1F) as u32;
+    let addr = base & 0x000F_FFFF_FFFF_FFE0;
+    let mask = (2u32 << log2) - 1;
+    let prod = regs.get32(off::CMDQ_PROD) & mask;
+    let mut cons = regs.get32(off::CMDQ_CONS) & mask;
+    while cons != prod {
+        if (regs.get32(off::GERROR) ^ regs.get32(off::GERRORN)) & CMDQ_ERR != 0 {
+            return;
+        }
+        let slot = (cons & ((1 << log2) - 1)) as usize;
+        let p = (addr as usize + slot * 16) as *const u64;
+        // SAFETY: FakeHal memory is identity-mapped (paddr == vaddr) and the
+        // command queue the driver programmed into CMDQ_BASE is live while it
+        // publishes commands; the slot is inside it.
+        let cmd = unsafe { [p.read_volatile(), p.add(1).read_volatile()] };
+        if let Some(err) = state.fault.as_mut().and_then(|f| f(&cmd)) {
+            regs.set32(off::CMDQ_CONS, cons | err << 24);
+            regs.set32(off::GERROR, regs.get32(off::GERROR) ^ CMDQ_ERR);
+            return;
+        }
+        state.commands.push(cmd);
+        cons = (cons + 1) & mask;
+        regs.set32(off::CMDQ_CONS, cons);
     }
 }

@@ -165,6 +165,20 @@ impl<H: Hal> Dma<H> {
         crate::barrier::dsb_st();
     }
 
+    /// For memory the SMMU writes (the event queue): cleans, then
+    /// invalidates, the whole region when the SMMU is not coherent, then
+    /// `DSB ST`. Afterwards no cache holds a dirty line of it, so nothing
+    /// the CPU wrote earlier (the allocator's zeroes) can be written back
+    /// over what the SMMU writes later.
+    pub fn clean_and_invalidate(&self) {
+        if !self.coherent {
+            let (start, len) = self.bytes_of(0, self.len_u64());
+            H::dcache_clean(start, len);
+            H::dcache_invalidate(start, len);
+        }
+        crate::barrier::dsb_st();
+    }
+
     /// The bytes of words `[first, first + count)`, clamped to the region.
     fn bytes_of(&self, first: usize, count: usize) -> (*const u8, usize) {
         let start = first.min(self.len_u64()) * 8;

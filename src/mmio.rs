@@ -4,9 +4,14 @@
 //! reports MMIO writes per command batch) and serialises the
 //! read-modify-write of GERRORN: the interrupt handler and a command submitter
 //! may acknowledge different errors at the same time.
+//!
+//! The GERRORN lock is never waited for: an interrupt taken on a CPU that
+//! holds it would spin forever. An acknowledgement that finds the lock taken
+//! leaves its bits in an atomic mailbox, and the holder applies them before
+//! it lets go (and looks again after letting go, so no bit is stranded).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use spin::Mutex;
 use tock_registers::RegisterLongName;
@@ -21,6 +26,8 @@ pub struct Mmio {
     page0: NonNull<SmmuPage0>,
     page1: NonNull<SmmuPage1>,
     gerrorn_lock: Mutex<()>,
+    /// GERRORN acknowledgements left by callers that found the lock taken.
+    gerrorn_pending: AtomicU32,
     writes: AtomicU64,
 }
 
@@ -47,6 +54,7 @@ impl Mmio {
             // the same mapping.
             page1: unsafe { base.add(PAGE_SIZE) }.cast(),
             gerrorn_lock: Mutex::new(()),
+            gerrorn_pending: AtomicU32::new(0),
             writes: AtomicU64::new(0),
         }
     }
@@ -66,13 +74,42 @@ impl Mmio {
     /// Writes a 32-bit register and counts the write.
     pub fn write32<R: RegisterLongName>(&self, reg: &ReadWrite<u32, R>, value: u32) {
         reg.set(value);
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.wrote(reg as *const _ as usize, u64::from(value));
     }
 
     /// Writes a 64-bit register and counts the write.
     pub fn write64<R: RegisterLongName>(&self, reg: &ReadWrite<u64, R>, value: u64) {
         reg.set(value);
+        self.wrote(reg as *const _ as usize, value);
+    }
+
+    /// Writes a 64-bit register as two 32-bit writes, low word first (the
+    /// architecture allows 32-bit accesses to either half of a 64-bit
+    /// register; QEMU's model accepts 64-bit accesses only for a few of
+    /// them). Counts two writes.
+    pub fn write64_halves<R: RegisterLongName>(&self, reg: &ReadWrite<u64, R>, value: u64) {
+        let lo = (reg as *const ReadWrite<u64, R>).cast::<ReadWrite<u32>>();
+        // SAFETY: `reg` is an 8-byte aligned 64-bit register inside the
+        // mapped register pages, so its two 4-byte halves are too; 32-bit
+        // accesses to them are architecturally permitted.
+        let (lo, hi) = unsafe { (&*lo, &*lo.add(1)) };
+        lo.set(value as u32);
+        self.wrote(lo as *const _ as usize, u64::from(value as u32));
+        hi.set((value >> 32) as u32);
+        self.wrote(hi as *const _ as usize, value >> 32);
+    }
+
+    /// Counts a write (and reports it to the host-test model).
+    #[inline(always)]
+    fn wrote(&self, addr: usize, value: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        {
+            let base = self.page0.as_ptr() as usize;
+            crate::fake::mmio_written(base, addr - base, value);
+        }
+        #[cfg(not(test))]
+        let _ = (addr, value);
     }
 
     /// MMIO writes so far.
@@ -88,13 +125,76 @@ impl Mmio {
 
     /// Acknowledges the active errors among `bits` by toggling their GERRORN
     /// bits to match GERROR, leaving every other error pending.
+    ///
+    /// Never waits for the GERRORN lock: if another context holds it (on
+    /// this CPU, the code an interrupt handler interrupted), the bits are
+    /// left for the holder, which applies them before it returns. So the
+    /// acknowledgement may complete just after this call returns, never
+    /// later than the holder's own.
     pub fn ack_gerrors(&self, bits: u32) {
-        let _guard = self.gerrorn_lock.lock();
-        let p0 = self.p0();
-        let n = p0.gerrorn.get();
-        let active = (p0.gerror.get() ^ n) & bits;
-        if active != 0 {
-            self.write32(&p0.gerrorn, n ^ active);
+        self.gerrorn_pending.fetch_or(bits, Ordering::SeqCst);
+        loop {
+            let Some(guard) = self.gerrorn_lock.try_lock() else {
+                // The holder sees our bits: it looks at the mailbox after
+                // taking the lock and again after releasing it.
+                return;
+            };
+            let bits = self.gerrorn_pending.swap(0, Ordering::SeqCst);
+            if bits != 0 {
+                let p0 = self.p0();
+                let n = p0.gerrorn.get();
+                let active = (p0.gerror.get() ^ n) & bits;
+                if active != 0 {
+                    self.write32(&p0.gerrorn, n ^ active);
+                }
+            }
+            drop(guard);
+            fence(Ordering::SeqCst);
+            if self.gerrorn_pending.load(Ordering::SeqCst) == 0 {
+                return;
+            }
         }
+    }
+
+    /// Holds the GERRORN lock (host tests: an interrupted holder).
+    #[cfg(test)]
+    pub(crate) fn hold_gerrorn_lock(&self) -> spin::MutexGuard<'_, ()> {
+        self.gerrorn_lock.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::fake::FakeRegs;
+
+    const GERROR: usize = 0x60;
+    const GERRORN: usize = 0x64;
+
+    /// An interrupt taken while this CPU holds the GERRORN lock must not
+    /// spin on it: its acknowledgement is left to the holder.
+    #[test]
+    fn an_ack_from_interrupt_context_never_waits_for_the_lock() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        regs.set32(GERROR, 0b101);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let guard = mmio.hold_gerrorn_lock();
+            let mmio = &mmio;
+            s.spawn(move || {
+                // The "interrupt handler": acknowledges EVENTQ_ABT_ERR.
+                mmio.ack_gerrors(0b100);
+                tx.send(()).unwrap();
+            });
+            let returned = rx.recv_timeout(std::time::Duration::from_secs(5));
+            assert!(returned.is_ok(), "ack_gerrors spun on a held lock");
+            // Not applied yet: the holder has it.
+            assert_eq!(regs.get32(GERRORN), 0);
+            drop(guard);
+            // The holder's next acknowledgement applies both.
+            mmio.ack_gerrors(0b001);
+        });
+        assert_eq!(regs.get32(GERRORN), 0b101);
+        assert_eq!(mmio.active_gerrors(), 0);
     }
 }

@@ -155,6 +155,10 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
     /// Reads the entry in the slot of wrap+index `p`.
     pub fn read(&self, p: u32) -> [u64; ENTRY_DWORDS] {
         let first = self.ring.index(p) as usize * ENTRY_DWORDS;
+        #[cfg(test)]
+        crate::fake::trace(crate::fake::Trace::EntryRead {
+            addr: self.mem.vaddr() as usize + first * 8,
+        });
         core::array::from_fn(|i| self.mem.read_u64(first + i))
     }
 
@@ -179,6 +183,12 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
         if wrapped.1 > 0 {
             self.mem.refresh(wrapped.0, wrapped.1);
         }
+    }
+
+    /// Cleans then invalidates the whole queue in the CPU's caches when the
+    /// SMMU is not coherent (see [`crate::hal::Dma::clean_and_invalidate`]).
+    pub fn clean_and_invalidate(&self) {
+        self.mem.clean_and_invalidate();
     }
 
     /// Makes the entries `[from, from + count)` visible to the SMMU (cache
