@@ -76,6 +76,8 @@ pub struct CommandQueue<H: Hal> {
     timeout_ns: u64,
     stats: CmdqStats,
     last_fault: Option<CmdqFault>,
+    /// Erratum workaround: at most this many commands before a CMD_SYNC.
+    max_per_sync: Option<usize>,
 }
 
 impl<H: Hal> CommandQueue<H> {
@@ -96,7 +98,17 @@ impl<H: Hal> CommandQueue<H> {
             timeout_ns,
             stats: CmdqStats::default(),
             last_fault: None,
+            max_per_sync: None,
         })
+    }
+
+    /// Makes every batch longer than `n` commands go out as runs of at
+    /// most `n` commands, each followed by a CMD_SYNC that is waited for
+    /// (Arm erratum 2812531, see [`crate::features::Errata`]). `None` (the
+    /// default) batches without limit.
+    pub fn with_max_per_sync(mut self, n: Option<usize>) -> Self {
+        self.max_per_sync = n.filter(|&n| n > 0);
+        self
     }
 
     /// The CMDQ_BASE value.
@@ -143,11 +155,37 @@ impl<H: Hal> CommandQueue<H> {
 
     /// Like [`CommandQueue::submit`] for `count` commands produced by
     /// `command(i)`, so callers need not build an array first.
+    ///
+    /// With a per-SYNC limit ([`CommandQueue::with_max_per_sync`]), a longer
+    /// batch is split into runs of at most that many commands, each but the
+    /// last followed by a CMD_SYNC that is waited for; the last run ends as
+    /// `sync` says.
     pub fn submit_with(
         &mut self,
         mmio: &Mmio,
         count: usize,
         command: impl Fn(usize) -> [u64; CMD_DWORDS],
+        sync: bool,
+    ) -> Result<()> {
+        let Some(limit) = self.max_per_sync.filter(|&n| count > n) else {
+            return self.submit_run(mmio, count, &command, sync);
+        };
+        let mut done = 0;
+        while done < count {
+            let n = limit.min(count - done);
+            let last = done + n == count;
+            self.submit_run(mmio, n, &|i| command(done + i), sync || !last)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// One run of [`CommandQueue::submit_with`], with no per-SYNC limit.
+    fn submit_run(
+        &mut self,
+        mmio: &Mmio,
+        count: usize,
+        command: &dyn Fn(usize) -> [u64; CMD_DWORDS],
         sync: bool,
     ) -> Result<()> {
         let ring = self.ring();
@@ -257,13 +295,17 @@ impl<H: Hal> CommandQueue<H> {
         match error {
             // The SMMU will not execute this command: replace it with a
             // harmless CMD_SYNC so the queue can move past it.
-            CmdqError::Illegal | CmdqError::Reserved(_) | CmdqError::None => {
+            CmdqError::Illegal | CmdqError::Reserved(_) => {
                 self.queue.write(position, &self.sync);
                 self.queue.publish(position, 1);
             }
             // A fetch abort or an ATC invalidation timeout: retry the same
             // command when the error is acknowledged.
             CmdqError::Abort | CmdqError::AtcInvSync => self.stats.retries += 1,
+            // CMDQ_ERR active but CONS.ERR = CERROR_NONE: nothing names a
+            // bad command, and the one at CONS may be valid (it has not run
+            // yet). Acknowledge only; never overwrite it.
+            CmdqError::None => {}
         }
         self.stats.errors += 1;
         let fault = CmdqFault {
@@ -388,6 +430,62 @@ mod tests {
             }
         );
         assert_eq!(q.recover(&mmio), None); // nothing active any more
+    }
+
+    /// Issue 8 item 12: CMDQ_ERR with CONS.ERR = CERROR_NONE is only
+    /// acknowledged; the (valid, not yet executed) command at CONS stays.
+    #[test]
+    fn cerror_none_is_acknowledged_without_touching_the_queue() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        let tlbi = [0x1A, 0x0001_0000_0000];
+        q.queue.write(2, &tlbi);
+        q.prod = 3;
+        regs.set32(CMDQ_CONS, 2); // ERR = 0
+        regs.set32(GERROR, 1);
+        let fault = q.recover(&mmio).unwrap();
+        assert_eq!(fault.error, CmdqError::None);
+        assert_eq!(q.queue.read(2), tlbi, "a valid command was overwritten");
+        assert_eq!(regs.get32(GERRORN), 1);
+    }
+
+    /// Issue 8 item 9: with the MMU-700 erratum limit, a long batch goes
+    /// out as runs of at most N commands, each followed by a CMD_SYNC.
+    #[test]
+    fn a_per_sync_limit_splits_long_batches() {
+        let regs = FakeRegs::new();
+        regs.respond();
+        regs.set32(0x24, 1 << 3); // CR0ACK.CMDQEN, as after enable
+        let mmio = regs.mmio();
+        let mut q = queue(8).with_max_per_sync(Some(63));
+        regs.set64(0x90, q.base_register());
+        let cmd = |i: usize| [0x1A, i as u64];
+        q.submit_with(&mmio, 130, cmd, true).unwrap();
+        let seen = regs.commands();
+        let opcodes: Vec<u64> = seen.iter().map(|c| c[0] & 0xFF).collect();
+        // 63 + SYNC, 63 + SYNC, 4 + SYNC.
+        assert_eq!(opcodes.len(), 133);
+        let syncs: Vec<usize> = (0..opcodes.len()).filter(|&i| opcodes[i] == 0x46).collect();
+        assert_eq!(syncs, [63, 127, 132]);
+        let mut run = 0;
+        for &op in &opcodes {
+            run = if op == 0x46 { 0 } else { run + 1 };
+            assert!(run <= 63);
+        }
+        // Every command went out once, in order.
+        let args: Vec<u64> = seen.iter().filter(|c| c[0] & 0xFF == 0x1A).map(|c| c[1]).collect();
+        assert_eq!(args, (0..130).collect::<Vec<_>>());
+        assert_eq!(q.stats().syncs, 3);
+        // Without the limit: one run, one SYNC.
+        let regs = FakeRegs::new();
+        regs.respond();
+        regs.set32(0x24, 1 << 3);
+        let mmio = regs.mmio();
+        let mut q = queue(8);
+        regs.set64(0x90, q.base_register());
+        q.submit_with(&mmio, 130, cmd, true).unwrap();
+        assert_eq!(regs.commands().iter().filter(|c| c[0] & 0xFF == 0x46).count(), 1);
     }
 
     #[test]

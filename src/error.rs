@@ -49,6 +49,11 @@ pub enum Unsupported {
     Granule,
     /// An address size beyond the SMMU's OAS/IAS.
     AddressSize,
+    /// IDR0.STALL_MODEL = forced stall: the SMMU cannot terminate faulting
+    /// transactions, and this driver never stalls them.
+    ForcedStall,
+    /// MSI configuration was given and IDR0.MSI = 0.
+    Msi,
 }
 
 /// A command-queue error reported in CMDQ_CONS.ERR.

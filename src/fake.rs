@@ -165,6 +165,11 @@ impl FakeRegs {
 
 impl Drop for FakeRegs {
     fn drop(&mut self) {
+        let base = self.mem.as_ptr() as usize;
+        MODELS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m| m.base != base);
         // SAFETY: allocated in `new` with the same layout.
         unsafe { dealloc(self.mem.as_ptr(), Self::LAYOUT) }
     }
@@ -222,7 +227,7 @@ pub enum Trace {
 /// Decides whether the model stops at a command: returns the CERROR code
 /// (1 = ILL, 2 = ABT, 3 = ATC_INV_SYNC) to raise for it, or `None` to
 /// execute it.
-pub type CommandFault = Box<dyn FnMut(&[u64; 2]) -> Option<u32>>;
+pub type CommandFault = Box<dyn FnMut(&[u64; 2]) -> Option<u32> + Send>;
 
 struct ModelState {
     base: usize,
@@ -230,9 +235,17 @@ struct ModelState {
     fault: Option<CommandFault>,
 }
 
+/// Models of responsive register blocks, by base address (shared by all
+/// threads, so a test may call the driver from several).
+static MODELS: std::sync::Mutex<Vec<ModelState>> = std::sync::Mutex::new(Vec::new());
+
+fn with_model<R>(base: usize, f: impl FnOnce(&mut ModelState) -> R) -> Option<R> {
+    let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+    models.iter_mut().find(|m| m.base == base).map(f)
+}
+
 thread_local! {
     static TRACE: RefCell<Option<Vec<Trace>>> = const { RefCell::new(None) };
-    static MODEL: RefCell<Option<ModelState>> = const { RefCell::new(None) };
     static PAUSE: RefCell<Option<(&'static str, Box<dyn FnMut()>)>> = const { RefCell::new(None) };
 }
 
@@ -283,27 +296,24 @@ impl FakeRegs {
     /// Makes this block answer like an SMMU (see the section comment) on
     /// the calling thread.
     pub fn respond(&self) {
-        MODEL.with(|m| {
-            *m.borrow_mut() = Some(ModelState {
-                base: self.mem.as_ptr() as usize,
-                commands: Vec::new(),
-                fault: None,
-            })
+        let base = self.mem.as_ptr() as usize;
+        let mut models = MODELS.lock().unwrap_or_else(|e| e.into_inner());
+        models.retain(|m| m.base != base);
+        models.push(ModelState {
+            base,
+            commands: Vec::new(),
+            fault: None,
         });
     }
 
     /// Makes the model stop at the commands `fault` picks.
     pub fn fault_commands(&self, fault: CommandFault) {
-        MODEL.with(|m| {
-            if let Some(s) = m.borrow_mut().as_mut() {
-                s.fault = Some(fault);
-            }
-        });
+        with_model(self.mem.as_ptr() as usize, |s| s.fault = Some(fault));
     }
 
     /// Commands the model has consumed so far (CMD_SYNCs included).
     pub fn commands(&self) -> Vec<[u64; 2]> {
-        MODEL.with(|m| m.borrow().as_ref().map(|s| s.commands.clone()).unwrap_or_default())
+        with_model(self.mem.as_ptr() as usize, |s| s.commands.clone()).unwrap_or_default()
     }
 
     /// Reads the 64-bit register at `offset`.
@@ -335,11 +345,7 @@ mod off {
 /// Called by [`crate::mmio::Mmio`] after every register write.
 pub fn mmio_written(base: usize, offset: usize, value: u64) {
     trace(Trace::Write { offset, value });
-    MODEL.with(|m| {
-        let mut m = m.borrow_mut();
-        let Some(state) = m.as_mut().filter(|s| s.base == base) else {
-            return;
-        };
+    with_model(base, |state| {
         let regs = ManuallyDrop::new(FakeRegs {
             mem: NonNull::new(base as *mut u8).expect("base"),
         });

@@ -108,6 +108,61 @@ pub struct Implementation {
     pub revision: u8,
 }
 
+/// JEP106 code of Arm Ltd. in SMMU_IIDR.Implementer.
+pub const IIDR_IMPLEMENTER_ARM: u16 = 0x43B;
+/// SMMU_IIDR.ProductID of the Arm CoreLink MMU-600.
+pub const IIDR_PRODUCT_MMU_600: u16 = 0x483;
+/// SMMU_IIDR.ProductID of the Arm CoreLink MMU-700.
+pub const IIDR_PRODUCT_MMU_700: u16 = 0x487;
+
+/// At most this many commands may precede a CMD_SYNC on an SMMU with
+/// [`Errata::cmdq_force_sync`] (the batch size after which Linux forces
+/// one, minus the SYNC itself).
+pub const FORCE_SYNC_COMMANDS: usize = 63;
+
+/// Implementation errata the driver works around, keyed by SMMU_IIDR.
+///
+/// Each workaround is also reflected in the features it affects (for
+/// example [`Features::btm`] is cleared on MMU-700), so callers that only
+/// read [`Features`] are safe too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Errata {
+    /// Arm erratum 2812531 (MMU-700): a long run of commands without a
+    /// CMD_SYNC may be processed incorrectly. The command queue inserts a
+    /// CMD_SYNC (and waits for it) after every [`FORCE_SYNC_COMMANDS`]
+    /// commands, and range invalidations are capped to fit in one such run.
+    pub cmdq_force_sync: bool,
+    /// Arm erratum 1076982 (MMU-600 r0p0..r0p2): SEV on queue activity is
+    /// unreliable; SEV is reported absent.
+    pub no_sev: bool,
+    /// Arm errata 1209401 (MMU-600 before r2) and 2268618/2812531
+    /// (MMU-700): nested translation is unreliable; [`Features::nested`]
+    /// reports it absent.
+    pub no_nesting: bool,
+}
+
+impl Errata {
+    /// The errata of the implementation `imp`.
+    pub fn of(imp: &Implementation) -> Errata {
+        let mut e = Errata::default();
+        if imp.implementer != IIDR_IMPLEMENTER_ARM {
+            return e;
+        }
+        match imp.product {
+            IIDR_PRODUCT_MMU_600 => {
+                e.no_sev = imp.variant == 0 && imp.revision <= 2;
+                e.no_nesting = imp.variant < 2;
+            }
+            IIDR_PRODUCT_MMU_700 => {
+                e.cmdq_force_sync = true;
+                e.no_nesting = true;
+            }
+            _ => {}
+        }
+        e
+    }
+}
+
 /// Everything the driver needs to know about one SMMU, decoded from its ID
 /// registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +245,8 @@ pub struct Features {
     pub sev: bool,
     /// Implementation identification (IIDR).
     pub implementation: Implementation,
+    /// Errata of this implementation, already applied to the fields above.
+    pub errata: Errata,
 }
 
 /// Largest StreamID width the architecture defines.
@@ -215,7 +272,11 @@ impl Features {
     /// - neither stage 1 nor stage 2: [`Unsupported::NoTranslationStage`];
     /// - IDR1.TABLES_PRESET / QUEUES_PRESET / REL:
     ///   [`Unsupported::PresetTables`] / [`Unsupported::PresetQueues`] /
-    ///   [`Unsupported::RelativeBase`].
+    ///   [`Unsupported::RelativeBase`];
+    /// - IDR0.STALL_MODEL = forced stall: every STE with S2S = 0 (and every
+    ///   CD with S = 0) is then ILLEGAL, and this driver never stalls DMA
+    ///   (a stalled passed-through device needs a fault handler the driver
+    ///   does not have): [`Unsupported::ForcedStall`].
     pub fn from_id_regs(regs: &IdRegs) -> Result<Features> {
         let idr0 = LocalRegisterCopy::<u32, IDR0::Register>::new(regs.idr0);
         let idr1 = LocalRegisterCopy::<u32, IDR1::Register>::new(regs.idr1);
@@ -275,11 +336,22 @@ impl Features {
             Some(IDR0::STALL_MODEL::Value::ForceStall) => StallModel::ForceStall,
             _ => StallModel::Stall,
         };
+        if stall_model == StallModel::ForceStall {
+            return Err(Error::Unsupported(Unsupported::ForcedStall));
+        }
         let bbml = match idr3.read_as_enum(IDR3::BBML) {
             Some(IDR3::BBML::Value::Level1) => 1,
             Some(IDR3::BBML::Value::Level2) => 2,
             _ => 0,
         };
+
+        let implementation = Implementation {
+            implementer: iidr.read(IIDR::IMPLEMENTER) as u16,
+            product: iidr.read(IIDR::PRODUCTID) as u16,
+            variant: iidr.read(IIDR::VARIANT) as u8,
+            revision: iidr.read(IIDR::REVISION) as u8,
+        };
+        let errata = Errata::of(&implementation);
 
         Ok(Features {
             version: ArchVersion {
@@ -310,18 +382,15 @@ impl Features {
             hyp: idr0.is_set(IDR0::HYP),
             ats: idr0.is_set(IDR0::ATS),
             pri: idr0.is_set(IDR0::PRI),
-            btm: idr0.is_set(IDR0::BTM),
+            // Arm erratum 2812531: BTM is not to be relied on on MMU-700.
+            btm: idr0.is_set(IDR0::BTM) && !errata.cmdq_force_sync,
             httu,
             stall_model,
             tt_endian,
             vmw: idr0.is_set(IDR0::VMW),
-            sev: idr0.is_set(IDR0::SEV),
-            implementation: Implementation {
-                implementer: iidr.read(IIDR::IMPLEMENTER) as u16,
-                product: iidr.read(IIDR::PRODUCTID) as u16,
-                variant: iidr.read(IIDR::VARIANT) as u8,
-                revision: iidr.read(IIDR::REVISION) as u8,
-            },
+            sev: idr0.is_set(IDR0::SEV) && !errata.no_sev,
+            implementation,
+            errata,
         })
     }
 
@@ -344,9 +413,15 @@ impl Features {
         }
     }
 
-    /// Both translation stages, so nested translation is possible.
+    /// Both translation stages, and no erratum against nesting them.
     pub fn nested(&self) -> bool {
-        self.stage1 && self.stage2
+        self.stage1 && self.stage2 && !self.errata.no_nesting
+    }
+
+    /// The most commands the driver puts in one batch before a CMD_SYNC:
+    /// unlimited, except on SMMUs with [`Errata::cmdq_force_sync`].
+    pub fn max_commands_per_sync(&self) -> Option<usize> {
+        self.errata.cmdq_force_sync.then_some(FORCE_SYNC_COMMANDS)
     }
 }
 
@@ -638,6 +713,48 @@ mod tests {
         assert_eq!(f.httu, Httu::AccessDirty);
         let f = with(|r| r.idr3 |= 3 << 11).unwrap();
         assert_eq!(f.bbml, 0);
+    }
+
+    /// Issue 8 item 7: forced stall makes every STE with S2S = 0 ILLEGAL.
+    #[test]
+    fn forced_stall_is_refused() {
+        assert_eq!(
+            with(|r| r.idr0 = (r.idr0 & !(3 << 24)) | 2 << 24),
+            Err(Error::Unsupported(Unsupported::ForcedStall))
+        );
+        // Stall-capable (0) and terminate-only (1) SMMUs are driven.
+        assert!(with(|r| r.idr0 &= !(3 << 24)).is_ok());
+    }
+
+    /// Issue 8 item 9: errata keyed by IIDR.
+    #[test]
+    fn errata_by_iidr() {
+        // ProductID [31:20], Variant [19:16], Revision [15:12], Implementer.
+        let iidr = |product: u32, variant: u32, revision: u32| {
+            product << 20 | variant << 16 | revision << 12 | 0x43B
+        };
+        let mmu700 = with(|r| {
+            r.iidr = iidr(0x487, 1, 1);
+            r.idr0 |= 1 << 5; // BTM
+        })
+        .unwrap();
+        assert!(mmu700.errata.cmdq_force_sync && mmu700.errata.no_nesting);
+        assert!(!mmu700.btm && !mmu700.nested());
+        assert_eq!(mmu700.max_commands_per_sync(), Some(FORCE_SYNC_COMMANDS));
+        let mmu600_early = with(|r| {
+            r.iidr = iidr(0x483, 0, 2);
+            r.idr0 |= 1 << 14; // SEV
+        })
+        .unwrap();
+        assert!(!mmu600_early.sev && !mmu600_early.nested());
+        assert_eq!(mmu600_early.max_commands_per_sync(), None);
+        let mmu600_r2 = with(|r| r.iidr = iidr(0x483, 2, 0)).unwrap();
+        assert_eq!(mmu600_r2.errata, Errata::default());
+        assert!(mmu600_r2.nested());
+        // Another implementer's product 0x487 is not an MMU-700.
+        let other = with(|r| r.iidr = 0x487 << 20 | 0x123).unwrap();
+        assert_eq!(other.errata, Errata::default());
+        assert!(with(|_| ()).unwrap().nested());
     }
 
     proptest! {

@@ -39,7 +39,7 @@ use crate::eventq::{Drained, EventQueue};
 use crate::features::{Features, IdRegs};
 use crate::hal::{Hal, wait_for};
 use crate::mmio::Mmio;
-use crate::regs::{CR0, CR1, CR2, GBPA, GERROR, IRQ_CTRL};
+use crate::regs::{CR0, CR1, CR2, GBPA, GERROR, IRQ_CFG0, IRQ_CFG2, IRQ_CTRL};
 use crate::ste::{Ste, UpdateStep, plan_update};
 use crate::strtab::{self, Format, StreamTable};
 
@@ -54,20 +54,77 @@ pub enum StreamTableChoice {
     TwoLevel,
 }
 
+/// Where the SMMU signals one of its interrupts as a message-signalled
+/// interrupt (a 32-bit write of `data` to `doorbell`), for SMMUs with
+/// IDR0.MSI. The doorbell is typically a GIC ITS `GITS_TRANSLATER` or a
+/// GICv3 `GICD_SETSPI_NSR` register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiTarget {
+    /// Physical address of the doorbell register: 4-byte aligned, below
+    /// 2^OAS, non-zero (0 means "no MSI, use the wired interrupt").
+    pub doorbell: u64,
+    /// The 32-bit payload written to it.
+    pub data: u32,
+    /// Memory attributes of the write (IRQ_CFG2.MemAttr, the
+    /// VMSAv8-64 MemAttr encoding; 0b0001 = Device-nGnRE is usual for a
+    /// doorbell register).
+    pub memattr: u8,
+    /// Shareability of the write (IRQ_CFG2.SH: 0 non-, 2 outer, 3 inner
+    /// shareable; ignored for Device memory).
+    pub sh: u8,
+}
+
+impl MsiTarget {
+    /// A doorbell in Device-nGnRE memory.
+    pub const fn device(doorbell: u64, data: u32) -> MsiTarget {
+        MsiTarget {
+            doorbell,
+            data,
+            memattr: MSI_MEMATTR_DEVICE_NGNRE,
+            sh: 0,
+        }
+    }
+}
+
+/// IRQ_CFG2.MemAttr encoding of Device-nGnRE.
+pub const MSI_MEMATTR_DEVICE_NGNRE: u8 = 0b0001;
+
+/// Message-signalled interrupts per interrupt source. A source left `None`
+/// uses its wired interrupt (its IRQ_CFG0 is written with 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MsiConfig {
+    /// Global errors (GERROR_IRQ_CFG0..2).
+    pub gerror: Option<MsiTarget>,
+    /// Event queue (EVENTQ_IRQ_CFG0..2).
+    pub eventq: Option<MsiTarget>,
+}
+
 /// Driver configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// Stream table format.
     pub stream_table: StreamTableChoice,
-    /// log2 of the command queue's entries.
+    /// log2 of the command queue's entries; clamped to the SMMU's maximum
+    /// (IDR1.CMDQS).
     pub cmdq_log2: u32,
-    /// log2 of the event queue's entries. A faulting DMA can produce many
-    /// records (QEMU writes one per 4 bytes), so be generous.
+    /// log2 of the event queue's entries; clamped to the SMMU's maximum
+    /// (IDR1.EVENTQS). A faulting DMA can produce many records (QEMU
+    /// writes one per 4 bytes), so be generous.
     pub eventq_log2: u32,
     /// Bound on every wait, in nanoseconds of the HAL clock.
     pub timeout_ns: u64,
     /// Enable the event queue and global error interrupts (IRQ_CTRL).
     pub interrupts: bool,
+    /// Whether the SMMU's memory accesses are IO-coherent, as the firmware
+    /// describes the integration: the device tree's `dma-coherent`
+    /// property, or the IORT node's CCA (cache coherency attribute). It
+    /// overrides IDR0.COHACC, which only says what the SMMU itself can do,
+    /// not whether the interconnect delivers it; a disagreement is logged
+    /// as a warning. `None` trusts IDR0.COHACC.
+    pub firmware_coherent: Option<bool>,
+    /// Message-signalled interrupts (needs IDR0.MSI). `None`: every
+    /// interrupt is wired, and every IRQ_CFG0 is written with 0.
+    pub msi: Option<MsiConfig>,
 }
 
 impl Default for Config {
@@ -78,6 +135,8 @@ impl Default for Config {
             eventq_log2: 11,
             timeout_ns: 1_000_000_000,
             interrupts: true,
+            firmware_coherent: None,
+            msi: None,
         }
     }
 }
@@ -211,6 +270,34 @@ pub struct Smmu<H: Hal> {
     counters: Counters,
 }
 
+/// Checks MSI targets against what the SMMU can do.
+fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
+    for t in [msi.gerror, msi.eventq].into_iter().flatten() {
+        if !features.msi {
+            return Err(Error::Unsupported(Unsupported::Msi));
+        }
+        if t.doorbell == 0 {
+            return Err(Error::InvalidArgument("MSI doorbell at address 0"));
+        }
+        if t.doorbell % 4 != 0 {
+            return Err(Error::Misaligned {
+                addr: t.doorbell,
+                align: 4,
+            });
+        }
+        if t.doorbell >> features.oas_bits != 0 {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
+        if t.memattr > 0xF {
+            return Err(Error::InvalidArgument("MSI MemAttr above 15"));
+        }
+        if t.sh == 1 || t.sh > 3 {
+            return Err(Error::InvalidArgument("MSI shareability reserved"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the ID registers into typed features.
 pub fn probe(mmio: &Mmio) -> Result<Features> {
     let p0 = mmio.p0();
@@ -236,7 +323,20 @@ impl<H: Hal> Smmu<H> {
     pub unsafe fn new(base: NonNull<u8>, config: Config) -> Result<Self> {
         // SAFETY: forwarded from the caller.
         let mmio = unsafe { Mmio::new(base) };
-        let features = probe(&mmio)?;
+        let mut features = probe(&mmio)?;
+        if let Some(fw) = config.firmware_coherent {
+            if fw != features.coherent {
+                log::warn!(
+                    "SMMU: firmware says {}coherent, IDR0.COHACC says {}: following the firmware",
+                    if fw { "" } else { "non-" },
+                    features.coherent
+                );
+            }
+            features.coherent = fw;
+        }
+        if let Some(msi) = &config.msi {
+            check_msi(&features, msi)?;
+        }
         let coherent = features.coherent;
         let sid_bits = u32::from(features.sid_bits);
         let format = match config.stream_table {
@@ -255,18 +355,18 @@ impl<H: Hal> Smmu<H> {
         };
         let strtab = StreamTable::new(format, sid_bits, coherent)?;
         let sync = Command::sync().encode();
+        // An SMMU with smaller queues than asked for gets the largest it has.
+        let cmdq_max = u32::from(features.cmdq_max_log2);
+        let eventq_max = u32::from(features.eventq_max_log2);
         let cmdq = CommandQueue::new(
-            config.cmdq_log2,
-            u32::from(features.cmdq_max_log2),
+            config.cmdq_log2.min(cmdq_max),
+            cmdq_max,
             coherent,
             sync,
             config.timeout_ns,
-        )?;
-        let evtq = EventQueue::new(
-            config.eventq_log2,
-            u32::from(features.eventq_max_log2),
-            coherent,
-        )?;
+        )?
+        .with_max_per_sync(features.max_commands_per_sync());
+        let evtq = EventQueue::new(config.eventq_log2.min(eventq_max), eventq_max, coherent)?;
         let domains = Domains::new(u32::from(features.vmid_bits))?;
         Ok(Self {
             mmio,
@@ -343,6 +443,45 @@ impl<H: Hal> Smmu<H> {
         })
     }
 
+    /// Writes GERROR_IRQ_CFG0..2 and EVENTQ_IRQ_CFG0..2 (and PRIQ_IRQ_CFG0..2
+    /// when the SMMU has a PRI queue): the configured MSI targets, else 0
+    /// (address 0 = no MSI, the wired interrupt is used). Only valid while
+    /// IRQ_CTRL = 0. The 64-bit CFG0 registers are written as two 32-bit
+    /// halves.
+    fn write_irq_cfg(&self) {
+        let p0 = self.mmio.p0();
+        let msi = self.config.msi.unwrap_or_default();
+        let program = |cfg0, cfg1, cfg2, target: Option<MsiTarget>| {
+            let t = target.unwrap_or(MsiTarget {
+                doorbell: 0,
+                data: 0,
+                memattr: 0,
+                sh: 0,
+            });
+            let addr = IRQ_CFG0::ADDR.val(t.doorbell >> IRQ_CFG0::ADDR.shift);
+            self.mmio.write64_halves(cfg0, addr.value);
+            self.mmio.write32(cfg1, t.data);
+            let attr = IRQ_CFG2::MEMATTR.val(u32::from(t.memattr))
+                + IRQ_CFG2::SH.val(u32::from(t.sh));
+            self.mmio.write32(cfg2, attr.value);
+        };
+        program(
+            &p0.gerror_irq_cfg0,
+            &p0.gerror_irq_cfg1,
+            &p0.gerror_irq_cfg2,
+            msi.gerror,
+        );
+        program(
+            &p0.eventq_irq_cfg0,
+            &p0.eventq_irq_cfg1,
+            &p0.eventq_irq_cfg2,
+            msi.eventq,
+        );
+        if self.features.pri {
+            program(&p0.priq_irq_cfg0, &p0.priq_irq_cfg1, &p0.priq_irq_cfg2, None);
+        }
+    }
+
     /// Sets GBPA.ABORT so that traffic is aborted whenever SMMUEN = 0.
     fn abort_bypass(&self) -> Result<()> {
         let p0 = self.mmio.p0();
@@ -368,8 +507,20 @@ impl<H: Hal> Smmu<H> {
         }
         self.abort_bypass()?;
         self.set_state(State::Disabled);
-        self.write_cr0(0)?;
+        // With ATS, every CR0 value this sequence writes has ATSCHK set:
+        // ATS-Translated transactions are then checked against the stream
+        // table (their STE must allow ATS, and EATS is 0 in every STE this
+        // driver writes) instead of bypassing it.
+        let atschk = if self.features.ats {
+            CR0::ATSCHK::SET.value
+        } else {
+            0
+        };
+        self.write_cr0(atschk)?;
         self.write_irq_ctrl(0)?;
+        // The MSI address registers reset to UNKNOWN (or hold a previous
+        // owner's doorbell): program every one while IRQ_CTRL = 0.
+        self.write_irq_cfg();
 
         let mut cr1 = LocalRegisterCopy::<u32, CR1::Register>::new(0);
         if self.features.coherent {
@@ -415,7 +566,7 @@ impl<H: Hal> Smmu<H> {
         // Errors left from before this enable are stale: acknowledge them.
         self.mmio.ack_gerrors(u32::MAX);
 
-        let cmdqen = CR0::CMDQEN::SET.value;
+        let cmdqen = atschk | CR0::CMDQEN::SET.value;
         self.write_cr0(cmdqen)?;
         self.set_state(State::CommandsOnly);
         let cmds = [
@@ -693,7 +844,7 @@ impl<H: Hal> Drop for Smmu<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake::{FakeHal, FakeRegs};
+    use crate::fake::{FakeHal, FakeRegs, Trace, start_trace, take_trace};
 
     /// A fake register block that reads like QEMU virt's SMMU and never
     /// acknowledges anything.
@@ -822,6 +973,166 @@ mod tests {
         assert_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
         // A failed SMMU that never acknowledges: dropping it leaks its memory
         // rather than hanging or freeing what it may still read.
+    }
+
+    /// A QEMU-like SMMU that answers (ACKs, consumes commands), with
+    /// `idr0_extra` bits set in IDR0, and garbage in every IRQ_CFG register
+    /// as a previous owner might leave it.
+    fn responsive(idr0_extra: u32) -> FakeRegs {
+        let regs = qemu_like();
+        regs.set32(0x00, 0x0D44_101B | idr0_extra);
+        for off in [0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC] {
+            regs.set32(off, 0xDEAD_BEEC);
+        }
+        regs.respond();
+        regs
+    }
+
+    fn cr0_writes(t: &[Trace]) -> Vec<u64> {
+        t.iter()
+            .filter_map(|e| match *e {
+                Trace::Write { offset: 0x20, value } => Some(value),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const ATS: u32 = 1 << 10;
+    const PRI: u32 = 1 << 16;
+    const MSI: u32 = 1 << 13;
+    const ATSCHK: u64 = 1 << 4;
+
+    /// Issue 8 item 1: with IDR0.ATS, every CR0 write of `enable` sets
+    /// ATSCHK; without ATS none does.
+    #[test]
+    fn atschk_is_set_in_every_cr0_write_when_the_smmu_has_ats() {
+        let regs = responsive(ATS);
+        let smmu = driver(&regs);
+        start_trace();
+        smmu.enable().unwrap();
+        let cr0 = cr0_writes(&take_trace());
+        assert!(cr0.len() >= 3, "{cr0:x?}");
+        assert!(cr0.iter().all(|v| v & ATSCHK != 0), "CR0 writes {cr0:x?}");
+        assert_eq!(regs.get32(0x24) & 1, 1, "SMMUEN acknowledged");
+        // EATS stays 0 in what the driver writes (STE dword 1 bits 29:28).
+        assert_eq!(Ste::bypass().0[1] & (3 << 28), 0);
+        let regs = responsive(0);
+        let smmu = driver(&regs);
+        start_trace();
+        smmu.enable().unwrap();
+        assert!(cr0_writes(&take_trace()).iter().all(|v| v & ATSCHK == 0));
+    }
+
+    /// Issue 8 item 2: every IRQ_CFG0/1/2 register is written (0 = wired)
+    /// after IRQ_CTRL = 0 and before IRQ_CTRL enables interrupts.
+    #[test]
+    fn irq_cfg_registers_are_cleared_before_interrupts_are_enabled() {
+        let regs = responsive(PRI);
+        let smmu = driver(&regs);
+        start_trace();
+        smmu.enable().unwrap();
+        let t = take_trace();
+        for off in [0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC] {
+            assert_eq!(regs.get32(off), 0, "IRQ_CFG register at {off:#x} left as found");
+        }
+        let irq_ctrl: Vec<(usize, u64)> = t
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match *e {
+                Trace::Write { offset: 0x50, value } => Some((i, value)),
+                _ => None,
+            })
+            .collect();
+        let disabled = irq_ctrl.iter().find(|w| w.1 == 0).expect("IRQ_CTRL = 0").0;
+        let enabled = irq_ctrl.iter().find(|w| w.1 != 0).expect("IRQ_CTRL enabled").0;
+        for off in [0x68usize, 0x70, 0x74, 0xB0, 0xB8, 0xBC, 0xD0] {
+            let w = t
+                .iter()
+                .position(|e| matches!(*e, Trace::Write { offset, .. } if offset == off))
+                .unwrap_or_else(|| panic!("{off:#x} never written"));
+            assert!(disabled < w && w < enabled, "{off:#x} written at {w}, IRQ_CTRL 0 at {disabled}, on at {enabled}");
+        }
+    }
+
+    /// Issue 8 item 2: MSI targets from `Config` reach the registers, and
+    /// are refused on an SMMU without MSI.
+    #[test]
+    fn msi_configuration_is_programmed() {
+        let msi = MsiConfig {
+            gerror: Some(MsiTarget::device(0x0808_0040, 0x77)),
+            eventq: Some(MsiTarget {
+                doorbell: 0x1_2345_6780,
+                data: 0x1234,
+                memattr: 0xF,
+                sh: 3,
+            }),
+        };
+        let config = Config {
+            timeout_ns: 1_000_000,
+            msi: Some(msi),
+            ..Config::default()
+        };
+        let regs = responsive(0);
+        // SAFETY: as in `driver`.
+        let r = unsafe { Smmu::<FakeHal>::new(regs.base(), config) };
+        assert_eq!(r.err(), Some(Error::Unsupported(Unsupported::Msi)));
+        let regs = responsive(MSI);
+        // SAFETY: as in `driver`.
+        let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
+        smmu.enable().unwrap();
+        assert_eq!(regs.get64(0x68), 0x0808_0040);
+        assert_eq!(regs.get32(0x70), 0x77);
+        assert_eq!(regs.get32(0x74), 1);
+        assert_eq!(regs.get64(0xB0), 0x1_2345_6780);
+        assert_eq!(regs.get32(0xB8), 0x1234);
+        assert_eq!(regs.get32(0xBC), 0xF | 3 << 4);
+        for (t, e) in [
+            (MsiTarget::device(0x1002, 0), Error::Misaligned { addr: 0x1002, align: 4 }),
+            (MsiTarget::device(1 << 44, 0), Error::Unsupported(Unsupported::AddressSize)),
+            (MsiTarget { sh: 1, ..MsiTarget::device(0x1000, 0) }, Error::InvalidArgument("MSI shareability reserved")),
+        ] {
+            let config = Config {
+                msi: Some(MsiConfig { gerror: None, eventq: Some(t) }),
+                ..config
+            };
+            // SAFETY: as in `driver`.
+            let r = unsafe { Smmu::<FakeHal>::new(regs.base(), config) };
+            assert_eq!(r.err(), Some(e));
+        }
+    }
+
+    /// Issue 8 item 8: an SMMU with queues smaller than the defaults gets
+    /// queues of its own maximum size.
+    #[test]
+    fn small_queues_are_clamped() {
+        let regs = qemu_like();
+        // CMDQS [25:21] = 5, EVENTQS [20:16] = 4, SIDSIZE 16.
+        regs.set32(0x04, 5 << 21 | 4 << 16 | 16);
+        let smmu = driver(&regs);
+        assert_eq!(smmu.cmdq.lock().ring().log2(), 5);
+        assert_eq!(smmu.evtq.lock().ring().log2(), 4);
+    }
+
+    /// Issue 8 item 6: firmware's coherency overrides IDR0.COHACC; a
+    /// non-coherent SMMU gets Non-cacheable, Outer Shareable table and
+    /// queue attributes.
+    #[test]
+    fn firmware_coherency_overrides_cohacc() {
+        let regs = responsive(0);
+        let config = Config {
+            timeout_ns: 1_000_000,
+            firmware_coherent: Some(false),
+            ..Config::default()
+        };
+        // SAFETY: as in `driver`.
+        let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
+        assert!(!smmu.features().coherent);
+        smmu.enable().unwrap();
+        // CR1: TABLE_SH [11:10] = 2, QUEUE_SH [5:4] = 2, all cacheability 0.
+        assert_eq!(regs.get32(0x28), 2 << 10 | 2 << 4);
+        let regs = responsive(0);
+        let smmu = driver(&regs);
+        assert!(smmu.features().coherent);
     }
 
     #[test]
