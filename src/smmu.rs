@@ -669,23 +669,31 @@ impl<H: Hal> Smmu<H> {
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
     /// A StreamID attached to a domain must be detached first.
     pub fn set_bypass(&self, sid: u32) -> Result<()> {
-        self.check_not_in_domain(sid)?;
-        self.write_ste(sid, &Ste::bypass())
+        self.write_unmanaged_ste(sid, &Ste::bypass())
     }
 
     /// Makes `sid` abort all its traffic. A StreamID attached to a domain
     /// is detached with [`Smmu::detach`] instead.
     pub fn set_abort(&self, sid: u32) -> Result<()> {
-        self.check_not_in_domain(sid)?;
-        self.write_ste(sid, &Ste::abort())
+        self.write_unmanaged_ste(sid, &Ste::abort())
     }
 
-    fn check_not_in_domain(&self, sid: u32) -> Result<()> {
+    /// Writes the STE of a StreamID that no domain owns. The domain lock is
+    /// held from the check to the end of the write (taken before the stream
+    /// table lock, as `attach` does), so a concurrent `attach` either
+    /// completes first (and this call fails with [`Error::SidAttached`]) or
+    /// starts after (and sees this entry).
+    fn write_unmanaged_ste(&self, sid: u32, ste: &Ste) -> Result<()> {
+        let domains = self.domains.lock();
         self.check_sid(sid)?;
-        match self.domain_of(sid) {
-            Some(_) => Err(Error::SidAttached(sid)),
-            None => Ok(()),
+        if domains.is_attached(sid) {
+            return Err(Error::SidAttached(sid));
         }
+        #[cfg(test)]
+        crate::fake::pause_point("write_unmanaged_ste");
+        let r = self.write_ste(sid, ste);
+        drop(domains);
+        r
     }
 
     /// Number of StreamIDs the stream table covers.
