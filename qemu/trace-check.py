@@ -7,6 +7,10 @@ Runs the demo image (``cargo run --release``) with ``QEMU_TRACE`` and checks:
   event with ``iova=X translated=Y`` (the SMMU really translated it so);
 * every ``fault:`` line (type, StreamID, N records) is matched by at least N
   ``smmuv3_record_event`` lines of that type and StreamID;
+* every write that enables interrupts (IRQ_CTRL != 0) is preceded, since
+  the last IRQ_CTRL = 0, by writes of 0 to both halves of GERROR_IRQ_CFG0
+  and EVENTQ_IRQ_CFG0 (a stale MSI address would turn interrupts into DMA
+  writes; their reset value is UNKNOWN);
 * the total of event records the driver drained (``SMMU stats: ... N event
   records``) plus the records the image says an event storm lost (``N lost``)
   equals the number of ``smmuv3_record_event`` lines (QEMU traces a record
@@ -71,6 +75,33 @@ def main() -> int:
         if have < n:
             problems.append(f"image reports {n} {kind} records for sid {sid:#x}; QEMU recorded {have}")
 
+    # MSI address registers cleared before interrupts are enabled.
+    irq_cfg0 = {0x68: "GERROR_IRQ_CFG0", 0x6C: "GERROR_IRQ_CFG0[63:32]",
+                0xB0: "EVENTQ_IRQ_CFG0", 0xB4: "EVENTQ_IRQ_CFG0[63:32]"}
+    cleared = None  # offsets written with 0 since the last IRQ_CTRL = 0
+    enables = 0
+    for line in lines:
+        m = re.search(r"smmuv3_write_mmio addr: ?(0x[0-9a-f]+) val: ?(0x[0-9a-f]+)", line)
+        if not m:
+            continue
+        addr, val = int(m[1], 16), int(m[2], 16)
+        if addr == 0x50:
+            if val == 0:
+                cleared = set()
+            else:
+                enables += 1
+                missing = set(irq_cfg0) - (cleared or set())
+                if cleared is None or missing:
+                    names = ", ".join(irq_cfg0[a] for a in sorted(missing))
+                    problems.append(f"IRQ_CTRL = {val:#x} written without {names} = 0 since IRQ_CTRL = 0")
+        elif addr in irq_cfg0 and cleared is not None:
+            if val == 0:
+                cleared.add(addr)
+            else:
+                cleared.discard(addr)
+    if enables == 0:
+        problems.append("QEMU traced no write enabling SMMU interrupts (IRQ_CTRL)")
+
     m = re.search(r"SMMU stats: .* (\d+) event records", out)
     total = sum(events.values())
     lost = sum(int(n) for n in re.findall(r"drained, (\d+) lost", out))
@@ -80,7 +111,8 @@ def main() -> int:
         problems.append(f"driver drained {m[1]} event records and reports {lost} lost; QEMU recorded {total}")
 
     print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
-          f"against {len(translations)} traced translations and {total} traced events")
+          f"against {len(translations)} traced translations and {total} traced events; "
+          f"{enables} interrupt enables preceded by IRQ_CFG0 = 0")
     if problems:
         print(f"test {NAME} ... FAILED")
         for p in problems:
