@@ -31,10 +31,6 @@ pub type DomainId = u32;
 /// VMID with TLBI_S12_VMALL instead.
 pub const MAX_RANGE_COMMANDS: usize = 64;
 
-/// Stage-2 walk attributes (S2IR0, S2OR0, S2SH0) for a non-coherent SMMU:
-/// Non-cacheable inner and outer, Outer Shareable, matching CR1.
-const NON_COHERENT_WALKS: (u8, u8, u8) = (0, 0, 2);
-
 /// How a domain's StreamIDs are configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DomainOptions {
@@ -192,7 +188,8 @@ impl<H: Hal> Smmu<H> {
         let (ir0, or0, sh0) = if self.features().coherent {
             (fields.ir0, fields.or0, fields.sh0)
         } else {
-            NON_COHERENT_WALKS
+            let w = self.walk_attributes();
+            (w.inner, w.outer, w.shareability)
         };
         let ste = Ste::stage2(&Stage2Ste {
             vmid: d.vmid,

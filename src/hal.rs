@@ -6,6 +6,29 @@
 //! [`Dma::publish`], which cleans the data cache when the SMMU is not
 //! coherent: that single hook keeps the non-coherent path honest even on QEMU,
 //! whose SMMU is always coherent.
+//!
+//! # Coherent and non-coherent SMMUs
+//!
+//! Whether the SMMU is coherent is decided once, in [`crate::smmu::Smmu::new`]:
+//! the firmware's word ([`crate::smmu::Config::firmware_coherent`], from the
+//! DT `dma-coherent` property or the IORT CCA) overrides IDR0.COHACC.
+//!
+//! - **Coherent:** the SMMU snoops the CPU caches. CR1, the STEs and the CDs
+//!   say Write-Back cacheable, Inner Shareable; the cache hooks are never
+//!   called.
+//! - **Non-coherent:** the SMMU reads and writes memory past the CPU caches.
+//!   CR1 (queues and tables), the STE's S2IR0/S2OR0/S2SH0 and the CD's
+//!   IR0/OR0/SH0 say Non-cacheable, Outer Shareable
+//!   ([`crate::smmu::Smmu::walk_attributes`]). The CPU side may still map
+//!   the memory Write-Back cacheable; the driver then calls:
+//!   - [`Hal::dcache_clean`] after every CPU write the SMMU must see (table
+//!     and descriptor words, commands), before the barrier and the MMIO
+//!     write that makes the SMMU look;
+//!   - [`Hal::dcache_invalidate`] before the CPU reads what the SMMU wrote
+//!     (event records), after reading the PROD that covers them;
+//!   - both, clean first, over the whole event queue before EVENTQEN, so
+//!     that no dirty line of the allocator's zeroes is ever written back
+//!     over a record.
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -21,9 +44,10 @@ pub type PhysAddr = u64;
 ///
 /// Implementations must return memory that is valid, zeroed, exclusively owned
 /// by the caller until it is passed back to [`Hal::dma_free`], mapped at
-/// `vaddr` for CPU access with attributes matching what the driver programs in
-/// CR1 (normal write-back cacheable, inner shareable), and reachable by the
-/// SMMU at `paddr`.
+/// `vaddr` for CPU access as Normal memory (Write-Back cacheable, Inner
+/// Shareable, as the driver programs in CR1 for a coherent SMMU; for a
+/// non-coherent SMMU, Write-Back cacheable with the cache hooks below doing
+/// their job, or Non-cacheable), and reachable by the SMMU at `paddr`.
 pub unsafe trait Hal {
     /// Allocates `size` bytes of zeroed device-visible memory aligned to
     /// `align` bytes. Both are powers of two. Returns `None` when out of memory.
@@ -37,13 +61,20 @@ pub unsafe trait Hal {
     /// it any more.
     unsafe fn dma_free(region: DmaRegion);
 
-    /// Cleans (writes back) the data cache for `[vaddr, vaddr + len)` to the
-    /// point of coherency. Called only for a non-coherent SMMU (IDR0.COHACC=0).
+    /// Cleans (writes back) every data cache line overlapping
+    /// `[vaddr, vaddr + len)` to the point of coherency: `DC CVAC` for each
+    /// line (`DC CIVAC` is also correct), using the smallest line size of
+    /// CTR_EL0.DminLine. No barrier is needed: the driver issues `DSB ST`
+    /// after the call. Called only for a non-coherent SMMU. `vaddr` need not
+    /// be line aligned.
     fn dcache_clean(vaddr: *const u8, len: usize);
 
-    /// Invalidates the data cache for `[vaddr, vaddr + len)` so the CPU reads
-    /// what the SMMU wrote (event records). Called only for a non-coherent
-    /// SMMU. Clean-and-invalidate is an acceptable implementation.
+    /// Invalidates every data cache line overlapping `[vaddr, vaddr + len)`
+    /// to the point of coherency, so that the next CPU read fetches what the
+    /// SMMU wrote: `DC IVAC` for each line, or `DC CIVAC` (clean and
+    /// invalidate; always safe here, since the driver never has unpublished
+    /// CPU writes in these ranges). The driver issues `DSB LD` before
+    /// reading. Called only for a non-coherent SMMU.
     fn dcache_invalidate(vaddr: *const u8, len: usize);
 
     /// A monotonic clock in nanoseconds; every wait in the driver is bounded

@@ -141,6 +141,38 @@ impl Default for Config {
     }
 }
 
+/// Cacheability and shareability of table walks, in the 2-bit STE/CD
+/// encodings (cacheability: 0 Non-cacheable, 1 Write-Back write-allocate;
+/// shareability: 2 Outer, 3 Inner Shareable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkAttributes {
+    /// Inner cacheability (S2IR0 / IR0).
+    pub inner: u8,
+    /// Outer cacheability (S2OR0 / OR0).
+    pub outer: u8,
+    /// Shareability (S2SH0 / SH0).
+    pub shareability: u8,
+}
+
+impl WalkAttributes {
+    /// The attributes matching CR1 for a coherent or non-coherent SMMU.
+    pub const fn for_coherency(coherent: bool) -> WalkAttributes {
+        if coherent {
+            WalkAttributes {
+                inner: 1,
+                outer: 1,
+                shareability: 3,
+            }
+        } else {
+            WalkAttributes {
+                inner: 0,
+                outer: 0,
+                shareability: 2,
+            }
+        }
+    }
+}
+
 /// Driver state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -384,6 +416,15 @@ impl<H: Hal> Smmu<H> {
     /// What the SMMU can do.
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// The memory attributes the SMMU's table walks use, as the STE
+    /// (S2IR0/S2OR0/S2SH0) and CD (IR0/OR0/SH0) encode them: Write-Back,
+    /// Inner Shareable for a coherent SMMU; Non-cacheable, Outer Shareable
+    /// (matching CR1) for one that is not. Use them for any CD built for
+    /// this SMMU.
+    pub fn walk_attributes(&self) -> WalkAttributes {
+        WalkAttributes::for_coherency(self.features.coherent)
     }
 
     /// The configuration it was created with.
