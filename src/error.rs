@@ -123,6 +123,9 @@ pub enum Error {
     ServiceFailure,
     /// The driver is not enabled (or was disabled after a fatal error).
     NotEnabled,
+    /// An STE/CD update plan would exceed its fixed capacity (a driver bug:
+    /// never a silently dropped step).
+    PlanTooLong,
 }
 
 impl fmt::Display for Error {
@@ -172,6 +175,7 @@ impl fmt::Display for Error {
             }
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),
+            Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
         }
     }
 }

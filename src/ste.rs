@@ -16,7 +16,12 @@
 use tock_registers::LocalRegisterCopy;
 use tock_registers::register_bitfields;
 
+use crate::entry_plan::EntryKind;
 use crate::error::{Error, Result};
+
+mod used;
+#[cfg(test)]
+mod plan_tests;
 
 register_bitfields! [u64,
     /// STE dword 0: validity, configuration and the stage-1 CD pointer.
@@ -44,14 +49,48 @@ register_bitfields! [u64,
         S1COR OFFSET(4) NUMBITS(2) [],
         /// Shareability of CD fetches: 0 NSH, 2 OSH, 3 ISH.
         S1CSH OFFSET(6) NUMBITS(2) [],
+        /// S2HWU59..S2HWU62: stage-2 hardware use of descriptor bits 59..62.
+        S2HWU OFFSET(8) NUMBITS(4) [],
+        /// Destructive read enable.
+        DRE OFFSET(12) NUMBITS(1) [],
+        /// Contiguous hint: 2^CONT identical STEs. Always 0.
+        CONT OFFSET(13) NUMBITS(4) [],
+        /// Directed cache prefetch.
+        DCP OFFSET(17) NUMBITS(1) [],
+        /// PRI page request auto responses.
+        PPAR OFFSET(18) NUMBITS(1) [],
+        /// Merge events. Always 0.
+        MEV OFFSET(19) NUMBITS(1) [],
+        /// Reserved for software; IGNORED by the SMMU.
+        SW_RESERVED OFFSET(20) NUMBITS(4) [],
+        /// Stage-1 permission indirection.
+        S1PIE OFFSET(24) NUMBITS(1) [],
+        /// Stage-2 forced write-back.
+        S2FWB OFFSET(25) NUMBITS(1) [],
+        /// Stage-1 MPAM.
+        S1MPAM OFFSET(26) NUMBITS(1) [],
         /// Stall disable. Kept 0: QEMU reports C_BAD_STE for 1.
         S1STALLD OFFSET(27) NUMBITS(1) [],
         /// ATS behaviour: 0 = ATS translation requests aborted.
         EATS OFFSET(28) NUMBITS(2) [],
         /// StreamWorld: 0 = NS-EL1, 2 = EL2 (EL2-E2H when SMMU_CR2.E2H = 1).
         STRW OFFSET(30) NUMBITS(2) [NsEl1 = 0, El2 = 2],
+        /// Memory type override (with MTCFG = 1).
+        MEMATTR OFFSET(32) NUMBITS(4) [],
+        /// 1 = replace the incoming memory type with MEMATTR.
+        MTCFG OFFSET(36) NUMBITS(1) [],
+        /// Allocation hints override (0 = use incoming).
+        ALLOCCFG OFFSET(37) NUMBITS(4) [],
         /// Shareability override: 1 = use the incoming shareability.
-        SHCFG OFFSET(44) NUMBITS(2) [NonShareable = 0, Incoming = 1, Outer = 2, Inner = 3]
+        SHCFG OFFSET(44) NUMBITS(2) [NonShareable = 0, Incoming = 1, Outer = 2, Inner = 3],
+        /// NS attribute override (Secure streams).
+        NSCFG OFFSET(46) NUMBITS(2) [],
+        /// Privilege override (0 = use incoming).
+        PRIVCFG OFFSET(48) NUMBITS(2) [],
+        /// Instruction/data override (0 = use incoming).
+        INSTCFG OFFSET(50) NUMBITS(2) [],
+        /// IMPLEMENTATION DEFINED bits \[127:116\] of the STE.
+        IMPDEF OFFSET(52) NUMBITS(12) []
     ],
     /// STE dword 2: stage-2 VMID and translation control (VTCR-like).
     pub STE_2 [
@@ -407,6 +446,13 @@ impl Ste {
         self.d0().read(STE_0::S1CONTEXTPTR) << CD_PTR_SHIFT
     }
 
+    /// The bits the SMMU may read under this entry's configuration, per
+    /// dword (1 = used), as the update planner sees them: see the rules in
+    /// `src/ste/used.rs` (IHI 0070 §5.2, counted conservatively).
+    pub fn used_bits(&self) -> [u64; 8] {
+        used::ste_used(&self.0)
+    }
+
     /// Bit mask of the dwords the SMMU reads under this entry's
     /// configuration (bit `i` = dword `i`). Invalid and abort entries use
     /// only dword 0; bypass adds dword 1 (attribute overrides); stage 1 adds
@@ -425,6 +471,15 @@ impl Ste {
         }
     }
 }
+
+/// How the SMMU reads STEs, for the generic entry planner: the per-bit
+/// used bits of [`Ste::used_bits`], and an abort entry (V = 1, Config =
+/// abort: traffic terminated silently, nothing else read) as the
+/// break-before-make state.
+pub const STE_KIND: EntryKind = EntryKind {
+    used: used::ste_used,
+    broken_dword0: Ste::abort().0[0],
+};
 
 /// One step of an STE update, executed in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
