@@ -14,13 +14,16 @@
 //! 2. With `used` the bits each entry's own configuration makes the SMMU read
 //!    (per bit, from an [`EntryKind`]), the *critical* dwords are those where
 //!    a bit both configurations use differs.
-//! 3. At most one critical dword (hitless): write every bit `current` does
-//!    not use to its target value (except in the critical dword), `Publish`,
-//!    `Sync`; write the critical dword (one 64-bit store switches from the
-//!    old configuration to the new one), `Publish`, `Sync`; write the final
-//!    target (clearing bits only the old configuration used), `Publish`,
-//!    `Sync`. A step whose writes would change nothing is left out, with its
-//!    `Sync`.
+//! 3. At most one critical dword (hitless): write the bits only `target`
+//!    uses (outside the critical dword), `Publish`, `Sync`; write the
+//!    critical dword (one 64-bit store switches from the old configuration
+//!    to the new one), `Publish`, `Sync`; write the final target (clearing
+//!    bits only the old configuration used), `Publish`, `Sync`. Bits
+//!    neither configuration uses go in the first or the last step, wherever
+//!    they add no `Sync`. A step whose writes would change nothing is left
+//!    out, with its `Sync`. So the plan never has more `Sync`s than Linux's
+//!    `arm_smmu_write_entry` (which writes all bits `current` ignores first)
+//!    would issue for the same entries.
 //! 4. Several critical dwords (break before make): dword 0 =
 //!    [`EntryKind::broken_dword0`] (a non-live entry), `Publish`, `Sync`;
 //!    dwords 1..=7, `Publish`, `Sync`; dword 0, `Publish`, `Sync`.
@@ -168,12 +171,8 @@ pub fn plan(kind: &EntryKind, current: &Dwords, target: &Dwords) -> Result<Updat
     }
     let cur_used = (kind.used)(current);
     let tgt_used = (kind.used)(target);
-    // Bits the current configuration ignores take their target values;
-    // bits it uses keep their current values.
-    let mut unused_update = [0u64; ENTRY_DWORDS];
     let mut critical = 0u8;
     for i in 0..ENTRY_DWORDS {
-        unused_update[i] = (current[i] & cur_used[i]) | (target[i] & !cur_used[i]);
         if (current[i] ^ target[i]) & cur_used[i] & tgt_used[i] != 0 {
             critical |= 1 << i;
         }
@@ -182,8 +181,29 @@ pub fn plan(kind: &EntryKind, current: &Dwords, target: &Dwords) -> Result<Updat
 
     if critical.count_ones() <= 1 {
         // Hitless. The critical dword is written whole in the switching
-        // store, so the first step leaves it alone.
-        step(&mut plan, &mut state, &unused_update, !critical)?;
+        // store, so the other two steps leave it alone. Differing bits of
+        // the other dwords are of three kinds: used only by the target
+        // (written first, while the current configuration ignores them),
+        // used only by the current entry (cleaned up last, once the target
+        // configuration ignores them), and used by neither (safe in either
+        // step: put where they cost no extra Sync).
+        let mut only_target = [0u64; ENTRY_DWORDS];
+        let mut neither = [0u64; ENTRY_DWORDS];
+        let mut cleanup = false;
+        for i in (0..ENTRY_DWORDS).filter(|i| critical & (1 << i) == 0) {
+            let diff = current[i] ^ target[i];
+            only_target[i] = diff & !cur_used[i] & tgt_used[i];
+            neither[i] = diff & !cur_used[i] & !tgt_used[i];
+            cleanup |= diff & cur_used[i] & !tgt_used[i] != 0;
+        }
+        let first_needed = only_target.iter().any(|&m| m != 0);
+        let neither_first = first_needed && !cleanup;
+        let mut first = *current;
+        for i in 0..ENTRY_DWORDS {
+            let mask = only_target[i] | if neither_first { neither[i] } else { 0 };
+            first[i] = (current[i] & !mask) | (target[i] & mask);
+        }
+        step(&mut plan, &mut state, &first, 0xFF)?;
         step(&mut plan, &mut state, target, critical)?;
         step(&mut plan, &mut state, target, 0xFF)?;
         return Ok(plan);
@@ -288,7 +308,7 @@ pub(crate) mod model {
             torn: None,
             shape: None,
         };
-        let mut shape = |out: &mut Outcome, what: &str| {
+        let shape = |out: &mut Outcome, what: &str| {
             if out.shape.is_none() {
                 out.shape = Some(String::from(what));
             }
@@ -404,7 +424,13 @@ mod tests {
                 Sync
             ]
         );
-        let o = replay(&TOY, toy_live, &a, &b, plan(&TOY, &a, &b).unwrap().as_slice());
+        let o = replay(
+            &TOY,
+            toy_live,
+            &a,
+            &b,
+            plan(&TOY, &a, &b).unwrap().as_slice(),
+        );
         assert!(o.hitless && o.is_safe());
         assert_eq!(o.syncs, 3);
     }
@@ -428,7 +454,13 @@ mod tests {
                 Sync
             ]
         );
-        let o = replay(&TOY, toy_live, &a, &b, plan(&TOY, &a, &b).unwrap().as_slice());
+        let o = replay(
+            &TOY,
+            toy_live,
+            &a,
+            &b,
+            plan(&TOY, &a, &b).unwrap().as_slice(),
+        );
         assert!(!o.hitless && o.is_safe());
     }
 
