@@ -5,10 +5,14 @@
 //! encodings from typed descriptions ([`Stage1Ste`], [`Stage2Ste`]) and
 //! reject values the driver must not program.
 //!
-//! The hardware only guarantees 64-bit single-copy atomicity, so replacing a
-//! live entry needs an ordered sequence of dword writes, barriers and
+//! The hardware only guarantees 64-bit single-copy atomicity, and the SMMU
+//! may read an STE's dwords in any order and cache any part of it until a
+//! CFGI_STE + CMD_SYNC completes (IHI 0070 §3.21.3). So replacing an entry
+//! needs an ordered sequence of dword writes, barriers and completed
 //! invalidations: [`plan_update`] computes it as pure data ([`UpdatePlan`])
-//! for the stream table code to execute.
+//! for the stream table code to execute, with the generic planner of
+//! [`entry_plan`] and the per-bit used bits of each Config
+//! ([`Ste::used_bits`], rules in `src/ste/used.rs`).
 //!
 //! The level-1 descriptors of a two-level stream table are here too
 //! ([`l1_descriptor`], [`L1Descriptor::decode`]).
@@ -467,7 +471,7 @@ pub const STE_KIND: EntryKind = EntryKind {
 /// Plans the replacement of `current` by `target` so that, whatever order
 /// the SMMU reads the dwords in and whatever part of the entry it caches,
 /// it never combines bits of the two configurations (IHI 0070 §3.21.3,
-/// design-lessons rule 1). This is [`entry_plan::plan`](crate::entry_plan::plan)
+/// design-lessons rule 1). This is [`entry_plan::plan`]
 /// with [`STE_KIND`]; `Sync` means CFGI_STE (leaf) + CMD_SYNC.
 ///
 /// Hitless (never through abort) whenever the bits both configurations
