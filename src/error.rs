@@ -132,6 +132,9 @@ pub enum Error {
     /// ([`crate::smmu::Smmu::create_external_domain`]): the driver does not
     /// edit or read them.
     ExternalTables(u32),
+    /// An STE/CD update plan would exceed its fixed capacity (a driver bug:
+    /// never a silently dropped step).
+    PlanTooLong,
 }
 
 impl fmt::Display for Error {
@@ -184,6 +187,7 @@ impl fmt::Display for Error {
             Error::ExternalTables(d) => {
                 write!(f, "domain {d} has hypervisor-owned tables: the driver does not edit them")
             }
+            Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
         }
     }
 }
