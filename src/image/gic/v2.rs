@@ -16,6 +16,8 @@
 //!   calling CPU and record the wanted state; every CPU applies the record in
 //!   [`State::init_this_cpu`] and again whenever [`sync_this_cpu`] sees a
 //!   newer generation (the CPU 1 worker calls it on every wake-up).
+//! - A GICv2 may keep SGIs permanently enabled (QEMU's does): disabling one
+//!   then has no effect; with its handler removed it is counted as unhandled.
 //! - SGIs go through GICD_SGIR with a target list; GICC_IAR returns the
 //!   source CPU in bits 12:10 for an SGI, and GICC_EOIR wants the value back
 //!   unchanged.
