@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use image::harness::{self, TestResult, check, check_eq, tests, try_ok};
-use image::platform::{self, DtbError, Gic, IommuMapEntry, PsciMethod, Platform, RidError};
+use image::platform::{self, DtbError, Gic, IommuMapEntry, Platform, PsciMethod, RidError};
 use image::{ImageHal, cpu, dma, heap, layout, mmu};
 
 fn main() -> ! {

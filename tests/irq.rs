@@ -60,8 +60,16 @@ fn counting_handler(intid: IntId) {
 
 fn gic_comes_up_from_the_dtb() -> TestResult {
     try_ok!(gic::init());
-    let dtb_version = image::boot().platform.gic.as_ref().ok().map(|g| g.version());
-    println!("irq: GIC version {:?} (DTB: {dtb_version:?})", gic::version());
+    let dtb_version = image::boot()
+        .platform
+        .gic
+        .as_ref()
+        .ok()
+        .map(|g| g.version());
+    println!(
+        "irq: GIC version {:?} (DTB: {dtb_version:?})",
+        gic::version()
+    );
     check_eq!(gic::version(), dtb_version);
     check_eq!(gic::cpu_count(), smp::cpu_mpidrs().len());
     check!(gic::cpu_count() >= 1);

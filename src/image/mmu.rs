@@ -98,15 +98,16 @@ impl Builder {
 /// The MMIO regions the image touches, with a name for error messages.
 pub fn device_regions(p: &Platform) -> Vec<(&'static str, Region)> {
     let mut v = Vec::from([("UART", p.uart)]);
-    v.extend(p.gic.as_ref().ok().map(|g| ("GIC distributor", g.distributor())));
+    v.extend(
+        p.gic
+            .as_ref()
+            .ok()
+            .map(|g| ("GIC distributor", g.distributor())),
+    );
     v.push(("SMMU", p.smmu.reg));
     match &p.gic {
         Ok(Gic::V3(g)) => {
-            v.extend(
-                g.redistributors
-                    .iter()
-                    .map(|&r| ("GIC redistributors", r)),
-            );
+            v.extend(g.redistributors.iter().map(|&r| ("GIC redistributors", r)));
             v.extend(g.its.map(|r| ("GIC ITS", r)));
         }
         Ok(Gic::V2(g)) => v.push(("GIC CPU interface", g.cpu_interface)),

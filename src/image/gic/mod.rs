@@ -162,7 +162,10 @@ impl fmt::Display for GicError {
                 "GICv2 with the Security Extensions: group setup belongs to Secure firmware",
             ),
             Self::NoCpuInterface { mpidr } => {
-                write!(f, "no known GICv2 CPU interface for the CPU with MPIDR {mpidr:#x}")
+                write!(
+                    f,
+                    "no known GICv2 CPU interface for the CPU with MPIDR {mpidr:#x}"
+                )
             }
             Self::BankedElsewhere { mpidr } => write!(
                 f,

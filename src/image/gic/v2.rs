@@ -82,8 +82,7 @@ const PRIVATE_EDGE: u8 = 1 << 1;
 /// Bumped on every change of [`PRIVATE`]; CPU interface `i` has applied
 /// generation `APPLIED[i]` (0: never, so the first sync always applies).
 static PRIVATE_GEN: AtomicU64 = AtomicU64::new(1);
-static APPLIED: [AtomicU64; MAX_CPU_INTERFACES] =
-    [const { AtomicU64::new(0) }; MAX_CPU_INTERFACES];
+static APPLIED: [AtomicU64; MAX_CPU_INTERFACES] = [const { AtomicU64::new(0) }; MAX_CPU_INTERFACES];
 
 /// The MPIDR affinity of CPU interface `i`, `u64::MAX` while unknown.
 static INTERFACE_MPIDR: [AtomicU64; MAX_CPU_INTERFACES] =
@@ -208,7 +207,10 @@ impl State {
             return gic.enable_interrupt(id, false).map_err(GicError::DriverV2);
         }
         gic.set_group(id, InterruptGroup::Group0);
-        write8(self.gicd + GICD_IPRIORITYR + u32::from(id) as usize, PRIORITY);
+        write8(
+            self.gicd + GICD_IPRIORITYR + u32::from(id) as usize,
+            PRIORITY,
+        );
         if id.is_ppi() {
             let trigger = if state & PRIVATE_EDGE != 0 {
                 Trigger::Edge
@@ -236,7 +238,10 @@ impl State {
         without_irqs(|| {
             let mut gic = self.gic.lock();
             gic.set_group(id, InterruptGroup::Group0);
-            write8(self.gicd + GICD_IPRIORITYR + u32::from(id) as usize, PRIORITY);
+            write8(
+                self.gicd + GICD_IPRIORITYR + u32::from(id) as usize,
+                PRIORITY,
+            );
             gic.set_trigger(id, trigger);
             write8(self.gicd + GICD_ITARGETSR + u32::from(id) as usize, target);
             gic.enable_interrupt(id, true).map_err(GicError::DriverV2)
