@@ -47,6 +47,11 @@ QEMU_ARGS="-machine gic-version=2" EXPECT_GIC=2 \
 QEMU_ARGS="-machine gic-version=2" cargo test --no-fail-fast --test irq --test smp 2>&1 |
     sed -E 's/^test ([^ ]+) \.\.\./test gicv2\/\1 .../' | tee -a "$logs/target.txt"
 
+# The README's ownership example builds for the bare-metal target and is
+# shown verbatim.
+echo "collect: examples (tests/readme-example.sh)"
+tests/readme-example.sh 2>&1 | tee -a "$logs/target.txt" | grep '^test '
+
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(
     awk '/^test result: / { for (i = 1; i <= NF; i++) {
