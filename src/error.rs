@@ -123,6 +123,31 @@ pub enum Error {
     ServiceFailure,
     /// The driver is not enabled (or was disabled after a fatal error).
     NotEnabled,
+    /// The StreamID belongs to isolation group `group`, which has more
+    /// than one StreamID: it is attached and detached only as a whole
+    /// (`Smmu::attach_group`, `Smmu::detach_group`).
+    SidInGroup {
+        /// The StreamID asked for alone (or left out of a group call).
+        sid: u32,
+        /// The group it belongs to.
+        group: u32,
+    },
+    /// A group was declared with a StreamID that already belongs to
+    /// another group.
+    SidInOtherGroup {
+        /// The StreamID.
+        sid: u32,
+        /// The group it already belongs to.
+        group: u32,
+    },
+    /// No isolation group with this number.
+    UnknownGroup(u32),
+    /// A group call failed and could not undo its earlier steps: `sid` is
+    /// left in a state other than the one the call found it in.
+    RollbackFailed {
+        /// The StreamID that could not be restored.
+        sid: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -172,6 +197,18 @@ impl fmt::Display for Error {
             }
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),
+            Error::SidInGroup { sid, group } => write!(
+                f,
+                "StreamID {sid:#x} belongs to isolation group {group}: attach or detach the whole group"
+            ),
+            Error::SidInOtherGroup { sid, group } => {
+                write!(f, "StreamID {sid:#x} already belongs to isolation group {group}")
+            }
+            Error::UnknownGroup(g) => write!(f, "unknown isolation group {g}"),
+            Error::RollbackFailed { sid } => write!(
+                f,
+                "a group operation failed and StreamID {sid:#x} could not be restored"
+            ),
         }
     }
 }

@@ -208,6 +208,8 @@ pub struct Smmu<H: Hal> {
     cmdq: ManuallyDrop<Mutex<CommandQueue<H>>>,
     evtq: ManuallyDrop<Mutex<EventQueue<H>>>,
     pub(crate) domains: ManuallyDrop<Mutex<Domains<H>>>,
+    /// Declared isolation groups (src/group.rs); taken before `domains`.
+    pub(crate) groups: Mutex<crate::group::GroupTable>,
     counters: Counters,
 }
 
@@ -277,6 +279,7 @@ impl<H: Hal> Smmu<H> {
             cmdq: ManuallyDrop::new(Mutex::new(cmdq)),
             evtq: ManuallyDrop::new(Mutex::new(evtq)),
             domains: ManuallyDrop::new(Mutex::new(domains)),
+            groups: Mutex::new(crate::group::GroupTable::default()),
             counters: Counters::default(),
         })
     }
