@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use smmuv3::topology::{
-    self, AliasSource, Bridge, BridgeKind, DmaAliases, Groups, Rid, TopologyError,
+    self, AliasRule, AliasSource, Bridge, BridgeKind, DmaAliases, Groups, Rid, TopologyError,
 };
 
 use super::platform::{PciHost, Window};
@@ -227,9 +227,19 @@ impl fmt::Display for PciFunction {
                 human_size(b.size)
             )?;
         }
-        if let Some(kind) = self.bridge_kind() {
-            let x = if self.pci_x { ", PCI-X" } else { "" };
-            write!(f, "  ({}{x})", kind.name())?;
+        if self.pci_x {
+            f.write_str("  PCI-X")?;
+        }
+        if let (Some(kind), Some((secondary, _))) = (self.bridge_kind(), self.buses) {
+            match kind.alias_rule() {
+                AliasRule::None => {}
+                AliasRule::SecondaryBus => write!(
+                    f,
+                    "  (DMA from below arrives as {})",
+                    Rid::from_devfn(secondary, 0)
+                )?,
+                AliasRule::Bridge => f.write_str("  (DMA from below arrives as this bridge)")?,
+            }
         }
         match &self.dma {
             Ok(d) if d.stream_ids().len() == 1 => {
