@@ -202,7 +202,10 @@ impl fmt::Display for Error {
                 "StreamID {sid:#x} belongs to isolation group {group}: attach or detach the whole group"
             ),
             Error::SidInOtherGroup { sid, group } => {
-                write!(f, "StreamID {sid:#x} already belongs to isolation group {group}")
+                write!(
+                    f,
+                    "StreamID {sid:#x} already belongs to isolation group {group}"
+                )
             }
             Error::UnknownGroup(g) => write!(f, "unknown isolation group {g}"),
             Error::RollbackFailed { sid } => write!(

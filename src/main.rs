@@ -101,7 +101,11 @@ fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
         let names = members.iter().map(name).collect::<Vec<_>>().join("+");
         // Tell the driver the group, so no member can move alone.
         if let Err(e) = smmu.declare_group(&group.sids) {
-            report.add(&names, "declare isolation group", Err(alloc::format!("{e}")));
+            report.add(
+                &names,
+                "declare isolation group",
+                Err(alloc::format!("{e}")),
+            );
             continue;
         }
         match demo::create_group_vm(&smmu, &members, &group.sids, seed) {

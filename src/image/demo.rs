@@ -448,8 +448,14 @@ pub fn unmap_invalidates(
         .map_err(|e| format!("translate: {e}"))?;
     if mapped.is_none() {
         vm.scratch.fill(CANARY);
-        smmu.map(vm.domain, IPA_SCRATCH, vm.scratch.pa(), PAGE, Perm::ReadWrite)
-            .map_err(|e| format!("map {IPA_SCRATCH:#x} again: {e}"))?;
+        smmu.map(
+            vm.domain,
+            IPA_SCRATCH,
+            vm.scratch.pa(),
+            PAGE,
+            Perm::ReadWrite,
+        )
+        .map_err(|e| format!("map {IPA_SCRATCH:#x} again: {e}"))?;
     }
     // First use the mapping, so the SMMU caches the translation.
     edu.dma_to_ram(0, IPA_SCRATCH, 64).map_err(edu_err)?;
@@ -540,7 +546,11 @@ pub fn two_vms_same_ipa(
 pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
     // The VM's first device detaches the group; the others find it detached.
     let first = vm.edus.first().is_none_or(|e| e.bdf == edu.bdf);
-    let attached = vm.sids.iter().filter(|&&s| smmu.domain_of(s).is_some()).count();
+    let attached = vm
+        .sids
+        .iter()
+        .filter(|&&s| smmu.domain_of(s).is_some())
+        .count();
     if first {
         smmu.detach_group(&vm.sids)
             .map_err(|e| format!("detach_group {:#x?}: {e}", vm.sids))?;
@@ -559,7 +569,10 @@ pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String
         }
     }
     Ok(if vm.sids.len() > 1 {
-        format!("{} STEs of the group abort; memory unchanged", vm.sids.len())
+        format!(
+            "{} STEs of the group abort; memory unchanged",
+            vm.sids.len()
+        )
     } else {
         String::from("STE abort; memory unchanged")
     })
@@ -592,7 +605,10 @@ pub fn group_shares_domain(smmu: &Driver, a: &Edu, b: &Edu, vm: &Vm) -> Result<S
         return Err(format!("{}'s write did not land", a.bdf));
     }
     if vm.data.read(off_b, len) != pattern {
-        return Err(format!("{} did not read {}'s bytes through the VM", b.bdf, a.bdf));
+        return Err(format!(
+            "{} did not read {}'s bytes through the VM",
+            b.bdf, a.bdf
+        ));
     }
     let t = smmu
         .translate(vm.domain, IPA_DATA)
@@ -619,17 +635,18 @@ pub fn group_member_cannot_move_alone(smmu: &Driver, vm: &Vm) -> Result<String, 
     let before = smmu.stream_table_snapshot();
     let detach = smmu.detach(vm.sid);
     let attach = smmu.attach(vm.domain, vm.sid);
-    let expected = Err(Error::SidInGroup {
-        sid: vm.sid,
-        group,
-    });
+    let expected = Err(Error::SidInGroup { sid: vm.sid, group });
     if detach != expected || attach != expected {
         return Err(format!("detach: {detach:?}, attach: {attach:?}"));
     }
     if smmu.stream_table_snapshot() != before {
         return Err(String::from("the stream table changed"));
     }
-    if vm.sids.iter().any(|&s| smmu.domain_of(s) != Some(vm.domain)) {
+    if vm
+        .sids
+        .iter()
+        .any(|&s| smmu.domain_of(s) != Some(vm.domain))
+    {
         return Err(String::from("the group is no longer whole in its domain"));
     }
     Ok(format!(

@@ -149,7 +149,9 @@ impl PciFunction {
 
     /// Every StreamID it uses (own and aliases, distinct), empty when none.
     pub fn stream_ids(&self) -> Vec<u32> {
-        self.dma.as_ref().map_or_else(|_| Vec::new(), DmaAliases::stream_ids)
+        self.dma
+            .as_ref()
+            .map_or_else(|_| Vec::new(), DmaAliases::stream_ids)
     }
 }
 
