@@ -410,7 +410,7 @@ mod tests {
         let h = smmu.declare_group(&[0x300, 0x301]).unwrap();
         assert_ne!(g, h);
         assert!(matches!(
-            smmu.declare_group(&[0x1_0000_0]),
+            smmu.declare_group(&[0x0010_0000]),
             Err(Error::SidOutOfRange { .. })
         ));
         assert_eq!(smmu.group_sids(99), Err(Error::UnknownGroup(99)));
