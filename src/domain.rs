@@ -255,8 +255,10 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Points `sid` at the domain's stage-2 tables. The StreamID must
-    /// currently be aborted (never attached, or detached).
-    pub fn attach(&self, id: DomainId, sid: u32) -> Result<()> {
+    /// currently be aborted (never attached, or detached). Isolation groups
+    /// are not checked here: callers are `Smmu::attach` and
+    /// `Smmu::attach_group` (src/group.rs).
+    pub(crate) fn attach_stream(&self, id: DomainId, sid: u32) -> Result<()> {
         let mut domains = self.domains.lock();
         self.check_sid(sid)?;
         if domains.attached.contains_key(&sid) {
@@ -298,8 +300,9 @@ impl<H: Hal> Smmu<H> {
         Ok(())
     }
 
-    /// Returns `sid` to abort.
-    pub fn detach(&self, sid: u32) -> Result<()> {
+    /// Returns `sid` to abort. Isolation groups are not checked here:
+    /// callers are `Smmu::detach` and `Smmu::detach_group` (src/group.rs).
+    pub(crate) fn detach_stream(&self, sid: u32) -> Result<()> {
         let mut domains = self.domains.lock();
         self.check_sid(sid)?;
         let id = *domains

@@ -299,6 +299,8 @@ pub struct Smmu<H: Hal> {
     cmdq: ManuallyDrop<Mutex<CommandQueue<H>>>,
     evtq: ManuallyDrop<Mutex<EventQueue<H>>>,
     pub(crate) domains: ManuallyDrop<Mutex<Domains<H>>>,
+    /// Declared isolation groups (src/group.rs); taken before `domains`.
+    pub(crate) groups: Mutex<crate::group::GroupTable>,
     counters: Counters,
 }
 
@@ -409,6 +411,7 @@ impl<H: Hal> Smmu<H> {
             cmdq: ManuallyDrop::new(Mutex::new(cmdq)),
             evtq: ManuallyDrop::new(Mutex::new(evtq)),
             domains: ManuallyDrop::new(Mutex::new(domains)),
+            groups: Mutex::new(crate::group::GroupTable::default()),
             counters: Counters::default(),
         })
     }
@@ -708,9 +711,19 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
-    /// A StreamID attached to a domain must be detached first.
+    /// A StreamID attached to a domain must be detached first, and one of a
+    /// declared group of several StreamIDs is refused
+    /// ([`Error::SidInGroup`]): its group-mates would reach memory through
+    /// it.
     pub fn set_bypass(&self, sid: u32) -> Result<()> {
-        self.write_unmanaged_ste(sid, &Ste::bypass())
+        // Lock order: groups -> domains -> stream table -> cmdq.
+        let groups = self.groups.lock();
+        if let Some(group) = groups.shared_group_of(sid) {
+            return Err(Error::SidInGroup { sid, group });
+        }
+        let r = self.write_unmanaged_ste(sid, &Ste::bypass());
+        drop(groups);
+        r
     }
 
     /// Makes `sid` abort all its traffic. A StreamID attached to a domain
