@@ -807,7 +807,10 @@ impl<H: Hal> Smmu<H> {
                     report.cmdq_fault = cmdq.recover(&self.mmio);
                     self.counters.store_cmdq(cmdq.stats());
                 }
-                None => report.cmdq_deferred = true,
+                None => {
+                    report.cmdq_deferred = true;
+                    self.mmio.hint_cmdq_error();
+                }
             }
         }
         let mut ack = 0;
