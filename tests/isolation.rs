@@ -30,7 +30,7 @@ use image::demo::{
 use image::edu::{self, Edu};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use smmuv3::cmd::{self, Command, InvalidationPlan, TlbiRange};
-use smmuv3::domain::{DomainId, DomainOptions, MAX_RANGE_COMMANDS};
+use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2, MAX_RANGE_COMMANDS};
 use smmuv3::event::EventType;
 use smmuv3::fault::FaultSummary;
 use smmuv3::idalloc::{IdAllocator, IdKind};
@@ -62,6 +62,7 @@ fn main() -> ! {
             // 4. Blocks.
             block_2mib_translates_and_dma_lands,
             unmap_one_page_splits_a_2mib_block,
+            hypervisor_owned_tables_and_both_vmid_policies,
             // 5. Invalidation counts and the fallback.
             unmap_2mib_of_pages_is_one_range_command,
             unmap_odd_range_uses_planned_commands,
@@ -224,6 +225,9 @@ impl Buf {
     }
     fn read(&self, off: usize, len: usize) -> Vec<u8> {
         (off..off + len).map(|i| self.get(i)).collect()
+    }
+    fn all(&self, b: u8) -> bool {
+        (0..self.len()).all(|i| self.get(i) == b)
     }
     /// First offset outside `[lo, hi)` whose byte is not `b`.
     fn first_change_outside(&self, lo: usize, hi: usize, b: u8) -> Option<usize> {
@@ -897,6 +901,94 @@ fn unmap_one_page_splits_a_2mib_block() -> TestResult {
     );
     try_ok!(smmu.detach(s));
     try_ok!(smmu.destroy_domain(dom));
+    Ok(())
+}
+
+/// Issue 9, hypervisor-owned tables: the image builds a VM's stage 2 with
+/// aarch64-paging; the driver attaches it by VTCR + root, reserves the VMID,
+/// never edits it, and `invalidate` is what makes an unmap visible to the
+/// SMMU. A second VM on driver-owned tables with a private VMID shows that
+/// an SMMU TLBI for one VMID leaves the other's cached translations alone.
+fn hypervisor_owned_tables_and_both_vmid_policies() -> TestResult {
+    let edus = edus_at_least(2)?;
+    let smmu = up()?;
+    let (ea, eb) = (&edus[0], &edus[1]);
+    let (sa, sb) = (sid(ea)?, sid(eb)?);
+    let ipa = IPA_DATA;
+    // VM B: the hypervisor's tables, the CPU's VMID (0x77) as S2VMID.
+    let pb = Buf::new(PAGE as usize, PAGE as usize)?;
+    // Each VM also maps a source page at ipa + PAGE: its device first reads
+    // a pattern from there into its buffer, and writes that pattern later.
+    let src = Buf::new(PAGE as usize, PAGE as usize)?;
+    src.fill(0x5A);
+    let mut hv = image::hvtables::HvStage2::new();
+    try_ok!(hv.map(ipa, pb.pa(), PAGE, true).map_err(|e| format!("{e:?}")));
+    try_ok!(hv.map(ipa + PAGE, src.pa(), PAGE, false).map_err(|e| format!("{e:?}")));
+    let cpu_vmid = 0x77;
+    let b = try_ok!(smmu.create_external_domain(ExternalStage2 {
+        vtcr: image::hvtables::HvStage2::vtcr(),
+        root: hv.root(),
+        vmid: Some(cpu_vmid),
+        access_flag_fault_disable: true,
+    }));
+    // The VMID is reserved: no other domain may take it.
+    let cfg = try_ok!(demo::vm_stage2().map_err(Failure::new));
+    check!(smmu.create_domain(DomainOptions { vmid: Some(cpu_vmid), ..DomainOptions::new(cfg) }).is_err());
+    // VM A: driver-owned tables, a VMID from the SMMU's private space.
+    let pa_page = Buf::new(PAGE as usize, PAGE as usize)?;
+    let a = try_ok!(smmu.create_domain(DomainOptions::new(cfg)));
+    try_ok!(smmu.map(a, ipa, pa_page.pa(), PAGE, Perm::ReadWrite));
+    try_ok!(smmu.map(a, ipa + PAGE, src.pa(), PAGE, Perm::Read));
+    let vmid_a = try_ok!(smmu.domain_info(a)).vmid;
+    check!(vmid_a != cpu_vmid);
+    try_ok!(smmu.attach(a, sa));
+    try_ok!(smmu.attach(b, sb));
+    let ste = try_ok!(smmu.ste(sb));
+    check_eq!((ste.vmid(), ste.s2ttb()), (cpu_vmid, hv.root()));
+    check_eq!(
+        smmu.map(b, ipa, pb.pa(), PAGE, Perm::Read),
+        Err(Error::ExternalTables(b))
+    );
+    // Both devices read the pattern through their VM's tables (B's: the
+    // hypervisor's), then write the same IPA: each lands in its own page.
+    edu_ok(ea.dma_from_ram(0, ipa + PAGE, 64))?;
+    edu_ok(eb.dma_from_ram(0, ipa + PAGE, 64))?;
+    pa_page.fill(CANARY);
+    pb.fill(CANARY);
+    edu_ok(ea.dma_to_ram(0, ipa, 64))?;
+    edu_ok(eb.dma_to_ram(0, ipa, 64))?;
+    expect_no_fault(&demo::report_faults(&smmu, &edus))?;
+    check_eq!((pa_page.get(0), pb.get(0), pb.get(63), pb.get(64)), (0x5A, 0x5A, 0x5A, CANARY));
+    // The hypervisor unmaps B's page in its own tables but (yet) only the
+    // other VM's TLB is invalidated: B's device still uses its cached
+    // translation, A's TLBI did not touch VMID 0x77.
+    try_ok!(hv.unmap(ipa, PAGE).map_err(|e| format!("{e:?}")));
+    try_ok!(smmu.invalidate(a, ipa, PAGE));
+    pb.fill(CANARY);
+    edu_ok(eb.dma_to_ram(0, ipa, 64))?;
+    expect_no_fault(&demo::report_faults(&smmu, &edus))?;
+    check!(pb.get(0) == 0x5A, "B's cached translation survived A's TLBI");
+    // Now B's own invalidation: the page faults and nothing is written.
+    try_ok!(smmu.invalidate(b, ipa, PAGE));
+    pb.fill(CANARY);
+    edu_ok(eb.dma_to_ram(0, ipa, 64))?;
+    let faults = demo::report_faults(&smmu, &edus);
+    expect_one_fault(&faults, EventType::FTranslation, sb, ipa)?;
+    check!(pb.all(CANARY), "DMA after invalidate reached the old page");
+    // And A was never disturbed.
+    pa_page.fill(CANARY);
+    edu_ok(ea.dma_to_ram(0, ipa, 64))?;
+    expect_no_fault(&demo::report_faults(&smmu, &edus))?;
+    check!(pa_page.get(0) == 0x5A);
+    println!(
+        "  hypervisor-owned tables (aarch64-paging, root {:#x}, {} table pages), VMID {cpu_vmid:#x} = CPU's; driver-owned VMID {vmid_a}: TLBI for one left the other",
+        hv.root(),
+        hv.table_pages()
+    );
+    try_ok!(smmu.detach(sa));
+    try_ok!(smmu.detach(sb));
+    try_ok!(smmu.destroy_domain(a));
+    try_ok!(smmu.destroy_domain(b));
     Ok(())
 }
 

@@ -66,8 +66,8 @@ impl Drop for IrqGuard<'_> {
     }
 }
 
-/// Routes the SMMU's `eventq` and `gerror` interrupts to `smmu.service()`
-/// and unmasks IRQs. Returns `None` when the DTB names neither interrupt:
+/// Routes the SMMU's `gerror` interrupt to `smmu.service()` and its
+/// `eventq` interrupt to `smmu.drain_events()`, and unmasks IRQs. Returns `None` when the DTB names neither interrupt:
 /// the caller then polls ([`take_events`] drains by itself).
 pub fn use_interrupts(
     smmu: &Smmu<ImageHal>,
@@ -95,7 +95,7 @@ pub fn interrupts_taken() -> u32 {
     TAKEN.load(Ordering::Relaxed)
 }
 
-fn smmu_irq(_: IntId) {
+fn smmu_irq(id: IntId) {
     TAKEN.fetch_add(1, Ordering::Relaxed);
     let p = ACTIVE.load(Ordering::Acquire);
     if p.is_null() {
@@ -110,15 +110,22 @@ fn smmu_irq(_: IntId) {
     let Some(mut buf) = RECEIVED.try_lock() else {
         return;
     };
-    let result = smmu.service(|e| {
+    let mut keep = |e| {
         if buf.len() < MAX_BUFFERED {
             buf.push(e);
         } else {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
-    });
-    if let Err(e) = result {
-        log::error!("SMMU interrupt: {e}");
+    };
+    // The event queue interrupt only drains events (one EVENTQ_PROD read);
+    // GERROR is looked at when the SMMU says there is a global error.
+    let gerror = super::boot().platform.smmu.irqs.gerror;
+    if gerror.and_then(|g| IntId::try_from(g).ok()) == Some(id) {
+        if let Err(e) = smmu.service(&mut keep) {
+            log::error!("SMMU interrupt: {e}");
+        }
+    } else {
+        let _ = smmu.drain_events(&mut keep);
     }
 }
 

@@ -24,6 +24,7 @@ pub mod exceptions;
 pub mod gic;
 pub mod harness;
 pub mod heap;
+pub mod hvtables;
 pub mod iommu;
 pub mod layout;
 pub mod mmu;
