@@ -22,8 +22,11 @@ pub mod edu;
 pub mod entry;
 pub mod exceptions;
 pub mod gic;
+pub mod guest;
+pub mod guests;
 pub mod harness;
 pub mod heap;
+pub mod hvc;
 pub mod iommu;
 pub mod layout;
 pub mod mmu;
@@ -32,6 +35,8 @@ pub mod platform;
 pub mod psci;
 pub mod semihosting;
 pub mod smp;
+pub mod vcpu;
+pub mod vm;
 
 use alloc::vec::Vec;
 
