@@ -16,6 +16,11 @@ Runs the demo image (``cargo run --release``) with ``QEMU_TRACE`` and checks:
   equals the number of ``smmuv3_record_event`` lines (QEMU traces a record
   even when a full queue drops it).
 
+With ``EXPECT_GIC=2`` (or ``3``) it also checks the interrupt mode: the
+banner says ``interrupts: GICv<N>``, the SMMU's interrupts are serviced
+``via GICv<N>``, and the ``SMMU stats`` line counts at least one interrupt
+taken (so delivery really worked, not a silent fall back to polling).
+
 Prints ``test trace_agreement ... ok`` or ``... FAILED`` (with reasons) and
 exits accordingly. Extra QEMU arguments come from ``QEMU_ARGS`` as usual.
 """
@@ -109,6 +114,18 @@ def main() -> int:
         problems.append("no 'SMMU stats' line")
     elif int(m[1]) + lost != total:
         problems.append(f"driver drained {m[1]} event records and reports {lost} lost; QEMU recorded {total}")
+
+    gic = os.environ.get("EXPECT_GIC")
+    if gic:
+        if not re.search(rf"^\s+interrupts: GICv{gic}$", out, re.M):
+            problems.append(f"the banner does not say 'interrupts: GICv{gic}'")
+        if f"via GICv{gic}, serviced by the driver" not in out:
+            problems.append(f"the SMMU's interrupts are not serviced via GICv{gic}")
+        irqs = re.search(r"SMMU stats: .* (\d+) interrupts", out)
+        if not irqs or int(irqs[1]) == 0:
+            problems.append("no SMMU interrupt was taken")
+        else:
+            print(f"trace: {irqs[1]} SMMU interrupts taken through GICv{gic}")
 
     print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
           f"against {len(translations)} traced translations and {total} traced events; "

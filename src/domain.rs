@@ -16,12 +16,19 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use crate::cmd::{self, Command};
+use crate::cmd::Command;
 use crate::error::{Error, Result, Unsupported};
 use crate::hal::Hal;
 use crate::idalloc::{IdAllocator, IdKind};
 use crate::smmu::Smmu;
-use crate::stage2::{Perm, Stage2Config, Stage2Table, Translation};
+use crate::stage2::{Stage2Config, Stage2Table};
+
+mod external;
+mod mapping;
+
+pub use external::ExternalStage2;
+pub use mapping::CpuInvalidation;
+pub use crate::stage2::{MapOptions, Memory, Perm, Translation};
 use crate::ste::{Stage2Ste, Ste, SteConfig};
 
 /// Handle of a domain.
@@ -41,15 +48,56 @@ pub struct DomainOptions {
     /// S2AFFD: treat access-flag faults as if AF were 1. Set when the tables
     /// are shared with a CPU that may leave AF = 0 (hardware AF management).
     pub access_flag_fault_disable: bool,
+    /// Every CPU that walks these tables (none, if they are the SMMU's
+    /// alone) can replace a block by a table without break-before-make
+    /// (FEAT_BBM level 2). Together with the SMMU's IDR3.BBML = 2 this lets
+    /// `unmap`/`protect` split a block with one store; otherwise they break
+    /// before make, and DMA or CPU accesses to the block's range fault in
+    /// the window between the two stores. Default `false`.
+    pub cpu_bbml2: bool,
 }
 
 impl DomainOptions {
-    /// Defaults for `stage2`: allocated VMID, S2AFFD set.
+    /// Defaults for `stage2`: allocated VMID, S2AFFD set, splits break
+    /// before make.
     pub fn new(stage2: Stage2Config) -> Self {
         Self {
             stage2,
             vmid: None,
             access_flag_fault_disable: true,
+            cpu_bbml2: false,
+        }
+    }
+}
+
+/// Who owns a domain's stage-2 tables.
+#[derive(Debug)]
+pub(crate) enum Tables<H: Hal> {
+    /// Built and edited by the driver ([`Smmu::map`], [`Smmu::unmap`]); a
+    /// CPU may share them (VTTBR_EL2 = the root).
+    Owned(Stage2Table<H>),
+    /// Built and edited by the hypervisor; the driver only points STEs at
+    /// them and invalidates on request ([`Smmu::invalidate`]).
+    External {
+        /// Their geometry, from the hypervisor's VTCR_EL2.
+        cfg: Stage2Config,
+        /// Physical address of the start table.
+        root: u64,
+    },
+}
+
+impl<H: Hal> Tables<H> {
+    pub(crate) fn config(&self) -> &Stage2Config {
+        match self {
+            Tables::Owned(t) => t.config(),
+            Tables::External { cfg, .. } => cfg,
+        }
+    }
+
+    pub(crate) fn root(&self) -> u64 {
+        match self {
+            Tables::Owned(t) => t.root_paddr(),
+            Tables::External { root, .. } => *root,
         }
     }
 }
@@ -57,16 +105,38 @@ impl DomainOptions {
 /// A VM's DMA view.
 #[derive(Debug)]
 pub(crate) struct Domain<H: Hal> {
-    vmid: u16,
+    pub(crate) id: DomainId,
+    pub(crate) vmid: u16,
     affd: bool,
-    table: Stage2Table<H>,
+    /// Both the SMMU (IDR3.BBML = 2) and every CPU walking the tables allow
+    /// a block to be replaced by a table without break-before-make.
+    pub(crate) split_without_break: bool,
+    pub(crate) tables: Tables<H>,
     sids: Vec<u32>,
     /// An invalidation of this domain failed (a command error or timeout):
     /// the SMMU may still cache walks through its retired tables, or
     /// entries for unmapped or downgraded ranges anywhere in it. The next
     /// invalidation covers the whole VMID (TLBI_S12_VMALL), and retired
     /// tables are freed only once one completes.
-    tlb_unknown: bool,
+    pub(crate) tlb_unknown: bool,
+}
+
+impl<H: Hal> Domain<H> {
+    /// The driver-owned tables, or [`Error::ExternalTables`].
+    pub(crate) fn owned(&self) -> Result<&Stage2Table<H>> {
+        match &self.tables {
+            Tables::Owned(t) => Ok(t),
+            Tables::External { .. } => Err(Error::ExternalTables(self.id)),
+        }
+    }
+
+    /// The driver-owned tables, or [`Error::ExternalTables`].
+    pub(crate) fn owned_mut(&mut self) -> Result<&mut Stage2Table<H>> {
+        match &mut self.tables {
+            Tables::Owned(t) => Ok(t),
+            Tables::External { .. } => Err(Error::ExternalTables(self.id)),
+        }
+    }
 }
 
 /// Every domain of one SMMU, and the VMID space.
@@ -75,7 +145,7 @@ pub(crate) struct Domains<H: Hal> {
     next: DomainId,
     domains: BTreeMap<DomainId, Domain<H>>,
     attached: BTreeMap<u32, DomainId>,
-    vmids: IdAllocator,
+    pub(crate) vmids: IdAllocator,
 }
 
 impl<H: Hal> Domains<H> {
@@ -90,16 +160,24 @@ impl<H: Hal> Domains<H> {
         })
     }
 
+    /// Adds the domain `make(id)` under a fresh handle.
+    pub(crate) fn insert(&mut self, make: impl FnOnce(DomainId) -> Domain<H>) -> DomainId {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1).max(1);
+        self.domains.insert(id, make(id));
+        id
+    }
+
     /// Whether `sid` is attached to a domain.
     pub(crate) fn is_attached(&self, sid: u32) -> bool {
         self.attached.contains_key(&sid)
     }
 
-    fn get(&self, id: DomainId) -> Result<&Domain<H>> {
+    pub(crate) fn get(&self, id: DomainId) -> Result<&Domain<H>> {
         self.domains.get(&id).ok_or(Error::UnknownDomain(id))
     }
 
-    fn get_mut(&mut self, id: DomainId) -> Result<&mut Domain<H>> {
+    pub(crate) fn get_mut(&mut self, id: DomainId) -> Result<&mut Domain<H>> {
         self.domains.get_mut(&id).ok_or(Error::UnknownDomain(id))
     }
 }
@@ -115,6 +193,18 @@ pub struct DomainInfo {
     pub table_bytes: usize,
     /// Physical address of the stage-2 start table (VTTBR_EL2.BADDR).
     pub root: u64,
+    /// The VTCR_EL2 value describing the tables' geometry.
+    pub vtcr: u64,
+    /// The hypervisor owns the tables ([`Smmu::create_external_domain`]).
+    pub external: bool,
+}
+
+impl DomainInfo {
+    /// The VTTBR_EL2 value a CPU sharing these tables uses when the CPU and
+    /// the SMMU agree on the VMID: BADDR = the root, VMID = the domain's.
+    pub fn vttbr(&self) -> u64 {
+        self.root | u64::from(self.vmid) << 48
+    }
 }
 
 impl<H: Hal> Smmu<H> {
@@ -135,19 +225,16 @@ impl<H: Hal> Smmu<H> {
             Some(v) => domains.vmids.alloc_specific(v)?,
             None => domains.vmids.alloc()?,
         };
-        let id = domains.next;
-        domains.next = domains.next.wrapping_add(1).max(1);
-        domains.domains.insert(
+        let split_without_break = options.cpu_bbml2 && f.bbml >= 2;
+        Ok(domains.insert(|id| Domain {
             id,
-            Domain {
-                vmid,
-                affd: options.access_flag_fault_disable,
-                table,
-                sids: Vec::new(),
-                tlb_unknown: false,
-            },
-        );
-        Ok(id)
+            vmid,
+            affd: options.access_flag_fault_disable,
+            split_without_break,
+            tables: Tables::Owned(table),
+            sids: Vec::new(),
+            tlb_unknown: false,
+        }))
     }
 
     /// Destroys a domain with no streams attached: invalidates its VMID's
@@ -181,7 +268,7 @@ impl<H: Hal> Smmu<H> {
             // Configured outside the domain API (e.g. bypass).
             return Err(Error::SidAttached(sid));
         }
-        let fields = d.table.config().ste_fields();
+        let fields = d.tables.config().ste_fields();
         // Table walks use the attributes the tables are written with: the
         // VTCR-derived ones for a coherent SMMU, Non-cacheable and Outer
         // Shareable (as in CR1) for one that is not.
@@ -200,7 +287,7 @@ impl<H: Hal> Smmu<H> {
             sh0,
             tg: fields.tg,
             ps: fields.ps,
-            ttb: d.table.root_paddr(),
+            ttb: d.tables.root(),
             affd: d.affd,
             record_faults: true,
             ptw: false,
@@ -230,68 +317,6 @@ impl<H: Hal> Smmu<H> {
         self.domains.lock().attached.get(&sid).copied()
     }
 
-    /// Maps `[ipa, ipa + len)` of the domain to `[pa, pa + len)`.
-    pub fn map(&self, id: DomainId, ipa: u64, pa: u64, len: u64, perm: Perm) -> Result<()> {
-        // Only invalid descriptors become valid: nothing to invalidate.
-        self.domains
-            .lock()
-            .get_mut(id)?
-            .table
-            .map(ipa, pa, len, perm)
-    }
-
-    /// Unmaps `[ipa, ipa + len)` and invalidates the SMMU's TLBs for it
-    /// before returning.
-    ///
-    /// Tables the unmap emptied are freed only after an invalidation that
-    /// covers them completes. If the invalidation fails (the error is
-    /// returned), they stay allocated, and the domain's next invalidation
-    /// is a TLBI_S12_VMALL of its VMID: tables whose own invalidation was
-    /// lost are never freed after invalidating only some other range.
-    pub fn unmap(&self, id: DomainId, ipa: u64, len: u64) -> Result<()> {
-        let mut domains = self.domains.lock();
-        let d = domains.get_mut(id)?;
-        d.table.unmap(ipa, len)?;
-        self.invalidate_domain_range(d, ipa, len)?;
-        // Tables emptied by this and any earlier unmap are no longer in any
-        // walk cache.
-        d.table.release_retired();
-        Ok(())
-    }
-
-    /// Changes the permission of a mapped range and invalidates it.
-    pub fn protect(&self, id: DomainId, ipa: u64, len: u64, perm: Perm) -> Result<()> {
-        let mut domains = self.domains.lock();
-        let d = domains.get_mut(id)?;
-        d.table.protect(ipa, len, perm)?;
-        self.invalidate_domain_range(d, ipa, len)
-    }
-
-    /// Invalidates `[ipa, ipa + len)` of the domain, or its whole VMID when
-    /// an earlier invalidation failed; records a failure for the next one.
-    fn invalidate_domain_range(&self, d: &mut Domain<H>, ipa: u64, len: u64) -> Result<()> {
-        let r = if d.tlb_unknown {
-            self.invalidate_vmid(d.vmid)
-        } else {
-            self.invalidate_ipa(d.vmid, ipa, len, d.table.config().granule().shift())
-        };
-        d.tlb_unknown = r.is_err();
-        r
-    }
-
-    /// TLBI_S12_VMALL for `vmid`, then one CMD_SYNC.
-    fn invalidate_vmid(&self, vmid: u16) -> Result<()> {
-        if !self.is_live() {
-            return Ok(());
-        }
-        self.submit(&[Command::TlbiS12Vmall { vmid }])
-    }
-
-    /// What the domain's tables translate `ipa` to.
-    pub fn translate(&self, id: DomainId, ipa: u64) -> Result<Option<Translation>> {
-        Ok(self.domains.lock().get(id)?.table.query(ipa))
-    }
-
     /// A summary of the domain.
     pub fn domain_info(&self, id: DomainId) -> Result<DomainInfo> {
         let domains = self.domains.lock();
@@ -299,8 +324,10 @@ impl<H: Hal> Smmu<H> {
         Ok(DomainInfo {
             vmid: d.vmid,
             sids: d.sids.clone(),
-            table_bytes: d.table.table_bytes(),
-            root: d.table.root_paddr(),
+            table_bytes: d.owned().map_or(0, |t| t.table_bytes()),
+            root: d.tables.root(),
+            vtcr: d.tables.config().vtcr(),
+            external: matches!(d.tables, Tables::External { .. }),
         })
     }
 
@@ -312,31 +339,7 @@ impl<H: Hal> Smmu<H> {
     /// A copy of every word of the domain's stage-2 tables (for tests that
     /// check a rejected call left them unchanged).
     pub fn stage2_snapshot(&self, id: DomainId) -> Result<Vec<u64>> {
-        Ok(self.domains.lock().get(id)?.table.snapshot())
-    }
-
-    /// TLBI_S2_IPA for the range (range form with RIL), or TLBI_S12_VMALL
-    /// past [`MAX_RANGE_COMMANDS`], then one CMD_SYNC. Non-leaf: unmapped
-    /// tables may be in walk caches.
-    fn invalidate_ipa(&self, vmid: u16, ipa: u64, len: u64, granule_shift: u32) -> Result<()> {
-        if !self.is_live() {
-            return Ok(());
-        }
-        // On an SMMU that needs a CMD_SYNC every N commands, a range that
-        // would take more falls back to one TLBI_S12_VMALL instead.
-        let max = self
-            .features()
-            .max_commands_per_sync()
-            .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
-        let plan = cmd::s2_invalidation(
-            vmid,
-            ipa,
-            len,
-            granule_shift,
-            self.features().ril,
-            max,
-        );
-        self.submit(plan.commands())
+        Ok(self.domains.lock().get(id)?.owned()?.snapshot())
     }
 }
 
@@ -346,6 +349,7 @@ mod tests {
     use crate::fake::{FakeHal, FakeRegs};
     use crate::smmu::Config;
     use crate::stage2::Granule;
+    use crate::stage2::{MapOptions, Memory, Perm};
 
     const TLBI_S12_VMALL: u64 = 0x28;
     const TLBI_S2_IPA: u64 = 0x2A;
@@ -381,7 +385,7 @@ mod tests {
     }
 
     fn retired(smmu: &Smmu<FakeHal>, id: DomainId) -> usize {
-        smmu.domains.lock().get(id).unwrap().table.retired_tables()
+        smmu.domains.lock().get(id).unwrap().owned().unwrap().retired_tables()
     }
 
     /// Issue 8 item 4: tables retired by an unmap whose TLBI was lost are
@@ -487,5 +491,176 @@ mod tests {
             drop(smmu);
             drop(regs);
         }
+    }
+
+    const M2: u64 = 2 << 20;
+
+    /// An enabled SMMU whose IDR3.BBML is `bbml`, and a domain on it.
+    fn with_bbml(bbml: u32, cpu_bbml2: bool) -> (Box<FakeRegs>, Smmu<FakeHal>, DomainId) {
+        let (regs, smmu) = enabled(None);
+        drop(smmu);
+        regs.set32(0x0C, (regs.get32(0x0C) & !(3 << 11)) | bbml << 11);
+        let config = Config {
+            timeout_ns: 1_000_000,
+            ..Config::default()
+        };
+        // SAFETY: as in `enabled`.
+        let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
+        smmu.enable().unwrap();
+        let cfg = Stage2Config::new(Granule::K4, 40, 48).unwrap();
+        let id = smmu
+            .create_domain(DomainOptions {
+                cpu_bbml2,
+                ..DomainOptions::new(cfg)
+            })
+            .unwrap();
+        (regs, smmu, id)
+    }
+
+    /// Issue 9: unmapping one 4K page in the middle of a 2 MiB block splits
+    /// the block (break-before-make without BBML2 on both sides), and only
+    /// that page stops translating.
+    #[test]
+    fn unmap_inside_a_block_splits_it() {
+        for (bbml, cpu_bbml2, breaks) in [(0, false, true), (2, false, true), (2, true, false)] {
+            let (regs, smmu, id) = with_bbml(bbml, cpu_bbml2);
+            let (ipa, pa) = (0x4020_0000, 0x8020_0000);
+            smmu.map(id, ipa, pa, M2, Perm::ReadWrite).unwrap();
+            assert_eq!(smmu.translate(id, ipa).unwrap().unwrap().size, M2);
+            let hole = ipa + 0x10_0000;
+            let mut calls = Vec::new();
+            let before = regs.commands().len();
+            smmu.unmap_with(id, hole, 0x1000, &mut |c| calls.push((c.ipa, c.len)))
+                .unwrap();
+            assert_eq!(smmu.translate(id, hole).unwrap(), None);
+            for probe in [ipa, hole - 0x1000, hole + 0x1000, ipa + M2 - 0x1000] {
+                let t = smmu.translate(id, probe).unwrap().expect("neighbour still mapped");
+                assert_eq!((t.pa, t.size, t.perm), (pa + (probe - ipa), 0x1000, Perm::ReadWrite));
+            }
+            let syncs = regs.commands()[before..].iter().filter(|c| c[0] & 0xFF == 0x46).count();
+            if breaks {
+                // The whole block for the CPU and the SMMU between break and
+                // make, then the page.
+                assert_eq!(calls, [(ipa, M2), (hole, 0x1000)], "BBML {bbml} cpu {cpu_bbml2}");
+                assert_eq!(syncs, 2);
+            } else {
+                assert_eq!(calls, [(hole, 0x1000)]);
+                assert_eq!(syncs, 1);
+            }
+            drop(smmu);
+        }
+    }
+
+    /// Issue 9: the CPU hook runs after the descriptors changed and before
+    /// the tables the unmap emptied are freed.
+    #[test]
+    fn the_cpu_hook_runs_before_tables_are_freed() {
+        let (regs, smmu) = enabled(None);
+        let id = domain(&smmu);
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
+        let before = regs.commands().len();
+        let mut seen = None;
+        smmu.unmap_with(id, 0x4000_1000, 0x1000, &mut |c| {
+            // The SMMU's TLBI + SYNC already completed.
+            seen = Some((c.vmid, c.ipa, c.len, regs.commands().len() - before));
+        })
+        .unwrap();
+        let vmid = smmu.domain_info(id).unwrap().vmid;
+        assert_eq!(seen, Some((vmid, 0x4000_1000, 0x1000, 2)));
+        assert_eq!(retired(&smmu, id), 0);
+        drop(smmu);
+    }
+
+    /// Issue 9: retired tables are still allocated while the hook runs.
+    #[test]
+    fn tables_are_alive_while_the_hook_runs() {
+        let (regs, smmu) = enabled(None);
+        let id = domain(&smmu);
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
+        let live_before = FakeHal::live_bytes();
+        let mut live_in_hook = 0;
+        smmu.unmap_with(id, 0x4000_1000, 0x1000, &mut |_| live_in_hook = FakeHal::live_bytes())
+            .unwrap();
+        assert_eq!(live_in_hook, live_before, "a table was freed before the CPU hook");
+        assert!(FakeHal::live_bytes() < live_before, "emptied tables freed afterwards");
+        drop(smmu);
+        drop(regs);
+    }
+
+    /// Issue 9: device mappings are Device-nGnRE and execute-never; pages
+    /// only when blocks are not allowed.
+    #[test]
+    fn map_options_reach_the_descriptors() {
+        let (_regs, smmu) = enabled(None);
+        let id = domain(&smmu);
+        smmu.map_with(id, 0x1000_0000, 0x1000_0000, M2, &MapOptions::device()).unwrap();
+        let t = smmu.translate(id, 0x1000_0000).unwrap().unwrap();
+        assert_eq!((t.memory, t.execute, t.size), (Memory::Device, false, M2));
+        let pages = MapOptions {
+            blocks: false,
+            ..MapOptions::normal(Perm::Read)
+        };
+        smmu.map_with(id, 0x4000_0000, 0x8000_0000, M2, &pages).unwrap();
+        let t = smmu.translate(id, 0x4000_0000).unwrap().unwrap();
+        assert_eq!((t.memory, t.execute, t.size), (Memory::Normal, true, 0x1000));
+        // protect keeps the memory type and XN.
+        smmu.protect(id, 0x1000_0000, 0x1000, Perm::Read).unwrap();
+        let t = smmu.translate(id, 0x1000_0000).unwrap().unwrap();
+        assert_eq!((t.memory, t.execute, t.perm, t.size), (Memory::Device, false, Perm::Read, 0x1000));
+        let t = smmu.translate(id, 0x1000_1000).unwrap().unwrap();
+        assert_eq!((t.perm, t.memory), (Perm::ReadWrite, Memory::Device));
+        drop(smmu);
+    }
+
+    /// Issue 9: hypervisor-owned tables: the VMID is reserved, the STE
+    /// points at the hypervisor's root with its geometry, the driver never
+    /// edits the tables, and `invalidate` reaches the SMMU.
+    #[test]
+    fn external_tables_are_attached_and_invalidated() {
+        use crate::domain::ExternalStage2;
+        let (regs, smmu) = enabled(None);
+        let cfg = Stage2Config::new(Granule::K4, 40, 48).unwrap();
+        let root = crate::hal::Dma::<FakeHal>::new(cfg.root_table_bytes(), cfg.root_align(), true)
+            .unwrap();
+        let ext = ExternalStage2 {
+            vtcr: cfg.vtcr(),
+            root: root.paddr(),
+            vmid: Some(7),
+            access_flag_fault_disable: true,
+        };
+        let id = smmu.create_external_domain(ext).unwrap();
+        // The CPU's VMID is now taken in the SMMU's space.
+        let other = smmu.create_domain(DomainOptions {
+            vmid: Some(7),
+            ..DomainOptions::new(cfg)
+        });
+        assert!(other.is_err());
+        assert_eq!(
+            smmu.create_external_domain(ExternalStage2 { root: root.paddr() + 0x1000, vmid: Some(8), ..ext }),
+            Err(Error::Misaligned { addr: root.paddr() + 0x1000, align: cfg.root_align() as u64 })
+        );
+        smmu.attach(id, 0x20).unwrap();
+        let ste = smmu.ste(0x20).unwrap();
+        assert_eq!((ste.vmid(), ste.s2ttb()), (7, root.paddr()));
+        let info = smmu.domain_info(id).unwrap();
+        assert!(info.external);
+        assert_eq!(info.vttbr(), root.paddr() | 7 << 48);
+        assert_eq!(info.vtcr, cfg.vtcr());
+        assert_eq!(
+            smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::Read),
+            Err(Error::ExternalTables(id))
+        );
+        assert_eq!(smmu.unmap(id, 0x4000_0000, 0x1000), Err(Error::ExternalTables(id)));
+        let before = regs.commands().len();
+        smmu.invalidate(id, 0x4000_0000, 0x1000).unwrap();
+        let cmds = regs.commands()[before..].to_vec();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!((cmds[0][0] & 0xFF, (cmds[0][0] >> 32) as u16), (TLBI_S2_IPA, 7));
+        assert_eq!(cmds[0][1] & !0xFFF, 0x4000_0000);
+        assert_eq!(smmu.invalidate(id, 0x4000_0800, 0x1000), Err(Error::Misaligned { addr: 0x4000_0800, align: 0x1000 }));
+        smmu.detach(0x20).unwrap();
+        smmu.destroy_domain(id).unwrap();
+        drop(smmu);
+        drop(root);
     }
 }

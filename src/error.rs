@@ -128,6 +128,13 @@ pub enum Error {
     ServiceFailure,
     /// The driver is not enabled (or was disabled after a fatal error).
     NotEnabled,
+    /// The domain's stage-2 tables belong to the hypervisor
+    /// ([`crate::smmu::Smmu::create_external_domain`]): the driver does not
+    /// edit or read them.
+    ExternalTables(u32),
+    /// An STE/CD update plan would exceed its fixed capacity (a driver bug:
+    /// never a silently dropped step).
+    PlanTooLong,
 }
 
 impl fmt::Display for Error {
@@ -177,6 +184,10 @@ impl fmt::Display for Error {
             }
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),
+            Error::ExternalTables(d) => {
+                write!(f, "domain {d} has hypervisor-owned tables: the driver does not edit them")
+            }
+            Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
         }
     }
 }

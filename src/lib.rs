@@ -18,6 +18,7 @@ pub mod cd;
 pub mod cmd;
 pub mod cmdq;
 pub mod domain;
+pub mod entry_plan;
 pub mod error;
 pub mod event;
 pub mod eventq;

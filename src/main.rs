@@ -55,8 +55,9 @@ fn run_demo(edus: &[Edu]) -> usize {
     let irqs = match image::iommu::use_interrupts(&smmu) {
         Ok(Some(guard)) => {
             println!(
-                "SMMU interrupts: INTIDs {:?} (eventq, gerror) serviced by the driver",
-                guard.intids
+                "SMMU interrupts: INTIDs {:?} (eventq, gerror) via GICv{}, serviced by the driver",
+                guard.intids,
+                image::gic::version().unwrap_or(0)
             );
             Some(guard)
         }
@@ -65,7 +66,7 @@ fn run_demo(edus: &[Edu]) -> usize {
             None
         }
         Err(e) => {
-            println!("SMMU interrupts: GIC unavailable ({e:?}); polling");
+            println!("SMMU interrupts: GIC unavailable ({e}); polling Smmu::service");
             None
         }
     };

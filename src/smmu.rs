@@ -688,7 +688,7 @@ impl<H: Hal> Smmu<H> {
             }])?;
         }
         let current = Ste(strtab.read(sid)?);
-        for step in plan_update(&current, target).iter().copied() {
+        for step in plan_update(&current, target)?.iter().copied() {
             match step {
                 UpdateStep::Write { dword, value } => strtab.write_dword(sid, dword, value)?,
                 UpdateStep::Publish => strtab.publish(sid)?,

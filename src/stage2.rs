@@ -109,8 +109,11 @@ register_bitfields! [u64,
             Block = 0,
             TableOrPage = 1
         ],
-        /// Stage-2 memory attributes (leaf only).
+        /// Stage-2 memory attributes (leaf only; the encoding without
+        /// FEAT_S2FWB).
         MEMATTR OFFSET(2) NUMBITS(4) [
+            /// Device-nGnRE (MemAttr[3:2] = 0b00 Device, [1:0] = 0b01 nGnRE).
+            DeviceNgnre = 0b0001,
             /// Normal, outer write-back cacheable, inner write-back cacheable.
             NormalWriteBack = 0b1111
         ],
@@ -136,8 +139,12 @@ register_bitfields! [u64,
         DBM OFFSET(51) NUMBITS(1) [],
         /// Contiguous hint (unused: always 0).
         CONTIGUOUS OFFSET(52) NUMBITS(1) [],
-        /// Execute-never XN[1:0] (unused: 0, execution permitted).
-        XN OFFSET(53) NUMBITS(2) []
+        /// Execute-never XN[1:0]: 0b00 execution permitted at EL1 and EL0,
+        /// 0b10 execute-never at both (the only two this driver writes).
+        XN OFFSET(53) NUMBITS(2) [
+            Executable = 0b00,
+            Never = 0b10
+        ]
     ]
 ];
 
@@ -268,6 +275,59 @@ impl Perm {
             (0, 1) => Some(Perm::Write),
             (1, 1) => Some(Perm::ReadWrite),
             _ => None,
+        }
+    }
+}
+
+/// Memory type of a stage-2 mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Memory {
+    /// Normal memory, inner and outer write-back cacheable, inner shareable
+    /// (guest RAM).
+    Normal,
+    /// Device-nGnRE (a passed-through device's registers). Combined with a
+    /// guest's own stage 1, the stricter type wins, so a guest can never
+    /// make device registers cacheable.
+    Device,
+}
+
+/// How [`Stage2Table::map_with`] maps a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MapOptions {
+    /// Access permission.
+    pub perm: Perm,
+    /// Memory type.
+    pub memory: Memory,
+    /// Whether instructions may be fetched from the range (XN = 0b00) or
+    /// not (XN = 0b10). The SMMU ignores XN for DMA; it matters to a CPU
+    /// sharing the tables.
+    pub execute: bool,
+    /// Whether block descriptors may be used where the IPA, the PA and the
+    /// length allow (`false`: pages only, so that later unmaps of single
+    /// pages never split a block).
+    pub blocks: bool,
+}
+
+impl MapOptions {
+    /// Normal memory with `perm`, executable, blocks allowed: what
+    /// [`Stage2Table::map`] uses.
+    pub const fn normal(perm: Perm) -> MapOptions {
+        MapOptions {
+            perm,
+            memory: Memory::Normal,
+            execute: true,
+            blocks: true,
+        }
+    }
+
+    /// Device-nGnRE, execute-never, read/write, blocks allowed: a device's
+    /// registers (a BAR).
+    pub const fn device() -> MapOptions {
+        MapOptions {
+            perm: Perm::ReadWrite,
+            memory: Memory::Device,
+            execute: false,
+            blocks: true,
         }
     }
 }
@@ -633,6 +693,33 @@ pub struct Translation {
     pub perm: Perm,
     /// Size of the leaf (page or block) in bytes.
     pub size: u64,
+    /// Memory type of the leaf.
+    pub memory: Memory,
+    /// Whether the leaf is executable (XN = 0b00).
+    pub execute: bool,
+}
+
+/// A block mapping that a range covers only partly: where it is, and what
+/// it maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialBlock {
+    table: PhysAddr,
+    idx: usize,
+    /// Level of the block descriptor.
+    pub level: u32,
+    /// First IPA of the block.
+    pub ipa: u64,
+    /// Size of the block in bytes.
+    pub size: u64,
+    raw: u64,
+}
+
+/// A next-level table equivalent to a block, built by
+/// [`Stage2Table::prepare_split`] and not yet linked.
+#[derive(Debug)]
+pub struct SplitTable<H: Hal> {
+    dma: Dma<H>,
+    entries: usize,
 }
 
 /// A decoded descriptor.
@@ -640,7 +727,11 @@ pub struct Translation {
 enum Entry {
     Invalid,
     Table(PhysAddr),
-    Leaf { pa: PhysAddr, perm: Option<Perm> },
+    Leaf {
+        pa: PhysAddr,
+        perm: Option<Perm>,
+        raw: u64,
+    },
 }
 
 /// One translation table and its count of valid descriptors.
@@ -761,6 +852,12 @@ impl<H: Hal> Stage2Table<H> {
     ///
     /// Needs no invalidation: only invalid descriptors become valid.
     pub fn map(&mut self, ipa: u64, pa: u64, len: u64, perm: Perm) -> Result<()> {
+        self.map_with(ipa, pa, len, &MapOptions::normal(perm))
+    }
+
+    /// Like [`Stage2Table::map`], with the memory type, execute permission
+    /// and block use of `opts`.
+    pub fn map_with(&mut self, ipa: u64, pa: u64, len: u64, opts: &MapOptions) -> Result<()> {
         let g = self.cfg.granule.size();
         if len == 0 {
             return Err(Error::ZeroLength);
@@ -780,7 +877,7 @@ impl<H: Hal> Stage2Table<H> {
         if let Some(addr) = self.find_mapped(root, level, ipa, end)? {
             return Err(Error::Overlap { addr });
         }
-        let needed = self.count_new_tables(Some(root), level, ipa, pa, end)?;
+        let needed = self.count_new_tables(Some(root), level, ipa, pa, end, opts.blocks)?;
         let mut pool = Vec::with_capacity(needed);
         for _ in 0..needed {
             // On failure `pool` is dropped and its tables freed: nothing was
@@ -788,7 +885,7 @@ impl<H: Hal> Stage2Table<H> {
             let g = g as usize;
             pool.push(alloc_table::<H>(&self.cfg, g, g, self.coherent)?);
         }
-        self.map_range(root, level, ipa, pa, end, perm, &mut pool, false)
+        self.map_range(root, level, ipa, pa, end, opts, &mut pool, false)
     }
 
     /// Unmaps `[ipa, ipa + len)`. Every page of the range must be mapped,
@@ -808,7 +905,7 @@ impl<H: Hal> Stage2Table<H> {
         let end = self.check_ipa_only(ipa, len)?;
         let root = self.root_paddr();
         let level = self.cfg.start_level;
-        self.check_mapped(root, level, ipa, end, "unmap splits a block mapping")?;
+        self.check_mapped(root, level, ipa, end, Some("unmap splits a block mapping"))?;
         self.unmap_range(root, level, ipa, end)
     }
 
@@ -824,8 +921,120 @@ impl<H: Hal> Stage2Table<H> {
         let end = self.check_ipa_only(ipa, len)?;
         let root = self.root_paddr();
         let level = self.cfg.start_level;
-        self.check_mapped(root, level, ipa, end, "protect splits a block mapping")?;
+        self.check_mapped(root, level, ipa, end, Some("protect splits a block mapping"))?;
         self.protect_range(root, level, ipa, end, perm)
+    }
+
+    /// Checks that every page of `[ipa, ipa + len)` is mapped, allowing
+    /// blocks that the range covers only partly (which
+    /// [`Stage2Table::split_block`] can split first). Errors as for
+    /// [`Stage2Table::unmap`], except the block refusal.
+    pub fn check_range_mapped(&self, ipa: u64, len: u64) -> Result<()> {
+        let end = self.check_ipa_only(ipa, len)?;
+        self.check_mapped(self.root_paddr(), self.cfg.start_level, ipa, end, None)
+    }
+
+    /// The first block mapping that `[ipa, ipa + len)` covers only partly
+    /// (at most the blocks holding the first and the last page can be), or
+    /// `None`. The range must have been validated.
+    pub fn partial_block(&self, ipa: u64, len: u64) -> Result<Option<PartialBlock>> {
+        let end = self.check_ipa_only(ipa, len)?;
+        for addr in [ipa, end - 1] {
+            if let Some(b) = self.block_at(addr)?
+                && (b.ipa < ipa || b.ipa + b.size > end)
+            {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The block leaf (level below 3) mapping `addr`, if any.
+    fn block_at(&self, addr: u64) -> Result<Option<PartialBlock>> {
+        let mut table = self.root_paddr();
+        for level in self.cfg.start_level..=3 {
+            let idx = self.index(level, addr);
+            match self.entry(table, level, idx)? {
+                Entry::Invalid => return Ok(None),
+                Entry::Table(next) => table = next,
+                Entry::Leaf { raw, .. } if level < 3 => {
+                    let size = 1u64 << level_shift(self.cfg.granule, level);
+                    return Ok(Some(PartialBlock {
+                        table,
+                        idx,
+                        level,
+                        ipa: addr & !(size - 1),
+                        size,
+                        raw,
+                    }));
+                }
+                Entry::Leaf { .. } => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Builds (but does not link) the next-level table equivalent to block
+    /// `b`: every entry a leaf with the block's attributes, covering the
+    /// block's output range in order. The table is published whole. On
+    /// [`Error::NoMemory`] nothing changed.
+    pub fn prepare_split(&self, b: &PartialBlock) -> Result<SplitTable<H>> {
+        let g = self.cfg.granule.size() as usize;
+        let dma = alloc_table::<H>(&self.cfg, g, g, self.coherent)?;
+        let child_level = b.level + 1;
+        let child_size = 1u64 << level_shift(self.cfg.granule, child_level);
+        let d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(b.raw);
+        let base = self.decode_oa(&d);
+        let kind = if child_level == 3 {
+            S2_DESC::TYPE::TableOrPage
+        } else {
+            S2_DESC::TYPE::Block
+        };
+        let entries = dma.len_u64();
+        for i in 0..entries {
+            let mut c = LocalRegisterCopy::<u64, S2_DESC::Register>::new(b.raw);
+            // Same attributes; only the type and the address change.
+            c.modify(kind + S2_DESC::ADDR.val(0) + S2_DESC::OA_HI.val(0));
+            c.modify(self.encode_oa(base + i as u64 * child_size));
+            dma.write_u64(i, c.get());
+        }
+        dma.publish(0, entries);
+        Ok(SplitTable { dma, entries })
+    }
+
+    /// Break: makes block `b` invalid (published). The SMMU (and a CPU
+    /// sharing the tables) must then be invalidated for the block's range
+    /// before [`Stage2Table::install_split`]; in between, accesses to the
+    /// range fault.
+    pub fn break_block(&mut self, b: &PartialBlock) -> Result<()> {
+        self.write(b.table, b.idx, 0)?;
+        self.publish(b.table, Some((b.idx, b.idx)))
+    }
+
+    /// Puts block `b` back after a [`Stage2Table::break_block`] whose
+    /// invalidation failed (an invalid entry becoming valid again needs no
+    /// invalidation).
+    pub fn restore_block(&mut self, b: &PartialBlock) -> Result<()> {
+        self.write(b.table, b.idx, b.raw)?;
+        self.publish(b.table, Some((b.idx, b.idx)))
+    }
+
+    /// Make: links `split` (from [`Stage2Table::prepare_split`]) in place of
+    /// block `b` with one 64-bit store. Either after [`Stage2Table::break_block`]
+    /// and the invalidation, or directly over the live block when both the
+    /// SMMU (IDR3.BBML = 2) and every CPU walking the tables allow a block
+    /// to be replaced by a table without break.
+    pub fn install_split(&mut self, b: &PartialBlock, split: SplitTable<H>) -> Result<()> {
+        let child = split.dma.paddr();
+        self.tables.insert(
+            child,
+            Node {
+                dma: split.dma,
+                live: split.entries,
+            },
+        );
+        self.write(b.table, b.idx, self.table_desc(child))?;
+        self.publish(b.table, Some((b.idx, b.idx)))
     }
 
     /// Translates `ipa` by walking the tables as the SMMU would. `None` when
@@ -839,12 +1048,19 @@ impl<H: Hal> Stage2Table<H> {
             match self.entry(table, level, self.index(level, ipa)).ok()? {
                 Entry::Invalid => return None,
                 Entry::Table(next) => table = next,
-                Entry::Leaf { pa, perm } => {
+                Entry::Leaf { pa, perm, raw } => {
                     let size = 1u64 << level_shift(self.cfg.granule, level);
+                    let d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(raw);
+                    let memory = match d.read_as_enum(S2_DESC::MEMATTR) {
+                        Some(S2_DESC::MEMATTR::Value::NormalWriteBack) => Memory::Normal,
+                        _ => Memory::Device,
+                    };
                     return Some(Translation {
                         pa: pa + (ipa & (size - 1)),
                         perm: perm?,
                         size,
+                        memory,
+                        execute: d.read(S2_DESC::XN) == 0,
                     });
                 }
             }
@@ -946,24 +1162,45 @@ impl<H: Hal> Stage2Table<H> {
         addr
     }
 
-    fn leaf_desc(&self, level: u32, pa: PhysAddr, perm: Perm) -> u64 {
-        let (r, w) = perm.bits();
+    fn leaf_desc(&self, level: u32, pa: PhysAddr, opts: &MapOptions) -> u64 {
+        let (r, w) = opts.perm.bits();
         let kind = if level == 3 {
             S2_DESC::TYPE::TableOrPage
         } else {
             S2_DESC::TYPE::Block
         };
+        let (memattr, sh) = match opts.memory {
+            Memory::Normal => (S2_DESC::MEMATTR::NormalWriteBack, S2_DESC::SH::InnerShareable),
+            // Shareability is ignored for Device memory; outer shareable is
+            // what the architecture treats it as.
+            Memory::Device => (S2_DESC::MEMATTR::DeviceNgnre, S2_DESC::SH::OuterShareable),
+        };
+        let xn = if opts.execute {
+            S2_DESC::XN::Executable
+        } else {
+            S2_DESC::XN::Never
+        };
         let mut d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(0);
         d.write(
             S2_DESC::VALID::SET
                 + kind
-                + S2_DESC::MEMATTR::NormalWriteBack
+                + memattr
                 + S2_DESC::S2AP_R.val(r)
                 + S2_DESC::S2AP_W.val(w)
-                + S2_DESC::SH::InnerShareable
-                + S2_DESC::AF::SET,
+                + sh
+                + S2_DESC::AF::SET
+                + xn,
         );
         d.modify(self.encode_oa(pa));
+        d.get()
+    }
+
+    /// A leaf's descriptor with its permission replaced by `perm` (every
+    /// other attribute kept).
+    fn with_perm(raw: u64, perm: Perm) -> u64 {
+        let (r, w) = perm.bits();
+        let mut d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(raw);
+        d.modify(S2_DESC::S2AP_R.val(r) + S2_DESC::S2AP_W.val(w));
         d.get()
     }
 
@@ -986,14 +1223,16 @@ impl<H: Hal> Stage2Table<H> {
             _ => Entry::Leaf {
                 pa: self.decode_oa(&d),
                 perm: Perm::from_bits(d.read(S2_DESC::S2AP_R), d.read(S2_DESC::S2AP_W)),
+                raw,
             },
         }
     }
 
-    /// Whether `[ipa, next)` at `level` can be one leaf mapping `pa`.
-    fn leaf_fits(&self, level: u32, ipa: u64, pa: u64, next: u64) -> bool {
+    /// Whether `[ipa, next)` at `level` can be one leaf mapping `pa`
+    /// (`blocks`: block descriptors allowed).
+    fn leaf_fits(&self, level: u32, ipa: u64, pa: u64, next: u64, blocks: bool) -> bool {
         let size = 1u64 << level_shift(self.cfg.granule, level);
-        (level == 3 || self.cfg.granule.block_at(level))
+        (level == 3 || (blocks && self.cfg.granule.block_at(level)))
             && ipa.is_multiple_of(size)
             && pa.is_multiple_of(size)
             && next - ipa == size
@@ -1054,6 +1293,7 @@ impl<H: Hal> Stage2Table<H> {
         ipa: u64,
         pa: u64,
         end: u64,
+        blocks: bool,
     ) -> Result<usize> {
         let mut n = 0;
         for (cur, next, idx) in self.chunks(level, ipa, end) {
@@ -1063,12 +1303,14 @@ impl<H: Hal> Stage2Table<H> {
                 None => Entry::Invalid,
             };
             match entry {
-                Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next) => {}
+                Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next, blocks) => {}
                 Entry::Table(t) => {
-                    n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next)?
+                    n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks)?
                 }
                 // Invalid (or a leaf, which validation excluded): a new table.
-                _ => n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next)?,
+                _ => {
+                    n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?
+                }
             }
         }
         Ok(n)
@@ -1085,7 +1327,7 @@ impl<H: Hal> Stage2Table<H> {
         ipa: u64,
         pa: u64,
         end: u64,
-        perm: Perm,
+        opts: &MapOptions,
         pool: &mut Vec<Dma<H>>,
         fresh: bool,
     ) -> Result<()> {
@@ -1095,18 +1337,18 @@ impl<H: Hal> Stage2Table<H> {
         for (cur, next, idx) in chunks {
             let cur_pa = pa + (cur - ipa);
             let desc = match self.entry(table, level, idx)? {
-                Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next) => {
-                    self.leaf_desc(level, cur_pa, perm)
+                Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next, opts.blocks) => {
+                    self.leaf_desc(level, cur_pa, opts)
                 }
                 Entry::Invalid => {
                     let dma = pool.pop().ok_or(Error::NoMemory)?;
                     let child = dma.paddr();
                     self.tables.insert(child, Node { dma, live: 0 });
-                    self.map_range(child, level + 1, cur, cur_pa, next, perm, pool, true)?;
+                    self.map_range(child, level + 1, cur, cur_pa, next, opts, pool, true)?;
                     self.table_desc(child)
                 }
                 Entry::Table(t) => {
-                    self.map_range(t, level + 1, cur, cur_pa, next, perm, pool, false)?;
+                    self.map_range(t, level + 1, cur, cur_pa, next, opts, pool, false)?;
                     continue;
                 }
                 Entry::Leaf { .. } => return Err(Error::Overlap { addr: cur }),
@@ -1125,22 +1367,24 @@ impl<H: Hal> Stage2Table<H> {
         Ok(())
     }
 
-    /// Checks that every page of `[start, end)` is mapped and that no block
-    /// is only partly covered (`split` is the error text for that).
+    /// Checks that every page of `[start, end)` is mapped and, when `split`
+    /// is the error text for it, that no block is only partly covered.
     fn check_mapped(
         &self,
         table: PhysAddr,
         level: u32,
         start: u64,
         end: u64,
-        split: &'static str,
+        split: Option<&'static str>,
     ) -> Result<()> {
         let size = 1u64 << level_shift(self.cfg.granule, level);
         for (cur, next, idx) in self.chunks(level, start, end) {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => return Err(Error::NotMapped { addr: cur }),
                 Entry::Leaf { .. } => {
-                    if !cur.is_multiple_of(size) || next - cur != size {
+                    if let Some(split) = split
+                        && (!cur.is_multiple_of(size) || next - cur != size)
+                    {
                         return Err(Error::InvalidArgument(split));
                     }
                 }
@@ -1199,8 +1443,8 @@ impl<H: Hal> Stage2Table<H> {
         for (cur, next, idx) in chunks {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => {}
-                Entry::Leaf { pa, .. } => {
-                    self.write(table, idx, self.leaf_desc(level, pa, perm))?;
+                Entry::Leaf { raw, .. } => {
+                    self.write(table, idx, Self::with_perm(raw, perm))?;
                     span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
                 }
                 Entry::Table(t) => self.protect_range(t, level + 1, cur, next, perm)?,
@@ -1563,7 +1807,9 @@ mod tests {
             Some(Translation {
                 pa: pa + 0x10,
                 perm: Perm::ReadWrite,
-                size: 64 * K
+                size: 64 * K,
+                memory: Memory::Normal,
+                execute: true,
             })
         );
         // 512M block at level 2.
@@ -1589,7 +1835,9 @@ mod tests {
             Translation {
                 pa: 5 * G - 1,
                 perm: Perm::ReadWrite,
-                size: G
+                size: G,
+                memory: Memory::Normal,
+                execute: true,
             }
         );
         assert_eq!(t.query(2 * G).unwrap().size, 2 * M);
@@ -1598,7 +1846,9 @@ mod tests {
             Translation {
                 pa: 5 * G + 2 * M,
                 perm: Perm::ReadWrite,
-                size: 4 * K
+                size: 4 * K,
+                memory: Memory::Normal,
+                execute: true,
             }
         );
         assert_eq!(t.query(2 * G + 2 * M + 4 * K), None);

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use image::harness::{self, TestResult, check, check_eq, tests, try_ok};
-use image::platform::{IommuMapEntry, PsciMethod, RidError};
+use image::platform::{self, DtbError, Gic, IommuMapEntry, Platform, PsciMethod, RidError};
 use image::{ImageHal, cpu, dma, heap, layout, mmu};
 
 fn main() -> ! {
@@ -33,6 +33,7 @@ fn main() -> ! {
             dma_blocks_are_reused_after_free,
             dma_guard_from_the_driver_hal,
             dtb_found_uart_gic_smmu_pci,
+            dtb_without_a_usable_gic_boots_and_polls,
             iommu_map_translates_rids,
             smmu_idr0_readable_through_the_mapping,
         ],
@@ -199,8 +200,14 @@ fn dtb_found_uart_gic_smmu_pci() -> TestResult {
     // only ever takes them from the DTB.
     check_eq!(p.ram[0].base, 0x4000_0000);
     check_eq!(p.uart.base, 0x0900_0000);
-    check_eq!(p.gic.distributor.base, 0x0800_0000);
-    check_eq!(p.gic.redistributors[0].base, 0x080a_0000);
+    let Ok(Gic::V3(gic)) = &p.gic else {
+        return Err(harness::Failure::new(alloc::format!(
+            "expected the GICv3 of gic-version=3, got {:?}",
+            p.gic
+        )));
+    };
+    check_eq!(gic.distributor.base, 0x0800_0000);
+    check_eq!(gic.redistributors[0].base, 0x080a_0000);
     check_eq!(p.smmu.reg.base, 0x0905_0000);
     check_eq!(p.smmu.reg.size, 0x2_0000);
     check_eq!(p.smmu.irqs.eventq, Some(106));
@@ -215,6 +222,56 @@ fn dtb_found_uart_gic_smmu_pci() -> TestResult {
     check_eq!(p.pci.mem64.map(|w| w.cpu_addr), Some(0x80_0000_0000));
     check_eq!(p.pci.iommu_map.len(), 1);
     check_eq!(Some(p.pci.iommu_map[0].iommu), p.smmu.phandle);
+    Ok(())
+}
+
+/// QEMU's own DTB with the GIC's `compatible` overwritten (same length) by
+/// one no driver knows: the GIC node is then as good as absent, which is
+/// what a DTB without a GIC node gives too (the parser looks GICs up by
+/// compatible). The platform still parses, with no GIC and a reason, and
+/// the image's interrupt mode is polling; nothing panics.
+fn dtb_without_a_usable_gic_boots_and_polls() -> TestResult {
+    const UNKNOWN: &[u8] = b"acme,nogic";
+    let dtb = image::boot().platform.dtb;
+    // SAFETY: `init` parsed the DTB there; it is RAM, mapped and never
+    // written, `dtb.size` bytes long (the header's total size).
+    let blob = unsafe { core::slice::from_raw_parts(dtb.base as *const u8, dtb.size as usize) };
+    let mut copy = blob.to_vec();
+    {
+        let fdt = try_ok!(fdt::Fdt::new(blob));
+        let node = fdt
+            .find_compatible(&[platform::GICV3_COMPATIBLE])
+            .ok_or_else(|| harness::Failure::new("no arm,gic-v3 node in QEMU's DTB"))?;
+        let value = node
+            .property("compatible")
+            .ok_or_else(|| harness::Failure::new("GIC node without compatible"))?
+            .value;
+        // "arm,gic-v3\0": overwrite the string, keep the terminating NUL.
+        check_eq!(value.len(), UNKNOWN.len() + 1);
+        let at = value.as_ptr() as usize - blob.as_ptr() as usize;
+        copy[at..at + UNKNOWN.len()].copy_from_slice(UNKNOWN);
+    }
+    let fdt = try_ok!(fdt::Fdt::new(&copy));
+    check!(fdt.find_compatible(&["acme,nogic"]).is_some());
+    let gic = platform::gic(&fdt);
+    check!(
+        matches!(gic, Err(DtbError::Missing(_))),
+        "platform::gic gave {gic:?}"
+    );
+    check_eq!(image::interrupt_mode(&gic), "none (polling)");
+    // The rest of the board is still there: the image boots without a GIC.
+    let p = try_ok!(Platform::from_dtb(&fdt));
+    check!(p.gic.is_err(), "{:?}", p.gic);
+    check_eq!(p.smmu.reg.base, image::boot().platform.smmu.reg.base);
+    check_eq!(p.uart, image::boot().platform.uart);
+    // And the device regions to map leave the GIC out.
+    check!(
+        mmu::device_regions(&p)
+            .iter()
+            .all(|(what, _)| !what.starts_with("GIC")),
+        "{:?}",
+        mmu::device_regions(&p)
+    );
     Ok(())
 }
 

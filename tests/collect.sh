@@ -9,7 +9,11 @@
 #     (counted from the "test <name> ... ok|FAILED" lines). A suite that
 #     crashed, timed out or printed no summary counts as a failure (run.sh
 #     prints "test <suite> ... FAILED (<reason>)"), and so does a suite that
-#     never ran (build failure).
+#     never ran (build failure);
+#  3. the demo image judged against QEMU's SMMU trace (qemu/trace-check.py) on
+#     the default topology, on a switch topology, and on a GICv2 machine
+#     (where its SMMU interrupts must arrive through the GICv2), each one test;
+#  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +38,15 @@ QEMU_ARGS="-m 2G -device pcie-root-port,id=rp7,chassis=7 -device edu,bus=rp7 \
 -device xio3130-downstream,id=dn8,bus=up8,chassis=9 -device edu,bus=dn8" \
     python3 qemu/trace-check.py demo_switch_topology 2>&1 | tee -a "$logs/target.txt" | tail -n 3
 
+# GICv2: the demo (trace-checked, and its SMMU interrupts taken through the
+# GICv2), then the interrupt and second-CPU suites, each test named gicv2/...
+# (a second -machine option overrides gic-version; see qemu/run.sh).
+echo "collect: GICv2 (-machine gic-version=2): demo, irq and smp suites"
+QEMU_ARGS="-machine gic-version=2" EXPECT_GIC=2 \
+    python3 qemu/trace-check.py demo_gicv2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
+QEMU_ARGS="-machine gic-version=2" cargo test --no-fail-fast --test irq --test smp 2>&1 |
+    sed -E 's/^test ([^ ]+) \.\.\./test gicv2\/\1 .../' | tee -a "$logs/target.txt"
+
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(
     awk '/^test result: / { for (i = 1; i <= NF; i++) {
@@ -45,7 +58,9 @@ if [ "$host_status" -ne 0 ] && [ "$host_fail" -eq 0 ]; then
 fi
 
 # On target: per-test lines, and one summary per suite that ran.
-expected_suites=$(grep -c '^\[\[test\]\]' Cargo.toml)
+# Every [[test]] once, plus the two suites rerun on GICv2.
+gicv2_suites=2
+expected_suites=$(($(grep -c '^\[\[test\]\]' Cargo.toml) + gicv2_suites))
 read -r t_pass t_fail t_suites t_nosummary < <(
     tr -d '\r' <"$logs/target.txt" | awk '
         /^ *Running tests\// { if (in_suite && !summary) missing++; in_suite = 1; summary = 0; suites++; next }

@@ -60,17 +60,35 @@ fn counting_handler(intid: IntId) {
 
 fn gic_comes_up_from_the_dtb() -> TestResult {
     try_ok!(gic::init());
+    let dtb_version = image::boot()
+        .platform
+        .gic
+        .as_ref()
+        .ok()
+        .map(|g| g.version());
+    println!(
+        "irq: GIC version {:?} (DTB: {dtb_version:?})",
+        gic::version()
+    );
+    check_eq!(gic::version(), dtb_version);
     check_eq!(gic::cpu_count(), smp::cpu_mpidrs().len());
     check!(gic::cpu_count() >= 1);
-    // Delivery to EL2 needs HCR_EL2.IMO; the interface needs ICC_SRE_EL2.SRE.
-    let (hcr, sre): (u64, u64);
-    // SAFETY: reading system registers has no side effects.
-    unsafe {
-        asm!("mrs {}, hcr_el2", "mrs {}, icc_sre_el2", out(reg) hcr, out(reg) sre,
-             options(nomem, nostack, preserves_flags))
-    };
+    // Delivery to EL2 needs HCR_EL2.IMO; a GICv3 interface needs
+    // ICC_SRE_EL2.SRE (a GICv2 has no system-register interface: ICC_*
+    // registers are UNDEFINED there).
+    let hcr: u64;
+    // SAFETY: reading a system register has no side effects.
+    unsafe { asm!("mrs {}, hcr_el2", out(reg) hcr, options(nomem, nostack, preserves_flags)) };
     check!(hcr & (1 << 4) != 0, "HCR_EL2 = {hcr:#x}");
-    check!(sre & 1 != 0, "ICC_SRE_EL2 = {sre:#x}");
+    if gic::version() == Some(3) {
+        let sre: u64;
+        // SAFETY: reading a system register has no side effects; a GICv3
+        // CPU interface implements it.
+        unsafe {
+            asm!("mrs {}, icc_sre_el2", out(reg) sre, options(nomem, nostack, preserves_flags))
+        };
+        check!(sre & 1 != 0, "ICC_SRE_EL2 = {sre:#x}");
+    }
     check!(!gic::irqs_enabled(), "IRQs unmasked before anyone asked");
     Ok(())
 }
@@ -144,7 +162,8 @@ fn checksum(n: u64) -> u64 {
     (0..n).fold(0u64, |s, i| (s ^ i).rotate_right(7).wrapping_add(i << 3))
 }
 
-/// The SGI is sent with IRQs masked and unmasked halfway through a loop that
+/// The SGI (ICC_SGI1R_EL1 on a GICv3, GICD_SGIR on a GICv2) is sent with
+/// IRQs masked and unmasked halfway through a loop that
 /// keeps its whole state in registers (GPRs and v20/v31): the IRQ is taken
 /// right there, the handler overwrites every caller-saved register, and the
 /// loop must still produce the right checksum, find its sentinels in x0..x11
@@ -157,73 +176,94 @@ fn interrupted_code_keeps_its_registers() -> TestResult {
     const PAT_LO: u64 = 0x0123_4567_89ab_cdef;
     const PAT_HI: u64 = 0xfedc_ba98_7654_3210;
     let before = SCRIBBLED.load(Ordering::Acquire);
-    let sgir = sgi1r(SGI_SCRIBBLE, gic::current_mpidr());
     let (sum, lo, hi, lo31, fpsr): (u64, u64, u64, u64, u64);
     // x0..x11 hold sentinels across the whole block (the handler writes
     // them all); the loop's own state lives in whatever registers are left.
     let seeds: [u64; 12] = core::array::from_fn(|k| 0x1111_1111_1111_1111 * (k as u64 + 1));
     let mut kept = seeds;
     let taken_at: u64;
-    // SAFETY: register-only code plus DAIF and ICC_SGI1R_EL1 writes (an SGI
-    // to this CPU, whose handler is registered); leaves IRQs unmasked.
-    unsafe {
-        asm!(
-            "msr daifset, #2",
-            "msr fpsr, xzr",
-            "mov v20.d[0], {plo}",
-            "mov v20.d[1], {phi}",
-            "mov v31.d[0], {phi}",
-            "msr icc_sgi1r_el1, {sgir}",
-            "isb",
-            "mov {sum}, #0",
-            "mov {i}, #0",
-            "mov {at}, #0",
-            "2:",
-            "cmp {i}, {half}",
-            "b.ne 3f",
-            "msr daifclr, #2",
-            "isb",
-            "ldr {at}, [{cnt}]",
-            "3:",
-            "eor {sum}, {sum}, {i}",
-            "ror {sum}, {sum}, #7",
-            "add {sum}, {sum}, {i}, lsl #3",
-            "add {i}, {i}, #1",
-            "cmp {i}, {n}",
-            "b.lo 2b",
-            "mov {lo}, v20.d[0]",
-            "mov {hi}, v20.d[1]",
-            "mov {lo31}, v31.d[0]",
-            "mrs {fpsr}, fpsr",
-            plo = in(reg) PAT_LO,
-            phi = in(reg) PAT_HI,
-            sgir = in(reg) sgir,
-            half = in(reg) N / 2,
-            n = in(reg) N,
-            cnt = in(reg) SCRIBBLED.as_ptr(),
-            sum = out(reg) sum,
-            i = out(reg) _,
-            at = out(reg) taken_at,
-            lo = out(reg) lo,
-            hi = out(reg) hi,
-            lo31 = out(reg) lo31,
-            fpsr = out(reg) fpsr,
-            inout("x0") kept[0],
-            inout("x1") kept[1],
-            inout("x2") kept[2],
-            inout("x3") kept[3],
-            inout("x4") kept[4],
-            inout("x5") kept[5],
-            inout("x6") kept[6],
-            inout("x7") kept[7],
-            inout("x8") kept[8],
-            inout("x9") kept[9],
-            inout("x10") kept[10],
-            inout("x11") kept[11],
-            out("v20") _,
-            out("v31") _,
-            options(nostack),
-        );
+    // The same register-only loop for both GIC versions; only the
+    // instruction that raises the SGI differs.
+    macro_rules! interrupted_loop {
+        ($raise:literal; $($doorbell:tt)*) => {
+            asm!(
+                "msr daifset, #2",
+                "msr fpsr, xzr",
+                "mov v20.d[0], {plo}",
+                "mov v20.d[1], {phi}",
+                "mov v31.d[0], {phi}",
+                $raise,
+                "isb",
+                "mov {sum}, #0",
+                "mov {i}, #0",
+                "mov {at}, #0",
+                "2:",
+                "cmp {i}, {half}",
+                "b.ne 3f",
+                "msr daifclr, #2",
+                "isb",
+                "ldr {at}, [{cnt}]",
+                "3:",
+                "eor {sum}, {sum}, {i}",
+                "ror {sum}, {sum}, #7",
+                "add {sum}, {sum}, {i}, lsl #3",
+                "add {i}, {i}, #1",
+                "cmp {i}, {n}",
+                "b.lo 2b",
+                "mov {lo}, v20.d[0]",
+                "mov {hi}, v20.d[1]",
+                "mov {lo31}, v31.d[0]",
+                "mrs {fpsr}, fpsr",
+                plo = in(reg) PAT_LO,
+                phi = in(reg) PAT_HI,
+                half = in(reg) N / 2,
+                n = in(reg) N,
+                cnt = in(reg) SCRIBBLED.as_ptr(),
+                sum = out(reg) sum,
+                i = out(reg) _,
+                at = out(reg) taken_at,
+                lo = out(reg) lo,
+                hi = out(reg) hi,
+                lo31 = out(reg) lo31,
+                fpsr = out(reg) fpsr,
+                inout("x0") kept[0],
+                inout("x1") kept[1],
+                inout("x2") kept[2],
+                inout("x3") kept[3],
+                inout("x4") kept[4],
+                inout("x5") kept[5],
+                inout("x6") kept[6],
+                inout("x7") kept[7],
+                inout("x8") kept[8],
+                inout("x9") kept[9],
+                inout("x10") kept[10],
+                inout("x11") kept[11],
+                out("v20") _,
+                out("v31") _,
+                $($doorbell)*,
+                options(nostack),
+            )
+        };
+    }
+    let me = gic::current_mpidr();
+    match try_ok!(gic::sgir_write(SGI_SCRIBBLE, me)) {
+        None => {
+            let sgir = sgi1r(SGI_SCRIBBLE, me);
+            // SAFETY: register-only code plus DAIF and ICC_SGI1R_EL1 writes
+            // (an SGI to this CPU, whose handler is registered); leaves IRQs
+            // unmasked.
+            unsafe { interrupted_loop!("msr icc_sgi1r_el1, {sgir}"; sgir = in(reg) sgir) };
+        }
+        Some((addr, value)) => {
+            // SAFETY: register-only code plus DAIF writes and one GICD_SGIR
+            // store, completed by DSB (the DTB's distributor, mapped as
+            // device memory: an SGI to this CPU, whose handler is
+            // registered); leaves IRQs unmasked.
+            unsafe {
+                interrupted_loop!("str {sgir:w}, [{addr}]\ndsb sy";
+                    sgir = in(reg) value, addr = in(reg) addr)
+            };
+        }
     }
     // The handler had run by the instruction after the unmask.
     check_eq!(taken_at as u32, before + 1);
@@ -263,7 +303,21 @@ fn unregistered_interrupt_is_counted_and_ended() -> TestResult {
     try_ok!(gic::send_sgi_to_self(SGI_COUNT));
     check!(smp::wait_until(WAIT_NS, || COUNTED.load(Ordering::Acquire) > before));
     try_ok!(gic::unregister(intid));
-    check!(!try_ok!(gic::config(intid, me)).enabled);
+    let cfg = try_ok!(gic::config(intid, me));
+    if gic::version() == Some(2) && cfg.enabled {
+        // A GICv2 may keep SGIs permanently enabled (QEMU's does: its
+        // GICD_ICENABLER ignores them). Unregistered, the SGI still arrives
+        // and is counted and ended as unhandled.
+        let before = gic::unhandled_count();
+        try_ok!(gic::send_sgi_to_self(SGI_UNHANDLED));
+        check!(
+            smp::wait_until(WAIT_NS, || gic::unhandled_count() > before),
+            "the unregistered SGI was not taken"
+        );
+        check_eq!(gic::last_unhandled(), Some(intid));
+    } else {
+        check!(!cfg.enabled);
+    }
     Ok(())
 }
 

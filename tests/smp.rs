@@ -172,10 +172,39 @@ fn sgi_handler(_: IntId) {
     SGI_TAKEN.fetch_add(1, Ordering::AcqRel);
 }
 
+/// What CPU 1 read of its own SGI configuration: 1 enabled, 0 disabled,
+/// [`CONFIG_UNREAD`] before it ran, [`CONFIG_ERROR`] if the read failed.
+static CPU1_SGI_ENABLED: AtomicU32 = AtomicU32::new(CONFIG_UNREAD);
+const CONFIG_UNREAD: u32 = u32::MAX;
+const CONFIG_ERROR: u32 = u32::MAX - 1;
+
+/// Runs on CPU 1: reads the banked configuration of SGI `sgi` there.
+fn read_own_sgi_config(sgi: usize) {
+    let v = match gic::config(IntId::sgi(sgi as u32), gic::current_mpidr()) {
+        Ok(c) => u32::from(c.enabled),
+        Err(_) => CONFIG_ERROR,
+    };
+    CPU1_SGI_ENABLED.store(v, Ordering::Release);
+}
+
 fn cpu1_takes_an_sgi_sent_by_cpu0() -> TestResult {
     let cpu1 = smp::mpidr_of(1).unwrap();
     let intid = try_ok!(gic::register_sgi(SGI_TO_CPU1, sgi_handler));
-    check!(try_ok!(gic::config(intid, cpu1)).enabled);
+    if gic::version() == Some(2) {
+        // GICv2 banks SGI registers per CPU: CPU 1 reads its own (after
+        // applying the registration, which its worker does on wake-up).
+        CPU1_SGI_ENABLED.store(CONFIG_UNREAD, Ordering::Release);
+        try_ok!(
+            try_ok!(smp::run_on_cpu1_with(
+                read_own_sgi_config,
+                SGI_TO_CPU1 as usize
+            ))
+            .wait(WAIT_NS)
+        );
+        check_eq!(CPU1_SGI_ENABLED.load(Ordering::Acquire), 1);
+    } else {
+        check!(try_ok!(gic::config(intid, cpu1)).enabled);
+    }
     // CPU 1 is idle in its worker loop with IRQs unmasked; CPU 0 keeps its
     // IRQs masked, so only CPU 1 can take it.
     check!(!gic::irqs_enabled());

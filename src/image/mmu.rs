@@ -15,12 +15,11 @@ use aarch64_paging::descriptor::El23Attributes as Attr;
 use aarch64_paging::idmap::IdMap;
 use aarch64_paging::paging::{El2, MemoryRegion};
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 use spin::Once;
 
 use super::layout;
-use super::platform::{Platform, Region};
+use super::platform::{Gic, Platform, Region};
 
 /// MAIR_EL2 attribute 0: Device-nGnRE. Attribute 1: Normal, inner and outer
 /// write-back read/write-allocate non-transient.
@@ -98,18 +97,22 @@ impl Builder {
 
 /// The MMIO regions the image touches, with a name for error messages.
 pub fn device_regions(p: &Platform) -> Vec<(&'static str, Region)> {
-    let mut v = vec![
-        ("UART", p.uart),
-        ("GIC distributor", p.gic.distributor),
-        ("SMMU", p.smmu.reg),
-    ];
+    let mut v = Vec::from([("UART", p.uart)]);
     v.extend(
         p.gic
-            .redistributors
-            .iter()
-            .map(|&r| ("GIC redistributors", r)),
+            .as_ref()
+            .ok()
+            .map(|g| ("GIC distributor", g.distributor())),
     );
-    v.extend(p.gic.its.map(|r| ("GIC ITS", r)));
+    v.push(("SMMU", p.smmu.reg));
+    match &p.gic {
+        Ok(Gic::V3(g)) => {
+            v.extend(g.redistributors.iter().map(|&r| ("GIC redistributors", r)));
+            v.extend(g.its.map(|r| ("GIC ITS", r)));
+        }
+        Ok(Gic::V2(g)) => v.push(("GIC CPU interface", g.cpu_interface)),
+        Err(_) => {}
+    }
     v.push(("PCI ECAM", p.pci.ecam));
     v.extend(p.pci.mem32.map(|w| ("PCI 32-bit window", w.cpu_region())));
     v.extend(p.pci.mem64.map(|w| ("PCI 64-bit window", w.cpu_region())));

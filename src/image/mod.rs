@@ -119,14 +119,7 @@ fn print_banner(p: &Platform) {
         println!("  RAM   {r} ({})", pci::human_size(r.size));
     }
     println!("  UART  PL011 at {:#x}", p.uart.base);
-    print!("  GIC   v3: GICD {:#x}", p.gic.distributor.base);
-    for r in &p.gic.redistributors {
-        print!(", GICR {r}");
-    }
-    if let Some(its) = p.gic.its {
-        print!(", ITS {:#x}", its.base);
-    }
-    println!();
+    print_gic(&p.gic);
     let i = p.smmu.irqs;
     let irq = |v: Option<u32>| {
         v.map_or_else(
@@ -176,6 +169,52 @@ fn print_banner(p: &Platform) {
         "  DMA   {} MiB of RAM for device-visible memory",
         dma::bytes_total() >> 20
     );
+}
+
+/// The banner's GIC lines: the controller the DTB names, then the interrupt
+/// mode the image uses with it (`GICv3`, `GICv2`, or polling without one).
+fn print_gic(gic: &Result<platform::Gic, platform::DtbError>) {
+    match gic {
+        Ok(platform::Gic::V3(g)) => {
+            print!("  GIC   v3: GICD {:#x}", g.distributor.base);
+            for r in &g.redistributors {
+                print!(", GICR {r}");
+            }
+            if let Some(its) = g.its {
+                print!(", ITS {:#x}", its.base);
+            }
+            println!();
+        }
+        Ok(platform::Gic::V2(g)) => {
+            print!(
+                "  GIC   v2: GICD {:#x}, GICC {:#x}",
+                g.distributor.base, g.cpu_interface.base
+            );
+            if let Some(r) = g.hypervisor {
+                print!(", GICH {:#x}", r.base);
+            }
+            if let Some(r) = g.virtual_cpu {
+                print!(", GICV {:#x}", r.base);
+            }
+            if let Some(r) = g.v2m {
+                print!(", v2m {:#x}", r.base);
+            }
+            println!();
+        }
+        Err(e) => println!("  GIC   none usable: {e}"),
+    }
+    println!("        interrupts: {}", interrupt_mode(gic));
+}
+
+/// How the image takes device interrupts with this GIC: `"GICv3"`,
+/// `"GICv2"`, or `"none (polling)"` when the DTB offers no usable GIC (the
+/// SMMU's event queue is then drained by polling `Smmu::service`).
+pub fn interrupt_mode(gic: &Result<platform::Gic, platform::DtbError>) -> &'static str {
+    match gic {
+        Ok(platform::Gic::V3(_)) => "GICv3",
+        Ok(platform::Gic::V2(_)) => "GICv2",
+        Err(_) => "none (polling)",
+    }
 }
 
 /// Prints one line per PCI function.

@@ -47,9 +47,9 @@ impl fmt::Display for Region {
     }
 }
 
-/// The GICv3 (`arm,gic-v3`).
+/// A GICv3 (`arm,gic-v3`).
 #[derive(Debug, Clone)]
-pub struct Gic {
+pub struct Gicv3Regions {
     /// The distributor (GICD).
     pub distributor: Region,
     /// The redistributor regions (GICR).
@@ -57,6 +57,58 @@ pub struct Gic {
     /// The ITS, if the DTB lists one.
     pub its: Option<Region>,
 }
+
+/// A GICv2 ([`GICV2_COMPATIBLES`]).
+#[derive(Debug, Clone)]
+pub struct Gicv2Regions {
+    /// The distributor (GICD).
+    pub distributor: Region,
+    /// The CPU interface (GICC), banked per CPU at one address.
+    pub cpu_interface: Region,
+    /// The virtual interface control (GICH), with the virtualization
+    /// extensions. Not used by the image; listed for the banner.
+    pub hypervisor: Option<Region>,
+    /// The virtual CPU interface (GICV), with the virtualization extensions.
+    pub virtual_cpu: Option<Region>,
+    /// A GICv2m MSI frame (`arm,gic-v2m-frame` child), if any.
+    pub v2m: Option<Region>,
+}
+
+/// The interrupt controller the DTB describes, by architecture version.
+#[derive(Debug, Clone)]
+pub enum Gic {
+    /// GICv3 (affinity routing, system-register CPU interface).
+    V3(Gicv3Regions),
+    /// GICv2 (memory-mapped CPU interface, at most 8 CPUs).
+    V2(Gicv2Regions),
+}
+
+impl Gic {
+    /// The distributor's registers.
+    pub fn distributor(&self) -> Region {
+        match self {
+            Self::V3(g) => g.distributor,
+            Self::V2(g) => g.distributor,
+        }
+    }
+
+    /// The architecture version (2 or 3).
+    pub fn version(&self) -> u8 {
+        match self {
+            Self::V3(_) => 3,
+            Self::V2(_) => 2,
+        }
+    }
+}
+
+/// Compatible strings of GICv2 implementations the image drives.
+pub const GICV2_COMPATIBLES: [&str; 3] = ["arm,gic-400", "arm,cortex-a15-gic", "arm,cortex-a7-gic"];
+/// The GICv3 compatible string.
+pub const GICV3_COMPATIBLE: &str = "arm,gic-v3";
+/// A GICv2 distributor's register frame (GICD_SGIR and below fit in 4 KiB).
+pub const GICV2_GICD_SIZE: u64 = 0x1000;
+/// A GICv2 CPU interface's register frame (GICC_DIR is at 0x1000).
+pub const GICV2_GICC_SIZE: u64 = 0x2000;
 
 /// The SMMU's wired interrupts as GIC INTIDs (SPI n is INTID 32 + n).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -198,8 +250,9 @@ pub struct Platform {
     pub ram: Vec<Region>,
     /// The PL011 console.
     pub uart: Region,
-    /// The GICv3.
-    pub gic: Gic,
+    /// The interrupt controller, or why there is no usable one (no GIC
+    /// node, an unknown compatible, malformed `reg`): the image then polls.
+    pub gic: Result<Gic, DtbError>,
     /// The SMMUv3.
     pub smmu: Smmu,
     /// PSCI conduit, if the DTB has a `psci` node.
@@ -304,7 +357,7 @@ impl Platform {
             dtb,
             ram: ram(fdt)?,
             uart: find_uart(fdt)?,
-            gic: gic(fdt)?,
+            gic: gic(fdt),
             smmu: smmu(fdt)?,
             psci: psci(fdt),
             pci: pci_host(fdt)?,
@@ -326,10 +379,21 @@ fn ram(fdt: &Fdt) -> Result<Vec<Region>, DtbError> {
     }
 }
 
-fn gic(fdt: &Fdt) -> Result<Gic, DtbError> {
-    let node = fdt
-        .find_compatible(&["arm,gic-v3"])
-        .ok_or(DtbError::Missing("arm,gic-v3 interrupt controller"))?;
+/// The interrupt controller: a GICv3 or a GICv2, else why neither is usable.
+/// Never fails the boot: without a GIC the image polls.
+pub fn gic(fdt: &Fdt) -> Result<Gic, DtbError> {
+    if let Some(node) = fdt.find_compatible(&[GICV3_COMPATIBLE]) {
+        return gicv3(node).map(Gic::V3);
+    }
+    if let Some(node) = fdt.find_compatible(&GICV2_COMPATIBLES) {
+        return gicv2(node).map(Gic::V2);
+    }
+    Err(DtbError::Missing(
+        "GICv3 or GICv2 interrupt controller (arm,gic-v3, arm,gic-400, arm,cortex-a15-gic, arm,cortex-a7-gic)",
+    ))
+}
+
+fn gicv3(node: FdtNode) -> Result<Gicv3Regions, DtbError> {
     let regs = reg_of(node);
     let distributor = *regs.first().ok_or(DtbError::Missing("GICD reg"))?;
     let n_redist = u32_prop(node, "#redistributor-regions").unwrap_or(1) as usize;
@@ -344,10 +408,37 @@ fn gic(fdt: &Fdt) -> Result<Gic, DtbError> {
                 .is_some_and(|c| c.all().any(|s| s == "arm,gic-v3-its"))
         })
         .and_then(|c| reg_of(c).first().copied());
-    Ok(Gic {
+    Ok(Gicv3Regions {
         distributor,
         redistributors,
         its,
+    })
+}
+
+/// GICv2 `reg`: GICD, GICC, then (virtualization extensions) GICH, GICV.
+fn gicv2(node: FdtNode) -> Result<Gicv2Regions, DtbError> {
+    let regs = reg_of(node);
+    let distributor = *regs.first().ok_or(DtbError::Missing("GICD reg"))?;
+    let cpu_interface = *regs.get(1).ok_or(DtbError::Missing("GICC reg"))?;
+    if distributor.size < GICV2_GICD_SIZE {
+        return Err(DtbError::Malformed("GICv2 GICD reg is smaller than 4 KiB"));
+    }
+    if cpu_interface.size < GICV2_GICC_SIZE {
+        return Err(DtbError::Malformed("GICv2 GICC reg is smaller than 8 KiB"));
+    }
+    let v2m = node
+        .children()
+        .find(|c| {
+            c.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "arm,gic-v2m-frame"))
+        })
+        .and_then(|c| reg_of(c).first().copied());
+    Ok(Gicv2Regions {
+        distributor,
+        cpu_interface,
+        hypervisor: regs.get(2).copied(),
+        virtual_cpu: regs.get(3).copied(),
+        v2m,
     })
 }
 

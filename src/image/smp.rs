@@ -8,6 +8,11 @@
 //! ([`gic::init_this_cpu`]), reports the CPU online through an atomic flag,
 //! and runs the given `main`; the boot CPU waits for that flag, bounded.
 //!
+//! Without a usable GIC (see [`gic`]) secondary CPUs still start; they take
+//! no interrupts. With a GICv2, whose SGI/PPI registers are banked per CPU,
+//! the worker applies configuration registered by other CPUs each time it
+//! wakes ([`gic::sync_this_cpu`]).
+//!
 //! [`run_on_cpu1`] is the reusable piece for concurrency tests: CPU 1 runs a
 //! worker loop (IRQs unmasked, so it takes SGIs) and executes one posted job
 //! at a time while CPU 0 does its own work; [`Cpu1Job::wait`] waits for the
@@ -201,7 +206,11 @@ pub fn start_secondary(cpu: usize, main: fn() -> !) -> Result<(), SmpError> {
         return Err(SmpError::NoSuchCpu(cpu));
     }
     let mpidr = mpidr_of(cpu).ok_or(SmpError::NoSuchCpu(cpu))?;
-    gic::init().map_err(SmpError::Gic)?;
+    match gic::init() {
+        // Without a usable GIC the CPU still starts; it just takes no IRQs.
+        Ok(()) | Err(gic::GicError::NoUsableGic(_)) => {}
+        Err(e) => return Err(SmpError::Gic(e)),
+    }
     if STARTED[cpu].swap(true, Ordering::AcqRel) {
         return Err(SmpError::AlreadyStarted(cpu));
     }
@@ -224,9 +233,12 @@ pub fn start_secondary(cpu: usize, main: fn() -> !) -> Result<(), SmpError> {
 /// What every CPU started by [`start_secondary`] runs once its MMU is on.
 fn secondary_trampoline() -> ! {
     let cpu = current_cpu();
-    if let Err(e) = gic::init_this_cpu() {
-        super::console::println!("smp: CPU {cpu}: GIC: {e}");
-        semihosting::exit(super::EXIT_BOOT_FAILURE);
+    match gic::init_this_cpu() {
+        Ok(()) | Err(gic::GicError::NoUsableGic(_)) => {}
+        Err(e) => {
+            super::console::println!("smp: CPU {cpu}: GIC: {e}");
+            semihosting::exit(super::EXIT_BOOT_FAILURE);
+        }
     }
     let main = MAINS.get(cpu).map_or(0, |m| m.load(Ordering::Acquire));
     if main == 0 {
@@ -324,6 +336,11 @@ pub fn cpu1_idle() -> bool {
 fn worker_main() -> ! {
     gic::enable_irqs();
     loop {
+        // GICv2: SGIs/PPIs registered by another CPU since the last look
+        // (banked registers; `gic::enable` sends an SEV). No-op on GICv3.
+        if let Err(e) = gic::sync_this_cpu() {
+            super::console::println!("smp: CPU 1: GIC: {e}");
+        }
         let posted = POSTED_SEQ.load(Ordering::Acquire);
         if posted == DONE_SEQ.load(Ordering::Relaxed) {
             // Woken by the poster's SEV (or an IRQ).

@@ -1,6 +1,14 @@
-//! GICv3 bring-up at EL2 and the image's IRQ dispatcher.
+//! GIC bring-up at EL2 and the image's IRQ dispatcher: GICv3 here, GICv2 in
+//! [`v2`], one API for both.
 //!
-//! [`init`] finds the distributor and the redistributors in the DTB
+//! Which one runs is the DTB's choice ([`super::platform::Gic`]); [`version`]
+//! says which came up. Without a usable GIC (no GIC node, an unknown
+//! compatible, malformed `reg`) [`init`] fails with
+//! [`GicError::NoUsableGic`] and every caller falls back to polling: the
+//! SMMU demo drains its event queue itself ([`super::iommu`]), and secondary
+//! CPUs start without an interrupt controller ([`super::smp`]).
+//!
+//! GICv3: [`init`] finds the distributor and the redistributors in the DTB
 //! ([`super::Platform`]), configures every interrupt as non-secure group 1,
 //! level, priority 0x80, disabled, and turns on this CPU's interface;
 //! [`init_this_cpu`] does the per-CPU half on a secondary CPU (its
@@ -62,6 +70,8 @@ use spin::{Mutex, Once};
 use super::exceptions;
 use super::platform;
 
+pub mod v2;
+
 /// A handler for one INTID; runs in IRQ context (IRQs masked, on the
 /// exception stack) on the CPU that took the interrupt.
 pub type Handler = fn(IntId);
@@ -111,6 +121,27 @@ pub enum GicError {
     SgiTargetOutOfRange(u64),
     /// The driver crate refused.
     Driver(arm_gic::gicv3::GicError),
+    /// The DTB names no interrupt controller the image can drive (or names
+    /// it with malformed registers): the image polls.
+    NoUsableGic(platform::DtbError),
+    /// A GICv2 with the Security Extensions: its group configuration
+    /// belongs to Secure firmware, and a non-secure EL2 sees a different
+    /// register view than the driver crate programs. The image polls.
+    SecurityExtensions,
+    /// GICv2: the CPU with this affinity has not initialised its CPU
+    /// interface (its GICD_ITARGETSR mask is unknown), or has none.
+    NoCpuInterface {
+        /// The CPU's MPIDR_EL1 affinity fields.
+        mpidr: u64,
+    },
+    /// GICv2: SGI and PPI registers are banked per CPU and can only be read
+    /// by the CPU they belong to.
+    BankedElsewhere {
+        /// The CPU whose bank was asked for.
+        mpidr: u64,
+    },
+    /// The GICv2 driver crate refused.
+    DriverV2(arm_gic::gicv2::Error),
 }
 
 impl fmt::Display for GicError {
@@ -126,6 +157,21 @@ impl fmt::Display for GicError {
                 write!(f, "SGI target MPIDR {m:#x} has Aff0 >= 16")
             }
             Self::Driver(e) => write!(f, "arm-gic: {e}"),
+            Self::NoUsableGic(e) => write!(f, "no usable GIC: {e}"),
+            Self::SecurityExtensions => f.write_str(
+                "GICv2 with the Security Extensions: group setup belongs to Secure firmware",
+            ),
+            Self::NoCpuInterface { mpidr } => {
+                write!(
+                    f,
+                    "no known GICv2 CPU interface for the CPU with MPIDR {mpidr:#x}"
+                )
+            }
+            Self::BankedElsewhere { mpidr } => write!(
+                f,
+                "GICv2 SGI/PPI registers of the CPU with MPIDR {mpidr:#x} are banked: only it can read them"
+            ),
+            Self::DriverV2(e) => write!(f, "arm-gic (GICv2): {e}"),
         }
     }
 }
@@ -136,7 +182,13 @@ impl From<arm_gic::gicv3::GicError> for GicError {
     }
 }
 
-/// What [`init`] found, plus the driver.
+/// What [`init`] brought up: the GICv3 here, or the GICv2 of [`v2`].
+enum Backend {
+    V3(State),
+    V2(v2::State),
+}
+
+/// What [`init`] found for a GICv3, plus the driver.
 struct State {
     gic: Mutex<GicV3<'static>>,
     gicd: usize,
@@ -149,7 +201,7 @@ struct State {
     boot_mpidr: u64,
 }
 
-static STATE: Once<Result<State, GicError>> = Once::new();
+static STATE: Once<Result<Backend, GicError>> = Once::new();
 
 /// One handler slot per INTID: 0 = none, else a `Handler` as `usize`.
 static HANDLERS: [AtomicUsize; MAX_INTID] = [const { AtomicUsize::new(0) }; MAX_INTID];
@@ -169,7 +221,7 @@ pub fn current_mpidr() -> u64 {
     affinity(MPIDR_EL1.get())
 }
 
-fn state() -> Result<&'static State, GicError> {
+fn state() -> Result<&'static Backend, GicError> {
     match STATE.get() {
         Some(Ok(s)) => Ok(s),
         Some(Err(e)) => Err(*e),
@@ -177,20 +229,39 @@ fn state() -> Result<&'static State, GicError> {
     }
 }
 
-/// Brings the GIC up from the DTB ([`super::boot`]), on the boot CPU:
-/// distributor (affinity routing, group 1 enabled, all SPIs group 1 / level /
-/// disabled), every redistributor (SGIs and PPIs group 1, disabled), this
-/// CPU's interface, and the IRQ dispatcher. IRQs stay masked (DAIF.I): call
-/// [`enable_irqs`]. Runs once; later calls return the first outcome.
+/// Brings the GIC up from the DTB ([`super::boot`]), on the boot CPU.
+/// GICv3: distributor (affinity routing, group 1 enabled, all SPIs group 1 /
+/// level / disabled), every redistributor (SGIs and PPIs group 1, disabled),
+/// this CPU's interface. GICv2: see [`v2`]. Then the IRQ dispatcher. IRQs
+/// stay masked (DAIF.I): call [`enable_irqs`]. Runs once; later calls return
+/// the first outcome. Without a usable GIC: [`GicError::NoUsableGic`].
 pub fn init() -> Result<(), GicError> {
     STATE
-        .call_once(|| init_once(&super::boot().platform.gic))
+        .call_once(|| match &super::boot().platform.gic {
+            Ok(platform::Gic::V3(p)) => init_once(p).map(Backend::V3),
+            Ok(platform::Gic::V2(p)) => {
+                let s = v2::State::init(p)?;
+                exceptions::set_irq_handler(dispatch);
+                Ok(Backend::V2(s))
+            }
+            Err(e) => Err(GicError::NoUsableGic(*e)),
+        })
         .as_ref()
         .map(|_| ())
         .map_err(|e| *e)
 }
 
-fn init_once(p: &platform::Gic) -> Result<State, GicError> {
+/// The GIC architecture version [`init`] brought up (2 or 3), `None` before
+/// it ran or when there is no usable GIC.
+pub fn version() -> Option<u8> {
+    match state() {
+        Ok(Backend::V3(_)) => Some(3),
+        Ok(Backend::V2(_)) => Some(2),
+        Err(_) => None,
+    }
+}
+
+fn init_once(p: &platform::Gicv3Regions) -> Result<State, GicError> {
     let gicd = p.distributor.base as usize;
     let gicr = p.redistributors[0].base as usize;
     let region_end = p.redistributors[0].end() as usize;
@@ -260,6 +331,11 @@ fn enable_el2_interface() {
             options(nostack, preserves_flags),
         );
     }
+    enable_irq_routing_to_el2();
+}
+
+/// HCR_EL2.IMO = 1: physical IRQs are taken to EL2 (both GIC versions).
+fn enable_irq_routing_to_el2() {
     HCR_EL2.modify(HCR_EL2::IMO::EnableVirtualIRQ);
     // SAFETY: a barrier, so the routing change is seen before IRQs unmask.
     unsafe { asm!("isb", options(nostack, preserves_flags)) };
@@ -268,8 +344,12 @@ fn enable_el2_interface() {
 /// Per-CPU GIC init on a secondary CPU: EL2 interface bits, this CPU's
 /// redistributor awake, group 1 enabled, priority mask open. IRQs stay
 /// masked. The redistributor's SGI/PPI configuration was done by [`init`].
+/// (GICv2: [`v2::State::init_this_cpu`].)
 pub fn init_this_cpu() -> Result<(), GicError> {
-    let s = state()?;
+    let s = match state()? {
+        Backend::V3(s) => s,
+        Backend::V2(s) => return s.init_this_cpu(),
+    };
     let mpidr = current_mpidr();
     let cpu = s
         .affinities
@@ -283,9 +363,25 @@ pub fn init_this_cpu() -> Result<(), GicError> {
     Ok(())
 }
 
-/// The number of redistributors (CPUs the GIC serves), 0 before [`init`].
+/// The number of redistributors (GICv2: CPU interfaces), i.e. the CPUs the
+/// GIC serves; 0 before [`init`].
 pub fn cpu_count() -> usize {
-    state().map_or(0, |s| s.affinities.len())
+    match state() {
+        Ok(Backend::V3(s)) => s.affinities.len(),
+        Ok(Backend::V2(s)) => s.cpu_count(),
+        Err(_) => 0,
+    }
+}
+
+/// GICv2: applies SGI/PPI configuration registered since this CPU last
+/// looked (their registers are banked per CPU, see [`v2`]). A no-op on a
+/// GICv3 (whose redistributors [`enable`] reaches from any CPU) and without
+/// a GIC.
+pub fn sync_this_cpu() -> Result<(), GicError> {
+    match state() {
+        Ok(Backend::V2(s)) => s.sync_this_cpu(),
+        _ => Ok(()),
+    }
 }
 
 fn check_intid(intid: IntId) -> Result<(), GicError> {
@@ -301,8 +397,11 @@ fn check_intid(intid: IntId) -> Result<(), GicError> {
 /// boot CPU; SGIs and PPIs are enabled on every CPU's redistributor.
 /// Replaces any earlier handler.
 pub fn register(intid: IntId, trigger: Trigger, handler: Handler) -> Result<(), GicError> {
-    let s = state()?;
-    register_routed(intid, trigger, handler, s.boot_mpidr)
+    let boot_mpidr = match state()? {
+        Backend::V3(s) => s.boot_mpidr,
+        Backend::V2(s) => s.boot_mpidr,
+    };
+    register_routed(intid, trigger, handler, boot_mpidr)
 }
 
 /// As [`register`], routing an SPI to the CPU with affinity `mpidr`
@@ -331,11 +430,14 @@ pub fn register_sgi(sgi: u32, handler: Handler) -> Result<IntId, GicError> {
 /// Configures (group 1 non-secure, [`PRIORITY`], `trigger`; SPIs routed to
 /// `mpidr`) and enables `intid` without touching its handler slot. An IRQ
 /// without a handler is counted and ended by the dispatcher; tests use this
-/// to exercise that path.
+/// to exercise that path. (GICv2: group 0, see [`v2`].)
 pub fn enable(intid: IntId, trigger: Trigger, mpidr: u64) -> Result<(), GicError> {
     use arm_gic::gicv3::Group;
     check_intid(intid)?;
-    let s = state()?;
+    let s = match state()? {
+        Backend::V3(s) => s,
+        Backend::V2(s) => return s.enable(intid, trigger, mpidr),
+    };
     without_irqs(|| {
         let mut gic = s.gic.lock();
         if intid.is_private() {
@@ -362,7 +464,15 @@ pub fn enable(intid: IntId, trigger: Trigger, mpidr: u64) -> Result<(), GicError
 /// Disables `intid` (on every CPU for SGIs/PPIs) and removes its handler.
 pub fn unregister(intid: IntId) -> Result<(), GicError> {
     check_intid(intid)?;
-    let s = state()?;
+    match state()? {
+        Backend::V3(s) => unregister_v3(s, intid)?,
+        Backend::V2(s) => s.disable(intid)?,
+    }
+    HANDLERS[u32::from(intid) as usize].store(0, Ordering::Release);
+    Ok(())
+}
+
+fn unregister_v3(s: &State, intid: IntId) -> Result<(), GicError> {
     without_irqs(|| {
         let mut gic = s.gic.lock();
         if intid.is_private() {
@@ -373,16 +483,18 @@ pub fn unregister(intid: IntId) -> Result<(), GicError> {
             gic.enable_interrupt(intid, None, false)?;
         }
         Ok::<(), GicError>(())
-    })?;
-    HANDLERS[u32::from(intid) as usize].store(0, Ordering::Release);
-    Ok(())
+    })
 }
 
 /// Sends SGI `sgi` (0..16) as group 1 to the CPU with affinity `mpidr`
-/// (ICC_SGI1R_EL1).
+/// (ICC_SGI1R_EL1; GICv2: GICD_SGIR with that CPU's interface in the target
+/// list).
 pub fn send_sgi(sgi: u32, mpidr: u64) -> Result<(), GicError> {
     if sgi >= IntId::SGI_COUNT {
         return Err(GicError::InvalidIntId(sgi));
+    }
+    if let Ok(Backend::V2(s)) = state() {
+        return s.send_sgi(sgi, mpidr);
     }
     let aff0 = mpidr & 0xff;
     if aff0 >= 16 {
@@ -405,6 +517,19 @@ pub fn send_sgi_to_self(sgi: u32) -> Result<(), GicError> {
     send_sgi(sgi, current_mpidr())
 }
 
+/// GICv2 only: the address of GICD_SGIR and the value that raises SGI `sgi`
+/// on the CPU with affinity `mpidr`, for code that must raise it with a
+/// single store (a test's register-only loop). `None` on a GICv3.
+pub fn sgir_write(sgi: u32, mpidr: u64) -> Result<Option<(usize, u32)>, GicError> {
+    if sgi >= IntId::SGI_COUNT {
+        return Err(GicError::InvalidIntId(sgi));
+    }
+    match state()? {
+        Backend::V3(_) => Ok(None),
+        Backend::V2(s) => Ok(Some((s.sgir_address(), s.sgir_value(sgi, mpidr)?))),
+    }
+}
+
 /// Makes SPI `intid` pending in the distributor (GICD_ISPENDR), as if its
 /// device had signalled it: exercises routing and delivery of a registered
 /// SPI without the device.
@@ -413,12 +538,14 @@ pub fn set_pending(intid: IntId) -> Result<(), GicError> {
     if !intid.is_spi() {
         return Err(GicError::WrongKind(intid));
     }
-    let s = state()?;
     let n = u32::from(intid) as usize;
-    without_irqs(|| {
-        let _gic = s.gic.lock();
-        write32(s.gicd + ISPENDR + 4 * (n / 32), 1 << (n % 32));
-    });
+    match state()? {
+        Backend::V3(s) => without_irqs(|| {
+            let _gic = s.gic.lock();
+            write32(s.gicd + ISPENDR + 4 * (n / 32), 1 << (n % 32));
+        }),
+        Backend::V2(s) => s.set_pending(n),
+    }
     Ok(())
 }
 
@@ -432,15 +559,29 @@ pub struct IntConfig {
     /// Edge-triggered (ICFGR).
     pub edge: bool,
     /// For an SPI: the routing affinity (GICD_IROUTER; `None` if 1-of-N).
+    /// GICv2: the affinity of the one CPU GICD_ITARGETSR names, `None` if
+    /// it names none, several, or one that never initialised.
     pub route: Option<u64>,
 }
 
 /// Reads `intid`'s configuration; SGIs and PPIs from the redistributor of
-/// the CPU with affinity `mpidr` (ignored for SPIs).
+/// the CPU with affinity `mpidr` (ignored for SPIs). GICv2: SGIs and PPIs
+/// only of the calling CPU ([`GicError::BankedElsewhere`] otherwise).
 pub fn config(intid: IntId, mpidr: u64) -> Result<IntConfig, GicError> {
     check_intid(intid)?;
-    let s = state()?;
     let n = u32::from(intid) as usize;
+    let s = match state()? {
+        Backend::V3(s) => s,
+        Backend::V2(s) => {
+            let route = if intid.is_private() {
+                s.check_own_bank(affinity(mpidr))?;
+                None
+            } else {
+                s.route(n)
+            };
+            return Ok(read_config(s.gicd(), n, route));
+        }
+    };
     let (base, route) = if intid.is_private() {
         let cpu = s
             .affinities
@@ -455,19 +596,29 @@ pub fn config(intid: IntId, mpidr: u64) -> Result<IntConfig, GicError> {
         });
         (s.gicd, (r & (1 << 31) == 0).then_some(r))
     };
+    Ok(read_config(base, n, route))
+}
+
+/// ISENABLER, ISPENDR and ICFGR of INTID `n` in the frame at `base` (a
+/// distributor, or a GICv3 redistributor's SGI frame: same offsets).
+fn read_config(base: usize, n: usize, route: Option<u64>) -> IntConfig {
     let bit = |off: usize| read32(base + off + 4 * (n / 32)) >> (n % 32) & 1 == 1;
-    Ok(IntConfig {
+    IntConfig {
         enabled: bit(ISENABLER),
         pending: bit(ISPENDR),
         edge: read32(base + ICFGR + 4 * (n / 16)) >> (2 * (n % 16) + 1) & 1 == 1,
         route,
-    })
+    }
 }
 
 /// The highest-priority pending group 1 interrupt this CPU could take
-/// (ICC_HPPIR1_EL1), without acknowledging it.
+/// (ICC_HPPIR1_EL1; GICv2: GICC_HPPIR), without acknowledging it.
 pub fn highest_pending() -> Option<IntId> {
-    GicCpuInterface::get_pending_interrupt(InterruptGroup::Group1)
+    match state() {
+        Ok(Backend::V3(_)) => GicCpuInterface::get_pending_interrupt(InterruptGroup::Group1),
+        Ok(Backend::V2(s)) => s.highest_pending(),
+        Err(_) => None,
+    }
 }
 
 /// IRQs taken for `intid` (handled or not) since boot, on all CPUs.
@@ -501,28 +652,59 @@ pub fn spurious_count() -> u32 {
 /// pending.
 pub fn dispatch() {
     let mut taken = 0u32;
-    while let Some(intid) = GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1) {
-        let n = u32::from(intid) as usize;
-        if n >= MAX_INTID {
-            // 1020..1022: special INTIDs, never ended.
-            break;
+    match state() {
+        Ok(Backend::V2(s)) => {
+            while let Some(raw) = s.acknowledge() {
+                // GICC_IAR bits 12:10 name an SGI's source CPU.
+                let n = (u32::from(raw) & v2::INTID_MASK) as usize;
+                if n >= MAX_INTID {
+                    // 1020..1022: special INTIDs, never ended.
+                    break;
+                }
+                taken += 1;
+                run_handler(n);
+                // GICC_EOIR takes the acknowledged value, source bits included.
+                s.end(raw);
+            }
         }
-        taken += 1;
-        COUNTS[n].fetch_add(1, Ordering::AcqRel);
-        let h = HANDLERS[n].load(Ordering::Acquire);
-        if h == 0 {
-            UNHANDLED.fetch_add(1, Ordering::AcqRel);
-            LAST_UNHANDLED.store(n as u64, Ordering::Release);
-        } else {
-            // SAFETY: only `Handler` values are stored in HANDLERS
-            // (`register_routed`), and fn pointers are usize-sized on AArch64.
-            let handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
-            handler(intid);
+        Ok(Backend::V3(_)) => {
+            while let Some(intid) =
+                GicCpuInterface::get_and_acknowledge_interrupt(InterruptGroup::Group1)
+            {
+                let n = u32::from(intid) as usize;
+                if n >= MAX_INTID {
+                    // 1020..1022: special INTIDs, never ended.
+                    break;
+                }
+                taken += 1;
+                run_handler(n);
+                GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
+            }
         }
-        GicCpuInterface::end_interrupt(intid, InterruptGroup::Group1);
+        // No GIC: nothing to acknowledge (and no CPU interface to ask).
+        Err(_) => {}
     }
     if taken == 0 {
         SPURIOUS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts an IRQ for INTID `n` (< [`MAX_INTID`]) and runs its handler, or
+/// counts it as unhandled.
+fn run_handler(n: usize) {
+    COUNTS[n].fetch_add(1, Ordering::AcqRel);
+    let h = HANDLERS[n].load(Ordering::Acquire);
+    if h == 0 {
+        UNHANDLED.fetch_add(1, Ordering::AcqRel);
+        LAST_UNHANDLED.store(n as u64, Ordering::Release);
+    } else {
+        // SAFETY: only `Handler` values are stored in HANDLERS
+        // (`register_routed`), and fn pointers are usize-sized on AArch64.
+        let handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
+        // A valid INTID: `n` < MAX_INTID, as the acknowledge returned it.
+        if let Ok(intid) = IntId::try_from(n as u32) {
+            handler(intid);
+        }
     }
 }
 
@@ -571,7 +753,8 @@ fn read64(addr: usize) -> u64 {
 }
 
 fn write32(addr: usize, value: u32) {
-    // SAFETY: only called for GICD_ISPENDR with the driver's lock held, so it
-    // does not race the driver; setting a pending bit is its documented use.
+    // SAFETY: only called for GICD_ISPENDR with the driver's lock held (the
+    // GICv3 or GICv2 one), so it does not race the driver; setting a pending
+    // bit is its documented use.
     unsafe { (addr as *mut u32).write_volatile(value) }
 }
