@@ -38,9 +38,10 @@ pub const BAR_IPA: u64 = 0x0200_0000;
 /// Guest RAM base (IPA). Below 256 MiB, so an `edu` with QEMU's default
 /// 28-bit DMA mask reaches it too.
 pub const RAM_IPA: u64 = 0x0400_0000;
-/// Guest RAM size: a 2 MiB block, then a 2 MiB region for the balloon.
+/// Guest RAM size: two 2 MiB blocks; the balloon takes a page out of the
+/// second.
 pub const RAM_SIZE: u64 = 4 << 20;
-/// Offset of the balloon region (the second 2 MiB of RAM).
+/// Offset of the 2 MiB block the balloon takes a page from.
 pub const BALLOON_REGION: u64 = 2 << 20;
 /// The page the balloon phase releases: the middle of the balloon region.
 pub const BALLOON_PAGE_IPA: u64 = RAM_IPA + BALLOON_REGION + (1 << 20);

@@ -205,12 +205,27 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
             ste.s2ttb()
         ));
     }
+    // Its stage 2: code read+execute, BAR Device execute-never, RAM in
+    // 2 MiB blocks, execute-never.
+    let leaf = |ipa| smmu.translate(vm.domain, ipa).ok().flatten();
+    use smmuv3::stage2::{Memory, Perm};
+    match (leaf(CODE_IPA), leaf(guest::BAR_IPA), leaf(RAM_IPA)) {
+        (Some(c), Some(b), Some(r))
+            if c.perm == Perm::Read
+                && c.execute
+                && b.memory == Memory::Device
+                && !b.execute
+                && r.size == 2 << 20
+                && r.memory == Memory::Normal
+                && !r.execute => {}
+        other => return Err(format!("stage 2 leaves (code, BAR, RAM): {other:x?}")),
+    }
     let hcr = vm.log.hcr.unwrap_or(0);
     if hcr != Vm::hcr() {
         return Err(format!("HCR_EL2 read {hcr:#x}, programmed {:#x}", Vm::hcr()));
     }
     Ok(format!(
-        "CPU {} VMID {cpu_vmid:#x} = STE.S2VMID; VTTBR_EL2 root {root:#x} == STE S2TTB",
+        "CPU {} VMID {cpu_vmid:#x} = STE.S2VMID; VTTBR_EL2 root {root:#x} == STE S2TTB; code RX, BAR Device XN, RAM 2M XN",
         vm.log.cpu.unwrap_or(0)
     ))
 }
@@ -459,9 +474,19 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
     if t(page).is_some() || t(page - 4096).is_none() || t(page + 4096).is_none() {
         return Err(format!("tables around {page:#x} wrong after release"));
     }
-    if vm.log.cpu_tlbis != 1 || vm.log.released != [page] {
+    // The page is a 4K leaf now, its neighbours too (the block was split),
+    // still executable-never RAM at the right PAs.
+    for ipa in [page - 4096, page + 4096] {
+        match t(ipa) {
+            Some(l) if l.size == 4096 && l.pa == vm.ram_pa() + (ipa - RAM_IPA) && !l.execute => {}
+            other => return Err(format!("IPA {ipa:#x} after the split: {other:x?}")),
+        }
+    }
+    // The CPU hook ran for the page (and, when the split broke before
+    // make, for the whole block first).
+    if vm.log.released != [page] || vm.log.cpu_tlbis.last() != Some(&(page, 4096)) {
         return Err(format!(
-            "{} CPU TLB invalidations, released {:x?}",
+            "CPU TLB hook ran for {:x?}, released {:x?}",
             vm.log.cpu_tlbis, vm.log.released
         ));
     }
@@ -477,7 +502,8 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         return Err(String::from("the released page was written"));
     }
     Ok(format!(
-        "IPA {page:#x} released: CPU abort + F_TRANSLATION; {:#x} -> device -> {:#x} ok",
+        "IPA {page:#x} out of its 2 MiB block ({} CPU TLB hook calls): CPU abort + F_TRANSLATION; {:#x} -> device -> {:#x} ok",
+        vm.log.cpu_tlbis.len(),
         page - 4096,
         page + 4096
     ))

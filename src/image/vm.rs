@@ -29,21 +29,21 @@ use alloc::vec::Vec;
 use core::arch::asm;
 
 use aarch64_cpu::registers::{
-    CNTHCTL_EL2, CNTVOFF_EL2, CPACR_EL1, DAIF, HCR_EL2, MPIDR_EL1, Readable, SCTLR_EL1, SP_EL1,
+    CNTHCTL_EL2, CNTVOFF_EL2, CPACR_EL1, DAIF, HCR_EL2, ID_AA64MMFR2_EL1, MPIDR_EL1, Readable, SCTLR_EL1, SP_EL1,
     VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
 };
 use smmuv3::Dma;
 use smmuv3::domain::{DomainId, DomainOptions};
 use smmuv3::event::Event;
 use smmuv3::fault::{self, FaultSummary};
-use smmuv3::stage2::{Perm, Stage2Config};
+use smmuv3::stage2::{MapOptions, Perm, Stage2Config};
 use spin::Mutex;
 
 use super::console::println;
 use super::demo::Driver;
 use super::dma::ImageHal;
 use super::edu::Edu;
-use super::guest::{self, BAR_IPA, BALLOON_REGION, CODE_IPA, RAM_IPA, RAM_SIZE};
+use super::guest::{self, BAR_IPA, CODE_IPA, RAM_IPA, RAM_SIZE};
 use super::hvc::{self, Call};
 use super::vcpu::{Vcpu, vector};
 use super::{cpu, gic, iommu, smp};
@@ -198,8 +198,8 @@ pub struct VmLog {
     pub exits: u32,
     /// IRQ exits.
     pub irq_exits: u32,
-    /// CPU TLB invalidations run for it (the unmap hook).
-    pub cpu_tlbis: u32,
+    /// The ranges the unmap hook invalidated on the CPU, (IPA, length).
+    pub cpu_tlbis: Vec<(u64, u64)>,
     /// Released pages.
     pub released: Vec<u64>,
     last_abort: Option<Abort>,
@@ -282,6 +282,7 @@ impl Vm {
         let domain = smmu
             .create_domain(DomainOptions {
                 vmid: Some(spec.vmid),
+                cpu_bbml2: cpu_bbm_level() >= 2,
                 ..DomainOptions::new(stage2)
             })
             .map_err(|e| format!("create_domain: {e}"))?;
@@ -318,22 +319,34 @@ impl Vm {
 
     /// Maps code, BAR0 and RAM, and attaches the device.
     fn map_all(&self, smmu: &Driver, bar_pa: u64, bar_size: u64) -> Result<(), String> {
-        let map = |ipa: u64, pa: u64, len: u64, perm: Perm| {
-            smmu.map(self.domain, ipa, pa, len, perm)
+        let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
+            smmu.map_with(self.domain, ipa, pa, len, &opts)
                 .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
         };
-        // Code: read (and execute); never writable.
-        map(CODE_IPA, self.code_pa(), PAGE, Perm::Read)?;
-        // BAR0. Normal memory in the leaf until the driver offers
-        // Device/XN mappings; with stage 1 off the guest's accesses are
-        // Device-nGnRnE anyway (the stricter of the two stages wins).
-        map(BAR_IPA, bar_pa, bar_size, Perm::ReadWrite)?;
-        // RAM: the first 2 MiB as one block; the balloon region page by page
-        // (until the driver can split a block on unmap).
-        map(RAM_IPA, self.ram_pa(), BALLOON_REGION, Perm::ReadWrite)?;
-        for off in (BALLOON_REGION..RAM_SIZE).step_by(PAGE as usize) {
-            map(RAM_IPA + off, self.ram_pa() + off, PAGE, Perm::ReadWrite)?;
-        }
+        // Code: read and execute, never writable.
+        map(
+            CODE_IPA,
+            self.code_pa(),
+            PAGE,
+            MapOptions {
+                execute: true,
+                blocks: false,
+                ..MapOptions::normal(Perm::Read)
+            },
+        )?;
+        // BAR0: Device-nGnRE, execute-never.
+        map(BAR_IPA, bar_pa, bar_size, MapOptions::device())?;
+        // RAM: read-write, execute-never, 2 MiB blocks (the balloon splits
+        // one when it takes a page out of it).
+        map(
+            RAM_IPA,
+            self.ram_pa(),
+            RAM_SIZE,
+            MapOptions {
+                execute: false,
+                ..MapOptions::normal(Perm::ReadWrite)
+            },
+        )?;
         smmu.attach(self.domain, self.sid)
             .map_err(|e| format!("attach sid {:#x}: {e}", self.sid))
     }
@@ -667,16 +680,26 @@ impl Vm {
         if !mapped {
             return hvc::BAD_IPA;
         }
-        if let Err(e) = smmu.unmap(self.domain, ipa, len) {
+        let block = smmu
+            .translate(self.domain, ipa)
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.size);
+        let hooks = &mut self.log.cpu_tlbis;
+        let r = smmu.unmap_with(self.domain, ipa, len, &mut |inv| {
+            cpu_tlb_invalidate(inv.vmid, inv.ipa, inv.len);
+            hooks.push((inv.ipa, inv.len));
+        });
+        if let Err(e) = r {
             println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: unmap: {e}", self.name);
             return hvc::FAILED;
         }
-        cpu_tlb_invalidate(self.vmid, ipa, len);
-        self.log.cpu_tlbis += 1;
         self.log.released.push(ipa);
         println!(
-            "  VM {}: RELEASE IPA {ipa:#x}+{len:#x}: unmapped (SMMU TLBI_S2_IPA + CMD_SYNC, CPU TLBI IPAS2E1IS + VMALLE1IS)",
-            self.name
+            "  VM {}: RELEASE IPA {ipa:#x}+{len:#x} (inside a {} KiB leaf): unmapped; CPU TLB hook ran for {:x?}",
+            self.name,
+            block >> 10,
+            self.log.cpu_tlbis
         );
         0
     }
@@ -721,6 +744,12 @@ impl Vm {
             Err(format!("VM {}: domain not destroyed; memory leaked", self.name))
         }
     }
+}
+
+/// ID_AA64MMFR2_EL1.BBM: the CPU's break-before-make level (2: a block
+/// can be replaced by a table of the same translations in one store).
+pub fn cpu_bbm_level() -> u64 {
+    ID_AA64MMFR2_EL1.read(ID_AA64MMFR2_EL1::BBM)
 }
 
 /// SMMU events not yet taken by their VM, by StreamID.
