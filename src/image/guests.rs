@@ -23,13 +23,18 @@ use super::{cpu, smp};
 /// Bound on a VM's run on CPU 1.
 pub const CPU1_TIMEOUT_NS: u64 = 60_000_000_000;
 
+/// The first word of VM `i`'s data pattern.
+pub fn seed(i: usize) -> u64 {
+    0x5EED_0000_0000_0000 | (i as u64 + 1) << 40
+}
+
 /// The spec of VM `i` for `edu`: VMID 0x11 + i, its own seed and fill.
 pub fn spec(i: usize, edu: &Edu, phases: u64) -> VmSpec {
     VmSpec {
         name: String::from(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8]),
         edu: *edu,
         vmid: 0x11 + i as u16,
-        seed: 0x5EED_0000_0000_0000 | (i as u64 + 1) << 40,
+        seed: seed(i),
         fill: 0xA0 + i as u8,
         phases,
         foreign: guest::UNMAPPED_CPU_IPA + 0x10_0000,
@@ -531,7 +536,7 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
     }
     for (i, vm) in vms.iter().enumerate() {
         let n = format!("VM {}", vm.name);
-        let seed = spec(i, &vm.edu, 0).seed;
+        let seed = seed(i);
         report.add(&n, "VTTBR_EL2 == STE: same VMID, same root", identity(smmu, vm));
         report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
         report.add(&n, "guest DMA RAM -> device -> RAM via IPAs", dma_roundtrip(vm, seed));
