@@ -231,8 +231,8 @@ g_edu_dma:
     ret
 
     /* dma_faults_at: DMA 64 bytes device -> x16, then DMA_FAULTS; x15 +=
-       failures (timeout, no fault, first fault not at x16 or not a
-       translation fault). */
+       failures (timeout, no fault, first fault not at x16 in the bits of
+       mask x17, or not a translation fault). */
 g_dma_faults_at:
     stp     x29, x30, [sp, #-16]!
     ldr     x9, ={edu_buf}
@@ -244,7 +244,9 @@ g_dma_faults_at:
     hcall   {dma_faults}
     cmp     x0, #0
     cinc    x15, x15, eq
-    cmp     x1, x16
+    and     x3, x1, x17
+    and     x4, x16, x17
+    cmp     x3, x4
     cinc    x15, x15, ne
     cmp     x2, #0x10
     cinc    x15, x15, ne
@@ -310,6 +312,7 @@ g_outside:
     stp     x29, x30, [sp, #-16]!
     mov     x15, #0
     mov     x16, x25
+    mov     x17, #-1
     bl      g_dma_faults_at
     status_from_x15
     report  {c_dma_outside}, x9, x25
@@ -379,8 +382,11 @@ g_foreign:
     bl      g_aborted_at
     status_from_x15
     report  {c_foreign_cpu}, x9, x22
+    /* An edu without dma_mask emits only 28 address bits: the fault is at
+       the target's low 28 bits then. */
     mov     x15, #0
     mov     x16, x22
+    mov     x17, #0x0fffffff
     bl      g_dma_faults_at
     status_from_x15
     report  {c_foreign_dma}, x9, x22
@@ -517,6 +523,7 @@ g_balloon:
     /* ...and for its device. */
     mov     x15, #0
     mov     x16, x26
+    mov     x17, #-1
     bl      g_dma_faults_at
     status_from_x15
     report  {c_balloon_dma}, x9, x26

@@ -711,10 +711,7 @@ impl Vm {
         let events = INBOX.lock().remove(&self.sid).unwrap_or_default();
         let new = fault::coalesce(&events, PAGE);
         for f in &new {
-            println!(
-                "  fault: VM {} [{} sid {:#06x}]: {f}",
-                self.name, self.edu.bdf, self.sid
-            );
+            println!("  fault: {f} [VM {}, {} edu]", self.name, self.edu.bdf);
         }
         self.log.dma_faults.extend(new.iter().cloned());
         new
