@@ -21,8 +21,21 @@ banner says ``interrupts: GICv<N>``, the SMMU's interrupts are serviced
 ``via GICv<N>``, and the ``SMMU stats`` line counts at least one interrupt
 taken (so delivery really worked, not a silent fall back to polling).
 
-Prints ``test trace_agreement ... ok`` or ``... FAILED`` (with reasons) and
-exits accordingly. Extra QEMU arguments come from ``QEMU_ARGS`` as usual.
+With ``--aliases N`` (a topology with functions behind a PCIe-to-PCI
+bridge) it also checks, from the image's PCI listing (``StreamIDs OWN, ALIAS
+(alias BDF via BRIDGE)``), that:
+
+* at least N functions are listed with an alias StreamID, and those sharing
+  an alias are placed in one VM (``VM n <- group g (A+B) ...``);
+* every ``IPA X -> PA Y`` the demo reports for such a function was traced as
+  ``smmuv3_translate_success sid=ALIAS iova=X translated=Y``: QEMU translated
+  that DMA under the alias StreamID;
+* QEMU never translated or faulted anything under such a function's own
+  StreamID (its DMA never carries it).
+
+Prints ``test NAME ... ok`` or ``... FAILED`` (with reasons) and exits
+accordingly (NAME: the first argument, default ``trace_agreement``). Extra
+QEMU arguments come from ``QEMU_ARGS`` as usual.
 """
 import collections
 import os
@@ -31,7 +44,46 @@ import subprocess
 import sys
 import tempfile
 
-NAME = sys.argv[1] if len(sys.argv) > 1 else "trace_agreement"
+NAME = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "trace_agreement"
+ALIASES = int(sys.argv[sys.argv.index("--aliases") + 1]) if "--aliases" in sys.argv else None
+
+
+def check_aliases(out, traced, events, problems):
+    """The alias checks of ``--aliases``; returns the number of claims checked."""
+    aliased = {}
+    for m in re.finditer(r"^\s+([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) \[.*?  StreamIDs (.*?)(?:  group \d+)?$", out, re.M):
+        if "(alias " not in m[2]:
+            continue
+        sids = [int(x, 16) for x in re.findall(r"0x[0-9a-f]+", m[2])]
+        aliased[m[1]] = (sids[0], sids[-1])
+    if len(aliased) < ALIASES:
+        problems.append(f"expected at least {ALIASES} functions with an alias StreamID, the listing has {len(aliased)}")
+    vms = [m[1].split("+") for m in re.finditer(r"^\s+VM \d+ <- group \d+ \(([^)]*)\)", out, re.M)]
+    by_root = collections.defaultdict(set)
+    for bdf, (_, root) in aliased.items():
+        by_root[root].add(bdf)
+    for root, bdfs in by_root.items():
+        placed = [vm for vm in vms if bdfs & set(vm)]
+        if len(bdfs) > 1 and (len(placed) != 1 or not bdfs <= set(placed[0])):
+            problems.append(f"functions {sorted(bdfs)} share alias StreamID {root:#x} but are not in one VM: {placed}")
+    checked = 0
+    for bdf, (own, root) in aliased.items():
+        claims = []
+        for m in re.finditer(r"^\s+(\S+)\s+.*$", out, re.M):
+            devices = m[1].split("+")
+            if bdf in devices and all(d in aliased and aliased[d][1] == root for d in devices):
+                claims += re.findall(r"IPA (0x[0-9a-f]+) -> PA (0x[0-9a-f]+)", m[0])
+        if not claims:
+            problems.append(f"{bdf}: the demo reported no IPA -> PA translation for it")
+        for ipa, pa in claims:
+            checked += 1
+            if (root, int(ipa, 16), int(pa, 16)) not in traced:
+                problems.append(f"{bdf}: IPA {ipa} -> PA {pa} not traced under alias StreamID {root:#x}")
+        used = [t for t in traced if t[0] == own] + [e for e in events if e[1] == own]
+        if own != root and used:
+            problems.append(f"{bdf}: QEMU used its own StreamID {own:#x} ({len(used)} traces), not only the alias {root:#x}")
+    print(f"trace: {len(aliased)} aliased functions, {checked} translations checked under their alias StreamID")
+    return checked
 
 
 def main() -> int:
@@ -53,11 +105,13 @@ def main() -> int:
             problems.append(f"no trace: {e}")
 
     translations = set()
+    traced = set()
     events = collections.Counter()
     for line in lines:
-        m = re.search(r"smmuv3_translate_success .*iova=(0x[0-9a-f]+) translated=(0x[0-9a-f]+)", line)
+        m = re.search(r"smmuv3_translate_success .*sid=(0x[0-9a-f]+) iova=(0x[0-9a-f]+) translated=(0x[0-9a-f]+)", line)
         if m:
-            translations.add((int(m[1], 16), int(m[2], 16)))
+            translations.add((int(m[2], 16), int(m[3], 16)))
+            traced.add((int(m[1], 16), int(m[2], 16), int(m[3], 16)))
         m = re.search(r"smmuv3_record_event SMMU_EVT_(\w+) sid=(0x[0-9a-f]+)", line)
         if m:
             events[(m[1], int(m[2], 16))] += 1
@@ -126,6 +180,8 @@ def main() -> int:
             problems.append("no SMMU interrupt was taken")
         else:
             print(f"trace: {irqs[1]} SMMU interrupts taken through GICv{gic}")
+    if ALIASES is not None:
+        check_aliases(out, traced, events, problems)
 
     print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
           f"against {len(translations)} traced translations and {total} traced events; "

@@ -135,6 +135,31 @@ pub enum Error {
     /// An STE/CD update plan would exceed its fixed capacity (a driver bug:
     /// never a silently dropped step).
     PlanTooLong,
+    /// The StreamID belongs to isolation group `group`, which has more
+    /// than one StreamID: it is attached and detached only as a whole
+    /// (`Smmu::attach_group`, `Smmu::detach_group`).
+    SidInGroup {
+        /// The StreamID asked for alone (or left out of a group call).
+        sid: u32,
+        /// The group it belongs to.
+        group: u32,
+    },
+    /// A group was declared with a StreamID that already belongs to
+    /// another group.
+    SidInOtherGroup {
+        /// The StreamID.
+        sid: u32,
+        /// The group it already belongs to.
+        group: u32,
+    },
+    /// No isolation group with this number.
+    UnknownGroup(u32),
+    /// A group call failed and could not undo its earlier steps: `sid` is
+    /// left in a state other than the one the call found it in.
+    RollbackFailed {
+        /// The StreamID that could not be restored.
+        sid: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -185,9 +210,27 @@ impl fmt::Display for Error {
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),
             Error::ExternalTables(d) => {
-                write!(f, "domain {d} has hypervisor-owned tables: the driver does not edit them")
+                write!(
+                    f,
+                    "domain {d} has hypervisor-owned tables: the driver does not edit them"
+                )
             }
             Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
+            Error::SidInGroup { sid, group } => write!(
+                f,
+                "StreamID {sid:#x} belongs to isolation group {group}: attach or detach the whole group"
+            ),
+            Error::SidInOtherGroup { sid, group } => {
+                write!(
+                    f,
+                    "StreamID {sid:#x} already belongs to isolation group {group}"
+                )
+            }
+            Error::UnknownGroup(g) => write!(f, "unknown isolation group {g}"),
+            Error::RollbackFailed { sid } => write!(
+                f,
+                "a group operation failed and StreamID {sid:#x} could not be restored"
+            ),
         }
     }
 }

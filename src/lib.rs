@@ -24,6 +24,7 @@ pub mod event;
 pub mod eventq;
 pub mod fault;
 pub mod features;
+pub mod group;
 pub mod hal;
 pub mod idalloc;
 pub mod mmio;
@@ -33,6 +34,7 @@ pub mod smmu;
 pub mod stage2;
 pub mod ste;
 pub mod strtab;
+pub mod topology;
 
 pub use error::{Error, Result};
 pub use hal::{Dma, DmaRegion, Hal, PhysAddr};

@@ -18,6 +18,7 @@ use alloc::vec::Vec;
 use image::console::println;
 use image::demo::{self, Report, Vm, name};
 use image::edu::{self, Edu};
+use image::pci::{self, PciFunction};
 use smmuv3::smmu::Config;
 
 fn main() -> ! {
@@ -28,12 +29,12 @@ fn main() -> ! {
         image::exit(if ok { 0 } else { 1 });
     }
     let edus = edu::find_all(&boot.pci);
-    let failures = run_demo(&edus);
+    let failures = run_demo(&edus, &boot.pci);
     image::exit(if failures == 0 { 0 } else { 1 })
 }
 
 /// Everything `make run` shows; returns the number of failed checks.
-fn run_demo(edus: &[Edu]) -> usize {
+fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
     let smmu = match image::iommu::new_smmu(Config::default()) {
         Ok(s) => s,
         Err(e) => {
@@ -94,62 +95,97 @@ fn run_demo(edus: &[Edu]) -> usize {
     }
 
     println!(
-        "Stage-2 isolation: one VM domain per edu device, IPA window at {:#x}",
+        "Stage-2 isolation: one VM domain per isolation group with edu devices, IPA window at {:#x}",
         demo::WINDOW
     );
-    let mut vms: Vec<(&Edu, Vm)> = Vec::new();
-    for (i, edu) in edus.iter().enumerate() {
-        match demo::create_vm(&smmu, edu, 0x10 + 0x40 * i as u8) {
+    let mut vms: Vec<Vm> = Vec::new();
+    for (group, members) in edu_groups(edus, functions) {
+        let seed = 0x10 + 0x40 * vms.len() as u8;
+        let names = members.iter().map(name).collect::<Vec<_>>().join("+");
+        // Tell the driver the group, so no member can move alone.
+        if let Err(e) = smmu.declare_group(&group.sids) {
+            report.add(
+                &names,
+                "declare isolation group",
+                Err(alloc::format!("{e}")),
+            );
+            continue;
+        }
+        match demo::create_group_vm(&smmu, &members, &group.sids, seed) {
             Ok(vm) => {
                 let info = smmu.domain_info(vm.domain);
+                let sids = vm
+                    .sids
+                    .iter()
+                    .map(|s| alloc::format!("{s:#06x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 println!(
-                    "  VM {} <- {} sid {:#06x}: VMID {}, data PA {:#x}, source PA {:#x}",
+                    "  VM {} <- group {} ({names}) StreamIDs {sids} (DMA arrives as {:#06x}): VMID {}, data PA {:#x}, source PA {:#x}",
                     vm.domain,
-                    edu.bdf,
+                    group.id,
                     vm.sid,
                     info.map_or(0, |i| i.vmid),
                     vm.data.pa(),
                     vm.source.pa()
                 );
-                vms.push((edu, vm));
+                vms.push(vm);
             }
-            Err(e) => report.add(&name(edu), "create VM domain and attach", Err(e)),
+            Err(e) => report.add(&names, "create VM domain and attach", Err(e)),
         }
     }
-    for (edu, vm) in &vms {
-        let n = name(edu);
-        report.add(
-            &n,
-            "DMA write lands at the mapped PA",
-            demo::write_lands(&smmu, edu, vm),
-        );
-        report.add(
-            &n,
-            "DMA read gets the right bytes",
-            demo::read_right_bytes(&smmu, edu, vm),
-        );
-        report.add(
-            &n,
-            "DMA to unmapped IPA: blocked, F_TRANSLATION",
-            demo::unmapped_blocked(&smmu, edus, edu, vm),
-        );
-        report.add(
-            &n,
-            "DMA write to read-only IPA: F_PERMISSION",
-            demo::readonly_blocked(&smmu, edus, edu, vm),
-        );
-        report.add(
-            &n,
-            "unmap + invalidate: old IPA faults",
-            demo::unmap_invalidates(&smmu, edus, edu, vm),
-        );
+    for vm in &vms {
+        for edu in &vm.edus {
+            let n = name(edu);
+            report.add(
+                &n,
+                "DMA write lands at the mapped PA",
+                demo::write_lands(&smmu, edu, vm),
+            );
+            report.add(
+                &n,
+                "DMA read gets the right bytes",
+                demo::read_right_bytes(&smmu, edu, vm),
+            );
+            report.add(
+                &n,
+                "DMA to unmapped IPA: blocked, F_TRANSLATION",
+                demo::unmapped_blocked(&smmu, edus, edu, vm),
+            );
+            report.add(
+                &n,
+                "DMA write to read-only IPA: F_PERMISSION",
+                demo::readonly_blocked(&smmu, edus, edu, vm),
+            );
+            report.add(
+                &n,
+                "unmap + invalidate: old IPA faults",
+                demo::unmap_invalidates(&smmu, edus, edu, vm),
+            );
+        }
+        if let [a, b, ..] = vm.edus.as_slice() {
+            let n = alloc::format!("{}+{}", a.bdf, b.bdf);
+            report.add(
+                &n,
+                "one group, one VM: B reads what A wrote",
+                demo::group_shares_domain(&smmu, a, b, vm),
+            );
+            report.add(
+                &n,
+                "group member alone: attach/detach refused",
+                demo::group_member_cannot_move_alone(&smmu, vm),
+            );
+        }
     }
     for pair in vms.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
+        let (Some(ea), Some(eb)) = (a.edus.first(), b.edus.first()) else {
+            continue;
+        };
         report.add(
-            &alloc::format!("{}+{}", a.0.bdf, b.0.bdf),
+            &alloc::format!("{}+{}", ea.bdf, eb.bdf),
             "two VMs, same IPA, different PAs, no crossing",
-            demo::two_vms_same_ipa(&smmu, edus, (a.0, &a.1), (b.0, &b.1)),
+            demo::two_vms_same_ipa(&smmu, edus, (ea, a), (eb, b)),
         );
     }
     report.add(
@@ -157,21 +193,27 @@ fn run_demo(edus: &[Edu]) -> usize {
         "command error: recovered, queue resumes",
         demo::command_error_recovery(&smmu),
     );
-    if let Some((edu, vm)) = vms.first() {
+    if let Some((edu, vm)) = vms.first().and_then(|vm| Some((vm.edus.first()?, vm))) {
         report.add(
             &name(edu),
             "event storm: overflow detected, reporting resumes",
             demo::event_storm(&smmu, edus, edu, vm),
         );
     }
-    for (edu, vm) in &vms {
-        report.add(
-            &name(edu),
-            "after detach: DMA blocked",
-            demo::detach_blocks(&smmu, edu, vm),
-        );
+    for vm in &vms {
+        for edu in &vm.edus {
+            report.add(
+                &name(edu),
+                "after detach: DMA blocked",
+                demo::detach_blocks(&smmu, edu, vm),
+            );
+        }
         if let Err(e) = smmu.destroy_domain(vm.domain) {
-            report.add(&name(edu), "destroy domain", Err(alloc::format!("{e}")));
+            report.add(
+                &alloc::format!("VM {}", vm.domain),
+                "destroy domain",
+                Err(alloc::format!("{e}")),
+            );
         }
     }
     // The same devices, now passed through to EL1 guests that drive them.
@@ -189,4 +231,25 @@ fn run_demo(edus: &[Edu]) -> usize {
     );
     drop(irqs);
     report.failures()
+}
+
+/// The isolation groups that contain edu devices, in enumeration order,
+/// each with its edus.
+fn edu_groups(
+    edus: &[Edu],
+    functions: &[PciFunction],
+) -> Vec<(smmuv3::topology::Group<usize>, Vec<Edu>)> {
+    let groups = pci::isolation_groups(functions);
+    groups
+        .groups()
+        .iter()
+        .filter_map(|g| {
+            let members: Vec<Edu> = edus
+                .iter()
+                .filter(|e| e.group == Some(g.id))
+                .copied()
+                .collect();
+            (!members.is_empty()).then(|| (g.clone(), members))
+        })
+        .collect()
 }

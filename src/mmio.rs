@@ -11,7 +11,7 @@
 //! it lets go (and looks again after letting go, so no bit is stranded).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 use spin::Mutex;
 use tock_registers::RegisterLongName;
@@ -28,7 +28,11 @@ pub struct Mmio {
     gerrorn_lock: Mutex<()>,
     /// GERRORN acknowledgements left by callers that found the lock taken.
     gerrorn_pending: AtomicU32,
+    /// An interrupt handler saw a command error but could not take the
+    /// command queue: its holder must look at GERROR.
+    cmdq_error_hint: AtomicBool,
     writes: AtomicU64,
+    reads: AtomicU64,
 }
 
 // SAFETY: the pointers refer to MMIO registers (not Rust-owned memory); every
@@ -55,7 +59,9 @@ impl Mmio {
             page1: unsafe { base.add(PAGE_SIZE) }.cast(),
             gerrorn_lock: Mutex::new(()),
             gerrorn_pending: AtomicU32::new(0),
+            cmdq_error_hint: AtomicBool::new(false),
             writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
         }
     }
 
@@ -117,10 +123,38 @@ impl Mmio {
         self.writes.load(Ordering::Relaxed)
     }
 
+    /// Reads a 32-bit register and counts the read. The driver's hot paths
+    /// (command completion, global errors, the event queue) read through
+    /// this; one-off reads at probe and enable do not.
+    pub fn read32<T: tock_registers::UIntLike + Into<u32>, R: RegisterLongName>(
+        &self,
+        reg: &impl Readable<T = T, R = R>,
+    ) -> u32 {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        reg.get().into()
+    }
+
+    /// Counted MMIO reads so far (see [`Mmio::read32`]).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Records that a command error awaits the command queue's lock holder
+    /// (an interrupt handler found the queue locked).
+    pub fn hint_cmdq_error(&self) {
+        self.cmdq_error_hint.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the hint left by [`Mmio::hint_cmdq_error`].
+    pub fn take_cmdq_error_hint(&self) -> bool {
+        self.cmdq_error_hint.load(Ordering::Relaxed)
+            && self.cmdq_error_hint.swap(false, Ordering::SeqCst)
+    }
+
     /// Global errors currently active: GERROR bits that differ from GERRORN.
     pub fn active_gerrors(&self) -> u32 {
         let p0 = self.p0();
-        p0.gerror.get() ^ p0.gerrorn.get()
+        self.read32(&p0.gerror) ^ self.read32(&p0.gerrorn)
     }
 
     /// Acknowledges the active errors among `bits` by toggling their GERRORN

@@ -289,7 +289,12 @@ fn iommu_map_translates_rids() -> TestResult {
     }];
     host.iommu_map_mask = 0xfff8;
     check_eq!(host.rid_to_sid(0x0109), Ok((7, 0x4008)));
-    check_eq!(host.rid_to_sid(0x0008), Err(RidError::NotCovered(0x0008)));
+    check_eq!(
+        host.rid_to_sid(0x0008),
+        Err(RidError::NotCovered {
+            rid: smmuv3::topology::Rid(0x0008)
+        })
+    );
     host.iommu_map.clear();
     check_eq!(host.rid_to_sid(0x0100), Err(RidError::NoIommuMap));
     Ok(())

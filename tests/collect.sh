@@ -30,13 +30,20 @@ cargo test --no-fail-fast 2>&1 | tee "$logs/target.txt"
 target_status=${PIPESTATUS[0]}
 
 # The demo image, judged against QEMU's own SMMU trace, on the default
-# topology and on one with a switch, an extra root port and more memory.
+# topology, on one with a switch, an extra root port and more memory, and on
+# one with a PCIe-to-PCI bridge.
 echo "collect: demo vs QEMU trace (qemu/trace-check.py)"
 python3 qemu/trace-check.py trace_agreement 2>&1 | tee -a "$logs/target.txt" | tail -n 3
 QEMU_ARGS="-m 2G -device pcie-root-port,id=rp7,chassis=7 -device edu,bus=rp7 \
 -device pcie-root-port,id=rp8,chassis=8 -device x3130-upstream,id=up8,bus=rp8 \
 -device xio3130-downstream,id=dn8,bus=up8,chassis=9 -device edu,bus=dn8" \
     python3 qemu/trace-check.py demo_switch_topology 2>&1 | tee -a "$logs/target.txt" | tail -n 3
+# Two edus behind a PCIe-to-PCI bridge: their DMA arrives with the bridge's
+# alias StreamID, both share one isolation group and one VM.
+QEMU_ARGS="-device pcie-pci-bridge,id=br1,bus=pcie.0 \
+-device edu,bus=br1,addr=3,dma_mask=0xffffffffffffffff \
+-device edu,bus=br1,addr=4,dma_mask=0xffffffffffffffff" \
+    python3 qemu/trace-check.py demo_bridge_aliases --aliases 2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
 
 # GICv2: the demo (trace-checked, and its SMMU interrupts taken through the
 # GICv2), then the interrupt and second-CPU suites, each test named gicv2/...
@@ -46,6 +53,11 @@ QEMU_ARGS="-machine gic-version=2" EXPECT_GIC=2 \
     python3 qemu/trace-check.py demo_gicv2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
 QEMU_ARGS="-machine gic-version=2" cargo test --no-fail-fast --test irq --test smp 2>&1 |
     sed -E 's/^test ([^ ]+) \.\.\./test gicv2\/\1 .../' | tee -a "$logs/target.txt"
+
+# The README's ownership example builds for the bare-metal target and is
+# shown verbatim.
+echo "collect: examples (tests/readme-example.sh)"
+tests/readme-example.sh 2>&1 | tee -a "$logs/target.txt" | grep '^test '
 
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(

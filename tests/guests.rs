@@ -191,7 +191,11 @@ fn cpu_stage2_abort_decoded_and_guest_resumes() -> TestResult {
         check_eq!(x.far, x.ipa);
         check!(x.isv());
         // Every abort happened inside the guest's own code page.
-        check!((CODE_IPA..CODE_IPA + 4096).contains(&x.elr), "ELR {:#x}", x.elr);
+        check!(
+            (CODE_IPA..CODE_IPA + 4096).contains(&x.elr),
+            "ELR {:#x}",
+            x.elr
+        );
     }
     check_eq!(a[0].srt(), 9);
     check_eq!(a[1].srt(), 23);
@@ -277,7 +281,9 @@ fn bad_hypercalls_typed_errors_nothing_changes() -> TestResult {
         guest::offsets::STACK_LOW..RAM_SIZE,
     ];
     check!(vm.first_unfilled(&skip).is_none(), "RAM changed");
-    harness::bad_input_rejected("guest hypercalls: 16 bad requests, typed errors, tables unchanged");
+    harness::bad_input_rejected(
+        "guest hypercalls: 16 bad requests, typed errors, tables unchanged",
+    );
     guests::destroy_all(&smmu, vms);
     Ok(())
 }
@@ -302,7 +308,10 @@ fn balloon_splits_block_cpu_and_dma_fault() -> TestResult {
         Some(2 << 20)
     );
     let release = vm.log.hvcs.iter().find(|h| h.fid == hvc::RELEASE);
-    check_eq!(release.map(|h| (h.args[0], h.args[1], h.ret)), Some((BALLOON_PAGE_IPA, 4096, 0)));
+    check_eq!(
+        release.map(|h| (h.args[0], h.args[1], h.ret)),
+        Some((BALLOON_PAGE_IPA, 4096, 0))
+    );
     guests::destroy_all(&smmu, vms);
     Ok(())
 }

@@ -18,6 +18,7 @@ use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, Ecam, PciFunction};
 use image::platform::Region;
 use image::{dma, print_pci_functions};
+use smmuv3::topology::BridgeKind;
 
 fn main() -> ! {
     let boot = image::init();
@@ -28,6 +29,7 @@ fn main() -> ! {
             all_edus_found,
             edu_behind_root_port_has_its_bus_number,
             stream_id_is_rid,
+            bridge_kinds_chain_and_groups,
             bars_lie_inside_the_windows,
             memory_and_bus_master_enabled,
             bridge_windows_cover_devices_behind_them,
@@ -86,6 +88,48 @@ fn stream_id_is_rid() -> TestResult {
     }
     for e in edus() {
         check_eq!(e.stream_id, Some(u32::from(e.bdf.rid())));
+    }
+    Ok(())
+}
+
+/// The root port reads as a PCIe root port from its capability list, the
+/// edu behind it records it as its parent, no bridge of the default
+/// topology aliases, and every function is its own isolation group.
+fn bridge_kinds_chain_and_groups() -> TestResult {
+    let fs = functions();
+    let rp_index = fs
+        .iter()
+        .position(|f| (f.vendor, f.device) == (0x1b36, 0x000c))
+        .ok_or(Failure::new("a PCIe root port exists"))?;
+    let rp = &fs[rp_index];
+    check_eq!(rp.bridge_kind(), Some(BridgeKind::PcieRootPort));
+    check_eq!(rp.parent, None);
+    let (secondary, _) = rp.buses.ok_or(Failure::new("root port has bus numbers"))?;
+    for f in fs {
+        let dma = f
+            .dma
+            .as_ref()
+            .map_err(|e| Failure::new(alloc::format!("{}: {e}", f.bdf)))?;
+        check!(
+            !dma.is_aliased(),
+            "{} is aliased on the default topology",
+            f.bdf
+        );
+        check_eq!(
+            (f.bdf, dma.stream_ids()),
+            (f.bdf, alloc::vec![u32::from(f.bdf.rid())])
+        );
+        let expected_parent = (f.bdf.bus == secondary).then_some(rp_index);
+        check_eq!((f.bdf, f.parent), (f.bdf, expected_parent));
+        check_eq!(f.header_type == 1, f.bridge_kind().is_some());
+    }
+    let groups = pci::isolation_groups(fs);
+    check_eq!(groups.groups().len(), fs.len());
+    for (i, f) in fs.iter().enumerate() {
+        check_eq!(f.group, Some(i));
+    }
+    for e in edus() {
+        check!(e.group.is_some(), "{} has no group", e.bdf);
     }
     Ok(())
 }

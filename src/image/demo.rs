@@ -178,17 +178,21 @@ pub fn drain(smmu: &Driver) -> Vec<Event> {
 }
 
 /// Drains the event queue and prints one line per faulting DMA, naming the
-/// device; returns the summaries.
+/// device (every edu using that StreamID, when an alias is shared); returns
+/// the summaries.
 pub fn report_faults(smmu: &Driver, edus: &[Edu]) -> Vec<FaultSummary> {
     let summaries = fault::coalesce(&drain(smmu), PAGE);
     for s in &summaries {
-        let who = edus
+        let names: Vec<String> = edus
             .iter()
-            .find(|e| e.stream_id == Some(s.sid))
-            .map_or_else(
-                || String::from("unknown device"),
-                |e| format!("{} edu", e.bdf),
-            );
+            .filter(|e| e.stream_id == Some(s.sid))
+            .map(name)
+            .collect();
+        let who = if names.is_empty() {
+            String::from("unknown device")
+        } else {
+            format!("{} edu", names.join(" or "))
+        };
         println!("  fault: {s} [{who}]");
     }
     summaries
@@ -265,14 +269,18 @@ pub fn bypass(smmu: &Driver, edu: &Edu) -> Result<String, String> {
 // ---------------------------------------------------------------------------
 // Stage-2 isolation.
 
-/// A VM as the demo builds it: a domain, its device, and the pages its IPA
-/// window maps.
+/// A VM as the demo builds it: a domain, its devices (one isolation group),
+/// and the pages its IPA window maps.
 #[derive(Debug)]
 pub struct Vm {
     /// The domain.
     pub domain: DomainId,
-    /// The StreamID attached.
+    /// The StreamID the first device's DMA arrives with.
     pub sid: u32,
+    /// Every StreamID attached (the whole isolation group).
+    pub sids: Vec<u32>,
+    /// The devices passed through, in enumeration order.
+    pub edus: Vec<Edu>,
     /// IPA WINDOW + 0x0000, read-write: DMA target.
     pub data: Page,
     /// IPA WINDOW + 0x1000, read-only: DMA source (patterned).
@@ -300,15 +308,30 @@ pub fn vm_stage2() -> Result<Stage2Config, String> {
 }
 
 /// Creates a domain for `edu`, maps its window onto fresh pages and
-/// attaches the device.
+/// attaches the device's StreamID.
 pub fn create_vm(smmu: &Driver, edu: &Edu, seed: u8) -> Result<Vm, String> {
-    let sid = sid_of(edu)?;
+    create_group_vm(smmu, core::slice::from_ref(edu), &[sid_of(edu)?], seed)
+}
+
+/// Creates a domain for an isolation group (`edus`, using `sids`), maps its
+/// window onto fresh pages and attaches every StreamID of the group at once
+/// (`Smmu::attach_group`: all or none).
+pub fn create_group_vm(smmu: &Driver, edus: &[Edu], sids: &[u32], seed: u8) -> Result<Vm, String> {
+    let first = edus.first().ok_or("a VM needs a device")?;
+    let sid = sid_of(first)?;
+    for e in edus {
+        if !sids.contains(&sid_of(e)?) {
+            return Err(format!("{}: its StreamID is not in the group", e.bdf));
+        }
+    }
     let domain = smmu
         .create_domain(DomainOptions::new(vm_stage2()?))
         .map_err(|e| format!("create_domain: {e}"))?;
     let vm = Vm {
         domain,
         sid,
+        sids: sids.to_vec(),
+        edus: edus.to_vec(),
         data: Page::new()?,
         source: Page::new()?,
         readonly: Page::new()?,
@@ -324,8 +347,8 @@ pub fn create_vm(smmu: &Driver, edu: &Edu, seed: u8) -> Result<Vm, String> {
         smmu.map(domain, ipa, page.pa(), PAGE, perm)
             .map_err(|e| format!("map {ipa:#x}: {e}"))?;
     }
-    smmu.attach(domain, sid)
-        .map_err(|e| format!("attach: {e}"))?;
+    smmu.attach_group(domain, sids)
+        .map_err(|e| format!("attach_group {sids:#x?}: {e}"))?;
     Ok(vm)
 }
 
@@ -338,6 +361,9 @@ fn load_buffer(edu: &Edu, off: usize, len: usize) -> Result<(), String> {
 /// A device-to-memory DMA to a mapped IPA lands at exactly the mapped PA.
 pub fn write_lands(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
     let (off, len) = (0x100usize, 0x100usize);
+    // From canaries, so a device sharing the VM cannot pass on the bytes
+    // another one left.
+    vm.data.fill(CANARY);
     load_buffer(edu, off, len)?;
     edu.dma_to_ram(off, IPA_DATA + off as u64, len)
         .map_err(edu_err)?;
@@ -390,7 +416,7 @@ pub fn unmapped_blocked(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Resu
     let before = vm_pages(vm);
     edu.dma_to_ram(0, IPA_UNMAPPED, 64).map_err(edu_err)?;
     let faults = report_faults(smmu, edus);
-    let seen = expect_fault(&faults, EventType::FTranslation, vm.sid, IPA_UNMAPPED)?;
+    let seen = expect_fault(&faults, EventType::FTranslation, sid_of(edu)?, IPA_UNMAPPED)?;
     vm_pages_untouched(vm, &before)?;
     Ok(seen)
 }
@@ -400,7 +426,7 @@ pub fn unmapped_blocked(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Resu
 pub fn readonly_blocked(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Result<String, String> {
     edu.dma_to_ram(0, IPA_READONLY, 64).map_err(edu_err)?;
     let faults = report_faults(smmu, edus);
-    let seen = expect_fault(&faults, EventType::FPermission, vm.sid, IPA_READONLY)?;
+    let seen = expect_fault(&faults, EventType::FPermission, sid_of(edu)?, IPA_READONLY)?;
     if !vm.readonly.all(CANARY) {
         return Err(String::from("read-only page was written"));
     }
@@ -415,6 +441,22 @@ pub fn unmap_invalidates(
     edu: &Edu,
     vm: &Vm,
 ) -> Result<String, String> {
+    // A device sharing the VM may have unmapped the page already: map it
+    // again, so every device runs the whole check.
+    let mapped = smmu
+        .translate(vm.domain, IPA_SCRATCH)
+        .map_err(|e| format!("translate: {e}"))?;
+    if mapped.is_none() {
+        vm.scratch.fill(CANARY);
+        smmu.map(
+            vm.domain,
+            IPA_SCRATCH,
+            vm.scratch.pa(),
+            PAGE,
+            Perm::ReadWrite,
+        )
+        .map_err(|e| format!("map {IPA_SCRATCH:#x} again: {e}"))?;
+    }
     // First use the mapping, so the SMMU caches the translation.
     edu.dma_to_ram(0, IPA_SCRATCH, 64).map_err(edu_err)?;
     if vm.scratch.all(CANARY) {
@@ -427,7 +469,7 @@ pub fn unmap_invalidates(
     vm.scratch.fill(CANARY);
     edu.dma_to_ram(0, IPA_SCRATCH, 64).map_err(edu_err)?;
     let faults = report_faults(smmu, edus);
-    let seen = expect_fault(&faults, EventType::FTranslation, vm.sid, IPA_SCRATCH)?;
+    let seen = expect_fault(&faults, EventType::FTranslation, sid_of(edu)?, IPA_SCRATCH)?;
     if !vm.scratch.all(CANARY) {
         return Err(String::from(
             "write reached the unmapped page: stale TLB entry",
@@ -455,11 +497,11 @@ pub fn two_vms_same_ipa(
         edu.dma_to_ram(off, IPA_DATA + off as u64, len)
             .map_err(edu_err)?;
     }
-    for (_, vm) in [a, b] {
+    for (edu, vm) in [a, b] {
         if vm.data.read(off, len) != vm.source.read(off, len) {
             return Err(format!(
-                "sid {:#x}: its own pattern is not in its own page",
-                vm.sid
+                "{}: its own pattern is not in its own page",
+                edu.bdf
             ));
         }
     }
@@ -472,14 +514,14 @@ pub fn two_vms_same_ipa(
     let target = b.1.data.pa();
     a.0.dma_to_ram(0, target, 64).map_err(edu_err)?;
     let faults = report_faults(smmu, edus);
+    let a_sid = sid_of(a.0)?;
     if faults.is_empty()
         || faults
             .iter()
-            .any(|f| f.sid != a.1.sid || f.kind != EventType::FTranslation)
+            .any(|f| f.sid != a_sid || f.kind != EventType::FTranslation)
     {
         return Err(format!(
-            "expected translation faults from sid {:#x}, got {faults:x?}",
-            a.1.sid
+            "expected translation faults from sid {a_sid:#x}, got {faults:x?}"
         ));
     }
     if b.1.data.read(off, len) != b.1.source.read(off, len)
@@ -499,18 +541,120 @@ pub fn two_vms_same_ipa(
 }
 
 /// After detach the device is blocked (abort: no translation, no record).
+/// The VM's StreamIDs are detached together (`Smmu::detach_group`) unless
+/// an earlier call (for another device of the VM) already did.
 pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> {
-    smmu.detach(vm.sid).map_err(|e| format!("detach: {e}"))?;
+    // The VM's first device detaches the group; the others find it detached.
+    let first = vm.edus.first().is_none_or(|e| e.bdf == edu.bdf);
+    let attached = vm
+        .sids
+        .iter()
+        .filter(|&&s| smmu.domain_of(s).is_some())
+        .count();
+    if first {
+        smmu.detach_group(&vm.sids)
+            .map_err(|e| format!("detach_group {:#x?}: {e}", vm.sids))?;
+    } else if attached != 0 {
+        return Err(format!("{attached} of the VM's StreamIDs still attached"));
+    }
     vm.data.fill(CANARY);
     let before = vm_pages(vm);
     edu.dma_to_ram(0, IPA_DATA, 64).map_err(edu_err)?;
     let _ = drain(smmu);
     vm_pages_untouched(vm, &before)?;
-    let ste = smmu.ste(vm.sid).map_err(|e| format!("{e}"))?;
-    if !ste.config().is_abort() {
-        return Err(format!("STE after detach is {:?}", ste.config()));
+    for &sid in &vm.sids {
+        let ste = smmu.ste(sid).map_err(|e| format!("{e}"))?;
+        if !ste.config().is_abort() {
+            return Err(format!("STE {sid:#x} after detach is {:?}", ste.config()));
+        }
     }
-    Ok(String::from("STE abort; memory unchanged"))
+    Ok(if vm.sids.len() > 1 {
+        format!(
+            "{} STEs of the group abort; memory unchanged",
+            vm.sids.len()
+        )
+    } else {
+        String::from("STE abort; memory unchanged")
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Isolation groups: devices behind a PCIe-to-PCI bridge share one alias
+// StreamID, so they share one VM.
+
+/// Two devices of one group reach the same domain: `a` writes its pattern
+/// at one IPA, `b` reads it back through the same IPA and writes it to
+/// another; both land in the VM's one data page.
+pub fn group_shares_domain(smmu: &Driver, a: &Edu, b: &Edu, vm: &Vm) -> Result<String, String> {
+    let (off_a, off_b, len) = (0xa00usize, 0xc00usize, 64usize);
+    vm.data.fill(CANARY);
+    load_buffer(a, off_a, len)?;
+    a.dma_to_ram(off_a, IPA_DATA + off_a as u64, len)
+        .map_err(edu_err)?;
+    // b: RAM (the VM's data page, as a wrote it) -> device -> RAM.
+    b.dma_from_ram(0, IPA_DATA + off_a as u64, len)
+        .map_err(edu_err)?;
+    b.dma_to_ram(0, IPA_DATA + off_b as u64, len)
+        .map_err(edu_err)?;
+    let faults = fault::coalesce(&drain(smmu), PAGE);
+    if !faults.is_empty() {
+        return Err(format!("unexpected faults: {faults:x?}"));
+    }
+    let pattern = vm.source.read(off_a, len);
+    if vm.data.read(off_a, len) != pattern {
+        return Err(format!("{}'s write did not land", a.bdf));
+    }
+    if vm.data.read(off_b, len) != pattern {
+        return Err(format!(
+            "{} did not read {}'s bytes through the VM",
+            b.bdf, a.bdf
+        ));
+    }
+    let t = smmu
+        .translate(vm.domain, IPA_DATA)
+        .map_err(|e| format!("{e}"))?
+        .ok_or("IPA not mapped")?;
+    Ok(format!(
+        "{} IPA {:#x} -> PA {:#x}, {} read it and wrote IPA {:#x} -> PA {:#x}",
+        a.bdf,
+        IPA_DATA + off_a as u64,
+        t.pa + off_a as u64,
+        b.bdf,
+        IPA_DATA + off_b as u64,
+        t.pa + off_b as u64
+    ))
+}
+
+/// A member of a declared multi-StreamID group cannot be attached or
+/// detached alone: the driver names the group, and nothing changes.
+pub fn group_member_cannot_move_alone(smmu: &Driver, vm: &Vm) -> Result<String, String> {
+    use smmuv3::error::Error;
+    let group = smmu
+        .group_of(vm.sid)
+        .ok_or_else(|| format!("sid {:#x} is in no declared group", vm.sid))?;
+    let before = smmu.stream_table_snapshot();
+    let detach = smmu.detach(vm.sid);
+    let attach = smmu.attach(vm.domain, vm.sid);
+    let expected = Err(Error::SidInGroup { sid: vm.sid, group });
+    if detach != expected || attach != expected {
+        return Err(format!("detach: {detach:?}, attach: {attach:?}"));
+    }
+    if smmu.stream_table_snapshot() != before {
+        return Err(String::from("the stream table changed"));
+    }
+    if vm
+        .sids
+        .iter()
+        .any(|&s| smmu.domain_of(s) != Some(vm.domain))
+    {
+        return Err(String::from("the group is no longer whole in its domain"));
+    }
+    Ok(format!(
+        "detach/attach of sid {:#x} alone: SidInGroup (group {group}); {} StreamIDs still in domain {}",
+        vm.sid,
+        vm.sids.len(),
+        vm.domain
+    ))
 }
 
 /// The contents of every page a VM's device can write.
@@ -593,7 +737,10 @@ pub fn event_storm(smmu: &Driver, edus: &[Edu], edu: &Edu, vm: &Vm) -> Result<St
     // Reporting keeps working: one more fault arrives whole.
     edu.dma_to_ram(0, IPA_READONLY, 64).map_err(edu_err)?;
     let faults = report_faults(smmu, edus);
-    expect_fault(&faults, EventType::FPermission, vm.sid, IPA_READONLY)?;
+    expect_fault(&faults, EventType::FPermission, sid_of(edu)?, IPA_READONLY)?;
+    if !vm.readonly.all(CANARY) {
+        return Err(String::from("read-only page was written"));
+    }
     Ok(format!(
         "{} records into a {capacity}-entry queue: {} drained, {} lost, overflow detected ({aborts} EVENTQ_ABT_ERR, {overflows} OVFLG); next fault reported whole",
         dmas * 1024,

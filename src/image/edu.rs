@@ -94,8 +94,12 @@ pub struct Edu {
     pub bdf: Bdf,
     /// CPU address of BAR0.
     pub bar0: usize,
-    /// Its StreamID, if `iommu-map` covers it.
+    /// The StreamID its DMA arrives with, if `iommu-map` covers it: its
+    /// own RID's, or behind an aliasing bridge the alias closest to the
+    /// root (e.g. 0x200 for 02:03.0 behind a PCIe-to-PCI bridge to bus 2).
     pub stream_id: Option<u32>,
+    /// Its isolation group (see `pci::isolation_groups`).
+    pub group: Option<usize>,
 }
 
 /// Every edu function in `functions` (in enumeration order).
@@ -109,6 +113,7 @@ pub fn find_all(functions: &[PciFunction]) -> Vec<Edu> {
                 bdf: f.bdf,
                 bar0: bar0.cpu_addr as usize,
                 stream_id: f.stream_id.ok(),
+                group: f.group,
             })
         })
         .collect()

@@ -6,12 +6,22 @@
 //! 64-bit BAR on the root bus, from the 64-bit window), bridge windows are
 //! programmed around what lies behind them, and memory space + bus master are
 //! enabled on every function.
+//!
+//! Every function also records the bridge above it and every bridge its
+//! kind (PCIe capability's Device/Port Type, or none): after the walk, the
+//! library's [`smmuv3::topology`] turns each function's bridge chain and
+//! the host's `iommu-map` into its DMA alias StreamIDs, and the StreamID
+//! sets into isolation groups.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::platform::{PciHost, RidError, Window};
+use smmuv3::topology::{
+    self, AliasRule, AliasSource, Bridge, BridgeKind, DmaAliases, Groups, Rid, TopologyError,
+};
+
+use super::platform::{PciHost, Window};
 
 /// Bus/device/function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,10 +93,24 @@ pub struct PciFunction {
     pub bars: Vec<Bar>,
     /// For bridges: the secondary..=subordinate bus range.
     pub buses: Option<(u8, u8)>,
-    /// The StreamID from `iommu-map` (None or an error when not covered).
-    pub stream_id: Result<u32, RidError>,
-    /// phandle of the IOMMU the StreamID belongs to.
+    /// The Device/Port Type of its PCI Express capability (None: it has
+    /// no PCIe capability).
+    pub pcie_port_type: Option<u8>,
+    /// Whether it has a PCI-X capability.
+    pub pci_x: bool,
+    /// Index, in the list [`enumerate`] returns, of the bridge whose
+    /// secondary bus it sits on (None on the root bus).
+    pub parent: Option<usize>,
+    /// Every requester ID its DMA may carry and their StreamIDs (own RID
+    /// first, then the aliases of the bridges above it), or why not.
+    pub dma: Result<DmaAliases, TopologyError>,
+    /// The StreamID its DMA arrives with: the alias closest to the root
+    /// (its own RID's StreamID when no bridge above it aliases).
+    pub stream_id: Result<u32, TopologyError>,
+    /// phandle of the IOMMU the StreamIDs belong to.
     pub iommu: Option<u32>,
+    /// Its isolation group ([`isolation_groups`]), when it has StreamIDs.
+    pub group: Option<usize>,
 }
 
 impl PciFunction {
@@ -111,6 +135,60 @@ impl PciFunction {
     pub fn bar(&self, i: u8) -> Option<&Bar> {
         self.bars.iter().find(|b| b.index == i)
     }
+
+    /// For a bridge (type 1 header): how it treats requester IDs.
+    pub fn bridge_kind(&self) -> Option<BridgeKind> {
+        (self.header_type == HEADER_TYPE_BRIDGE)
+            .then(|| BridgeKind::from_port_type(self.pcie_port_type))
+    }
+
+    /// Its requester ID.
+    pub fn rid(&self) -> Rid {
+        Rid(self.bdf.rid())
+    }
+
+    /// Every StreamID it uses (own and aliases, distinct), empty when none.
+    pub fn stream_ids(&self) -> Vec<u32> {
+        self.dma
+            .as_ref()
+            .map_or_else(|_| Vec::new(), DmaAliases::stream_ids)
+    }
+}
+
+/// The isolation groups of `functions` (members are indices into it):
+/// functions whose StreamID sets intersect share a group. Functions without
+/// StreamIDs are left out. (QEMU `virt` has one SMMU; with several, group
+/// the functions of each IOMMU separately.)
+pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
+    let sids: Vec<(usize, Vec<u32>)> = functions
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.dma.is_ok())
+        .map(|(i, f)| (i, f.stream_ids()))
+        .collect();
+    Groups::build(sids.iter().map(|(i, s)| (*i, s.as_slice())))
+}
+
+/// The bridges from `functions[index]` up to the root bus, nearest first.
+pub fn upstream_bridges(functions: &[PciFunction], index: usize) -> Vec<Bridge> {
+    let mut chain = Vec::new();
+    let mut next = functions.get(index).and_then(|f| f.parent);
+    // Bounded: a chain cannot be longer than the number of functions.
+    while let Some(p) = next {
+        let Some(b) = functions.get(p) else { break };
+        if chain.len() >= functions.len() {
+            break;
+        }
+        let (secondary, subordinate) = b.buses.unwrap_or((0, 0));
+        chain.push(Bridge {
+            rid: b.rid(),
+            kind: b.bridge_kind().unwrap_or(BridgeKind::Conventional),
+            secondary,
+            subordinate,
+        });
+        next = b.parent;
+    }
+    chain
 }
 
 /// Formats a size as `1 MiB`, `4 KiB`, `16 B`.
@@ -151,10 +229,51 @@ impl fmt::Display for PciFunction {
                 human_size(b.size)
             )?;
         }
-        match self.stream_id {
-            Ok(sid) => write!(f, "  StreamID {sid:#06x}"),
-            Err(e) => write!(f, "  no StreamID ({e})"),
+        if self.pci_x {
+            f.write_str("  PCI-X")?;
         }
+        if let (Some(kind), Some((secondary, _))) = (self.bridge_kind(), self.buses) {
+            match kind.alias_rule() {
+                AliasRule::None => {}
+                AliasRule::SecondaryBus => write!(
+                    f,
+                    "  (DMA from below arrives as {})",
+                    Rid::from_devfn(secondary, 0)
+                )?,
+                AliasRule::Bridge => f.write_str("  (DMA from below arrives as this bridge)")?,
+            }
+        }
+        match &self.dma {
+            Ok(d) if d.stream_ids().len() == 1 => {
+                write!(f, "  StreamID {:#06x}", d.own().sid)?;
+                if d.is_aliased() {
+                    // Every alias equals the own RID's StreamID.
+                    f.write_str(" (aliases map to the same StreamID)")?;
+                }
+            }
+            Ok(d) => {
+                f.write_str("  StreamIDs")?;
+                let mut seen: Vec<u32> = Vec::new();
+                for a in d.aliases() {
+                    if seen.contains(&a.sid) {
+                        continue;
+                    }
+                    seen.push(a.sid);
+                    let sep = if seen.len() == 1 { " " } else { ", " };
+                    write!(f, "{sep}{:#06x}", a.sid)?;
+                    if let AliasSource::Bridge { rid, .. } = a.source {
+                        write!(f, " (alias {} via {rid})", a.rid)?;
+                    } else if a.source == AliasSource::Quirk {
+                        write!(f, " (quirk alias {})", a.rid)?;
+                    }
+                }
+            }
+            Err(e) => write!(f, "  no StreamID ({e})")?,
+        }
+        if let Some(g) = self.group {
+            write!(f, "  group {g}")?;
+        }
+        Ok(())
     }
 }
 
@@ -218,6 +337,28 @@ const PREF_BASE_LIMIT: usize = 0x24;
 const PREF_BASE_UPPER: usize = 0x28;
 const PREF_LIMIT_UPPER: usize = 0x2c;
 const IO_UPPER: usize = 0x30;
+const STATUS: usize = 0x06;
+const CAP_PTR: usize = 0x34;
+
+/// Status register: the function has a capability list.
+const STATUS_CAP_LIST: u16 = 1 << 4;
+/// Capability pointers are dword aligned; the low two bits are reserved.
+const CAP_PTR_MASK: u8 = 0xfc;
+/// Capability IDs (PCI Local Bus / PCIe base specifications).
+const CAP_ID_PCI_X: u8 = 0x07;
+const CAP_ID_PCIE: u8 = 0x10;
+/// Offset of the PCI Express Capabilities register in the PCIe capability.
+const PCIE_CAPS: usize = 0x02;
+/// PCI Express Capabilities register: Device/Port Type, bits 7:4.
+const PCIE_CAPS_PORT_TYPE_SHIFT: u16 = 4;
+const PCIE_CAPS_PORT_TYPE_MASK: u16 = 0xf;
+/// More capabilities than fit in config space: the list loops.
+const MAX_CAPS: usize = 48;
+/// Type 0 (endpoint) and type 1 (PCI-to-PCI bridge) header layouts.
+const HEADER_TYPE_ENDPOINT: u8 = 0;
+const HEADER_TYPE_BRIDGE: u8 = 1;
+/// Multi-function bit of the header type register.
+const HEADER_MULTI_FUNCTION: u8 = 0x80;
 
 /// Command register: I/O space, memory space, bus master.
 pub const CMD_IO: u16 = 1 << 0;
@@ -302,9 +443,12 @@ struct Enumerator<'a> {
     io: Pool,
     last_bus: u8,
     found: Vec<PciFunction>,
+    /// Index of the bridge whose secondary bus is being scanned.
+    parent: Option<usize>,
 }
 
-/// Enumerates and configures every function below `host`.
+/// Enumerates and configures every function below `host`, then works out
+/// each function's DMA alias StreamIDs and isolation group.
 pub fn enumerate(host: &PciHost) -> Result<Vec<PciFunction>, PciError> {
     let mut e = Enumerator {
         host,
@@ -314,9 +458,69 @@ pub fn enumerate(host: &PciHost) -> Result<Vec<PciFunction>, PciError> {
         io: Pool::new(host.io),
         last_bus: host.bus_start,
         found: Vec::new(),
+        parent: None,
     };
     e.scan_bus(host.bus_start, true)?;
-    Ok(e.found)
+    let mut found = e.found;
+    resolve_stream_ids(host, &mut found);
+    Ok(found)
+}
+
+/// Fills in `dma`, `stream_id`, `iommu` and `group` of every function.
+fn resolve_stream_ids(host: &PciHost, functions: &mut [PciFunction]) {
+    let map = host.iommu_map();
+    for i in 0..functions.len() {
+        let chain = upstream_bridges(functions, i);
+        let f = &functions[i];
+        let dma = map.as_ref().map_err(|e| *e).and_then(|map| {
+            topology::dma_aliases(
+                map,
+                None,
+                &topology::Function {
+                    rid: f.rid(),
+                    quirk_devfns: &[],
+                    upstream: &chain,
+                },
+            )
+        });
+        let f = &mut functions[i];
+        f.stream_id = dma.as_ref().map(|d| d.root_alias().sid).map_err(|e| *e);
+        f.iommu = dma.as_ref().ok().map(DmaAliases::iommu);
+        f.dma = dma;
+    }
+    let groups = isolation_groups(functions);
+    for g in groups.groups() {
+        for &m in &g.members {
+            functions[m].group = Some(g.id);
+        }
+    }
+}
+
+/// The PCIe capability's Device/Port Type and whether there is a PCI-X
+/// capability, from the function's capability list.
+fn capabilities(ecam: &Ecam, bdf: Bdf) -> (Option<u8>, bool) {
+    let (mut pcie, mut pci_x) = (None, false);
+    if ecam.read16(bdf, STATUS) & STATUS_CAP_LIST == 0 {
+        return (pcie, pci_x);
+    }
+    let mut ptr = (ecam.read32(bdf, CAP_PTR) as u8) & CAP_PTR_MASK;
+    for _ in 0..MAX_CAPS {
+        if ptr == 0 {
+            break;
+        }
+        let header = ecam.read16(bdf, usize::from(ptr));
+        let (id, next) = (header as u8, (header >> 8) as u8);
+        match id {
+            CAP_ID_PCIE => {
+                let caps = ecam.read16(bdf, usize::from(ptr) + PCIE_CAPS);
+                pcie = Some(((caps >> PCIE_CAPS_PORT_TYPE_SHIFT) & PCIE_CAPS_PORT_TYPE_MASK) as u8);
+            }
+            CAP_ID_PCI_X => pci_x = true,
+            _ => {}
+        }
+        ptr = next & CAP_PTR_MASK;
+    }
+    (pcie, pci_x)
 }
 
 impl Enumerator<'_> {
@@ -331,10 +535,10 @@ impl Enumerator<'_> {
                     continue;
                 }
                 let header = (self.ecam.read32(bdf, HEADER) >> 16) as u8;
-                if bdf.func == 0 && header & 0x80 != 0 {
+                if bdf.func == 0 && header & HEADER_MULTI_FUNCTION != 0 {
                     functions = 8;
                 }
-                self.configure(bdf, header & 0x7f, root)?;
+                self.configure(bdf, header & !HEADER_MULTI_FUNCTION, root)?;
             }
         }
         Ok(())
@@ -346,15 +550,12 @@ impl Enumerator<'_> {
         // Decoding off while BARs are sized.
         self.ecam.write16(bdf, COMMAND, 0);
         let nbars = match header_type {
-            0 => 6,
-            1 => 2,
+            HEADER_TYPE_ENDPOINT => 6,
+            HEADER_TYPE_BRIDGE => 2,
             _ => 0,
         };
         let bars = self.assign_bars(bdf, nbars, root)?;
-        let (stream_id, iommu) = match self.host.rid_to_sid(bdf.rid()) {
-            Ok((iommu, sid)) => (Ok(sid), Some(iommu)),
-            Err(e) => (Err(e), None),
-        };
+        let (pcie_port_type, pci_x) = capabilities(&self.ecam, bdf);
         let index = self.found.len();
         self.found.push(PciFunction {
             bdf,
@@ -364,14 +565,23 @@ impl Enumerator<'_> {
             header_type,
             bars,
             buses: None,
-            stream_id,
-            iommu,
+            pcie_port_type,
+            pci_x,
+            parent: self.parent,
+            // Filled in by `resolve_stream_ids` once every bus is numbered.
+            dma: Err(TopologyError::NoIommuMap),
+            stream_id: Err(TopologyError::NoIommuMap),
+            iommu: None,
+            group: None,
         });
-        if header_type == 1 {
-            self.found[index].buses = Some(self.configure_bridge(bdf)?);
+        if header_type == HEADER_TYPE_BRIDGE {
+            let outer = self.parent.replace(index);
+            let buses = self.configure_bridge(bdf);
+            self.parent = outer;
+            self.found[index].buses = Some(buses?);
         }
-        let uses_io =
-            self.found[index].bars.iter().any(|b| b.kind == BarKind::Io) || header_type == 1;
+        let uses_io = self.found[index].bars.iter().any(|b| b.kind == BarKind::Io)
+            || header_type == HEADER_TYPE_BRIDGE;
         let cmd = CMD_MEMORY | CMD_BUS_MASTER | if uses_io { CMD_IO } else { 0 };
         self.ecam.write16(bdf, COMMAND, cmd);
         Ok(())

@@ -10,6 +10,7 @@ use core::ops::Range;
 
 use fdt::Fdt;
 use fdt::node::FdtNode;
+use smmuv3::topology::{IommuMap, Rid, TopologyError};
 
 /// Where QEMU `virt` places the DTB when the image is linked at or above
 /// RAM base + 1 MiB (see `linker.ld`).
@@ -173,37 +174,10 @@ impl Window {
     }
 }
 
-/// One `iommu-map` entry: RIDs `[rid_base, rid_base + len)` map to StreamIDs
-/// `[sid_base, ...)` of the IOMMU with phandle `iommu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IommuMapEntry {
-    /// First RID (after `iommu-map-mask`).
-    pub rid_base: u32,
-    /// phandle of the IOMMU.
-    pub iommu: u32,
-    /// StreamID of `rid_base`.
-    pub sid_base: u32,
-    /// Number of RIDs.
-    pub len: u32,
-}
+pub use smmuv3::topology::IommuMapEntry;
 
-/// Why a RID has no StreamID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RidError {
-    /// The host bridge has no `iommu-map`: its devices are not behind an IOMMU.
-    NoIommuMap,
-    /// No `iommu-map` entry covers the RID.
-    NotCovered(u16),
-}
-
-impl fmt::Display for RidError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Self::NoIommuMap => f.write_str("host bridge has no iommu-map"),
-            Self::NotCovered(rid) => write!(f, "RID {rid:#06x} is not covered by iommu-map"),
-        }
-    }
-}
+/// Why a RID has no StreamID (the library's typed topology errors).
+pub type RidError = TopologyError;
 
 /// The generic ECAM PCIe host bridge (`pci-host-ecam-generic`).
 #[derive(Debug, Clone)]
@@ -227,17 +201,15 @@ pub struct PciHost {
 }
 
 impl PciHost {
+    /// The host bridge's `iommu-map` and `iommu-map-mask`, checked.
+    pub fn iommu_map(&self) -> Result<IommuMap, TopologyError> {
+        IommuMap::new(self.iommu_map.clone(), self.iommu_map_mask)
+    }
+
     /// The IOMMU phandle and StreamID of requester `rid`, from `iommu-map`.
     pub fn rid_to_sid(&self, rid: u16) -> Result<(u32, u32), RidError> {
-        if self.iommu_map.is_empty() {
-            return Err(RidError::NoIommuMap);
-        }
-        let masked = u32::from(rid) & self.iommu_map_mask;
-        self.iommu_map
-            .iter()
-            .find(|e| masked >= e.rid_base && masked - e.rid_base < e.len)
-            .map(|e| (e.iommu, e.sid_base + (masked - e.rid_base)))
-            .ok_or(RidError::NotCovered(rid))
+        let m = self.iommu_map()?.lookup(Rid(rid))?;
+        Ok((m.iommu, m.sid))
     }
 }
 
@@ -560,6 +532,6 @@ fn pci_host(fdt: &Fdt) -> Result<PciHost, DtbError> {
         mem64,
         io,
         iommu_map,
-        iommu_map_mask: u32_prop(node, "iommu-map-mask").unwrap_or(u32::MAX),
+        iommu_map_mask: u32_prop(node, "iommu-map-mask").unwrap_or(smmuv3::topology::NO_MASK),
     })
 }

@@ -29,8 +29,8 @@ use alloc::vec::Vec;
 use core::arch::asm;
 
 use aarch64_cpu::registers::{
-    CNTHCTL_EL2, CNTVOFF_EL2, CPACR_EL1, DAIF, HCR_EL2, ID_AA64MMFR2_EL1, MPIDR_EL1, Readable, SCTLR_EL1, SP_EL1,
-    VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
+    CNTHCTL_EL2, CNTVOFF_EL2, CPACR_EL1, DAIF, HCR_EL2, ID_AA64MMFR2_EL1, MPIDR_EL1, Readable,
+    SCTLR_EL1, SP_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
 };
 use smmuv3::Dma;
 use smmuv3::domain::{DomainId, DomainOptions};
@@ -738,7 +738,10 @@ impl Vm {
         } else {
             core::mem::forget(self.ram.take());
             core::mem::forget(self.code.take());
-            Err(format!("VM {}: domain not destroyed; memory leaked", self.name))
+            Err(format!(
+                "VM {}: domain not destroyed; memory leaked",
+                self.name
+            ))
         }
     }
 }
@@ -796,7 +799,15 @@ pub fn cpu_tlb_invalidate(vmid: u16, ipa: u64, len: u64) {
             }
         }
         // SAFETY: as above.
-        unsafe { asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack)) };
+        unsafe {
+            asm!(
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
         if switch {
             VTTBR_EL2.set(saved);
             // SAFETY: a barrier.
