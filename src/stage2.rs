@@ -921,13 +921,7 @@ impl<H: Hal> Stage2Table<H> {
         let end = self.check_ipa_only(ipa, len)?;
         let root = self.root_paddr();
         let level = self.cfg.start_level;
-        self.check_mapped(
-            root,
-            level,
-            ipa,
-            end,
-            Some("protect splits a block mapping"),
-        )?;
+        self.check_mapped(root, level, ipa, end, Some("protect splits a block mapping"))?;
         self.protect_range(root, level, ipa, end, perm)
     }
 
@@ -1176,10 +1170,7 @@ impl<H: Hal> Stage2Table<H> {
             S2_DESC::TYPE::Block
         };
         let (memattr, sh) = match opts.memory {
-            Memory::Normal => (
-                S2_DESC::MEMATTR::NormalWriteBack,
-                S2_DESC::SH::InnerShareable,
-            ),
+            Memory::Normal => (S2_DESC::MEMATTR::NormalWriteBack, S2_DESC::SH::InnerShareable),
             // Shareability is ignored for Device memory; outer shareable is
             // what the architecture treats it as.
             Memory::Device => (S2_DESC::MEMATTR::DeviceNgnre, S2_DESC::SH::OuterShareable),
@@ -1317,7 +1308,9 @@ impl<H: Hal> Stage2Table<H> {
                     n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks)?
                 }
                 // Invalid (or a leaf, which validation excluded): a new table.
-                _ => n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?,
+                _ => {
+                    n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?
+                }
             }
         }
         Ok(n)

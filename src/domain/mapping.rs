@@ -265,3 +265,4 @@ impl<H: Hal> Smmu<H> {
         self.submit(plan.commands())
     }
 }
+
