@@ -1,8 +1,10 @@
 //! The EL2 image (`make run` / `cargo run --release`): boots on QEMU `virt`,
 //! lists the PCI functions it configured, brings the SMMU up with every
 //! stream aborted by default, and proves with real `edu` DMA that a device
-//! passed through to a VM reaches exactly that VM's memory. Prints a results
-//! table and exits non-zero if any line failed.
+//! passed through to a VM reaches exactly that VM's memory; then runs one
+//! EL1 guest per device (two at once, on CPU 0 and CPU 1) whose stage 2 is
+//! its SMMU domain's tables, and checks what the guests did. Prints a
+//! results table and exits non-zero if any line failed.
 
 #![no_std]
 #![no_main]
@@ -214,6 +216,8 @@ fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
             );
         }
     }
+    // The same devices, now passed through to EL1 guests that drive them.
+    image::guests::demo(&smmu, edus, &mut report);
     report.print("DMA isolation results:");
     let s = smmu.stats();
     println!(

@@ -8,6 +8,10 @@
 //!   image with [`EXIT_EXCEPTION`];
 //! - IRQs call the handler registered with [`set_irq_handler`] and return
 //!   with `eret`, restoring everything that was saved.
+//!
+//! The lower-EL entries (a guest's exceptions) go to the world switch in
+//! `vcpu.rs` instead, which returns to the hypervisor's run loop; only when
+//! no guest is loaded do they take the report path above.
 
 use core::arch::global_asm;
 use core::fmt;
@@ -42,7 +46,7 @@ pub struct Frame {
     pub fpsr: u64,
 }
 
-const FRAME_SIZE: usize = core::mem::size_of::<Frame>();
+pub(crate) const FRAME_SIZE: usize = core::mem::size_of::<Frame>();
 const _: () = assert!(FRAME_SIZE == 816 && FRAME_SIZE.is_multiple_of(16));
 const _: () = assert!(core::mem::offset_of!(Frame, elr) == 248);
 const _: () = assert!(core::mem::offset_of!(Frame, q) == 288);
@@ -58,6 +62,16 @@ global_asm!(
     b       exception_common
     .endm
 
+    /* Lower-EL entries: a guest's exception goes to the world switch
+       (vcpu.rs), which falls back to exception_common when no guest is
+       loaded. */
+    .macro gentry kind
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x1, #\kind
+    b       guest_exit
+    .endm
+
     .section .text.vectors, "ax"
     .balign 0x800
     .global exception_vectors
@@ -70,15 +84,16 @@ exception_vectors:
     ventry 5
     ventry 6
     ventry 7
-    ventry 8
-    ventry 9
-    ventry 10
-    ventry 11
-    ventry 12
-    ventry 13
-    ventry 14
-    ventry 15
+    gentry 8
+    gentry 9
+    gentry 10
+    gentry 11
+    gentry 12
+    gentry 13
+    gentry 14
+    gentry 15
 
+    .global exception_common
 exception_common:
     stp     x2, x3, [sp, #16]
     stp     x4, x5, [sp, #32]

@@ -22,8 +22,11 @@ pub mod edu;
 pub mod entry;
 pub mod exceptions;
 pub mod gic;
+pub mod guest;
+pub mod guests;
 pub mod harness;
 pub mod heap;
+pub mod hvc;
 pub mod hvtables;
 pub mod iommu;
 pub mod layout;
@@ -33,6 +36,8 @@ pub mod platform;
 pub mod psci;
 pub mod semihosting;
 pub mod smp;
+pub mod vcpu;
+pub mod vm;
 
 use alloc::vec::Vec;
 

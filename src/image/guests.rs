@@ -1,0 +1,631 @@
+//! The VM scenarios `make run` prints and `tests/guests.rs` checks: one
+//! EL1 guest per `edu`, two at a time on CPU 0 and CPU 1, each judged by
+//! what its guest reported over HVC *and* by what the hypervisor can see
+//! for itself: bytes in the VMs' physical memory, SMMU events attributed by
+//! StreamID, stage-2 aborts with their decoded syndrome, the tables, and
+//! VTTBR_EL2 read back while the VM was loaded against the STE.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+
+use smmuv3::event::EventType;
+
+use super::console::println;
+use super::demo::{Driver, Report};
+use super::edu::Edu;
+use super::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, offsets, phase};
+use super::hvc::{self, check};
+use super::vm::{Stop, Vm, VmSpec};
+use super::{cpu, smp};
+
+/// Bound on a VM's run on CPU 1.
+pub const CPU1_TIMEOUT_NS: u64 = 60_000_000_000;
+
+/// The first word of VM `i`'s data pattern.
+pub fn seed(i: usize) -> u64 {
+    0x5EED_0000_0000_0000 | (i as u64 + 1) << 40
+}
+
+/// The spec of VM `i` for `edu`: VMID 0x11 + i, its own seed and fill.
+pub fn spec(i: usize, edu: &Edu, phases: u64) -> VmSpec {
+    VmSpec {
+        name: String::from(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8]),
+        edu: *edu,
+        vmid: 0x11 + i as u16,
+        seed: seed(i),
+        fill: 0xA0 + i as u8,
+        phases,
+        foreign: guest::UNMAPPED_CPU_IPA + 0x10_0000,
+    }
+}
+
+/// Creates one VM per `edu`. VMs run in pairs (see [`run_all`]); each
+/// one's "foreign" address is the physical address of its partner's RAM
+/// (an unpaired last VM: VM 0's).
+pub fn create_all(smmu: &Driver, edus: &[Edu], phases: u64) -> Result<Vec<Vm>, String> {
+    let mut vms: Vec<Vm> = Vec::new();
+    for (i, edu) in edus.iter().enumerate() {
+        match Vm::create(smmu, &spec(i, edu, phases)) {
+            Ok(vm) => vms.push(vm),
+            Err(e) => {
+                destroy_all(smmu, vms);
+                return Err(format!("VM for {}: {e}", edu.bdf));
+            }
+        }
+    }
+    let pas: Vec<u64> = vms.iter().map(|v| v.ram_pa()).collect();
+    if pas.len() > 1 {
+        for (i, vm) in vms.iter_mut().enumerate() {
+            let partner = i ^ 1;
+            vm.set_foreign(pas[if partner < pas.len() { partner } else { 0 }]);
+        }
+    }
+    Ok(vms)
+}
+
+/// Destroys every VM (reporting failures).
+pub fn destroy_all(smmu: &Driver, vms: Vec<Vm>) {
+    for vm in vms {
+        if let Err(e) = vm.destroy(smmu) {
+            println!("  {e}");
+        }
+    }
+}
+
+struct Cpu1Job {
+    smmu: *const Driver,
+    vm: *mut Vm,
+}
+
+fn cpu1_job(arg: usize) {
+    // SAFETY: `run_all` passes a `Cpu1Job` that lives until this job has
+    // finished (it waits for it), and touches neither the driver's
+    // exclusive parts nor this VM meanwhile; the driver is Sync.
+    let job = unsafe { &*(arg as *const Cpu1Job) };
+    // SAFETY: as above: the VM is used by this CPU alone until the job ends.
+    let (smmu, vm) = unsafe { (&*job.smmu, &mut *job.vm) };
+    vm.run(smmu);
+}
+
+/// Runs every VM: two at a time, the second of each pair on CPU 1 while
+/// the first runs on CPU 0 (alone on CPU 0 if CPU 1 cannot be used).
+pub fn run_all(smmu: &Driver, vms: &mut [Vm]) -> Result<(), String> {
+    for pair in vms.chunks_mut(2) {
+        match pair {
+            [a, b] => {
+                let job = Cpu1Job { smmu, vm: b };
+                match smp::run_on_cpu1_with(cpu1_job, &job as *const Cpu1Job as usize) {
+                    Ok(handle) => {
+                        a.run(smmu);
+                        if handle.wait(CPU1_TIMEOUT_NS).is_err() {
+                            // CPU 1 still uses `b`: it must not be freed.
+                            println!("guests: VM {} on CPU 1 did not stop in time", b.name);
+                            super::exit(1);
+                        }
+                    }
+                    Err(e) => {
+                        println!("guests: CPU 1 unavailable ({e}); VMs run one after another");
+                        a.run(smmu);
+                        b.run(smmu);
+                    }
+                }
+            }
+            [a] => {
+                a.run(smmu);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The RAM ranges the guest program writes (all else keeps the fill).
+pub fn written_by_guest() -> Vec<Range<u64>> {
+    let n = offsets::PATTERN_BYTES;
+    let balloon = BALLOON_PAGE_IPA - RAM_IPA;
+    alloc::vec![
+        offsets::SRC..offsets::SRC + n,
+        offsets::DST..offsets::DST + n,
+        offsets::BALLOON_BELOW..offsets::BALLOON_BELOW + n,
+        offsets::BALLOON_ABOVE..offsets::BALLOON_ABOVE + n,
+        balloon..balloon + 8,
+        offsets::STACK_LOW..RAM_SIZE,
+    ]
+}
+
+fn guest_says(vm: &Vm, id: u64) -> Result<u64, String> {
+    match vm.log.report(id) {
+        Some(r) if r.status == 0 => Ok(r.detail),
+        Some(r) => Err(format!(
+            "guest reports \"{}\" FAILED (detail {:#x})",
+            check::name(id),
+            r.detail
+        )),
+        None => Err(format!(
+            "guest made no single report \"{}\" (stop: {:?})",
+            check::name(id),
+            vm.log.stop
+        )),
+    }
+}
+
+fn pattern_at(vm: &Vm, off: u64, first: u64) -> Result<(), String> {
+    for i in 0..offsets::PATTERN_BYTES / 8 {
+        let got = vm.ram_word(off + 8 * i);
+        if got != Some(first + i) {
+            return Err(format!(
+                "PA {:#x}: {got:#x?}, expected {:#x}",
+                vm.ram_pa() + off + 8 * i,
+                first + i
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The VM's identity: name, device, CPU, VMID on the CPU (VTTBR_EL2 read
+/// back while the VM was loaded) and on the SMMU (STE.S2VMID), both roots,
+/// and where its RAM and code are.
+pub fn describe(smmu: &Driver, vm: &Vm) -> String {
+    let vttbr = vm.log.vttbr.unwrap_or(0);
+    let (ste_vmid, s2ttb) = smmu.ste(vm.sid).map_or((0, 0), |s| (s.vmid(), s.s2ttb()));
+    let root = vttbr & 0x0000_ffff_ffff_fffe;
+    format!(
+        "VM {}: {} sid {:#06x}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+        vm.name,
+        vm.edu.bdf,
+        vm.sid,
+        vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
+        vttbr >> 48,
+        ste_vmid,
+        root,
+        if root == s2ttb { "==" } else { "!=" },
+        s2ttb,
+        RAM_IPA,
+        vm.ram_pa(),
+        RAM_SIZE >> 20,
+        CODE_IPA,
+        vm.code_pa()
+    )
+}
+
+/// The CPU and the SMMU use the same tables and VMID: VTTBR_EL2 (read back
+/// while the VM was loaded) against the STE (read back through the driver),
+/// and HCR_EL2 read back as programmed.
+pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
+    let vttbr = vm
+        .log
+        .vttbr
+        .ok_or("VTTBR_EL2 never read (the VM never exited)")?;
+    let ste = smmu.ste(vm.sid).map_err(|e| format!("ste: {e}"))?;
+    let cpu_vmid = (vttbr >> 48) as u16;
+    let root = vttbr & 0x0000_ffff_ffff_fffe;
+    if cpu_vmid != vm.vmid || ste.vmid() != vm.vmid {
+        return Err(format!(
+            "VMID: VTTBR_EL2 {cpu_vmid:#x}, STE {:#x}, VM {:#x}",
+            ste.vmid(),
+            vm.vmid
+        ));
+    }
+    if root != ste.s2ttb() {
+        return Err(format!(
+            "VTTBR_EL2 root {root:#x} != STE S2TTB {:#x}",
+            ste.s2ttb()
+        ));
+    }
+    // Its stage 2: code read+execute, BAR Device execute-never, RAM in
+    // 2 MiB blocks, execute-never.
+    let leaf = |ipa| smmu.translate(vm.domain, ipa).ok().flatten();
+    use smmuv3::stage2::{Memory, Perm};
+    match (leaf(CODE_IPA), leaf(guest::BAR_IPA), leaf(RAM_IPA)) {
+        (Some(c), Some(b), Some(r))
+            if c.perm == Perm::Read
+                && c.execute
+                && b.memory == Memory::Device
+                && !b.execute
+                && r.size == 2 << 20
+                && r.memory == Memory::Normal
+                && !r.execute => {}
+        other => return Err(format!("stage 2 leaves (code, BAR, RAM): {other:x?}")),
+    }
+    let hcr = vm.log.hcr.unwrap_or(0);
+    if hcr != Vm::hcr() {
+        return Err(format!(
+            "HCR_EL2 read {hcr:#x}, programmed {:#x}",
+            Vm::hcr()
+        ));
+    }
+    Ok(format!(
+        "CPU {} VMID {cpu_vmid:#x} = STE.S2VMID; VTTBR_EL2 root {root:#x} == STE S2TTB; code RX, BAR Device XN, RAM 2M XN",
+        vm.log.cpu.unwrap_or(0)
+    ))
+}
+
+/// The guest ran at EL1, on the CPU the hypervisor ran it on, to DONE(0).
+pub fn ran_at_el1(vm: &Vm) -> Result<String, String> {
+    if vm.log.stop != Some(Stop::Done(0)) {
+        return Err(format!("stopped: {:?}", vm.log.stop));
+    }
+    let el = guest_says(vm, check::EL)?;
+    let mpidr = guest_says(vm, check::CPU)?;
+    let cpu = vm.log.cpu.ok_or("no CPU recorded")?;
+    let expected = smp::mpidr_of(cpu).ok_or("no MPIDR for the CPU")?;
+    if super::gic::affinity(mpidr) != expected {
+        return Err(format!(
+            "guest's MPIDR {mpidr:#x}, CPU {cpu} is {expected:#x}"
+        ));
+    }
+    Ok(format!(
+        "CurrentEL {el}, MPIDR {:#x} = CPU {cpu}; {} exits ({} IRQ), {} HVCs, DONE(0)",
+        super::gic::affinity(mpidr),
+        vm.log.exits,
+        vm.log.irq_exits,
+        vm.log.hvcs.len()
+    ))
+}
+
+/// Two VMs ran at the same time on different CPUs: their 200 ms busy loops
+/// (timestamps from the guests' own CNTVCT_EL0, CNTVOFF_EL2 = 0) overlap.
+pub fn concurrent(a: &Vm, b: &Vm) -> Result<String, String> {
+    let (ca, cb) = (a.log.cpu, b.log.cpu);
+    if ca.is_none() || ca == cb {
+        return Err(format!("CPUs {ca:?} and {cb:?}"));
+    }
+    let span = |vm: &Vm| -> Result<(u64, u64), String> {
+        Ok((
+            guest_says(vm, check::SPIN_START)?,
+            guest_says(vm, check::SPIN_END)?,
+        ))
+    };
+    let (sa, ea) = span(a)?;
+    let (sb, eb) = span(b)?;
+    let overlap = ea.min(eb).saturating_sub(sa.max(sb));
+    let ms = |t: u64| t * 1000 / cpu::tick_hz();
+    if overlap == 0 {
+        return Err(format!(
+            "busy loops did not overlap: {} ms..{} ms and {} ms..{} ms",
+            ms(sa),
+            ms(ea),
+            ms(sb),
+            ms(eb)
+        ));
+    }
+    Ok(format!(
+        "VM {} on CPU {} and VM {} on CPU {} spun {} ms at the same time",
+        a.name,
+        ca.unwrap_or(0),
+        b.name,
+        cb.unwrap_or(0),
+        ms(overlap)
+    ))
+}
+
+/// DMA RAM -> device -> RAM through the guest's IPAs, bytes checked in the
+/// VM's physical memory.
+pub fn dma_roundtrip(vm: &Vm, seed: u64) -> Result<String, String> {
+    guest_says(vm, check::DMA_ROUNDTRIP)?;
+    pattern_at(vm, offsets::SRC, seed)?;
+    pattern_at(vm, offsets::DST, seed)?;
+    Ok(format!(
+        "IPA {:#x} -> device -> IPA {:#x} -> PA {:#x}: 256 bytes match",
+        RAM_IPA + offsets::SRC,
+        RAM_IPA + offsets::DST,
+        vm.ram_pa() + offsets::DST
+    ))
+}
+
+fn faulted_at(vm: &Vm, ipa: u64) -> bool {
+    faulted_at_masked(vm, ipa, u64::MAX)
+}
+
+/// Bus address bits QEMU's `edu` emits without a `dma_mask` property.
+pub const EDU_DEFAULT_DMA_MASK: u64 = 0x0fff_ffff;
+
+fn faulted_at_masked(vm: &Vm, ipa: u64, mask: u64) -> bool {
+    vm.log.dma_faults.iter().any(|f| {
+        f.sid == vm.sid
+            && f.kind == EventType::FTranslation
+            && f.addr_range.is_some_and(|r| r.0 & mask == ipa & mask)
+    })
+}
+
+/// DMA outside its RAM: blocked, the SMMU event attributed to this VM by
+/// StreamID and returned to the guest.
+pub fn dma_outside(vm: &Vm) -> Result<String, String> {
+    guest_says(vm, check::DMA_OUTSIDE)?;
+    if !faulted_at(vm, guest::UNMAPPED_DMA_IPA) {
+        return Err(format!(
+            "no F_TRANSLATION at {:#x} for sid {:#x}: {:x?}",
+            guest::UNMAPPED_DMA_IPA,
+            vm.sid,
+            vm.log.dma_faults
+        ));
+    }
+    Ok(format!(
+        "F_TRANSLATION sid {:#06x} IPA {:#x} -> VM {} ({})",
+        vm.sid,
+        guest::UNMAPPED_DMA_IPA,
+        vm.name,
+        vm.edu.bdf
+    ))
+}
+
+fn aborted(vm: &Vm, ipa: u64, write: bool) -> Option<&super::vm::Abort> {
+    vm.log
+        .aborts
+        .iter()
+        .find(|a| a.ipa == ipa && a.far == ipa && a.write() == write)
+}
+
+/// CPU loads/stores outside its stage 2: stage-2 data aborts at EL2,
+/// decoded from HPFAR_EL2 + FAR_EL2, the guest resumed (POISON in the load's
+/// register); a store to its own code is a permission fault.
+pub fn cpu_aborts(vm: &Vm) -> Result<String, String> {
+    guest_says(vm, check::CPU_LOAD_ABORT)?;
+    guest_says(vm, check::CPU_STORE_ABORT)?;
+    guest_says(vm, check::CODE_READONLY)?;
+    let ipa = guest::UNMAPPED_CPU_IPA;
+    let load = aborted(vm, ipa, false).ok_or(format!("no read abort at {ipa:#x}"))?;
+    if !load.isv() || load.srt() != 9 || load.dfsc() >> 2 != 0b0001 {
+        return Err(format!("load abort syndrome {:#x}", load.esr));
+    }
+    aborted(vm, ipa + 8, true).ok_or(format!("no write abort at {:#x}", ipa + 8))?;
+    let code = aborted(vm, CODE_IPA, true).ok_or("no write abort at the code page")?;
+    if code.dfsc() >> 2 != 0b0011 {
+        return Err(format!(
+            "code store DFSC {:#x}, not permission",
+            code.dfsc()
+        ));
+    }
+    if !vm.code_intact() {
+        return Err(String::from("the code page changed"));
+    }
+    Ok(format!(
+        "read IPA {ipa:#x} (HPFAR {:#x}) -> x9 = POISON, write {:#x}, code write: permission fault; code intact",
+        load.hpfar,
+        ipa + 8
+    ))
+}
+
+/// Two VMs use the same IPAs for different physical pages, and neither
+/// reaches the other's: A's CPU load/store and DMA at B's physical RAM
+/// address all fault, and B's RAM holds only B's own writes.
+pub fn no_crossing(smmu: &Driver, a: &Vm, b: &Vm) -> Result<String, String> {
+    let ta = smmu
+        .translate(a.domain, RAM_IPA)
+        .map_err(|e| format!("{e}"))?;
+    let tb = smmu
+        .translate(b.domain, RAM_IPA)
+        .map_err(|e| format!("{e}"))?;
+    let (pa, pb) = (ta.map(|t| t.pa), tb.map(|t| t.pa));
+    if pa != Some(a.ram_pa()) || pb != Some(b.ram_pa()) || pa == pb {
+        return Err(format!("IPA {RAM_IPA:#x} -> {pa:#x?} / {pb:#x?}"));
+    }
+    guest_says(a, check::FOREIGN_CPU)?;
+    guest_says(a, check::FOREIGN_DMA)?;
+    let target = b.ram_pa();
+    if aborted(a, target, false).is_none() || aborted(a, target, true).is_none() {
+        return Err(format!("no CPU aborts of VM {} at {target:#x}", a.name));
+    }
+    // An edu without dma_mask emits only the low 28 bits of the address:
+    // it then faults there (it cannot even name B's memory).
+    if !faulted_at_masked(a, target, EDU_DEFAULT_DMA_MASK) {
+        return Err(format!("no DMA fault of VM {} at {target:#x}", a.name));
+    }
+    if let Some(off) = b.first_unfilled(&written_by_guest()) {
+        return Err(format!(
+            "VM {}'s RAM changed at PA {:#x}",
+            b.name,
+            b.ram_pa() + off
+        ));
+    }
+    Ok(format!(
+        "IPA {RAM_IPA:#x} maps PA {:#x} / {:#x}; {} -> {}'s PA {target:#x}: CPU read+write aborted, DMA faulted; {}'s RAM untouched",
+        a.ram_pa(),
+        b.ram_pa(),
+        a.name,
+        b.name,
+        b.name
+    ))
+}
+
+/// Bad hypercalls: typed errors to the guest, nothing changed (tables
+/// compared word for word around each rejected RELEASE; rejected REPORTs
+/// not recorded; its pages still work).
+pub fn bad_hypercalls(vm: &Vm) -> Result<String, String> {
+    for id in [
+        check::BAD_UNKNOWN,
+        check::BAD_IPA,
+        check::BAD_LENGTH,
+        check::BAD_ARGUMENT,
+        check::BAD_NOTHING_CHANGED,
+    ] {
+        guest_says(vm, id)?;
+    }
+    let rejected: Vec<_> = vm
+        .log
+        .hvcs
+        .iter()
+        .filter(|h| {
+            matches!(
+                h.ret,
+                hvc::UNKNOWN_CALL | hvc::BAD_IPA | hvc::BAD_LENGTH | hvc::BAD_ARGUMENT
+            )
+        })
+        .collect();
+    let count = |code| rejected.iter().filter(|h| h.ret == code).count();
+    let counts = [
+        count(hvc::UNKNOWN_CALL),
+        count(hvc::BAD_IPA),
+        count(hvc::BAD_LENGTH),
+        count(hvc::BAD_ARGUMENT),
+    ];
+    if counts != [4, 5, 4, 3] {
+        return Err(format!(
+            "rejections (unknown, IPA, length, argument) {counts:?}, expected [4, 5, 4, 3]"
+        ));
+    }
+    if let Some(h) = rejected
+        .iter()
+        .find(|h| h.fid == hvc::RELEASE && h.tables_unchanged != Some(true))
+    {
+        return Err(format!("a rejected RELEASE changed the tables: {h:x?}"));
+    }
+    if vm.log.reports.iter().any(|r| r.status > 1 || r.check == 0) {
+        return Err(String::from("a rejected REPORT was recorded"));
+    }
+    Ok(format!(
+        "{} rejected: {} UNKNOWN_CALL, {} BAD_IPA, {} BAD_LENGTH, {} BAD_ARGUMENT; tables unchanged",
+        rejected.len(),
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3]
+    ))
+}
+
+/// The balloon: one page out of the middle of a 2 MiB region while the
+/// guest runs; afterwards its CPU access and its DMA both fault, the
+/// neighbours still work.
+pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
+    for id in [
+        check::BALLOON_RELEASE,
+        check::BALLOON_CPU,
+        check::BALLOON_DMA,
+        check::BALLOON_NEIGHBOURS,
+    ] {
+        guest_says(vm, id)?;
+    }
+    let page = BALLOON_PAGE_IPA;
+    let t = |ipa| smmu.translate(vm.domain, ipa).ok().flatten();
+    if t(page).is_some() || t(page - 4096).is_none() || t(page + 4096).is_none() {
+        return Err(format!("tables around {page:#x} wrong after release"));
+    }
+    // The page is a 4K leaf now, its neighbours too (the block was split),
+    // still executable-never RAM at the right PAs.
+    for ipa in [page - 4096, page + 4096] {
+        match t(ipa) {
+            Some(l) if l.size == 4096 && l.pa == vm.ram_pa() + (ipa - RAM_IPA) && !l.execute => {}
+            other => return Err(format!("IPA {ipa:#x} after the split: {other:x?}")),
+        }
+    }
+    // The CPU hook ran for the page (and, when the split broke before
+    // make, for the whole block first).
+    if vm.log.released != [page] || vm.log.cpu_tlbis.last() != Some(&(page, 4096)) {
+        return Err(format!(
+            "CPU TLB hook ran for {:x?}, released {:x?}",
+            vm.log.cpu_tlbis, vm.log.released
+        ));
+    }
+    aborted(vm, page, false).ok_or("no CPU abort at the released page")?;
+    if !faulted_at(vm, page) {
+        return Err(String::from("no DMA fault at the released page"));
+    }
+    pattern_at(vm, offsets::BALLOON_ABOVE, seed + 0x100)?;
+    // The blocked DMA wrote nothing into the released page.
+    let off = page - RAM_IPA;
+    let fill = u64::from_ne_bytes([vm.fill; 8]);
+    if (8..64)
+        .step_by(8)
+        .any(|i| vm.ram_word(off + i) != Some(fill))
+    {
+        return Err(String::from("the released page was written"));
+    }
+    Ok(format!(
+        "IPA {page:#x} out of its 2 MiB block ({} CPU TLB hook calls): CPU abort + F_TRANSLATION; {:#x} -> device -> {:#x} ok",
+        vm.log.cpu_tlbis.len(),
+        page - 4096,
+        page + 4096
+    ))
+}
+
+/// Builds, runs and judges every VM; adds the rows to `report`.
+pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
+    println!("Guests: one EL1 VM per edu, its stage 2 = its SMMU domain's tables");
+    // One VM per isolation group; a guest drives one device, so groups of
+    // several devices (behind a PCIe-to-PCI bridge) get no guest yet.
+    let alone =
+        |e: &Edu| e.group.is_none() || edus.iter().filter(|o| o.group == e.group).count() == 1;
+    let edus: Vec<Edu> = edus.iter().filter(|e| alone(e)).copied().collect();
+    if let Some(g) = super::edu::find_all(&super::boot().pci)
+        .iter()
+        .find(|e| !alone(e))
+    {
+        println!(
+            "  (devices sharing isolation group {:?} with {} get no guest: multi-device VMs are not built yet)",
+            g.group, g.bdf
+        );
+    }
+    let edus = edus.as_slice();
+    let mut vms = match create_all(smmu, edus, phase::ALL) {
+        Ok(v) => v,
+        Err(e) => {
+            report.add("-", "create VMs", Err(e));
+            return;
+        }
+    };
+    if vms.is_empty() {
+        report.add("-", "at least one VM", Err("no edu".into()));
+        return;
+    }
+    if let Err(e) = run_all(smmu, &mut vms) {
+        report.add("-", "run VMs", Err(e));
+    }
+    for vm in &vms {
+        println!("  {}", describe(smmu, vm));
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        let n = format!("VM {}", vm.name);
+        let seed = seed(i);
+        report.add(
+            &n,
+            "VTTBR_EL2 == STE: same VMID, same root",
+            identity(smmu, vm),
+        );
+        report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
+        report.add(
+            &n,
+            "guest DMA RAM -> device -> RAM via IPAs",
+            dma_roundtrip(vm, seed),
+        );
+        report.add(
+            &n,
+            "guest DMA outside RAM: blocked, event -> VM",
+            dma_outside(vm),
+        );
+        report.add(
+            &n,
+            "guest CPU access outside stage 2: abort",
+            cpu_aborts(vm),
+        );
+        report.add(
+            &n,
+            "bad HVCs: typed errors, nothing changed",
+            bad_hypercalls(vm),
+        );
+        report.add(
+            &n,
+            "balloon: page out of 2 MiB region faults",
+            balloon(smmu, vm, seed),
+        );
+    }
+    for pair in vms.chunks(2) {
+        if let [a, b] = pair {
+            let n = format!("VM {}+{}", a.name, b.name);
+            report.add(&n, "two VMs at once on two CPUs", concurrent(a, b));
+            report.add(
+                &n,
+                "same IPAs, different PAs, no crossing",
+                no_crossing(smmu, a, b),
+            );
+            report.add(
+                &n,
+                "same IPAs, different PAs, no crossing (b->a)",
+                no_crossing(smmu, b, a),
+            );
+        }
+    }
+    destroy_all(smmu, vms);
+}

@@ -1,0 +1,817 @@
+//! VMs: EL1 guests confined by the SMMU domain's stage-2 tables, which the
+//! CPU uses as its own stage 2.
+//!
+//! [`Vm::create`] carves the VM's memory from the image's DMA allocator (a
+//! code page and 4 MiB of RAM, naturally aligned so that part of it maps as
+//! a 2 MiB block), copies the guest program ([`super::guest`]) into the code
+//! page, creates an SMMU domain with the VM's CPU VMID, maps exactly the
+//! code (read-only), the RAM (read-write) and the device's BAR0, and
+//! attaches the device's StreamID. The VM's guest-physical layout is in
+//! `guest.rs`: RAM at IPA [`RAM_IPA`], not at its physical address.
+//!
+//! [`Vm::run`] runs the VM on the calling CPU until it stops: it programs
+//! this CPU's EL2 state (HCR_EL2, VTCR_EL2 = the domain's
+//! [`Stage2Config::vtcr`], VTTBR_EL2 = the domain's stage-2 root | VMID << 48,
+//! VMPIDR/VPIDR, the timer controls, SCTLR_EL1 with stage 1 off), enters the
+//! guest at EL1h and handles its exits (`vcpu.rs` does the world switch):
+//! HVCs (`hvc.rs`), trapped SMCs, stage-2 data aborts (decoded from
+//! HPFAR_EL2 and FAR_EL2, recorded, the instruction skipped), IRQs (taken by
+//! the hypervisor's own handlers, then the guest resumes), WFI. Anything
+//! else stops the VM with a typed [`Stop`]; nothing a guest does ends the
+//! image.
+//!
+//! SMMU events are attributed to VMs by StreamID ([`route_events`]).
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::asm;
+
+use aarch64_cpu::registers::{
+    CNTHCTL_EL2, CNTVOFF_EL2, CPACR_EL1, DAIF, HCR_EL2, ID_AA64MMFR2_EL1, MPIDR_EL1, Readable,
+    SCTLR_EL1, SP_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
+};
+use smmuv3::Dma;
+use smmuv3::domain::{DomainId, DomainOptions};
+use smmuv3::event::Event;
+use smmuv3::fault::{self, FaultSummary};
+use smmuv3::stage2::{MapOptions, Perm, Stage2Config};
+use spin::Mutex;
+
+use super::console::println;
+use super::demo::Driver;
+use super::dma::ImageHal;
+use super::edu::Edu;
+use super::guest::{self, BAR_IPA, CODE_IPA, RAM_IPA, RAM_SIZE};
+use super::hvc::{self, Call};
+use super::vcpu::{Vcpu, vector};
+use super::{cpu, gic, iommu, smp};
+
+/// Translation granule of every VM's stage 2.
+pub const PAGE: u64 = 4096;
+/// SPSR_EL2 for the guest's first entry: EL1h, D, A, I, F masked.
+const SPSR_EL1H: u64 = 0x3c5;
+/// SCTLR_EL1 with stage 1 and caches off: only the RES1 bits of ARMv8.0
+/// (11, 20, 22, 23, 28, 29).
+const SCTLR_EL1_MMU_OFF: u64 = 0x30d0_0800;
+/// HCR_EL2 the image boots with (and restores after a VM): RW only.
+const HCR_EL2_HOST: u64 = 1 << 31;
+/// Exits after which a VM is stopped (a guest stuck in a fault loop).
+pub const MAX_EXITS: u32 = 100_000;
+/// Stage-2 data aborts after which a VM is stopped.
+pub const MAX_ABORTS: usize = 256;
+
+/// How to build a VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Its name in reports.
+    pub name: String,
+    /// The device passed through.
+    pub edu: Edu,
+    /// Its VMID, on the CPU (VTTBR_EL2) and on the SMMU (STE.S2VMID).
+    pub vmid: u16,
+    /// The first word of its data pattern.
+    pub seed: u64,
+    /// The byte its RAM is filled with before it runs.
+    pub fill: u8,
+    /// The guest program's phases ([`guest::phase`]).
+    pub phases: u64,
+    /// The address its "foreign" phase probes (another VM's RAM PA).
+    pub foreign: u64,
+}
+
+/// A stage-2 data abort the guest took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abort {
+    /// The faulting IPA: HPFAR_EL2.FIPA << 12 | FAR_EL2[11:0].
+    pub ipa: u64,
+    /// FAR_EL2 (the guest's VA: equal to the IPA with stage 1 off).
+    pub far: u64,
+    /// HPFAR_EL2 as read.
+    pub hpfar: u64,
+    /// ESR_EL2.
+    pub esr: u64,
+    /// ELR_EL2: the faulting instruction.
+    pub elr: u64,
+}
+
+impl Abort {
+    /// ISS.WnR: a write.
+    pub fn write(&self) -> bool {
+        self.esr >> 6 & 1 == 1
+    }
+    /// ISS.ISV: the syndrome (SAS, SRT, ...) is valid.
+    pub fn isv(&self) -> bool {
+        self.esr >> 24 & 1 == 1
+    }
+    /// ISS.SRT: the transfer register (valid with ISV).
+    pub fn srt(&self) -> u8 {
+        (self.esr >> 16 & 0x1f) as u8
+    }
+    /// ISS.DFSC.
+    pub fn dfsc(&self) -> u8 {
+        (self.esr & 0x3f) as u8
+    }
+}
+
+/// One hypercall the guest made, and the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HvcRecord {
+    /// x0 (function ID), or the SMC's x0 for a trapped SMC.
+    pub fid: u64,
+    /// The HVC immediate (`u32::MAX` for an SMC).
+    pub imm: u32,
+    /// x1..x3.
+    pub args: [u64; 3],
+    /// What x0 returned.
+    pub ret: u64,
+    /// For a rejected RELEASE: whether the stage-2 tables were unchanged.
+    pub tables_unchanged: Option<bool>,
+}
+
+/// One REPORT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Check ID.
+    pub check: u64,
+    /// 0 pass, 1 fail.
+    pub status: u64,
+    /// Detail.
+    pub detail: u64,
+}
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// DONE(status).
+    Done(u64),
+    /// An instruction abort (a jump outside its code, or to VBAR_EL1 = 0).
+    InstructionAbort {
+        /// The IPA.
+        ipa: u64,
+        /// ESR_EL2.
+        esr: u64,
+    },
+    /// A data abort that is not a stage-2 translation/permission/access
+    /// fault (external abort, ...).
+    OtherDataAbort {
+        /// ESR_EL2.
+        esr: u64,
+    },
+    /// An exception class the hypervisor does not handle.
+    Unhandled {
+        /// ESR_EL2.EC.
+        ec: u64,
+        /// ELR_EL2.
+        elr: u64,
+    },
+    /// An SError, FIQ or an exit from AArch32.
+    Unexpected {
+        /// The vector number.
+        vector: u64,
+    },
+    /// More than [`MAX_EXITS`] exits or [`MAX_ABORTS`] aborts.
+    Runaway,
+}
+
+/// Everything observed while a VM ran.
+#[derive(Debug, Default, Clone)]
+pub struct VmLog {
+    /// The CPU it ran on.
+    pub cpu: Option<usize>,
+    /// VTTBR_EL2 as read back at the first exit (while the VM was loaded).
+    pub vttbr: Option<u64>,
+    /// HCR_EL2 as read back at the first exit.
+    pub hcr: Option<u64>,
+    /// REPORTs.
+    pub reports: Vec<Report>,
+    /// Every hypercall (and trapped SMC).
+    pub hvcs: Vec<HvcRecord>,
+    /// Every stage-2 data abort.
+    pub aborts: Vec<Abort>,
+    /// The faulting DMAs of its devices, attributed by StreamID.
+    pub dma_faults: Vec<FaultSummary>,
+    /// Why it stopped.
+    pub stop: Option<Stop>,
+    /// Exits, and how many were IRQs.
+    pub exits: u32,
+    /// IRQ exits.
+    pub irq_exits: u32,
+    /// The ranges the unmap hook invalidated on the CPU, (IPA, length).
+    pub cpu_tlbis: Vec<(u64, u64)>,
+    /// Released pages.
+    pub released: Vec<u64>,
+    last_abort: Option<Abort>,
+}
+
+impl VmLog {
+    /// The REPORT for `check`, if exactly one was made.
+    pub fn report(&self, check: u64) -> Option<Report> {
+        let mut it = self.reports.iter().filter(|r| r.check == check);
+        match (it.next(), it.next()) {
+            (Some(r), None) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+/// A VM: its memory, its SMMU domain (= its stage 2), its vCPU.
+#[derive(Debug)]
+pub struct Vm {
+    /// Its name.
+    pub name: String,
+    /// Its device.
+    pub edu: Edu,
+    /// The device's StreamID.
+    pub sid: u32,
+    /// The SMMU domain whose tables are its stage 2.
+    pub domain: DomainId,
+    /// Its VMID.
+    pub vmid: u16,
+    /// The byte its RAM was filled with.
+    pub fill: u8,
+    /// Its stage-2 geometry.
+    pub stage2: Stage2Config,
+    ram: Option<Dma<ImageHal>>,
+    code: Option<Dma<ImageHal>>,
+    vcpu: alloc::boxed::Box<Vcpu>,
+    args: [u64; 9],
+    /// What happened while it ran.
+    pub log: VmLog,
+}
+
+/// The stage-2 geometry of every VM: 4K granule, 40-bit IPA, 44-bit output.
+pub fn stage2_config() -> Result<Stage2Config, String> {
+    super::demo::vm_stage2()
+}
+
+impl Vm {
+    /// Builds a VM for `spec.edu` (see the module doc).
+    pub fn create(smmu: &Driver, spec: &VmSpec) -> Result<Vm, String> {
+        let edu = spec.edu;
+        let sid = edu
+            .stream_id
+            .ok_or_else(|| format!("{}: no StreamID", edu.bdf))?;
+        let bar_size = super::boot()
+            .pci
+            .iter()
+            .find(|f| f.bdf == edu.bdf)
+            .and_then(|f| f.bar(0))
+            .map_or(0, |b| b.size)
+            .max(PAGE);
+        let program = guest::code();
+        if program.len() as u64 > PAGE {
+            return Err(format!("guest program is {} bytes", program.len()));
+        }
+        let dma = |size: u64| {
+            Dma::<ImageHal>::new(size as usize, size as usize, true).map_err(|e| format!("{e}"))
+        };
+        let code = dma(PAGE)?;
+        let ram = dma(RAM_SIZE)?;
+        // SAFETY: both regions are exclusively owned, identity-mapped RAM of
+        // at least these sizes; no device or guest uses them yet.
+        unsafe {
+            core::ptr::copy_nonoverlapping(program.as_ptr(), code.vaddr(), program.len());
+            core::ptr::write_bytes(ram.vaddr(), spec.fill, RAM_SIZE as usize);
+        }
+        // The guest reads with stage 1 off (non-cacheable): write back.
+        cpu::dcache_clean(code.vaddr() as usize, PAGE as usize);
+        cpu::dcache_clean(ram.vaddr() as usize, RAM_SIZE as usize);
+        let stage2 = stage2_config()?;
+        let domain = smmu
+            .create_domain(DomainOptions {
+                vmid: Some(spec.vmid),
+                cpu_bbml2: cpu_bbm_level() >= 2,
+                ..DomainOptions::new(stage2)
+            })
+            .map_err(|e| format!("create_domain: {e}"))?;
+        let vm = Vm {
+            name: spec.name.clone(),
+            edu,
+            sid,
+            domain,
+            vmid: spec.vmid,
+            fill: spec.fill,
+            stage2,
+            args: [
+                RAM_IPA,
+                RAM_SIZE,
+                BAR_IPA,
+                spec.foreign,
+                spec.seed,
+                spec.phases,
+                guest::UNMAPPED_DMA_IPA,
+                guest::BALLOON_PAGE_IPA,
+                guest::UNMAPPED_CPU_IPA,
+            ],
+            ram: Some(ram),
+            code: Some(code),
+            vcpu: alloc::boxed::Box::default(),
+            log: VmLog::default(),
+        };
+        if let Err(e) = vm.map_all(smmu, edu.bar0 as u64, bar_size) {
+            let _ = vm.destroy(smmu);
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    /// Maps code, BAR0 and RAM, and attaches the device.
+    fn map_all(&self, smmu: &Driver, bar_pa: u64, bar_size: u64) -> Result<(), String> {
+        let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
+            smmu.map_with(self.domain, ipa, pa, len, &opts)
+                .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
+        };
+        // Code: read and execute, never writable.
+        map(
+            CODE_IPA,
+            self.code_pa(),
+            PAGE,
+            MapOptions {
+                execute: true,
+                blocks: false,
+                ..MapOptions::normal(Perm::Read)
+            },
+        )?;
+        // BAR0: Device-nGnRE, execute-never.
+        map(BAR_IPA, bar_pa, bar_size, MapOptions::device())?;
+        // RAM: read-write, execute-never, 2 MiB blocks (the balloon splits
+        // one when it takes a page out of it).
+        map(
+            RAM_IPA,
+            self.ram_pa(),
+            RAM_SIZE,
+            MapOptions {
+                execute: false,
+                ..MapOptions::normal(Perm::ReadWrite)
+            },
+        )?;
+        smmu.attach(self.domain, self.sid)
+            .map_err(|e| format!("attach sid {:#x}: {e}", self.sid))
+    }
+
+    /// Sets the address its "foreign" phase probes (entry x3).
+    pub fn set_foreign(&mut self, addr: u64) {
+        self.args[3] = addr;
+    }
+
+    /// Physical address of its RAM.
+    pub fn ram_pa(&self) -> u64 {
+        self.ram.as_ref().map_or(0, |r| r.paddr())
+    }
+
+    /// Physical address of its code page.
+    pub fn code_pa(&self) -> u64 {
+        self.code.as_ref().map_or(0, |c| c.paddr())
+    }
+
+    /// The 64-bit word at RAM offset `off` as memory holds it (the CPU's
+    /// cached copy invalidated first: the guest and its device write
+    /// around the cache).
+    pub fn ram_word(&self, off: u64) -> Option<u64> {
+        let ram = self.ram.as_ref()?;
+        if !off.is_multiple_of(8) || off >= RAM_SIZE {
+            return None;
+        }
+        let p = ram.vaddr() as usize + off as usize;
+        cpu::dcache_clean_invalidate(p, 8);
+        // SAFETY: in bounds of the owned RAM region, 8-byte aligned.
+        Some(unsafe { (p as *const u64).read_volatile() })
+    }
+
+    /// The first RAM offset outside `skip` whose byte is not the fill byte.
+    pub fn first_unfilled(&self, skip: &[core::ops::Range<u64>]) -> Option<u64> {
+        let ram = self.ram.as_ref()?;
+        cpu::dcache_clean_invalidate(ram.vaddr() as usize, RAM_SIZE as usize);
+        let word = u64::from_ne_bytes([self.fill; 8]);
+        (0..RAM_SIZE).step_by(8).find(|&off| {
+            if skip.iter().any(|r| r.contains(&off)) {
+                return false;
+            }
+            // SAFETY: in bounds of the owned RAM region, 8-byte aligned.
+            let v = unsafe { (ram.vaddr().add(off as usize) as *const u64).read_volatile() };
+            v != word
+        })
+    }
+
+    /// The code page's bytes as the guest sees them.
+    pub fn code_intact(&self) -> bool {
+        let Some(code) = self.code.as_ref() else {
+            return false;
+        };
+        let program = guest::code();
+        cpu::dcache_clean_invalidate(code.vaddr() as usize, PAGE as usize);
+        // SAFETY: the owned code page holds at least `program.len()` bytes.
+        let now = unsafe { core::slice::from_raw_parts(code.vaddr(), program.len()) };
+        now == program
+    }
+
+    /// The HCR_EL2 value while this VM runs: stage 2 on (VM), EL1 is
+    /// AArch64 (RW), SMC trapped (TSC), HVC enabled (HCD = 0), physical
+    /// IRQ/FIQ/SError routed to EL2 (IMO/FMO/AMO), WFI trapped (TWI),
+    /// EL1 TLB and cache maintenance broadcast inner shareable (FB, BSU),
+    /// set/way invalidation upgraded to clean+invalidate (SWIO).
+    pub fn hcr() -> u64 {
+        (HCR_EL2::VM::SET
+            + HCR_EL2::SWIO::SET
+            + HCR_EL2::FMO::SET
+            + HCR_EL2::IMO::SET
+            + HCR_EL2::AMO::SET
+            + HCR_EL2::FB::SET
+            + HCR_EL2::BSU.val(1)
+            + HCR_EL2::TWI::SET
+            + HCR_EL2::TSC::SET
+            + HCR_EL2::RW::SET)
+            .value
+    }
+
+    /// VTTBR_EL2 for this VM: the stage-2 root (from the SMMU domain) and
+    /// its VMID.
+    pub fn vttbr(&self, smmu: &Driver) -> Result<u64, String> {
+        let info = smmu
+            .domain_info(self.domain)
+            .map_err(|e| format!("domain_info: {e}"))?;
+        Ok(info.root | u64::from(self.vmid) << 48)
+    }
+
+    /// Programs this CPU's EL2 (and initial EL1) state for the VM.
+    fn load(&mut self, smmu: &Driver) -> Result<(), String> {
+        let vttbr = self.vttbr(smmu)?;
+        let midr: u64;
+        // SAFETY: reading MIDR_EL1 has no side effects.
+        unsafe { asm!("mrs {}, midr_el1", out(reg) midr, options(nomem, nostack)) };
+        // SAFETY: VPIDR_EL2 only changes what EL1 reads as MIDR_EL1.
+        unsafe { asm!("msr vpidr_el2, {}", in(reg) midr, options(nomem, nostack)) };
+        VMPIDR_EL2.set(MPIDR_EL1.get());
+        // EL1 may read the physical counter, not program the physical timer.
+        CNTHCTL_EL2.set(CNTHCTL_EL2::EL1PCTEN::SET.value);
+        CNTVOFF_EL2.set(0);
+        SCTLR_EL1.set(SCTLR_EL1_MMU_OFF);
+        CPACR_EL1.write(CPACR_EL1::FPEN::TrapNothing);
+        VBAR_EL1.set(0);
+        SP_EL1.set(RAM_IPA + RAM_SIZE);
+        VTCR_EL2.set(self.stage2.vtcr());
+        VTTBR_EL2.set(vttbr);
+        HCR_EL2.set(Self::hcr());
+        // SAFETY: barriers and TLB maintenance for the VM's own VMID (now
+        // current): nothing cached from an earlier VM with this VMID
+        // survives.
+        unsafe {
+            asm!(
+                "isb",
+                "tlbi vmalls12e1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
+        Ok(())
+    }
+
+    /// Restores the hypervisor's EL2 state after the VM.
+    fn unload() {
+        HCR_EL2.set(HCR_EL2_HOST);
+        VTTBR_EL2.set(0);
+        // SAFETY: a barrier.
+        unsafe { asm!("isb", options(nostack)) };
+    }
+
+    /// Runs the VM on this CPU until it stops; returns why.
+    pub fn run(&mut self, smmu: &Driver) -> Stop {
+        self.log.cpu = Some(smp::current_cpu());
+        let daif = DAIF.get();
+        self.vcpu.guest.x[..9].copy_from_slice(&self.args);
+        self.vcpu.guest.elr = CODE_IPA;
+        self.vcpu.guest.spsr = SPSR_EL1H;
+        if let Err(e) = self.load(smmu) {
+            println!("  VM {}: cannot load: {e}", self.name);
+            Self::unload();
+            return Stop::Runaway;
+        }
+        let stop = loop {
+            // SAFETY: `load` configured this CPU's EL2 for the VM: HCR_EL2
+            // with VM, RW, IMO/FMO/AMO, the domain's VTCR/VTTBR; SPSR is
+            // EL1h. Its stage 2 maps only its own code, RAM and BAR.
+            let v = unsafe { self.vcpu.enter() };
+            self.log.exits += 1;
+            if self.log.vttbr.is_none() {
+                self.log.vttbr = Some(VTTBR_EL2.get());
+                self.log.hcr = Some(HCR_EL2.get());
+            }
+            let stop = match v {
+                vector::SYNC => self.handle_sync(smmu),
+                vector::IRQ => {
+                    // Take the pending IRQ at EL2 with the usual handlers,
+                    // then go back to the guest.
+                    self.log.irq_exits += 1;
+                    gic::enable_irqs();
+                    gic::disable_irqs();
+                    None
+                }
+                other => Some(Stop::Unexpected { vector: other }),
+            };
+            if let Some(s) = stop {
+                break s;
+            }
+            if self.log.exits >= MAX_EXITS || self.log.aborts.len() >= MAX_ABORTS {
+                break Stop::Runaway;
+            }
+        };
+        Self::unload();
+        DAIF.set(daif);
+        route_events(smmu);
+        self.collect_faults(smmu);
+        self.log.stop = Some(stop);
+        stop
+    }
+
+    fn handle_sync(&mut self, smmu: &Driver) -> Option<Stop> {
+        let exit = self.vcpu.exit;
+        let ec = exit.esr >> 26 & 0x3f;
+        match ec {
+            0x16 => self.hypercall(smmu, (exit.esr & 0xffff) as u16),
+            0x17 => {
+                // Trapped SMC: ELR points at the SMC itself.
+                let g = &mut self.vcpu.guest;
+                self.log.hvcs.push(HvcRecord {
+                    fid: g.x[0],
+                    imm: u32::MAX,
+                    args: [g.x[1], g.x[2], g.x[3]],
+                    ret: hvc::UNKNOWN_CALL,
+                    tables_unchanged: None,
+                });
+                g.x[0] = hvc::UNKNOWN_CALL;
+                g.elr += 4;
+                None
+            }
+            0x24 => self.data_abort(),
+            0x20 => Some(Stop::InstructionAbort {
+                ipa: (exit.hpfar >> 4 & ((1 << 40) - 1)) << 12 | (exit.far & 0xfff),
+                esr: exit.esr,
+            }),
+            0x01 => {
+                self.vcpu.guest.elr += 4;
+                None
+            }
+            _ => Some(Stop::Unhandled {
+                ec,
+                elr: self.vcpu.guest.elr,
+            }),
+        }
+    }
+
+    /// A stage-2 data abort: decode, record, give a faulting load POISON,
+    /// skip the instruction.
+    fn data_abort(&mut self) -> Option<Stop> {
+        let exit = self.vcpu.exit;
+        let dfsc = exit.esr & 0x3f;
+        // Address size, translation, access flag, permission faults: the
+        // ones HPFAR_EL2 is valid for.
+        if dfsc >> 2 > 0b0011 {
+            return Some(Stop::OtherDataAbort { esr: exit.esr });
+        }
+        let a = Abort {
+            ipa: (exit.hpfar >> 4 & ((1 << 40) - 1)) << 12 | (exit.far & 0xfff),
+            far: exit.far,
+            hpfar: exit.hpfar,
+            esr: exit.esr,
+            elr: self.vcpu.guest.elr,
+        };
+        println!(
+            "  VM {}: stage-2 data abort: {} IPA {:#x} (HPFAR_EL2 {:#x}, FAR_EL2 {:#x}), {}, ISV {} SRT x{}; skipped",
+            self.name,
+            if a.write() { "write to" } else { "read from" },
+            a.ipa,
+            a.hpfar,
+            a.far,
+            super::exceptions::FaultStatus(exit.esr),
+            u8::from(a.isv()),
+            a.srt()
+        );
+        if a.isv() && !a.write() && a.srt() < 31 {
+            let sf = exit.esr >> 15 & 1 == 1;
+            self.vcpu.guest.x[usize::from(a.srt())] = if sf {
+                hvc::POISON
+            } else {
+                hvc::POISON & 0xffff_ffff
+            };
+        }
+        self.vcpu.guest.elr += 4;
+        self.log.aborts.push(a);
+        self.log.last_abort = Some(a);
+        None
+    }
+
+    fn hypercall(&mut self, smmu: &Driver, imm: u16) -> Option<Stop> {
+        let x = [
+            self.vcpu.guest.x[0],
+            self.vcpu.guest.x[1],
+            self.vcpu.guest.x[2],
+            self.vcpu.guest.x[3],
+        ];
+        let mut out = [0u64; 3];
+        let mut tables_unchanged = None;
+        let mut stop = None;
+        match hvc::decode(imm, &x) {
+            Err(code) => out[0] = code,
+            Ok(Call::Report {
+                check,
+                status,
+                detail,
+            }) => self.log.reports.push(Report {
+                check,
+                status,
+                detail,
+            }),
+            Ok(Call::Done { status }) => stop = Some(Stop::Done(status)),
+            Ok(Call::DmaFaults) => {
+                let new = self.collect_faults(smmu);
+                out = match new.first() {
+                    Some(f) => [
+                        new.len() as u64,
+                        f.addr_range.map_or(f.ipa.unwrap_or(0), |r| r.0),
+                        u64::from(f.kind.raw()),
+                    ],
+                    None => [0, 0, 0],
+                };
+            }
+            Ok(Call::LastAbort) => {
+                out = match self.log.last_abort.take() {
+                    Some(a) => [0, a.ipa, a.esr],
+                    None => [hvc::NOTHING, 0, 0],
+                }
+            }
+            Ok(Call::Release { ipa, len }) => {
+                let before = smmu.stage2_snapshot(self.domain).ok();
+                out[0] = self.release(smmu, ipa, len);
+                if out[0] != 0 {
+                    tables_unchanged = Some(before == smmu.stage2_snapshot(self.domain).ok());
+                }
+            }
+        }
+        self.log.hvcs.push(HvcRecord {
+            fid: x[0],
+            imm: u32::from(imm),
+            args: [x[1], x[2], x[3]],
+            ret: out[0],
+            tables_unchanged,
+        });
+        self.vcpu.guest.x[..3].copy_from_slice(&out);
+        stop
+    }
+
+    /// RELEASE: validates, unmaps from the shared stage 2 (SMMU TLBI inside
+    /// the driver), then invalidates the CPU's TLBs for the VM's VMID.
+    fn release(&mut self, smmu: &Driver, ipa: u64, len: u64) -> u64 {
+        let ram_end = RAM_IPA + RAM_SIZE;
+        if !ipa.is_multiple_of(PAGE) || !(RAM_IPA..ram_end).contains(&ipa) {
+            return hvc::BAD_IPA;
+        }
+        let Some(end) = ipa.checked_add(len) else {
+            return hvc::BAD_LENGTH;
+        };
+        if len == 0 || !len.is_multiple_of(PAGE) || end > ram_end {
+            return hvc::BAD_LENGTH;
+        }
+        let mapped = (ipa..end)
+            .step_by(PAGE as usize)
+            .all(|p| matches!(smmu.translate(self.domain, p), Ok(Some(_))));
+        if !mapped {
+            return hvc::BAD_IPA;
+        }
+        let block = smmu
+            .translate(self.domain, ipa)
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.size);
+        let hooks = &mut self.log.cpu_tlbis;
+        let r = smmu.unmap_with(self.domain, ipa, len, &mut |inv| {
+            cpu_tlb_invalidate(inv.vmid, inv.ipa, inv.len);
+            hooks.push((inv.ipa, inv.len));
+        });
+        if let Err(e) = r {
+            println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: unmap: {e}", self.name);
+            return hvc::FAILED;
+        }
+        self.log.released.push(ipa);
+        println!(
+            "  VM {}: RELEASE IPA {ipa:#x}+{len:#x} (inside a {} KiB leaf): unmapped; CPU TLB hook ran for {:x?}",
+            self.name,
+            block >> 10,
+            self.log.cpu_tlbis
+        );
+        0
+    }
+
+    /// Takes the SMMU events routed to this VM's StreamID, records and
+    /// prints them; returns the new faulting DMAs.
+    fn collect_faults(&mut self, smmu: &Driver) -> Vec<FaultSummary> {
+        route_events(smmu);
+        let events = INBOX.lock().remove(&self.sid).unwrap_or_default();
+        let new = fault::coalesce(&events, PAGE);
+        for f in &new {
+            println!("  fault: {f} [VM {}, {} edu]", self.name, self.edu.bdf);
+        }
+        self.log.dma_faults.extend(new.iter().cloned());
+        new
+    }
+
+    /// Detaches the device, destroys the domain, frees the memory (leaked
+    /// instead if the SMMU may still reach it).
+    pub fn destroy(mut self, smmu: &Driver) -> Result<(), String> {
+        let detached = match smmu.detach(self.sid) {
+            Ok(()) | Err(smmuv3::Error::SidNotAttached(_)) => true,
+            Err(e) => {
+                println!("  VM {}: detach: {e}", self.name);
+                false
+            }
+        };
+        let destroyed = detached
+            && smmu
+                .destroy_domain(self.domain)
+                .map_err(|e| println!("  VM {}: destroy_domain: {e}", self.name))
+                .is_ok();
+        INBOX.lock().remove(&self.sid);
+        if destroyed {
+            Ok(())
+        } else {
+            core::mem::forget(self.ram.take());
+            core::mem::forget(self.code.take());
+            Err(format!(
+                "VM {}: domain not destroyed; memory leaked",
+                self.name
+            ))
+        }
+    }
+}
+
+/// ID_AA64MMFR2_EL1.BBM: the CPU's break-before-make level (2: a block
+/// can be replaced by a table of the same translations in one store).
+pub fn cpu_bbm_level() -> u64 {
+    ID_AA64MMFR2_EL1.read(ID_AA64MMFR2_EL1::BBM)
+}
+
+/// SMMU events not yet taken by their VM, by StreamID.
+static INBOX: Mutex<BTreeMap<u32, Vec<Event>>> = Mutex::new(BTreeMap::new());
+
+/// Takes every event the SMMU recorded so far and files it under its
+/// StreamID, for the VM that owns it.
+pub fn route_events(smmu: &Driver) {
+    let events = iommu::take_events(smmu);
+    if events.is_empty() {
+        return;
+    }
+    let mut inbox = INBOX.lock();
+    for e in events {
+        inbox.entry(e.sid).or_default().push(e);
+    }
+}
+
+/// The CPU side of invalidating `[ipa, ipa + len)` of VMID `vmid`'s stage 2,
+/// after its descriptors changed: TLBI IPAS2E1IS per page (TLBI
+/// VMALLS12E1IS past 64 pages), DSB ISH, TLBI VMALLE1IS (stage-1+2 combined
+/// entries), DSB ISH, ISB. TLBIs act on the current VMID, so VTTBR_EL2 is
+/// switched to `vmid` for the duration if it holds another one (IRQs
+/// masked), then restored. The `IS` forms reach the other CPU, where the VM
+/// may be running.
+pub fn cpu_tlb_invalidate(vmid: u16, ipa: u64, len: u64) {
+    gic::without_irqs(|| {
+        let saved = VTTBR_EL2.get();
+        let switch = (saved >> 48) as u16 != vmid;
+        if switch {
+            VTTBR_EL2.set(u64::from(vmid) << 48);
+            // SAFETY: a barrier: the TLBIs below see the new VMID.
+            unsafe { asm!("isb", options(nostack)) };
+        }
+        // SAFETY: barrier + TLB maintenance; invalidating never changes
+        // memory, and the descriptors were already updated.
+        unsafe { asm!("dsb ishst", options(nostack)) };
+        let pages = len.div_ceil(PAGE);
+        if pages > 64 {
+            // SAFETY: as above.
+            unsafe { asm!("tlbi vmalls12e1is", options(nostack)) };
+        } else {
+            for p in 0..pages {
+                let arg = (ipa + p * PAGE) >> 12;
+                // SAFETY: as above.
+                unsafe { asm!("tlbi ipas2e1is, {}", in(reg) arg, options(nostack)) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            asm!(
+                "dsb ish",
+                "tlbi vmalle1is",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            )
+        };
+        if switch {
+            VTTBR_EL2.set(saved);
+            // SAFETY: a barrier.
+            unsafe { asm!("isb", options(nostack)) };
+        }
+    });
+}
