@@ -781,6 +781,34 @@ fn plan(
     }
 }
 
+/// What the caller knows about the entries an invalidation removes: the
+/// TLBI hints Linux also sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InvalidationHints {
+    /// Only leaf entries changed (no table was unlinked or freed): the
+    /// commands may leave walk caches alone (Leaf = 1).
+    pub leaf: bool,
+    /// The translation level (1..=3) of every leaf that changed, when they
+    /// all sit at one level (TTL, range form only); 0 = unknown. Ignored
+    /// unless `leaf`.
+    pub ttl: u8,
+}
+
+impl InvalidationHints {
+    /// No hints: non-leaf, TTL 0 (always safe).
+    pub const NONE: InvalidationHints = InvalidationHints { leaf: false, ttl: 0 };
+
+    /// Only leaves changed, all at `level` (1..=3); `None`: levels unknown
+    /// or mixed.
+    pub const fn leaves_at(level: Option<u32>) -> InvalidationHints {
+        let ttl = match level {
+            Some(l @ 1..=3) => l as u8,
+            _ => 0,
+        };
+        InvalidationHints { leaf: true, ttl }
+    }
+}
+
 /// Plans the stage-2 invalidation of `[ipa, ipa + len)` for `vmid`.
 ///
 /// `granule_shift` (12, 14 or 16) is the stage-2 granule; the range is
@@ -799,6 +827,24 @@ pub fn s2_invalidation(
     ril: bool,
     max_commands: usize,
 ) -> InvalidationPlan {
+    s2_invalidation_hinted(vmid, ipa, len, granule_shift, ril, max_commands, InvalidationHints::NONE)
+}
+
+/// [`s2_invalidation`] with `hints`: Leaf = 1 when only leaves changed,
+/// and TTL (range form only) when they all sit at one level. The caller
+/// must not claim a level when a cached entry of another level may cover
+/// the range (e.g. a block replaced by a table without break: its old
+/// block entry is cached at the block's level).
+pub fn s2_invalidation_hinted(
+    vmid: u16,
+    ipa: u64,
+    len: u64,
+    granule_shift: u32,
+    ril: bool,
+    max_commands: usize,
+    hints: InvalidationHints,
+) -> InvalidationPlan {
+    let ttl = if hints.leaf { hints.ttl } else { 0 };
     plan(
         ipa,
         len,
@@ -812,8 +858,8 @@ pub fn s2_invalidation(
         |addr, range| Command::TlbiS2Ipa {
             vmid,
             addr,
-            leaf: false,
-            range,
+            leaf: hints.leaf,
+            range: range.map(|r| TlbiRange { ttl, ..r }),
         },
     )
 }
@@ -830,6 +876,22 @@ pub fn nh_invalidation(
     ril: bool,
     max_commands: usize,
 ) -> InvalidationPlan {
+    nh_invalidation_hinted(vmid, asid, va, len, granule_shift, ril, max_commands, InvalidationHints::NONE)
+}
+
+/// [`nh_invalidation`] with `hints` (see [`s2_invalidation_hinted`]).
+#[allow(clippy::too_many_arguments)]
+pub fn nh_invalidation_hinted(
+    vmid: u16,
+    asid: u16,
+    va: u64,
+    len: u64,
+    granule_shift: u32,
+    ril: bool,
+    max_commands: usize,
+    hints: InvalidationHints,
+) -> InvalidationPlan {
+    let ttl = if hints.leaf { hints.ttl } else { 0 };
     plan(
         va,
         len,
@@ -844,8 +906,8 @@ pub fn nh_invalidation(
             vmid,
             asid,
             addr,
-            leaf: false,
-            range,
+            leaf: hints.leaf,
+            range: range.map(|r| TlbiRange { ttl, ..r }),
         },
     )
 }
@@ -857,6 +919,43 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec;
+
+    /// Issue 12 item 2: Leaf and TTL reach the commands only as the hints
+    /// allow: TTL only in the range form and only for leaf invalidations.
+    #[test]
+    fn invalidation_hints_pin_leaf_and_ttl() {
+        let cmds = |p: InvalidationPlan| p.commands().to_vec();
+        // Pages only changed, all at level 3, RIL: Leaf = 1, TTL = 3.
+        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints::leaves_at(Some(3))));
+        assert_eq!(c.len(), 1);
+        let Command::TlbiS2Ipa { leaf, range: Some(r), .. } = c[0] else { panic!("{c:?}") };
+        assert!(leaf);
+        assert_eq!((r.ttl, r.tg, r.num, r.scale), (3, 1, 2, 0));
+        let w = c[0].encode();
+        assert_eq!(w[1] & 1, 1, "Leaf is dword 1 bit 0");
+        assert_eq!((w[1] >> 8) & 3, 3, "TTL is dword 1 [9:8]");
+        // A 2 MiB block: TTL = 2.
+        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x20_0000, 12, true, 64, InvalidationHints::leaves_at(Some(2))));
+        let Command::TlbiS2Ipa { range: Some(r), .. } = c[0] else { panic!() };
+        assert_eq!(r.ttl, 2);
+        // Mixed levels: Leaf but no TTL.
+        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints::leaves_at(None)));
+        let Command::TlbiS2Ipa { leaf: true, range: Some(r), .. } = c[0] else { panic!() };
+        assert_eq!(r.ttl, 0);
+        // Tables freed: non-leaf, TTL dropped even if asked.
+        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints { leaf: false, ttl: 3 }));
+        let Command::TlbiS2Ipa { leaf: false, range: Some(r), .. } = c[0] else { panic!() };
+        assert_eq!(r.ttl, 0);
+        assert_eq!(c[0].encode()[1] & 1, 0);
+        // Without RIL there is no TTL field to set: Leaf only.
+        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x2000, 12, false, 64, InvalidationHints::leaves_at(Some(3))));
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| matches!(c, Command::TlbiS2Ipa { leaf: true, range: None, .. })));
+        // Stage 1 alike.
+        let c = cmds(nh_invalidation_hinted(5, 9, 0x1000, 0x1000, 12, true, 64, InvalidationHints::leaves_at(Some(3))));
+        let Command::TlbiNhVa { leaf: true, range: Some(r), .. } = c[0] else { panic!() };
+        assert_eq!(r.ttl, 3);
+    }
 
     fn enc(c: Command) -> [u64; 2] {
         let w = c.encode();

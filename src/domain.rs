@@ -666,4 +666,45 @@ mod tests {
         drop(smmu);
         drop(root);
     }
+
+    /// Issue 12 item 2: the hints follow what changed: Leaf = 1 and TTL =
+    /// the level when only leaves of one level changed; non-leaf when a
+    /// table was unlinked; no TTL after a block was replaced without break.
+    #[test]
+    fn invalidation_hints_follow_the_change() {
+        use crate::cmd::Command;
+        let tlbis = |regs: &FakeRegs, from: usize| -> Vec<(bool, u8)> {
+            regs.commands()[from..]
+                .iter()
+                .filter_map(|w| match Command::decode(*w) {
+                    Command::TlbiS2Ipa { leaf, range, .. } => Some((leaf, range.map_or(0, |r| r.ttl))),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (bbml, cpu_bbml2) in [(0, false), (2, true)] {
+            let (regs, smmu, id) = with_bbml(bbml, cpu_bbml2);
+            // Two pages in one level-3 table, and a 2 MiB block.
+            smmu.map(id, 0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite).unwrap();
+            smmu.map(id, 0x4020_0000, 0x8020_0000, M2, Perm::ReadWrite).unwrap();
+            let n = regs.commands().len();
+            smmu.unmap(id, 0x4000_0000, 0x1000).unwrap(); // the table stays
+            assert_eq!(tlbis(&regs, n), [(true, 3)]);
+            let n = regs.commands().len();
+            smmu.protect(id, 0x4020_0000, M2, Perm::Read).unwrap(); // the block
+            assert_eq!(tlbis(&regs, n), [(true, 2)]);
+            let n = regs.commands().len();
+            smmu.unmap(id, 0x4000_1000, 0x1000).unwrap(); // empties the table
+            assert_eq!(tlbis(&regs, n), [(false, 0)]);
+            let n = regs.commands().len();
+            smmu.unmap(id, 0x4030_0000, 0x1000).unwrap(); // splits the block
+            let expected: &[(bool, u8)] = if cpu_bbml2 {
+                &[(true, 0)] // the old block may be cached: no level
+            } else {
+                &[(true, 2), (true, 3)] // break (the block), then the page
+            };
+            assert_eq!(tlbis(&regs, n), expected, "BBML {bbml}");
+            drop(smmu);
+        }
+    }
 }

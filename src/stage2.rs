@@ -755,6 +755,8 @@ pub struct Stage2Table<H: Hal> {
     /// Tables unlinked by `unmap` that the SMMU may still hold in its walk
     /// caches until the caller's invalidation completes.
     retired: Vec<Dma<H>>,
+    /// Bit `l` set: the last `unmap`/`protect` changed a leaf at level `l`.
+    changed_levels: u8,
 }
 
 impl<H: Hal> fmt::Debug for Stage2Table<H> {
@@ -784,6 +786,7 @@ impl<H: Hal> Stage2Table<H> {
             root: Node { dma, live: 0 },
             tables: BTreeMap::new(),
             retired: Vec::new(),
+            changed_levels: 0,
         })
     }
 
@@ -906,7 +909,15 @@ impl<H: Hal> Stage2Table<H> {
         let root = self.root_paddr();
         let level = self.cfg.start_level;
         self.check_mapped(root, level, ipa, end, Some("unmap splits a block mapping"))?;
+        self.changed_levels = 0;
         self.unmap_range(root, level, ipa, end)
+    }
+
+    /// The level of every leaf the last [`Stage2Table::unmap`] or
+    /// [`Stage2Table::protect`] changed, when they all sat at one level
+    /// (the TLBI TTL hint); `None` when mixed or nothing changed.
+    pub fn changed_leaf_level(&self) -> Option<u32> {
+        (self.changed_levels.count_ones() == 1).then(|| self.changed_levels.trailing_zeros())
     }
 
     /// Changes the permission of the mapped range `[ipa, ipa + len)` to
@@ -922,6 +933,7 @@ impl<H: Hal> Stage2Table<H> {
         let root = self.root_paddr();
         let level = self.cfg.start_level;
         self.check_mapped(root, level, ipa, end, Some("protect splits a block mapping"))?;
+        self.changed_levels = 0;
         self.protect_range(root, level, ipa, end, perm)
     }
 
@@ -1402,7 +1414,7 @@ impl<H: Hal> Stage2Table<H> {
         for (cur, next, idx) in chunks {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => continue,
-                Entry::Leaf { .. } => {}
+                Entry::Leaf { .. } => self.changed_levels |= 1 << level,
                 Entry::Table(t) => {
                     self.unmap_range(t, level + 1, cur, next)?;
                     if self.node(t)?.live != 0 {
@@ -1444,6 +1456,7 @@ impl<H: Hal> Stage2Table<H> {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => {}
                 Entry::Leaf { raw, .. } => {
+                    self.changed_levels |= 1 << level;
                     self.write(table, idx, Self::with_perm(raw, perm))?;
                     span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
                 }

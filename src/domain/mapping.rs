@@ -13,7 +13,7 @@
 //!    without BTM, and SMMU commands do not reach the CPU).
 //! 5. Only then are tables the change emptied freed.
 
-use crate::cmd::{self, Command};
+use crate::cmd::{self, Command, InvalidationHints};
 use crate::error::{Error, Result};
 use crate::hal::Hal;
 use crate::smmu::Smmu;
@@ -101,9 +101,12 @@ impl<H: Hal> Smmu<H> {
         let mut domains = self.domains.lock();
         let d = domains.get_mut(id)?;
         d.owned()?.check_range_mapped(ipa, len)?;
-        self.split_partial_blocks(d, ipa, len, cpu)?;
+        let split_live = self.split_partial_blocks(d, ipa, len, cpu)?;
+        let retired = d.owned()?.retired_tables();
         d.owned_mut()?.unmap(ipa, len)?;
-        let r = self.invalidate_domain_range(d, ipa, len);
+        let t = d.owned()?;
+        let hints = change_hints(t.retired_tables() > retired, t.changed_leaf_level(), split_live);
+        let r = self.invalidate_domain_range(d, ipa, len, hints);
         cpu(&CpuInvalidation {
             domain: id,
             vmid: d.vmid,
@@ -138,9 +141,10 @@ impl<H: Hal> Smmu<H> {
         let mut domains = self.domains.lock();
         let d = domains.get_mut(id)?;
         d.owned()?.check_range_mapped(ipa, len)?;
-        self.split_partial_blocks(d, ipa, len, cpu)?;
+        let split_live = self.split_partial_blocks(d, ipa, len, cpu)?;
         d.owned_mut()?.protect(ipa, len, perm)?;
-        let r = self.invalidate_domain_range(d, ipa, len);
+        let hints = change_hints(false, d.owned()?.changed_leaf_level(), split_live);
+        let r = self.invalidate_domain_range(d, ipa, len, hints);
         cpu(&CpuInvalidation {
             domain: id,
             vmid: d.vmid,
@@ -151,14 +155,18 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Splits every block `[ipa, ipa + len)` covers only partly, until
-    /// the range's edges fall on leaf boundaries.
+    /// the range's edges fall on leaf boundaries. Returns whether a live
+    /// block was replaced without break (its entry may still be cached at
+    /// the block's level, so the following invalidation must not name a
+    /// level).
     fn split_partial_blocks(
         &self,
         d: &mut Domain<H>,
         ipa: u64,
         len: u64,
         cpu: &mut dyn FnMut(&CpuInvalidation),
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let mut split_live = false;
         while let Some(b) = d.owned()?.partial_block(ipa, len)? {
             let split = d.owned()?.prepare_split(&b)?;
             if d.split_without_break {
@@ -167,11 +175,13 @@ impl<H: Hal> Smmu<H> {
                 // as the new table does; the invalidation after the change
                 // removes them for the range that changes.
                 d.owned_mut()?.install_split(&b, split)?;
+                split_live = true;
                 continue;
             }
-            // Break before make.
+            // Break before make: only the block (a leaf) changed.
             d.owned_mut()?.break_block(&b)?;
-            let r = self.invalidate_domain_range(d, b.ipa, b.size);
+            let hints = InvalidationHints::leaves_at(Some(b.level));
+            let r = self.invalidate_domain_range(d, b.ipa, b.size, hints);
             cpu(&CpuInvalidation {
                 domain: d.id,
                 vmid: d.vmid,
@@ -188,7 +198,7 @@ impl<H: Hal> Smmu<H> {
             }
             d.owned_mut()?.install_split(&b, split)?;
         }
-        Ok(())
+        Ok(split_live)
     }
 
     /// Invalidates the SMMU's cached translations of `[ipa, ipa + len)` in
@@ -214,7 +224,8 @@ impl<H: Hal> Smmu<H> {
             Some(end) if end <= 1u64 << cfg.ipa_bits() => {}
             _ => return Err(Error::RangeOverflow { addr: ipa, len }),
         }
-        self.invalidate_domain_range(d, ipa, len)
+        // The hypervisor's change is unknown to the driver: no hints.
+        self.invalidate_domain_range(d, ipa, len, InvalidationHints::NONE)
     }
 
     /// What the domain's tables translate `ipa` to.
@@ -229,12 +240,13 @@ impl<H: Hal> Smmu<H> {
         d: &mut Domain<H>,
         ipa: u64,
         len: u64,
+        hints: InvalidationHints,
     ) -> Result<()> {
         let r = if d.tlb_unknown {
             self.invalidate_vmid(d.vmid)
         } else {
             let shift = d.tables.config().granule().shift();
-            self.invalidate_ipa(d.vmid, ipa, len, shift)
+            self.invalidate_ipa(d.vmid, ipa, len, shift, hints)
         };
         d.tlb_unknown = r.is_err();
         r
@@ -250,8 +262,16 @@ impl<H: Hal> Smmu<H> {
 
     /// TLBI_S2_IPA for the range (range form with RIL), or TLBI_S12_VMALL
     /// past [`MAX_RANGE_COMMANDS`] (or the erratum limit), then one
-    /// CMD_SYNC. Non-leaf: unmapped tables may be in walk caches.
-    fn invalidate_ipa(&self, vmid: u16, ipa: u64, len: u64, granule_shift: u32) -> Result<()> {
+    /// CMD_SYNC. Leaf and TTL as `hints` allow (non-leaf when tables were
+    /// unlinked: they may be in walk caches).
+    fn invalidate_ipa(
+        &self,
+        vmid: u16,
+        ipa: u64,
+        len: u64,
+        granule_shift: u32,
+        hints: InvalidationHints,
+    ) -> Result<()> {
         if !self.is_live() {
             return Ok(());
         }
@@ -261,8 +281,22 @@ impl<H: Hal> Smmu<H> {
             .features()
             .max_commands_per_sync()
             .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
-        let plan = cmd::s2_invalidation(vmid, ipa, len, granule_shift, self.features().ril, max);
+        let ril = self.features().ril;
+        let plan = cmd::s2_invalidation_hinted(vmid, ipa, len, granule_shift, ril, max, hints);
         self.submit(plan.commands())
     }
 }
 
+
+/// The TLBI hints for a change: Leaf when no table was unlinked, TTL when
+/// every changed leaf sat at one level and no live block was replaced
+/// without break in the same operation.
+fn change_hints(tables_unlinked: bool, level: Option<u32>, split_live: bool) -> InvalidationHints {
+    if tables_unlinked {
+        InvalidationHints::NONE
+    } else if split_live {
+        InvalidationHints::leaves_at(None)
+    } else {
+        InvalidationHints::leaves_at(level)
+    }
+}
