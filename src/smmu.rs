@@ -194,6 +194,9 @@ pub struct Stats {
     pub cmdq: CmdqStats,
     /// Every MMIO register write so far.
     pub mmio_writes: u64,
+    /// MMIO reads on the driver's hot paths (command completion, global
+    /// errors, event queue): see [`crate::mmio::Mmio::read32`].
+    pub mmio_reads: u64,
     /// Event records drained.
     pub events: u64,
     /// Event queue overflows seen (PROD.OVFLG).
@@ -705,6 +708,63 @@ impl<H: Hal> Smmu<H> {
         Ok(())
     }
 
+    /// Installs several STEs at once, with the safe update order of
+    /// [`Smmu::write_ste`] for each, but sharing invalidations: the plans
+    /// advance in lock step, and every round of CFGI_STEs (one per entry
+    /// that reached a `Sync`) ends with one CMD_SYNC. So N entries cost as
+    /// many CMD_SYNCs as the longest single plan (at most 3), not N times
+    /// that.
+    pub(crate) fn write_stes(&self, updates: &[(u32, Ste)]) -> Result<()> {
+        let mut strtab = self.strtab.lock();
+        let live = self.commands_live();
+        let mut fresh = alloc::vec::Vec::new();
+        for &(sid, _) in updates {
+            if strtab.ensure(sid)? {
+                fresh.push(Command::CfgiSteRange {
+                    sid: sid & !((1 << strtab::SPLIT) - 1),
+                    range: strtab::SPLIT as u8 - 1,
+                });
+            }
+        }
+        if live && !fresh.is_empty() {
+            self.submit_locked(&fresh)?;
+        }
+        let mut plans = alloc::vec::Vec::new();
+        plans
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        for &(sid, target) in updates {
+            plans.push((sid, plan_update(&Ste(strtab.read(sid)?), &target)?, 0usize));
+        }
+        let mut cfgis = alloc::vec::Vec::new();
+        loop {
+            cfgis.clear();
+            for (sid, plan, next) in plans.iter_mut() {
+                let steps = plan.as_slice();
+                while let Some(step) = steps.get(*next).copied() {
+                    *next += 1;
+                    match step {
+                        UpdateStep::Write { dword, value } => strtab.write_dword(*sid, dword, value)?,
+                        UpdateStep::Publish => strtab.publish(*sid)?,
+                        UpdateStep::Sync => {
+                            cfgis.push(Command::CfgiSte {
+                                sid: *sid,
+                                leaf: true,
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            if cfgis.is_empty() {
+                return Ok(());
+            }
+            if live {
+                self.submit_locked(&cfgis)?;
+            }
+        }
+    }
+
     /// Submits with the caller already holding the stream table lock.
     fn submit_locked(&self, cmds: &[Command]) -> Result<()> {
         self.with_cmdq(|q| q.submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true))
@@ -874,6 +934,7 @@ impl<H: Hal> Smmu<H> {
         Stats {
             cmdq: c.load_cmdq(),
             mmio_writes: self.mmio.writes(),
+            mmio_reads: self.mmio.reads(),
             events: c.events.load(Ordering::Relaxed),
             eventq_overflows: c.eventq_overflows.load(Ordering::Relaxed),
             eventq_aborts: c.eventq_aborts.load(Ordering::Relaxed),

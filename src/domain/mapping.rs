@@ -159,7 +159,7 @@ impl<H: Hal> Smmu<H> {
     /// block was replaced without break (its entry may still be cached at
     /// the block's level, so the following invalidation must not name a
     /// level).
-    fn split_partial_blocks(
+    pub(crate) fn split_partial_blocks(
         &self,
         d: &mut Domain<H>,
         ipa: u64,
@@ -291,7 +291,7 @@ impl<H: Hal> Smmu<H> {
 /// The TLBI hints for a change: Leaf when no table was unlinked, TTL when
 /// every changed leaf sat at one level and no live block was replaced
 /// without break in the same operation.
-fn change_hints(tables_unlinked: bool, level: Option<u32>, split_live: bool) -> InvalidationHints {
+pub(crate) fn change_hints(tables_unlinked: bool, level: Option<u32>, split_live: bool) -> InvalidationHints {
     if tables_unlinked {
         InvalidationHints::NONE
     } else if split_live {

@@ -1,0 +1,234 @@
+//! Several domain changes in one command batch, with one CMD_SYNC.
+//!
+//! Tearing down a VM, ballooning many pages or moving a set of devices
+//! costs, with single calls, one invalidation round trip (TLBI or CFGI +
+//! CMD_SYNC) per call. A [`Batch`] gathers detaches, attaches, unmaps and
+//! protects and commits them with the single calls' safety order, sharing
+//! the round trips:
+//!
+//! 1. STE changes (detach to abort, attach to the domain): every entry's
+//!    plan advances in lock step, one CMD_SYNC per round of CFGI_STEs (at
+//!    most three rounds, however many StreamIDs).
+//! 2. Table changes, in the order given: each is validated, its partly
+//!    covered blocks split (a break-before-make split still completes its
+//!    own invalidation first), then its descriptors change.
+//! 3. One batch of TLBIs for every changed range (TLBI_S12_VMALL for a
+//!    domain whose ranges would take too many), then one CMD_SYNC; the CPU
+//!    hook for every range.
+//! 4. Only then are tables freed.
+//!
+//! If a change is refused, the changes before it stay made and are
+//! invalidated before the error is returned, exactly as if they had been
+//! single calls; nothing after it is made.
+
+use alloc::vec::Vec;
+
+use crate::cmd::{self, Command, InvalidationHints, InvalidationPlan};
+use crate::error::{Error, Result};
+use crate::hal::Hal;
+use crate::smmu::Smmu;
+use crate::stage2::Perm;
+use crate::ste::Ste;
+
+use super::mapping::CpuInvalidation;
+use super::{DomainId, MAX_RANGE_COMMANDS};
+
+#[derive(Debug, Clone, Copy)]
+enum TableOp {
+    Unmap,
+    Protect(Perm),
+}
+
+/// Domain changes to commit together ([`Smmu::batch`]).
+#[derive(Debug)]
+#[must_use = "nothing happens until `commit`"]
+pub struct Batch<'a, H: Hal> {
+    smmu: &'a Smmu<H>,
+    detach: Vec<u32>,
+    attach: Vec<(DomainId, u32)>,
+    tables: Vec<(DomainId, u64, u64, TableOp)>,
+}
+
+impl<H: Hal> Smmu<H> {
+    /// Starts a [`Batch`] of domain changes.
+    pub fn batch(&self) -> Batch<'_, H> {
+        Batch {
+            smmu: self,
+            detach: Vec::new(),
+            attach: Vec::new(),
+            tables: Vec::new(),
+        }
+    }
+}
+
+impl<'a, H: Hal> Batch<'a, H> {
+    /// Returns `sid` to abort (as [`Smmu::detach`]).
+    pub fn detach(mut self, sid: u32) -> Self {
+        self.detach.push(sid);
+        self
+    }
+
+    /// Points `sid` at domain `id` (as [`Smmu::attach`]).
+    pub fn attach(mut self, id: DomainId, sid: u32) -> Self {
+        self.attach.push((id, sid));
+        self
+    }
+
+    /// Unmaps `[ipa, ipa + len)` of domain `id` (as [`Smmu::unmap`]).
+    pub fn unmap(mut self, id: DomainId, ipa: u64, len: u64) -> Self {
+        self.tables.push((id, ipa, len, TableOp::Unmap));
+        self
+    }
+
+    /// Changes the permission of `[ipa, ipa + len)` of domain `id` (as
+    /// [`Smmu::protect`]).
+    pub fn protect(mut self, id: DomainId, ipa: u64, len: u64, perm: Perm) -> Self {
+        self.tables.push((id, ipa, len, TableOp::Protect(perm)));
+        self
+    }
+
+    /// Commits every change (see the module documentation for the order),
+    /// calling `cpu` for every changed range of a table a CPU may share.
+    /// StreamIDs of declared groups of several StreamIDs are refused here
+    /// ([`Error::SidInGroup`]): use [`Smmu::attach_group`] /
+    /// [`Smmu::detach_group`].
+    pub fn commit(self, cpu: &mut dyn FnMut(&CpuInvalidation)) -> Result<()> {
+        let smmu = self.smmu;
+        // Lock order: groups -> domains -> stream table -> cmdq.
+        let groups = smmu.groups.lock();
+        let mut domains = smmu.domains.lock();
+
+        // 1. STEs. Everything is checked before any entry changes.
+        let mut updates = Vec::new();
+        updates
+            .try_reserve_exact(self.detach.len() + self.attach.len())
+            .map_err(|_| Error::NoMemory)?;
+        for &sid in self.detach.iter().chain(self.attach.iter().map(|(_, s)| s)) {
+            smmu.check_sid(sid)?;
+            if let Some(group) = groups.shared_group_of(sid) {
+                return Err(Error::SidInGroup { sid, group });
+            }
+        }
+        for &sid in &self.detach {
+            if !domains.is_attached(sid) {
+                return Err(Error::SidNotAttached(sid));
+            }
+            updates.push((sid, Ste::abort()));
+        }
+        for &(id, sid) in &self.attach {
+            if domains.is_attached(sid) && !self.detach.contains(&sid) {
+                return Err(Error::SidAttached(sid));
+            }
+            let current = smmu.ste(sid)?;
+            if current.is_live() && !self.detach.contains(&sid) {
+                return Err(Error::SidAttached(sid));
+            }
+            let ste = smmu.domain_ste(domains.get(id)?)?;
+            // A StreamID moved from one domain to another ends attached.
+            updates.retain(|(s, _)| *s != sid);
+            updates.push((sid, ste));
+        }
+        smmu.write_stes(&updates)?;
+        for &sid in &self.detach {
+            if let Some(id) = domains.attached.remove(&sid) {
+                domains.get_mut(id)?.sids.retain(|&s| s != sid);
+            }
+        }
+        for &(id, sid) in &self.attach {
+            domains.attached.insert(sid, id);
+            domains.get_mut(id)?.sids.push(sid);
+        }
+
+        // 2. Table changes, each validated before it is made.
+        let mut changed: Vec<(DomainId, u64, u64, InvalidationHints)> = Vec::new();
+        changed
+            .try_reserve_exact(self.tables.len())
+            .map_err(|_| Error::NoMemory)?;
+        let mut refused = None;
+        for &(id, ipa, len, op) in &self.tables {
+            let r = (|| {
+                let d = domains.get_mut(id)?;
+                d.owned()?.check_range_mapped(ipa, len)?;
+                let split_live = smmu.split_partial_blocks(d, ipa, len, cpu)?;
+                let retired = d.owned()?.retired_tables();
+                match op {
+                    TableOp::Unmap => d.owned_mut()?.unmap(ipa, len)?,
+                    TableOp::Protect(perm) => d.owned_mut()?.protect(ipa, len, perm)?,
+                }
+                let t = d.owned()?;
+                let hints = super::mapping::change_hints(
+                    t.retired_tables() > retired,
+                    t.changed_leaf_level(),
+                    split_live,
+                );
+                Ok::<_, Error>((id, ipa, len, hints))
+            })();
+            match r {
+                Ok(c) => changed.push(c),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+
+        // 3. One batch of TLBIs and one CMD_SYNC for everything changed.
+        let mut cmds: Vec<Command> = Vec::new();
+        for &(id, ipa, len, hints) in &changed {
+            let d = domains.get(id)?;
+            if d.tlb_unknown {
+                cmds.push(Command::TlbiS12Vmall { vmid: d.vmid });
+                continue;
+            }
+            let f = smmu.features();
+            let max = f
+                .max_commands_per_sync()
+                .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
+            let shift = d.tables.config().granule().shift();
+            match cmd::s2_invalidation_hinted(d.vmid, ipa, len, shift, f.ril, max, hints) {
+                InvalidationPlan::Precise(c) => {
+                    cmds.try_reserve(c.len()).map_err(|_| Error::NoMemory)?;
+                    cmds.extend(c);
+                }
+                InvalidationPlan::Fallback(c) => cmds.push(c),
+            }
+        }
+        // One TLBI_S12_VMALL per VMID is enough.
+        let mut seen_vmall: Vec<u16> = Vec::new();
+        cmds.retain(|c| match c {
+            Command::TlbiS12Vmall { vmid } if seen_vmall.contains(vmid) => false,
+            Command::TlbiS12Vmall { vmid } => {
+                seen_vmall.push(*vmid);
+                true
+            }
+            _ => true,
+        });
+        let r = if smmu.is_live() && !cmds.is_empty() {
+            smmu.submit(&cmds)
+        } else {
+            Ok(())
+        };
+        for &(id, ipa, len, _) in &changed {
+            let vmid = domains.get(id)?.vmid;
+            cpu(&CpuInvalidation {
+                domain: id,
+                vmid,
+                ipa,
+                len,
+            });
+        }
+        // 4. Free tables, only if the invalidation completed.
+        for &(id, ..) in &changed {
+            let d = domains.get_mut(id)?;
+            d.tlb_unknown = r.is_err();
+            if r.is_ok() {
+                d.owned_mut()?.release_retired();
+            }
+        }
+        r?;
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
