@@ -28,6 +28,10 @@ pub struct Mmio {
     gerrorn_lock: Mutex<()>,
     /// GERRORN acknowledgements left by callers that found the lock taken.
     gerrorn_pending: AtomicU32,
+    /// What GERRORN holds: only this driver writes it, so after one read
+    /// (`gerrorn_known`) every later value is known without reading.
+    gerrorn: AtomicU32,
+    gerrorn_known: AtomicBool,
     /// An interrupt handler saw a command error but could not take the
     /// command queue: its holder must look at GERROR.
     cmdq_error_hint: AtomicBool,
@@ -59,6 +63,8 @@ impl Mmio {
             page1: unsafe { base.add(PAGE_SIZE) }.cast(),
             gerrorn_lock: Mutex::new(()),
             gerrorn_pending: AtomicU32::new(0),
+            gerrorn: AtomicU32::new(0),
+            gerrorn_known: AtomicBool::new(false),
             cmdq_error_hint: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -151,9 +157,30 @@ impl Mmio {
     }
 
     /// Global errors currently active: GERROR bits that differ from GERRORN.
+    /// One register read (GERROR): GERRORN is known from this driver's own
+    /// writes after it was read once (see [`Mmio::resync_gerrorn`]).
     pub fn active_gerrors(&self) -> u32 {
         let p0 = self.p0();
-        self.read32(&p0.gerror) ^ self.read32(&p0.gerrorn)
+        self.read32(&p0.gerror) ^ self.gerrorn()
+    }
+
+    /// The value of GERRORN: read from the SMMU the first time (or after
+    /// [`Mmio::resync_gerrorn`]), then the last value written.
+    fn gerrorn(&self) -> u32 {
+        if self.gerrorn_known.load(Ordering::Acquire) {
+            return self.gerrorn.load(Ordering::Acquire);
+        }
+        let v = self.read32(&self.p0().gerrorn);
+        self.gerrorn.store(v, Ordering::Release);
+        self.gerrorn_known.store(true, Ordering::Release);
+        v
+    }
+
+    /// Forgets the remembered GERRORN, so the next use reads it (when
+    /// taking over an SMMU another owner may have acknowledged errors on).
+    pub fn resync_gerrorn(&self) {
+        let _guard = self.gerrorn_lock.lock();
+        self.gerrorn_known.store(false, Ordering::Release);
     }
 
     /// Acknowledges the active errors among `bits` by toggling their GERRORN
@@ -175,10 +202,11 @@ impl Mmio {
             let bits = self.gerrorn_pending.swap(0, Ordering::SeqCst);
             if bits != 0 {
                 let p0 = self.p0();
-                let n = p0.gerrorn.get();
-                let active = (p0.gerror.get() ^ n) & bits;
+                let n = self.gerrorn();
+                let active = (self.read32(&p0.gerror) ^ n) & bits;
                 if active != 0 {
                     self.write32(&p0.gerrorn, n ^ active);
+                    self.gerrorn.store(n ^ active, Ordering::Release);
                 }
             }
             drop(guard);

@@ -533,8 +533,12 @@ impl<H: Hal> Smmu<H> {
     fn abort_bypass(&self) -> Result<()> {
         let p0 = self.mmio.p0();
         let t = self.config.timeout_ns;
-        wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))?;
+        // The read that sees UPDATE clear is also the value to modify.
         let mut gbpa = p0.gbpa.extract();
+        wait_for::<H>(Wait::GbpaUpdate, t, || {
+            gbpa = p0.gbpa.extract();
+            !gbpa.is_set(GBPA::UPDATE)
+        })?;
         gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
         self.mmio.write32(&p0.gbpa, gbpa.get());
         wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))
@@ -610,7 +614,9 @@ impl<H: Hal> Smmu<H> {
         self.mmio.write32(&p1.eventq_prod, 0);
         self.mmio.write32(&p1.eventq_cons, 0);
         evtq.reset();
-        // Errors left from before this enable are stale: acknowledge them.
+        // Errors left from before this enable are stale: acknowledge them
+        // (reading GERRORN afresh: a previous owner may have written it).
+        self.mmio.resync_gerrorn();
         self.mmio.ack_gerrors(u32::MAX);
 
         let cmdqen = atschk | CR0::CMDQEN::SET.value;
