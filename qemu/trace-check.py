@@ -46,6 +46,44 @@ import tempfile
 
 NAME = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else "trace_agreement"
 ALIASES = int(sys.argv[sys.argv.index("--aliases") + 1]) if "--aliases" in sys.argv else None
+# --cpu-exits: also run QEMU with ``-d int`` and check that every stage-2 data
+# abort the image reports for a guest was taken by QEMU from EL1 to EL2
+# (ESR class 0x24, FAR = the IPA, the guests run with stage 1 off), and that
+# the guests' hypercalls were HVCs from EL1 to EL2 (ESR class 0x16).
+CPU_EXITS = "--cpu-exits" in sys.argv
+
+
+def check_cpu_exits(out, lines, problems):
+    """Image-reported guest aborts and HVCs against QEMU's -d int log."""
+    exits = []  # (class, far) of exceptions QEMU took from EL1 to EL2
+    cur = None
+    for line in lines:
+        if line.startswith("Taking exception"):
+            cur = {"from": None, "esr": None, "far": None}
+            exits.append(cur)
+        elif cur is not None:
+            m = re.match(r"\.\.\.from EL(\d) to EL(\d)", line)
+            if m:
+                cur["from"] = (int(m[1]), int(m[2]))
+            m = re.match(r"\.\.\.with ESR 0x([0-9a-f]+)/", line)
+            if m:
+                cur["esr"] = int(m[1], 16)
+            m = re.match(r"\.\.\.with FAR 0x([0-9a-f]+)", line)
+            if m:
+                cur["far"] = int(m[1], 16)
+    to_el2 = [e for e in exits if e["from"] == (1, 2)]
+    hvcs = sum(1 for e in to_el2 if e["esr"] == 0x16)
+    aborts = collections.Counter(e["far"] for e in to_el2 if e["esr"] == 0x24)
+    claimed = re.findall(r"stage-2 data abort: \w+ (?:from|to) IPA (0x[0-9a-f]+)", out)
+    if not claimed:
+        problems.append("the image reported no guest stage-2 data abort")
+    need = collections.Counter(int(a, 16) for a in claimed)
+    for far, n in need.items():
+        if aborts[far] < n:
+            problems.append(f"image reports {n} stage-2 aborts at IPA {far:#x}; QEMU took {aborts[far]} from EL1 to EL2")
+    if hvcs == 0:
+        problems.append("QEMU took no HVC from EL1 to EL2")
+    print(f"trace: {sum(need.values())} guest stage-2 aborts matched QEMU's -d int; {hvcs} HVCs from EL1 to EL2")
 
 
 def check_aliases(out, traced, events, problems):
@@ -90,6 +128,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         trace = os.path.join(tmp, "trace.log")
         env = dict(os.environ, QEMU_TRACE=trace, RUN_MODE="run")
+        if CPU_EXITS:
+            env["QEMU_ARGS"] = (env.get("QEMU_ARGS", "") + " -d int").strip()
         run = subprocess.run(["cargo", "run", "--release", "-q"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         out = run.stdout
@@ -182,6 +222,8 @@ def main() -> int:
             print(f"trace: {irqs[1]} SMMU interrupts taken through GICv{gic}")
     if ALIASES is not None:
         check_aliases(out, traced, events, problems)
+    if CPU_EXITS:
+        check_cpu_exits(out, lines, problems)
 
     print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
           f"against {len(translations)} traced translations and {total} traced events; "

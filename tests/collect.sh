@@ -33,7 +33,7 @@ target_status=${PIPESTATUS[0]}
 # topology, on one with a switch, an extra root port and more memory, and on
 # one with a PCIe-to-PCI bridge.
 echo "collect: demo vs QEMU trace (qemu/trace-check.py)"
-python3 qemu/trace-check.py trace_agreement 2>&1 | tee -a "$logs/target.txt" | tail -n 3
+python3 qemu/trace-check.py trace_agreement --cpu-exits 2>&1 | tee -a "$logs/target.txt" | tail -n 3
 QEMU_ARGS="-m 2G -device pcie-root-port,id=rp7,chassis=7 -device edu,bus=rp7 \
 -device pcie-root-port,id=rp8,chassis=8 -device x3130-upstream,id=up8,bus=rp8 \
 -device xio3130-downstream,id=dn8,bus=up8,chassis=9 -device edu,bus=dn8" \
