@@ -268,7 +268,7 @@ pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     let root = vttbr & 0x0000_ffff_ffff_fffe;
     let sids = if vm.edus.len() > 1 {
         format!(
-            "sids {} (DMA of all {} devices arrives as {:#06x}), BARs at IPA {}",
+            "sids {} (DMA of its {} devices arrives as {:#06x}), BARs at IPA {}",
             vm.sids
                 .iter()
                 .map(|s| format!("{s:#06x}"))
