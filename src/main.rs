@@ -2,8 +2,9 @@
 //! lists the PCI functions it configured, brings the SMMU up with every
 //! stream aborted by default, and proves with real `edu` DMA that a device
 //! passed through to a VM reaches exactly that VM's memory; then runs one
-//! EL1 guest per device (two at once, on CPU 0 and CPU 1) whose stage 2 is
-//! its SMMU domain's tables, and checks what the guests did. Prints a
+//! EL1 guest per isolation group of devices (two at once, on CPU 0 and
+//! CPU 1) whose stage 2 its CPU and its devices share (driver-owned or
+//! hypervisor-owned tables), and checks what the guests did. Prints a
 //! results table and exits non-zero if any line failed.
 
 #![no_std]

@@ -1,5 +1,7 @@
-//! On-target tests of the image's EL1 guests: VMs whose stage 2 is their
-//! SMMU domain's tables, driving their own `edu` through IPAs they own.
+//! On-target tests of the image's EL1 guests: VMs whose stage 2 the CPU
+//! and their devices share (the SMMU domain's tables, or tables the
+//! hypervisor builds with aarch64-paging), driving their own `edu`s
+//! through IPAs they own.
 //!
 //! Every test brings up its own driver, builds VMs running only the guest
 //! phases it needs, runs them (two at once on CPU 0 and CPU 1 where it
@@ -28,7 +30,7 @@ use image::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, phase};
 use image::guests;
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::hvc;
-use image::vm::{Stop, Vm};
+use image::vm::{Stop, TableModel, Vm, VmSpec, VmidPolicy};
 use smmuv3::event::EventType;
 use smmuv3::smmu::Config;
 
@@ -47,6 +49,10 @@ fn main() -> ! {
             bad_hypercalls_typed_errors_nothing_changes,
             balloon_splits_block_cpu_and_dma_fault,
             every_phase_on_every_edu,
+            hypervisor_owned_tables_guest_dma_abort_balloon,
+            balloon_break_before_make_with_a_guest,
+            private_smmu_vmid_cpu_tlbi_by_cpu_vmid,
+            one_vm_for_a_group_of_two_devices,
         ],
     )
 }
@@ -91,6 +97,16 @@ fn scenario(what: &str, r: Result<String, String>) -> TestResult {
 fn run_vms(smmu: &Driver, n: usize, phases: u64) -> Result<Vec<Vm>, Failure> {
     let edus = edus_at_least(n)?;
     let mut vms = try_ok!(guests::create_all(smmu, &edus[..n], phases));
+    try_ok!(guests::run_all(smmu, &mut vms));
+    for vm in &vms {
+        println!("  {}", guests::describe(smmu, vm));
+    }
+    Ok(vms)
+}
+
+/// VMs built from `specs`, created and run; the caller destroys them.
+fn run_specs(smmu: &Driver, specs: Vec<VmSpec>) -> Result<Vec<Vm>, Failure> {
+    let mut vms = try_ok!(guests::create_specs(smmu, specs));
     try_ok!(guests::run_all(smmu, &mut vms));
     for vm in &vms {
         println!("  {}", guests::describe(smmu, vm));
@@ -291,7 +307,8 @@ fn bad_hypercalls_typed_errors_nothing_changes() -> TestResult {
 /// RELEASE of one page in the middle of a 2 MiB block while the guest
 /// runs: the block becomes 4K pages, the page is gone for the CPU (abort)
 /// and the device (F_TRANSLATION), the neighbours still work, and the CPU
-/// TLB hook ran for the page.
+/// TLB hook ran for the page (only for the page: with FEAT_BBM level 2 on
+/// CPU and SMMU, as on QEMU, the split takes one store).
 fn balloon_splits_block_cpu_and_dma_fault() -> TestResult {
     let smmu = up()?;
     let edus = edus_at_least(1)?;
@@ -301,6 +318,8 @@ fn balloon_splits_block_cpu_and_dma_fault() -> TestResult {
     try_ok!(guests::run_all(&smmu, &mut vms));
     let vm = &vms[0];
     clean_run(vm)?;
+    let one_store = image::vm::cpu_bbm_level() >= 2 && smmu.features().bbml >= 2;
+    check_eq!(vm.split_in_one_store, one_store);
     scenario("balloon", guests::balloon(&smmu, vm, guests::seed(0)))?;
     // The other 2 MiB block is untouched.
     check_eq!(
@@ -316,11 +335,27 @@ fn balloon_splits_block_cpu_and_dma_fault() -> TestResult {
     Ok(())
 }
 
-/// Every phase on every edu, in pairs on two CPUs: the `make run` checks.
+/// Every phase on every isolation group's VM, in pairs on two CPUs, with
+/// the table models and VMID policies `make run` gives them: the `make
+/// run` checks.
 fn every_phase_on_every_edu() -> TestResult {
     let smmu = up()?;
-    let n = edus_at_least(2)?.len();
-    let vms = run_vms(&smmu, n, phase::ALL)?;
+    let edus = edus_at_least(2)?;
+    let groups = try_ok!(guests::vm_groups(&smmu, &edus));
+    let specs = groups
+        .iter()
+        .enumerate()
+        .map(|(i, (members, sids))| {
+            let mut spec = guests::group_spec(i, members, sids, phase::ALL);
+            guests::demo_models(i, &mut spec);
+            spec
+        })
+        .collect();
+    let vms = run_specs(&smmu, specs)?;
+    check!(vms.iter().any(|v| v.tables == TableModel::HypervisorOwned));
+    check!(vms.iter().any(|v| v.tables == TableModel::DriverOwned && !v.split_in_one_store));
+    check!(vms.iter().any(|v| v.vmid_policy == VmidPolicy::Private));
+    check!(vms.iter().any(|v| v.vmid_policy == VmidPolicy::Cpu));
     for (i, vm) in vms.iter().enumerate() {
         clean_run(vm)?;
         scenario("identity", guests::identity(&smmu, vm))?;
@@ -337,5 +372,169 @@ fn every_phase_on_every_edu() -> TestResult {
         }
     }
     guests::destroy_all(&smmu, vms);
+    Ok(())
+}
+
+/// The second ownership model with a real guest: the hypervisor builds the
+/// VM's tables with aarch64-paging's stage-2 regime (code RX, BAR
+/// Device-nGnRE XN, RAM RW XN in 4K pages); VTTBR_EL2 and the STE point at
+/// that root. The guest's DMA goes both ways through them, its CPU aborts
+/// outside them, and RELEASE unmaps in those tables, invalidates the CPU,
+/// then calls `Smmu::invalidate`: the page faults for CPU and DMA, its
+/// neighbours still work. The driver refuses to edit these tables.
+fn hypervisor_owned_tables_guest_dma_abort_balloon() -> TestResult {
+    let smmu = up()?;
+    let edus = edus_at_least(1)?;
+    let mut spec = guests::spec(0, &edus[0], phase::INFO | phase::DMA | phase::CPU_ABORT | phase::BALLOON);
+    spec.tables = TableModel::HypervisorOwned;
+    let vms = run_specs(&smmu, alloc::vec![spec])?;
+    let vm = &vms[0];
+    clean_run(vm)?;
+    check_eq!(vm.tables, TableModel::HypervisorOwned);
+    scenario("identity", guests::identity(&smmu, vm))?;
+    let info = try_ok!(smmu.domain_info(vm.domain));
+    check!(info.external);
+    check_eq!(Some(info.root), vm.hv_root());
+    check_eq!(vm.log.vttbr.map(|v| v & 0x0000_ffff_ffff_fffe), vm.hv_root());
+    check_eq!(try_ok!(smmu.ste(vm.sid)).s2ttb(), info.root);
+    check_eq!(vm.log.vtcr, Some(image::hvtables::HvStage2::vtcr()));
+    // The driver neither reads nor edits the hypervisor's tables.
+    check_eq!(
+        smmu.translate(vm.domain, RAM_IPA),
+        Err(smmuv3::Error::ExternalTables(vm.domain))
+    );
+    check_eq!(
+        smmu.unmap(vm.domain, RAM_IPA, 4096),
+        Err(smmuv3::Error::ExternalTables(vm.domain))
+    );
+    scenario("round trip", guests::dma_roundtrip(vm, guests::seed(0)))?;
+    scenario("CPU aborts", guests::cpu_aborts(vm))?;
+    scenario("balloon", guests::balloon(&smmu, vm, guests::seed(0)))?;
+    // One CPU invalidation by the CPU's VMID, then one SMMU invalidation,
+    // both for exactly the page.
+    check_eq!(vm.log.cpu_tlbis, [(BALLOON_PAGE_IPA, 4096)]);
+    check_eq!(vm.log.cpu_tlbi_vmids, [(vm.vmid, None)]);
+    check_eq!(vm.log.smmu_invalidations, [(BALLOON_PAGE_IPA, 4096)]);
+    check_eq!(vm.translate(&smmu, BALLOON_PAGE_IPA), None);
+    check!(
+        vm.first_unfilled(&guests::written_by_guest()).is_none(),
+        "RAM changed outside the guest's pages"
+    );
+    guests::destroy_all(&smmu, vms);
+    check_eq!(smmu.vmids_in_use(), 0);
+    Ok(())
+}
+
+/// The break-before-make split on target: a VM whose domain was created
+/// with `cpu_bbml2: false` releases a page from a 2 MiB block. The CPU hook
+/// runs twice, for the whole block (made invalid, the SMMU invalidated)
+/// and then for the page; afterwards the neighbours work for CPU and DMA,
+/// the page faults for both, the other block is untouched.
+fn balloon_break_before_make_with_a_guest() -> TestResult {
+    let smmu = up()?;
+    let edus = edus_at_least(1)?;
+    let mut spec = guests::spec(0, &edus[0], phase::BALLOON);
+    spec.cpu_bbml2 = false;
+    let vms = run_specs(&smmu, alloc::vec![spec])?;
+    let vm = &vms[0];
+    clean_run(vm)?;
+    check!(!vm.split_in_one_store);
+    scenario("balloon", guests::balloon(&smmu, vm, guests::seed(0)))?;
+    let block = BALLOON_PAGE_IPA & !((2 << 20) - 1);
+    check_eq!(vm.log.cpu_tlbis, [(block, 2 << 20), (BALLOON_PAGE_IPA, 4096)]);
+    check_eq!(
+        try_ok!(smmu.translate(vm.domain, RAM_IPA)).map(|t| t.size),
+        Some(2 << 20)
+    );
+    // Every other page of the split block still maps its own PA.
+    for off in [0u64, 0x1000, 0xff000, 0x101000, 0x1ff000] {
+        let ipa = block + off;
+        let t = try_ok!(smmu.translate(vm.domain, ipa));
+        check_eq!(t.map(|t| (t.pa, t.size)), Some((vm.ram_pa() + (ipa - RAM_IPA), 4096)));
+    }
+    guests::destroy_all(&smmu, vms);
+    Ok(())
+}
+
+/// The private VMID policy: the SMMU allocates the STE's VMID, the CPU
+/// keeps its own in VTTBR_EL2; the two differ, and the driver's CPU hook
+/// (handed the SMMU's VMID) invalidates by the CPU's. A second VM with the
+/// shared policy runs at the same time on CPU 1.
+fn private_smmu_vmid_cpu_tlbi_by_cpu_vmid() -> TestResult {
+    let smmu = up()?;
+    let edus = edus_at_least(2)?;
+    let phases = phase::INFO | phase::BALLOON;
+    let mut a = guests::spec(0, &edus[0], phases);
+    a.vmid_policy = VmidPolicy::Private;
+    let b = guests::spec(1, &edus[1], phases);
+    let vms = run_specs(&smmu, alloc::vec![a, b])?;
+    for (i, vm) in vms.iter().enumerate() {
+        clean_run(vm)?;
+        scenario("identity", guests::identity(&smmu, vm))?;
+        scenario("balloon", guests::balloon(&smmu, vm, guests::seed(i)))?;
+        check_eq!(try_ok!(smmu.ste(vm.sid)).vmid(), vm.smmu_vmid);
+        check_eq!(vm.log.vttbr.map(|v| (v >> 48) as u16), Some(vm.vmid));
+    }
+    let (a, b) = (&vms[0], &vms[1]);
+    check!(a.smmu_vmid != a.vmid, "private SMMU VMID {:#x}", a.smmu_vmid);
+    check_eq!(b.smmu_vmid, b.vmid);
+    check!(a.smmu_vmid != b.smmu_vmid);
+    check!(!a.log.cpu_tlbi_vmids.is_empty());
+    for &(cpu, hook) in &a.log.cpu_tlbi_vmids {
+        check_eq!((cpu, hook), (a.vmid, Some(a.smmu_vmid)));
+    }
+    guests::destroy_all(&smmu, vms);
+    Ok(())
+}
+
+/// One VM for a group of two devices (here two edus with their own
+/// StreamIDs, declared as one isolation group, as a group behind a
+/// PCIe-to-PCI bridge would be): both BARs mapped Device XN at their own
+/// IPAs, both StreamIDs attached at once (`attach_group`; neither moves
+/// alone), the guest drives each device (DMA both ways with its own
+/// pattern, DMA outside RAM at its own address), and each fault is
+/// attributed to the VM by StreamID, and so to the device.
+fn one_vm_for_a_group_of_two_devices() -> TestResult {
+    let smmu = up()?;
+    let edus = edus_at_least(2)?;
+    let pair = [edus[0], edus[1]];
+    let sids: Vec<u32> = pair.iter().filter_map(|e| e.stream_id).collect();
+    check_eq!(sids.len(), 2);
+    let group = try_ok!(smmu.declare_group(&sids));
+    let spec = guests::group_spec(0, &pair, &sids, phase::INFO | phase::DMA | phase::DMA_OUTSIDE);
+    let vms = run_specs(&smmu, alloc::vec![spec])?;
+    let vm = &vms[0];
+    clean_run(vm)?;
+    scenario("identity", guests::identity(&smmu, vm))?;
+    scenario("round trip", guests::dma_roundtrip(vm, guests::seed(0)))?;
+    scenario("DMA outside", guests::dma_outside(vm))?;
+    for (i, e) in pair.iter().enumerate() {
+        check_eq!(smmu.domain_of(sids[i]), Some(vm.domain));
+        check_eq!(
+            vm.translate(&smmu, guest::bar_ipa(i)).map(|t| t.pa),
+            Some(e.bar0 as u64)
+        );
+        // Exactly one fault per device, under its StreamID, at its address.
+        let ipa = guest::UNMAPPED_DMA_IPA + i as u64 * 4096;
+        let mine: Vec<_> = vm.log.dma_faults.iter().filter(|f| f.sid == sids[i]).collect();
+        check_eq!(mine.len(), 1);
+        check_eq!(mine[0].addr_range.map(|r| r.0), Some(ipa));
+        // Each device's report is its own.
+        check!(vm.log.report_for(hvc::check::DMA_ROUNDTRIP, i as u64).is_some());
+    }
+    check_eq!(vm.log.dma_faults.len(), 2);
+    check!(
+        vm.first_unfilled(&guests::written_by_guest_of(2)).is_none(),
+        "RAM changed outside the two devices' patterns"
+    );
+    // A member cannot leave alone.
+    check_eq!(
+        smmu.detach(sids[1]),
+        Err(smmuv3::Error::SidInGroup { sid: sids[1], group })
+    );
+    guests::destroy_all(&smmu, vms);
+    check_eq!(smmu.domain_of(sids[0]), None);
+    check_eq!(smmu.domain_of(sids[1]), None);
+    try_ok!(smmu.remove_group(group));
     Ok(())
 }

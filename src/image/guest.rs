@@ -23,9 +23,14 @@
 //! size, x2 BAR0 IPA, x3 "foreign" address (another VM's RAM physical
 //! address, or an IPA nothing maps), x4 seed (start of the VM's data
 //! pattern), x5 phase mask ([`phase`]), x6 an unmapped IPA for DMA, x7 the
-//! balloon page IPA, x8 an unmapped IPA for CPU accesses; SP_EL1 = top of
-//! RAM. The program runs each selected phase in order, reports every result
-//! with HVC REPORT (see `hvc.rs`), then calls DONE(0).
+//! balloon page IPA, x8 an unmapped IPA for CPU accesses, x9 the number of
+//! devices (one isolation group; device `i`'s BAR0 at [`bar_ipa`]`(i)`);
+//! SP_EL1 = top of RAM. The program runs each selected phase in order,
+//! reports every result with HVC REPORT (see `hvc.rs`; x4 names the device
+//! a result is about), then calls DONE(0). The DMA and DMA-outside phases
+//! run once per device (device `i`: pattern at [`offsets::SRC`] +
+//! `i * DEVICE_BYTES` with seed + `i << 32`, out-of-RAM probe at
+//! [`UNMAPPED_DMA_IPA`] + `i * 4096`); every other phase drives device 0.
 
 use core::arch::global_asm;
 
@@ -33,8 +38,23 @@ use super::hvc::{self, check};
 
 /// Where the guest's code page sits in its IPA space (read-only).
 pub const CODE_IPA: u64 = 0x0010_0000;
-/// Where its device's BAR0 sits in its IPA space (device memory).
+/// Where its first device's BAR0 sits in its IPA space (device memory).
 pub const BAR_IPA: u64 = 0x0200_0000;
+/// IPA distance between its devices' BARs (an edu's BAR0 is 1 MiB).
+pub const BAR_STRIDE: u64 = 0x0010_0000;
+/// The most devices a VM can have.
+pub const MAX_DEVICES: usize = 8;
+/// RAM bytes between two devices' DMA patterns.
+pub const DEVICE_BYTES: u64 = 0x100;
+
+const _: () = assert!(MAX_DEVICES as u64 * DEVICE_BYTES <= offsets::DST - offsets::SRC);
+const _: () = assert!(DEVICE_BYTES >= offsets::PATTERN_BYTES && DEVICE_BYTES.is_power_of_two());
+const _: () = assert!(BAR_IPA + MAX_DEVICES as u64 * BAR_STRIDE <= RAM_IPA);
+
+/// The IPA of device `i`'s BAR0.
+pub const fn bar_ipa(i: usize) -> u64 {
+    BAR_IPA + i as u64 * BAR_STRIDE
+}
 /// Guest RAM base (IPA). Below 256 MiB, so an `edu` with QEMU's default
 /// 28-bit DMA mask reaches it too.
 pub const RAM_IPA: u64 = 0x0400_0000;
@@ -98,6 +118,7 @@ global_asm!(
     mov     x2, \status
     mov     x3, \detail
     mov     x1, #\id
+    mov     x4, x28
     ldr     x0, ={report}
     hvc     #0
     .endm
@@ -123,6 +144,10 @@ global_asm!(
     .balign 16
     .global guest_image_start
 guest_image_start:
+    /* x28: the device index results are about; x29: the device count
+       (the functions below save and restore x29). */
+    mov     x28, #0
+    mov     x29, x9
     mov     x19, x0
     mov     x20, x1
     mov     x21, x2
@@ -139,11 +164,22 @@ guest_image_start:
     bl      g_info
 1:  tbz     x24, #1, 1f
     bl      g_spin
-1:  tbz     x24, #2, 1f
+    /* Per-device phases: device x28, its BAR at x21. */
+1:  tst     x24, #{per_device}
+    b.eq    4f
+3:  tbz     x24, #2, 5f
     bl      g_dma
-1:  tbz     x24, #3, 1f
+5:  tbz     x24, #3, 5f
     bl      g_outside
-1:  tbz     x24, #4, 1f
+5:  add     x28, x28, #1
+    ldr     x9, ={bar_stride}
+    add     x21, x21, x9
+    cmp     x28, x29
+    b.lo    3b
+    /* Back to device 0 for the other phases. */
+    msub    x21, x28, x9, x21
+    mov     x28, #0
+4:  tbz     x24, #4, 1f
     bl      g_abort
 1:  tbz     x24, #5, 1f
     bl      g_foreign
@@ -297,9 +333,12 @@ g_roundtrip:
 
 g_dma:
     stp     x29, x30, [sp, #-16]!
+    lsl     x12, x28, #{device_shift}
     add     x9, x19, #{src}
+    add     x9, x9, x12
     add     x10, x19, #{dst}
-    mov     x11, x23
+    add     x10, x10, x12
+    add     x11, x23, x28, lsl #32
     bl      g_roundtrip
     mov     x10, x0
     cmp     x0, #0
@@ -311,11 +350,12 @@ g_dma:
 g_outside:
     stp     x29, x30, [sp, #-16]!
     mov     x15, #0
-    mov     x16, x25
+    add     x16, x25, x28, lsl #12
     mov     x17, #-1
     bl      g_dma_faults_at
     status_from_x15
-    report  {c_dma_outside}, x9, x25
+    add     x16, x25, x28, lsl #12
+    report  {c_dma_outside}, x9, x16
     ldp     x29, x30, [sp], #16
     ret
 
@@ -557,6 +597,9 @@ guest_image_end:
     poison = const hvc::POISON,
     edu_buf = const EDU_BUF,
     src = const offsets::SRC,
+    per_device = const phase::DMA | phase::DMA_OUTSIDE,
+    bar_stride = const BAR_STRIDE,
+    device_shift = const DEVICE_BYTES.trailing_zeros(),
     dst = const offsets::DST,
     c_el = const check::EL,
     c_cpu = const check::CPU,

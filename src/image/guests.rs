@@ -1,5 +1,7 @@
 //! The VM scenarios `make run` prints and `tests/guests.rs` checks: one
-//! EL1 guest per `edu`, two at a time on CPU 0 and CPU 1, each judged by
+//! EL1 guest per isolation group of `edu`s (a group behind a PCIe-to-PCI
+//! bridge gets one VM with all its devices), two at a time on CPU 0 and
+//! CPU 1, each judged by
 //! what its guest reported over HVC *and* by what the hypervisor can see
 //! for itself: bytes in the VMs' physical memory, SMMU events attributed by
 //! StreamID, stage-2 aborts with their decoded syndrome, the tables, and
@@ -17,7 +19,7 @@ use super::demo::{Driver, Report};
 use super::edu::Edu;
 use super::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, offsets, phase};
 use super::hvc::{self, check};
-use super::vm::{Stop, Vm, VmSpec};
+use super::vm::{Stop, TableModel, Vm, VmSpec, VmidPolicy};
 use super::{cpu, smp};
 
 /// Bound on a VM's run on CPU 1.
@@ -28,12 +30,18 @@ pub fn seed(i: usize) -> u64 {
     0x5EED_0000_0000_0000 | (i as u64 + 1) << 40
 }
 
-/// The spec of VM `i` for `edu`: VMID 0x11 + i, its own seed and fill.
-pub fn spec(i: usize, edu: &Edu, phases: u64) -> VmSpec {
+/// The spec of VM `i` for the group `edus` (StreamIDs `sids`): CPU VMID
+/// 0x11 + i shared with the SMMU, driver-owned tables split in one store
+/// where the CPU allows, its own seed and fill.
+pub fn group_spec(i: usize, edus: &[Edu], sids: &[u32], phases: u64) -> VmSpec {
     VmSpec {
         name: String::from(["a", "b", "c", "d", "e", "f", "g", "h"][i % 8]),
-        edu: *edu,
+        edus: edus.to_vec(),
+        sids: sids.to_vec(),
         vmid: 0x11 + i as u16,
+        vmid_policy: VmidPolicy::Cpu,
+        tables: TableModel::DriverOwned,
+        cpu_bbml2: true,
         seed: seed(i),
         fill: 0xA0 + i as u8,
         phases,
@@ -41,17 +49,76 @@ pub fn spec(i: usize, edu: &Edu, phases: u64) -> VmSpec {
     }
 }
 
-/// Creates one VM per `edu`. VMs run in pairs (see [`run_all`]); each
-/// one's "foreign" address is the physical address of its partner's RAM
-/// (an unpaired last VM: VM 0's).
+/// The spec of VM `i` for `edu` alone (see [`group_spec`]).
+pub fn spec(i: usize, edu: &Edu, phases: u64) -> VmSpec {
+    group_spec(
+        i,
+        core::slice::from_ref(edu),
+        edu.stream_id.as_slice(),
+        phases,
+    )
+}
+
+/// One VM's devices (an isolation group's edus) and every StreamID of the
+/// group.
+pub type VmGroup = (Vec<Edu>, Vec<u32>);
+
+/// The isolation groups of `edus`, in enumeration order: each group's
+/// edus and every StreamID of the group (from `pci::isolation_groups`).
+/// Groups of several StreamIDs are declared with the driver (if they are
+/// not yet), so no member can be attached alone.
+pub fn vm_groups(smmu: &Driver, edus: &[Edu]) -> Result<Vec<VmGroup>, String> {
+    let groups = super::pci::isolation_groups(&super::boot().pci);
+    let mut out: Vec<VmGroup> = Vec::new();
+    for e in edus {
+        if out.iter().any(|(m, _)| m.iter().any(|o| o.bdf == e.bdf)) {
+            continue;
+        }
+        let g = e.group.and_then(|g| groups.groups().iter().find(|x| x.id == g));
+        let (members, sids): (Vec<Edu>, Vec<u32>) = match g {
+            Some(g) => (
+                edus.iter().filter(|o| o.group == e.group).copied().collect(),
+                g.sids.clone(),
+            ),
+            None => (alloc::vec![*e], e.stream_id.into_iter().collect()),
+        };
+        if sids.len() > 1 {
+            let declared = sids.iter().map(|&s| smmu.group_of(s)).collect::<Vec<_>>();
+            match declared.first().copied().flatten() {
+                Some(d) if declared.iter().all(|&x| x == Some(d)) => {}
+                _ => {
+                    smmu.declare_group(&sids)
+                        .map_err(|err| format!("declare_group {sids:#x?}: {err}"))?;
+                }
+            }
+        }
+        out.push((members, sids));
+    }
+    Ok(out)
+}
+
+/// Creates one VM per `edu` (each alone; see [`create_specs`]).
 pub fn create_all(smmu: &Driver, edus: &[Edu], phases: u64) -> Result<Vec<Vm>, String> {
+    let specs = edus
+        .iter()
+        .enumerate()
+        .map(|(i, e)| spec(i, e, phases))
+        .collect();
+    create_specs(smmu, specs)
+}
+
+/// Creates a VM per spec. VMs run in pairs (see [`run_all`]); each one's
+/// "foreign" address is the physical address of its partner's RAM (an
+/// unpaired last VM: VM 0's).
+pub fn create_specs(smmu: &Driver, specs: Vec<VmSpec>) -> Result<Vec<Vm>, String> {
     let mut vms: Vec<Vm> = Vec::new();
-    for (i, edu) in edus.iter().enumerate() {
-        match Vm::create(smmu, &spec(i, edu, phases)) {
+    for spec in &specs {
+        match Vm::create(smmu, spec) {
             Ok(vm) => vms.push(vm),
             Err(e) => {
                 destroy_all(smmu, vms);
-                return Err(format!("VM for {}: {e}", edu.bdf));
+                let names: Vec<String> = spec.edus.iter().map(|e| format!("{}", e.bdf)).collect();
+                return Err(format!("VM for {}: {e}", names.join("+")));
             }
         }
     }
@@ -121,13 +188,20 @@ pub fn run_all(smmu: &Driver, vms: &mut [Vm]) -> Result<(), String> {
     Ok(())
 }
 
-/// The RAM ranges the guest program writes (all else keeps the fill).
+/// The RAM ranges the guest program of a VM with one device writes (all
+/// else keeps the fill).
 pub fn written_by_guest() -> Vec<Range<u64>> {
+    written_by_guest_of(1)
+}
+
+/// The RAM ranges the guest program of a VM with `devices` devices writes.
+pub fn written_by_guest_of(devices: usize) -> Vec<Range<u64>> {
     let n = offsets::PATTERN_BYTES;
+    let per = (devices.max(1) as u64 - 1) * guest::DEVICE_BYTES + n;
     let balloon = BALLOON_PAGE_IPA - RAM_IPA;
     alloc::vec![
-        offsets::SRC..offsets::SRC + n,
-        offsets::DST..offsets::DST + n,
+        offsets::SRC..offsets::SRC + per,
+        offsets::DST..offsets::DST + per,
         offsets::BALLOON_BELOW..offsets::BALLOON_BELOW + n,
         offsets::BALLOON_ABOVE..offsets::BALLOON_ABOVE + n,
         balloon..balloon + 8,
@@ -136,7 +210,11 @@ pub fn written_by_guest() -> Vec<Range<u64>> {
 }
 
 fn guest_says(vm: &Vm, id: u64) -> Result<u64, String> {
-    match vm.log.report(id) {
+    guest_says_for(vm, id, 0)
+}
+
+fn guest_says_for(vm: &Vm, id: u64, device: usize) -> Result<u64, String> {
+    match vm.log.report_for(id, device as u64) {
         Some(r) if r.status == 0 => Ok(r.detail),
         Some(r) => Err(format!(
             "guest reports \"{}\" FAILED (detail {:#x})",
@@ -165,24 +243,59 @@ fn pattern_at(vm: &Vm, off: u64, first: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The VM's identity: name, device, CPU, VMID on the CPU (VTTBR_EL2 read
+/// How a VM's stage 2 is owned and split, for the VM line and the rows.
+pub fn tables_of(vm: &Vm) -> String {
+    match vm.tables {
+        TableModel::HypervisorOwned => format!("tables: {}", vm.tables.name()),
+        TableModel::DriverOwned => format!(
+            "tables: {}, splits {}",
+            vm.tables.name(),
+            if vm.split_in_one_store {
+                "in one store (BBM level 2)"
+            } else {
+                "break before make"
+            }
+        ),
+    }
+}
+
+/// The VM's identity: name, devices, CPU, VMID on the CPU (VTTBR_EL2 read
 /// back while the VM was loaded) and on the SMMU (STE.S2VMID), both roots,
-/// and where its RAM and code are.
+/// who owns the tables, and where its RAM and code are.
 pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     let vttbr = vm.log.vttbr.unwrap_or(0);
     let (ste_vmid, s2ttb) = smmu.ste(vm.sid).map_or((0, 0), |s| (s.vmid(), s.s2ttb()));
     let root = vttbr & 0x0000_ffff_ffff_fffe;
+    let sids = if vm.edus.len() > 1 {
+        format!(
+            "sids {} (DMA of its {} devices arrives as {:#06x}), BARs at IPA {}",
+            vm.sids
+                .iter()
+                .map(|s| format!("{s:#06x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            vm.edus.len(),
+            vm.sid,
+            (0..vm.edus.len())
+                .map(|i| format!("{:#x}", guest::bar_ipa(i)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    } else {
+        format!("sid {:#06x}", vm.sid)
+    };
     format!(
-        "VM {}: {} sid {:#06x}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+        "VM {}: {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID, {}), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; {}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
         vm.name,
-        vm.edu.bdf,
-        vm.sid,
+        vm.devices(),
         vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
         vttbr >> 48,
         ste_vmid,
+        vm.vmid_policy.name(),
         root,
         if root == s2ttb { "==" } else { "!=" },
         s2ttb,
+        tables_of(vm),
         RAM_IPA,
         vm.ram_pa(),
         RAM_SIZE >> 20,
@@ -191,44 +304,92 @@ pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     )
 }
 
-/// The CPU and the SMMU use the same tables and VMID: VTTBR_EL2 (read back
-/// while the VM was loaded) against the STE (read back through the driver),
-/// and HCR_EL2 read back as programmed.
+/// VTCR_EL2 fields that describe a stage-2 walk: T0SZ, SL0, TG0, PS.
+const VTCR_GEOMETRY: u64 = 0x3f | 0x3 << 6 | 0x3 << 14 | 0x7 << 16;
+
+/// The CPU and the SMMU use the same tables: VTTBR_EL2 (read back while
+/// the VM was loaded) against the STE of every StreamID of the VM (read
+/// back through the driver), VTCR_EL2 against the domain's geometry, the
+/// VMIDs as the VM's policy says (equal, or the SMMU's private one), and
+/// HCR_EL2 read back as programmed.
 pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     let vttbr = vm
         .log
         .vttbr
         .ok_or("VTTBR_EL2 never read (the VM never exited)")?;
-    let ste = smmu.ste(vm.sid).map_err(|e| format!("ste: {e}"))?;
     let cpu_vmid = (vttbr >> 48) as u16;
     let root = vttbr & 0x0000_ffff_ffff_fffe;
-    if cpu_vmid != vm.vmid || ste.vmid() != vm.vmid {
+    let info = smmu
+        .domain_info(vm.domain)
+        .map_err(|e| format!("domain_info: {e}"))?;
+    for &sid in &vm.sids {
+        let ste = smmu.ste(sid).map_err(|e| format!("ste {sid:#x}: {e}"))?;
+        if ste.vmid() != vm.smmu_vmid || ste.vmid() != info.vmid {
+            return Err(format!(
+                "sid {sid:#x}: STE.S2VMID {:#x}, domain VMID {:#x}, VM's SMMU VMID {:#x}",
+                ste.vmid(),
+                info.vmid,
+                vm.smmu_vmid
+            ));
+        }
+        if root != ste.s2ttb() {
+            return Err(format!(
+                "sid {sid:#x}: VTTBR_EL2 root {root:#x} != STE S2TTB {:#x}",
+                ste.s2ttb()
+            ));
+        }
+    }
+    if cpu_vmid != vm.vmid {
+        return Err(format!("VTTBR_EL2 VMID {cpu_vmid:#x}, VM's CPU VMID {:#x}", vm.vmid));
+    }
+    let policy_holds = match vm.vmid_policy {
+        VmidPolicy::Cpu => info.vmid == cpu_vmid,
+        VmidPolicy::Private => info.vmid != cpu_vmid,
+    };
+    if !policy_holds {
         return Err(format!(
-            "VMID: VTTBR_EL2 {cpu_vmid:#x}, STE {:#x}, VM {:#x}",
-            ste.vmid(),
-            vm.vmid
+            "VMID policy {:?}: CPU {cpu_vmid:#x}, SMMU {:#x}",
+            vm.vmid_policy, info.vmid
         ));
     }
-    if root != ste.s2ttb() {
+    match (vm.tables, vm.hv_root()) {
+        (TableModel::HypervisorOwned, Some(hv)) if hv == root && info.external => {}
+        (TableModel::DriverOwned, None) if info.root == root && !info.external => {}
+        other => return Err(format!("tables {other:x?}, VTTBR_EL2 root {root:#x}, domain {info:x?}")),
+    }
+    let vtcr = vm.log.vtcr.unwrap_or(0);
+    if vtcr != vm.vtcr || vtcr & VTCR_GEOMETRY != info.vtcr & VTCR_GEOMETRY {
         return Err(format!(
-            "VTTBR_EL2 root {root:#x} != STE S2TTB {:#x}",
-            ste.s2ttb()
+            "VTCR_EL2 read {vtcr:#x}, programmed {:#x}, domain's {:#x}",
+            vm.vtcr, info.vtcr
         ));
     }
-    // Its stage 2: code read+execute, BAR Device execute-never, RAM in
-    // 2 MiB blocks, execute-never.
-    let leaf = |ipa| smmu.translate(vm.domain, ipa).ok().flatten();
+    // Its stage 2: code read+execute, each BAR Device execute-never, RAM
+    // execute-never (2 MiB blocks in the driver's tables, 4K pages in the
+    // hypervisor's).
+    let leaf = |ipa| vm.translate(smmu, ipa);
     use smmuv3::stage2::{Memory, Perm};
-    match (leaf(CODE_IPA), leaf(guest::BAR_IPA), leaf(RAM_IPA)) {
-        (Some(c), Some(b), Some(r))
+    let ram_leaf = match vm.tables {
+        TableModel::DriverOwned => 2 << 20,
+        TableModel::HypervisorOwned => 4096,
+    };
+    match (leaf(CODE_IPA), leaf(RAM_IPA)) {
+        (Some(c), Some(r))
             if c.perm == Perm::Read
                 && c.execute
-                && b.memory == Memory::Device
-                && !b.execute
-                && r.size == 2 << 20
+                && c.pa == vm.code_pa()
+                && r.size == ram_leaf
+                && r.pa == vm.ram_pa()
+                && r.perm == Perm::ReadWrite
                 && r.memory == Memory::Normal
                 && !r.execute => {}
-        other => return Err(format!("stage 2 leaves (code, BAR, RAM): {other:x?}")),
+        other => return Err(format!("stage 2 leaves (code, RAM): {other:x?}")),
+    }
+    for (i, e) in vm.edus.iter().enumerate() {
+        match leaf(guest::bar_ipa(i)) {
+            Some(b) if b.memory == Memory::Device && !b.execute && b.pa == e.bar0 as u64 => {}
+            other => return Err(format!("{} BAR leaf at {:#x}: {other:x?}", e.bdf, guest::bar_ipa(i))),
+        }
     }
     let hcr = vm.log.hcr.unwrap_or(0);
     if hcr != Vm::hcr() {
@@ -237,9 +398,28 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
             Vm::hcr()
         ));
     }
+    let vmids = match vm.vmid_policy {
+        VmidPolicy::Cpu => format!("VMID {cpu_vmid:#x} = STE.S2VMID"),
+        VmidPolicy::Private => format!(
+            "VMID {cpu_vmid:#x}, STE.S2VMID {:#x} (private)",
+            info.vmid
+        ),
+    };
     Ok(format!(
-        "CPU {} VMID {cpu_vmid:#x} = STE.S2VMID; VTTBR_EL2 root {root:#x} == STE S2TTB; code RX, BAR Device XN, RAM 2M XN",
-        vm.log.cpu.unwrap_or(0)
+        "CPU {} {vmids}; VTTBR_EL2 root {root:#x} == STE S2TTB{}; {}; code RX, {} Device XN, RAM {} XN",
+        vm.log.cpu.unwrap_or(0),
+        if vm.sids.len() > 1 {
+            format!(" (all {} STEs)", vm.sids.len())
+        } else {
+            String::new()
+        },
+        tables_of(vm),
+        if vm.edus.len() > 1 {
+            format!("{} BARs", vm.edus.len())
+        } else {
+            String::from("BAR")
+        },
+        if ram_leaf == 4096 { "4K" } else { "2M" }
     ))
 }
 
@@ -304,16 +484,29 @@ pub fn concurrent(a: &Vm, b: &Vm) -> Result<String, String> {
 
 /// DMA RAM -> device -> RAM through the guest's IPAs, bytes checked in the
 /// VM's physical memory.
+/// Every device of the VM: its own pattern (seed + `i << 32`) at its own
+/// offsets.
 pub fn dma_roundtrip(vm: &Vm, seed: u64) -> Result<String, String> {
-    guest_says(vm, check::DMA_ROUNDTRIP)?;
-    pattern_at(vm, offsets::SRC, seed)?;
-    pattern_at(vm, offsets::DST, seed)?;
-    Ok(format!(
-        "IPA {:#x} -> device -> IPA {:#x} -> PA {:#x}: 256 bytes match",
-        RAM_IPA + offsets::SRC,
-        RAM_IPA + offsets::DST,
-        vm.ram_pa() + offsets::DST
-    ))
+    let mut out = Vec::new();
+    for (i, e) in vm.edus.iter().enumerate() {
+        guest_says_for(vm, check::DMA_ROUNDTRIP, i)?;
+        let off = i as u64 * guest::DEVICE_BYTES;
+        let first = seed + ((i as u64) << 32);
+        pattern_at(vm, offsets::SRC + off, first)?;
+        pattern_at(vm, offsets::DST + off, first)?;
+        let what = format!(
+            "IPA {:#x} -> device -> IPA {:#x} -> PA {:#x}: 256 bytes match",
+            RAM_IPA + offsets::SRC + off,
+            RAM_IPA + offsets::DST + off,
+            vm.ram_pa() + offsets::DST + off
+        );
+        out.push(if vm.edus.len() > 1 {
+            format!("{}: {what}", e.bdf)
+        } else {
+            what
+        });
+    }
+    Ok(out.join("; "))
 }
 
 fn faulted_at(vm: &Vm, ipa: u64) -> bool {
@@ -324,8 +517,12 @@ fn faulted_at(vm: &Vm, ipa: u64) -> bool {
 pub const EDU_DEFAULT_DMA_MASK: u64 = 0x0fff_ffff;
 
 fn faulted_at_masked(vm: &Vm, ipa: u64, mask: u64) -> bool {
+    faulted_at_sid(vm, vm.sid, ipa, mask)
+}
+
+fn faulted_at_sid(vm: &Vm, sid: u32, ipa: u64, mask: u64) -> bool {
     vm.log.dma_faults.iter().any(|f| {
-        f.sid == vm.sid
+        f.sid == sid
             && f.kind == EventType::FTranslation
             && f.addr_range.is_some_and(|r| r.0 & mask == ipa & mask)
     })
@@ -333,23 +530,43 @@ fn faulted_at_masked(vm: &Vm, ipa: u64, mask: u64) -> bool {
 
 /// DMA outside its RAM: blocked, the SMMU event attributed to this VM by
 /// StreamID and returned to the guest.
+/// Device `i` of the VM probes IPA UNMAPPED_DMA_IPA + i * 4096: the event
+/// comes with the StreamID its DMA carries (the alias, for devices behind a
+/// PCIe-to-PCI bridge: then the StreamID names the VM and the group, and
+/// the address the device).
 pub fn dma_outside(vm: &Vm) -> Result<String, String> {
-    guest_says(vm, check::DMA_OUTSIDE)?;
-    if !faulted_at(vm, guest::UNMAPPED_DMA_IPA) {
-        return Err(format!(
-            "no F_TRANSLATION at {:#x} for sid {:#x}: {:x?}",
-            guest::UNMAPPED_DMA_IPA,
-            vm.sid,
-            vm.log.dma_faults
-        ));
+    let mut out = Vec::new();
+    for (i, e) in vm.edus.iter().enumerate() {
+        guest_says_for(vm, check::DMA_OUTSIDE, i)?;
+        let ipa = guest::UNMAPPED_DMA_IPA + i as u64 * 4096;
+        let sid = e.stream_id.ok_or("no StreamID")?;
+        if !faulted_at_sid(vm, sid, ipa, u64::MAX) {
+            return Err(format!(
+                "no F_TRANSLATION at {ipa:#x} for sid {sid:#x}: {:x?}",
+                vm.log.dma_faults
+            ));
+        }
+        let sharing: Vec<String> = vm
+            .edus
+            .iter()
+            .filter(|o| o.stream_id == Some(sid))
+            .map(|o| format!("{}", o.bdf))
+            .collect();
+        out.push(if sharing.len() > 1 {
+            format!(
+                "F_TRANSLATION sid {sid:#06x} IPA {ipa:#x} -> VM {} ({}; sid shared by {})",
+                vm.name,
+                e.bdf,
+                sharing.join("+")
+            )
+        } else {
+            format!(
+                "F_TRANSLATION sid {sid:#06x} IPA {ipa:#x} -> VM {} ({})",
+                vm.name, e.bdf
+            )
+        });
     }
-    Ok(format!(
-        "F_TRANSLATION sid {:#06x} IPA {:#x} -> VM {} ({})",
-        vm.sid,
-        guest::UNMAPPED_DMA_IPA,
-        vm.name,
-        vm.edu.bdf
-    ))
+    Ok(out.join("; "))
 }
 
 fn aborted(vm: &Vm, ipa: u64, write: bool) -> Option<&super::vm::Abort> {
@@ -393,12 +610,8 @@ pub fn cpu_aborts(vm: &Vm) -> Result<String, String> {
 /// reaches the other's: A's CPU load/store and DMA at B's physical RAM
 /// address all fault, and B's RAM holds only B's own writes.
 pub fn no_crossing(smmu: &Driver, a: &Vm, b: &Vm) -> Result<String, String> {
-    let ta = smmu
-        .translate(a.domain, RAM_IPA)
-        .map_err(|e| format!("{e}"))?;
-    let tb = smmu
-        .translate(b.domain, RAM_IPA)
-        .map_err(|e| format!("{e}"))?;
+    let ta = a.translate(smmu, RAM_IPA);
+    let tb = b.translate(smmu, RAM_IPA);
     let (pa, pb) = (ta.map(|t| t.pa), tb.map(|t| t.pa));
     if pa != Some(a.ram_pa()) || pb != Some(b.ram_pa()) || pa == pb {
         return Err(format!("IPA {RAM_IPA:#x} -> {pa:#x?} / {pb:#x?}"));
@@ -414,7 +627,7 @@ pub fn no_crossing(smmu: &Driver, a: &Vm, b: &Vm) -> Result<String, String> {
     if !faulted_at_masked(a, target, EDU_DEFAULT_DMA_MASK) {
         return Err(format!("no DMA fault of VM {} at {target:#x}", a.name));
     }
-    if let Some(off) = b.first_unfilled(&written_by_guest()) {
+    if let Some(off) = b.first_unfilled(&written_by_guest_of(b.edus.len())) {
         return Err(format!(
             "VM {}'s RAM changed at PA {:#x}",
             b.name,
@@ -499,25 +712,51 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         guest_says(vm, id)?;
     }
     let page = BALLOON_PAGE_IPA;
-    let t = |ipa| smmu.translate(vm.domain, ipa).ok().flatten();
+    let t = |ipa| vm.translate(smmu, ipa);
     if t(page).is_some() || t(page - 4096).is_none() || t(page + 4096).is_none() {
         return Err(format!("tables around {page:#x} wrong after release"));
     }
-    // The page is a 4K leaf now, its neighbours too (the block was split),
-    // still executable-never RAM at the right PAs.
+    // The page is a 4K leaf now, its neighbours too (the block was split,
+    // or the hypervisor's tables had pages only), still execute-never RAM
+    // at the right PAs.
     for ipa in [page - 4096, page + 4096] {
         match t(ipa) {
             Some(l) if l.size == 4096 && l.pa == vm.ram_pa() + (ipa - RAM_IPA) && !l.execute => {}
             other => return Err(format!("IPA {ipa:#x} after the split: {other:x?}")),
         }
     }
-    // The CPU hook ran for the page (and, when the split broke before
-    // make, for the whole block first).
-    if vm.log.released != [page] || vm.log.cpu_tlbis.last() != Some(&(page, 4096)) {
+    // The CPU was invalidated for the page; when the driver's split broke
+    // before make, for the whole block first. For the hypervisor's tables,
+    // by the hypervisor itself, before its Smmu::invalidate of the page.
+    let block = page & !((2 << 20) - 1);
+    let expected: &[(u64, u64)] = match (vm.tables, vm.split_in_one_store) {
+        (TableModel::DriverOwned, false) => &[(block, 2 << 20), (page, 4096)],
+        _ => &[(page, 4096)],
+    };
+    if vm.log.released != [page] || vm.log.cpu_tlbis != expected {
         return Err(format!(
-            "CPU TLB hook ran for {:x?}, released {:x?}",
+            "CPU TLB invalidations {:x?} (expected {expected:x?}), released {:x?}",
             vm.log.cpu_tlbis, vm.log.released
         ));
+    }
+    // Every CPU invalidation ran by the CPU's VMID; the driver's hook was
+    // handed the SMMU's.
+    let hook_vmid = match vm.tables {
+        TableModel::DriverOwned => Some(vm.smmu_vmid),
+        TableModel::HypervisorOwned => None,
+    };
+    if vm.log.cpu_tlbi_vmids.iter().any(|&v| v != (vm.vmid, hook_vmid)) {
+        return Err(format!(
+            "CPU TLBI VMIDs {:x?}, expected CPU {:#x} / hook {hook_vmid:x?}",
+            vm.log.cpu_tlbi_vmids, vm.vmid
+        ));
+    }
+    let smmu_inv: &[(u64, u64)] = match vm.tables {
+        TableModel::HypervisorOwned => &[(page, 4096)],
+        TableModel::DriverOwned => &[],
+    };
+    if vm.log.smmu_invalidations != smmu_inv {
+        return Err(format!("Smmu::invalidate calls {:x?}", vm.log.smmu_invalidations));
     }
     aborted(vm, page, false).ok_or("no CPU abort at the released page")?;
     if !faulted_at(vm, page) {
@@ -533,33 +772,63 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
     {
         return Err(String::from("the released page was written"));
     }
+    let how = match (vm.tables, vm.split_in_one_store) {
+        (TableModel::HypervisorOwned, _) => format!(
+            "hypervisor-owned: HvStage2 unmap, CPU TLBI by VMID {:#x}, Smmu::invalidate by VMID {:#x}",
+            vm.vmid, vm.smmu_vmid
+        ),
+        (TableModel::DriverOwned, true) => format!(
+            "split in one store, CPU TLB hook 1x (page) by VMID {:#x}",
+            vm.vmid
+        ),
+        (TableModel::DriverOwned, false) => format!(
+            "break-before-make split, CPU TLB hook 2x (2 MiB block, then page) by VMID {:#x}",
+            vm.vmid
+        ),
+    };
     Ok(format!(
-        "IPA {page:#x} out of its 2 MiB block ({} CPU TLB hook calls): CPU abort + F_TRANSLATION; {:#x} -> device -> {:#x} ok",
-        vm.log.cpu_tlbis.len(),
+        "IPA {page:#x} out of its 2 MiB region ({how}): CPU abort + F_TRANSLATION; {:#x} -> device -> {:#x} ok",
         page - 4096,
         page + 4096
     ))
 }
 
+/// The models `make run` gives VM `i` (see the README, "Guests"): VM a
+/// driver-owned tables with a private SMMU VMID and break-before-make
+/// splits; VM b hypervisor-owned tables (aarch64-paging) with STE.S2VMID =
+/// its CPU VMID; every further VM driver-owned tables, the CPU VMID, splits
+/// in one store (where the CPU has BBM level 2).
+pub fn demo_models(i: usize, spec: &mut VmSpec) {
+    match i {
+        0 => {
+            spec.vmid_policy = VmidPolicy::Private;
+            spec.cpu_bbml2 = false;
+        }
+        1 => spec.tables = TableModel::HypervisorOwned,
+        _ => {}
+    }
+}
+
 /// Builds, runs and judges every VM; adds the rows to `report`.
 pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
-    println!("Guests: one EL1 VM per edu, its stage 2 = its SMMU domain's tables");
-    // One VM per isolation group; a guest drives one device, so groups of
-    // several devices (behind a PCIe-to-PCI bridge) get no guest yet.
-    let alone =
-        |e: &Edu| e.group.is_none() || edus.iter().filter(|o| o.group == e.group).count() == 1;
-    let edus: Vec<Edu> = edus.iter().filter(|e| alone(e)).copied().collect();
-    if let Some(g) = super::edu::find_all(&super::boot().pci)
+    println!("Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices");
+    let groups = match vm_groups(smmu, edus) {
+        Ok(g) => g,
+        Err(e) => {
+            report.add("-", "isolation groups for VMs", Err(e));
+            return;
+        }
+    };
+    let specs = groups
         .iter()
-        .find(|e| !alone(e))
-    {
-        println!(
-            "  (devices sharing isolation group {:?} with {} get no guest: multi-device VMs are not built yet)",
-            g.group, g.bdf
-        );
-    }
-    let edus = edus.as_slice();
-    let mut vms = match create_all(smmu, edus, phase::ALL) {
+        .enumerate()
+        .map(|(i, (members, sids))| {
+            let mut spec = group_spec(i, members, sids, phase::ALL);
+            demo_models(i, &mut spec);
+            spec
+        })
+        .collect();
+    let mut vms = match create_specs(smmu, specs) {
         Ok(v) => v,
         Err(e) => {
             report.add("-", "create VMs", Err(e));
@@ -581,7 +850,7 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
         let seed = seed(i);
         report.add(
             &n,
-            "VTTBR_EL2 == STE: same VMID, same root",
+            "VTTBR_EL2 root == STE S2TTB, VMID policy",
             identity(smmu, vm),
         );
         report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
@@ -626,6 +895,16 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
                 no_crossing(smmu, b, a),
             );
         }
+    }
+    // An unpaired last VM probed VM a's RAM (see `create_specs`).
+    if let [first, .., last] = vms.as_slice()
+        && vms.len() % 2 == 1
+    {
+        report.add(
+            &format!("VM {}->{}", last.name, first.name),
+            "same IPAs, different PAs, no crossing",
+            no_crossing(smmu, last, first),
+        );
     }
     destroy_all(smmu, vms);
 }

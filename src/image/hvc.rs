@@ -1,6 +1,6 @@
 //! The hypercall interface between a guest and the image's hypervisor.
 //!
-//! A guest calls `HVC #0` with a function ID in x0 and arguments in x1..x3.
+//! A guest calls `HVC #0` with a function ID in x0 and arguments in x1..x4.
 //! The hypervisor answers in x0 (and x1..x2 for queries) and preserves
 //! x4..x30, SP and the FP/SIMD registers. Function IDs follow the SMCCC
 //! layout: fast calls, SMC64, owning entity 6 (vendor-specific hypervisor
@@ -8,7 +8,7 @@
 //!
 //! | x0 | call | arguments | returns |
 //! | --- | --- | --- | --- |
-//! | `0xC600_0001` | REPORT | x1 check ID (1..=[`check::MAX`]), x2 status (0 pass, 1 fail), x3 detail | x0 = 0 |
+//! | `0xC600_0001` | REPORT | x1 check ID (1..=[`check::MAX`]), x2 status (0 pass, 1 fail), x3 detail, x4 device index (0 for the VM's first device; below its device count) | x0 = 0 |
 //! | `0xC600_0002` | DONE | x1 status | never returns: the VM stops |
 //! | `0xC600_0003` | DMA_FAULTS | - | x0 = faulting DMAs of this VM's devices since the last call, x1 = IPA of the first, x2 = its event type (0x10 F_TRANSLATION, ...) |
 //! | `0xC600_0004` | LAST_ABORT | - | x0 = 0 and x1 = IPA (HPFAR_EL2.FIPA << 12 \| FAR_EL2\[11:0\]), x2 = ESR_EL2 of the last stage-2 data abort not yet queried; or x0 = [`NOTHING`] |
@@ -19,10 +19,17 @@
 //! a trapped SMC; [`BAD_IPA`] (-2) for an address that is not page aligned
 //! or not in the VM's RAM (still mapped); [`BAD_LENGTH`] (-3) for a zero,
 //! unaligned, overflowing or out-of-RAM length; [`BAD_ARGUMENT`] (-4) for an
-//! unknown check ID or status; [`NOTHING`] (-5) when there is nothing to
+//! unknown check ID or status, or a device index the VM does not have; [`NOTHING`] (-5) when there is nothing to
 //! report; [`FAILED`] (-6) when the hypervisor could not carry out a valid
 //! request. A rejected call changes nothing: no table, no memory, no log
 //! entry but the call itself.
+//!
+//! A VM gets every device of one isolation group. Its boot protocol (see
+//! `guest.rs`) gives the device count in x9; device `i`'s BAR0 sits at IPA
+//! `BAR_IPA + i * BAR_STRIDE`. DMA_FAULTS reports the faulting DMAs of every
+//! StreamID of the group: devices behind a PCIe-to-PCI bridge share the
+//! alias StreamID, so a guest that wants to know which device faulted asks
+//! after each device's DMA (or uses distinct addresses per device).
 //!
 //! A stage-2 data abort (a load or store outside what the VM's stage 2
 //! maps) is recorded for LAST_ABORT and the instruction is skipped; a load
@@ -142,6 +149,8 @@ pub enum Call {
         status: u64,
         /// Detail.
         detail: u64,
+        /// The device index (x4).
+        device: u64,
     },
     /// DONE.
     Done {
@@ -161,8 +170,9 @@ pub enum Call {
     },
 }
 
-/// Decodes `HVC #imm` with the guest's x0..x3; `Err` is the code for x0.
-pub fn decode(imm: u16, x: &[u64; 4]) -> Result<Call, u64> {
+/// Decodes `HVC #imm` with the guest's x0..x4; `Err` is the code for x0.
+/// (Whether REPORT's device index exists is the VM's to check.)
+pub fn decode(imm: u16, x: &[u64; 5]) -> Result<Call, u64> {
     if imm != 0 {
         return Err(UNKNOWN_CALL);
     }
@@ -175,6 +185,7 @@ pub fn decode(imm: u16, x: &[u64; 4]) -> Result<Call, u64> {
                 check: x[1],
                 status: x[2],
                 detail: x[3],
+                device: x[4],
             })
         }
         DONE => Ok(Call::Done { status: x[1] }),

@@ -8,6 +8,7 @@
 //! (VTCR_EL2.T0SZ = 25, SL0 = 1) and a single 4 KiB start table; 40-bit
 //! output (PS = 2), which covers QEMU `virt`'s RAM.
 
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes as S2};
@@ -81,6 +82,32 @@ const NORMAL: S2 = S2::VALID
     .union(S2::SH_INNER)
     .union(S2::ACCESS_FLAG);
 
+/// Device-nGnRE, AF set.
+const DEVICE: S2 = S2::VALID
+    .union(S2::MEMATTR_DEVICE_nGnRE)
+    .union(S2::ACCESS_FLAG);
+
+/// What a VM's page is, as [`HvStage2::map_as`] maps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvMemory {
+    /// Guest RAM: Normal write-back, read-write, execute-never.
+    Ram,
+    /// Guest code: Normal write-back, read-only, executable.
+    Code,
+    /// A passed-through BAR: Device-nGnRE, read-write, execute-never.
+    Device,
+}
+
+impl HvMemory {
+    fn attributes(self) -> S2 {
+        match self {
+            Self::Ram => NORMAL | S2::S2AP_ACCESS_RW | S2::XN,
+            Self::Code => NORMAL | S2::S2AP_ACCESS_RO,
+            Self::Device => DEVICE | S2::S2AP_ACCESS_RW | S2::XN,
+        }
+    }
+}
+
 impl HvStage2 {
     /// Empty tables.
     pub fn new() -> Self {
@@ -122,6 +149,70 @@ impl HvStage2 {
         )?;
         smmuv3::barrier::dsb_st();
         Ok(())
+    }
+
+    /// Maps `[ipa, ipa + len)` to `[pa, pa + len)` as `what`, in 4 KiB
+    /// pages (no blocks).
+    pub fn map_as(&mut self, ipa: u64, pa: u64, len: u64, what: HvMemory) -> Result<(), MapError> {
+        let region = MemoryRegion::new(ipa as usize, (ipa + len) as usize);
+        self.map.map_range(
+            &region,
+            PhysicalAddress(pa as usize),
+            what.attributes(),
+            Constraints::NO_BLOCK_MAPPINGS,
+        )?;
+        smmuv3::barrier::dsb_st();
+        Ok(())
+    }
+
+    /// What the tables translate `ipa` to (the driver's [`Translation`]
+    /// type, so the image checks both models alike), or `None`.
+    ///
+    /// [`Translation`]: smmuv3::stage2::Translation
+    pub fn query(&self, ipa: u64) -> Option<smmuv3::stage2::Translation> {
+        use smmuv3::stage2::{Memory, Perm, Translation};
+        let region = MemoryRegion::new(ipa as usize, ipa as usize + 1);
+        let mut out = None;
+        let _ = self.map.walk_range(&region, &mut |_, d, level| {
+            let f = d.flags();
+            if f.contains(S2::VALID) {
+                let size = 1u64 << (12 + 9 * (3 - level as u32));
+                let base = d.output_address().0 as u64;
+                let perm = match (f.contains(S2::S2AP_ACCESS_RO), f.contains(S2::S2AP_ACCESS_WO)) {
+                    (true, true) => Some(Perm::ReadWrite),
+                    (true, false) => Some(Perm::Read),
+                    (false, true) => Some(Perm::Write),
+                    (false, false) => None,
+                };
+                // MemAttr[3:2] (descriptor bits [5:4]) = 0b00: Device.
+                let memory = if f.bits() & 0b11 << 4 == 0 {
+                    Memory::Device
+                } else {
+                    Memory::Normal
+                };
+                out = perm.map(|perm| Translation {
+                    pa: base + (ipa & (size - 1)),
+                    perm,
+                    size,
+                    memory,
+                    execute: !f.contains(S2::XN),
+                });
+            }
+            Ok(())
+        });
+        out
+    }
+
+    /// Every descriptor of `[0, end)` as (IPA, bits, level), for comparing
+    /// the tables before and after a request word for word.
+    pub fn snapshot(&self, end: u64) -> Vec<(usize, usize, usize)> {
+        let mut v = Vec::new();
+        let region = MemoryRegion::new(0, end as usize);
+        let _ = self.map.walk_range(&region, &mut |mr, d, level| {
+            v.push((mr.start().0, d.output_address().0 | d.flags().bits(), level));
+            Ok(())
+        });
+        v
     }
 
     /// Makes `[ipa, ipa + len)` invalid (the hypervisor then invalidates

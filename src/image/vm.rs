@@ -4,10 +4,21 @@
 //! [`Vm::create`] carves the VM's memory from the image's DMA allocator (a
 //! code page and 4 MiB of RAM, naturally aligned so that part of it maps as
 //! a 2 MiB block), copies the guest program ([`super::guest`]) into the code
-//! page, creates an SMMU domain with the VM's CPU VMID, maps exactly the
-//! code (read-only), the RAM (read-write) and the device's BAR0, and
-//! attaches the device's StreamID. The VM's guest-physical layout is in
-//! `guest.rs`: RAM at IPA [`RAM_IPA`], not at its physical address.
+//! page, builds its stage 2, maps exactly the code (read-only), the RAM
+//! (read-write) and the BAR0 of each of its devices (one VM per isolation
+//! group: device `i`'s BAR at [`guest::bar_ipa`]`(i)`), and attaches every
+//! StreamID of the group at once (`Smmu::attach_group`). The VM's
+//! guest-physical layout is in `guest.rs`: RAM at IPA [`RAM_IPA`], not at
+//! its physical address.
+//!
+//! Its stage 2 follows one of the driver's two ownership models
+//! ([`TableModel`]): an SMMU domain whose tables the driver builds
+//! (`create_domain`, `map_with`, `unmap_with` + the CPU TLB hook), or
+//! tables the hypervisor builds with `aarch64-paging`'s stage-2 regime
+//! ([`HvStage2`]) and the SMMU merely points at (`create_external_domain`,
+//! `invalidate`). Either way VTTBR_EL2 and the STE name the same root.
+//! Its VMID follows one of two policies ([`VmidPolicy`]): STE.S2VMID = the
+//! CPU's VMID, or a private SMMU VMID (the CPU keeps its own in VTTBR_EL2).
 //!
 //! [`Vm::run`] runs the VM on the calling CPU until it stops: it programs
 //! this CPU's EL2 state (HCR_EL2, VTCR_EL2 = the domain's
@@ -33,18 +44,19 @@ use aarch64_cpu::registers::{
     SCTLR_EL1, SP_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
 };
 use smmuv3::Dma;
-use smmuv3::domain::{DomainId, DomainOptions};
+use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2};
 use smmuv3::event::Event;
 use smmuv3::fault::{self, FaultSummary};
-use smmuv3::stage2::{MapOptions, Perm, Stage2Config};
+use smmuv3::stage2::{MapOptions, Perm, Translation};
 use spin::Mutex;
 
 use super::console::println;
 use super::demo::Driver;
 use super::dma::ImageHal;
 use super::edu::Edu;
-use super::guest::{self, BAR_IPA, CODE_IPA, RAM_IPA, RAM_SIZE};
+use super::guest::{self, CODE_IPA, RAM_IPA, RAM_SIZE};
 use super::hvc::{self, Call};
+use super::hvtables::{HvMemory, HvStage2};
 use super::vcpu::{Vcpu, vector};
 use super::{cpu, gic, iommu, smp};
 
@@ -62,15 +74,70 @@ pub const MAX_EXITS: u32 = 100_000;
 /// Stage-2 data aborts after which a VM is stopped.
 pub const MAX_ABORTS: usize = 256;
 
+/// Who builds and edits a VM's stage-2 tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableModel {
+    /// The driver (an SMMU domain from `create_domain`): the CPU walks the
+    /// domain's tables; RAM in 2 MiB blocks; RELEASE is `unmap_with` with
+    /// the CPU TLB hook.
+    DriverOwned,
+    /// The hypervisor, with `aarch64-paging`'s stage-2 regime
+    /// ([`HvStage2`], 4 KiB pages only); the SMMU's STE points at them
+    /// (`create_external_domain`); RELEASE unmaps in those tables, runs
+    /// the CPU TLBIs, then `Smmu::invalidate`.
+    HypervisorOwned,
+}
+
+impl TableModel {
+    /// As the VM line and the results table print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DriverOwned => "driver-owned",
+            Self::HypervisorOwned => "hypervisor-owned (aarch64-paging)",
+        }
+    }
+}
+
+/// Which VMID the SMMU uses for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmidPolicy {
+    /// STE.S2VMID = the CPU's VTTBR_EL2 VMID (`vmid: Some(cpu_vmid)`).
+    Cpu,
+    /// A VMID from the SMMU's private space (`vmid: None`); the CPU uses
+    /// its own, and the CPU TLB hook invalidates by the CPU's VMID.
+    Private,
+}
+
+impl VmidPolicy {
+    /// As the results table prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "shared with the CPU",
+            Self::Private => "private SMMU VMID",
+        }
+    }
+}
+
 /// How to build a VM.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     /// Its name in reports.
     pub name: String,
-    /// The device passed through.
-    pub edu: Edu,
-    /// Its VMID, on the CPU (VTTBR_EL2) and on the SMMU (STE.S2VMID).
+    /// The devices passed through: one isolation group, in enumeration
+    /// order (device `i`'s BAR0 at [`guest::bar_ipa`]`(i)`).
+    pub edus: Vec<Edu>,
+    /// Every StreamID of the group, attached together.
+    pub sids: Vec<u32>,
+    /// Its CPU VMID (VTTBR_EL2).
     pub vmid: u16,
+    /// Whether the SMMU uses the CPU VMID or a private one.
+    pub vmid_policy: VmidPolicy,
+    /// Who owns its stage-2 tables.
+    pub tables: TableModel,
+    /// Driver-owned tables: tell the driver the CPU may replace a block by
+    /// a table in one store (only honoured if this CPU has FEAT_BBM level
+    /// 2); `false` makes a split break before make.
+    pub cpu_bbml2: bool,
     /// The first word of its data pattern.
     pub seed: u64,
     /// The byte its RAM is filled with before it runs.
@@ -135,6 +202,8 @@ pub struct HvcRecord {
 pub struct Report {
     /// Check ID.
     pub check: u64,
+    /// The device it is about (x4: index into the VM's devices).
+    pub device: u64,
     /// 0 pass, 1 fail.
     pub status: u64,
     /// Detail.
@@ -184,6 +253,8 @@ pub struct VmLog {
     pub vttbr: Option<u64>,
     /// HCR_EL2 as read back at the first exit.
     pub hcr: Option<u64>,
+    /// VTCR_EL2 as read back at the first exit.
+    pub vtcr: Option<u64>,
     /// REPORTs.
     pub reports: Vec<Report>,
     /// Every hypercall (and trapped SMC).
@@ -198,17 +269,34 @@ pub struct VmLog {
     pub exits: u32,
     /// IRQ exits.
     pub irq_exits: u32,
-    /// The ranges the unmap hook invalidated on the CPU, (IPA, length).
+    /// The ranges invalidated on the CPU, (IPA, length): by the driver's
+    /// unmap hook, or by the hypervisor itself for its own tables.
     pub cpu_tlbis: Vec<(u64, u64)>,
+    /// The VMID each CPU invalidation ran with (the CPU's), and the VMID
+    /// the driver's hook was handed (the SMMU's; `None` for
+    /// hypervisor-owned tables).
+    pub cpu_tlbi_vmids: Vec<(u16, Option<u16>)>,
+    /// `Smmu::invalidate` calls for hypervisor-owned tables, (IPA, length),
+    /// each made after the CPU TLBIs for the range.
+    pub smmu_invalidations: Vec<(u64, u64)>,
     /// Released pages.
     pub released: Vec<u64>,
     last_abort: Option<Abort>,
 }
 
 impl VmLog {
-    /// The REPORT for `check`, if exactly one was made.
+    /// The REPORT for `check` about device 0, if exactly one was made.
     pub fn report(&self, check: u64) -> Option<Report> {
-        let mut it = self.reports.iter().filter(|r| r.check == check);
+        self.report_for(check, 0)
+    }
+
+    /// The REPORT for `check` about device `device`, if exactly one was
+    /// made.
+    pub fn report_for(&self, check: u64, device: u64) -> Option<Report> {
+        let mut it = self
+            .reports
+            .iter()
+            .filter(|r| r.check == check && r.device == device);
         match (it.next(), it.next()) {
             (Some(r), None) => Some(*r),
             _ => None,
@@ -221,45 +309,76 @@ impl VmLog {
 pub struct Vm {
     /// Its name.
     pub name: String,
-    /// Its device.
-    pub edu: Edu,
-    /// The device's StreamID.
+    /// Its devices (one isolation group).
+    pub edus: Vec<Edu>,
+    /// The StreamID its first device's DMA arrives with (behind a
+    /// PCIe-to-PCI bridge: the alias every device of the group uses).
     pub sid: u32,
-    /// The SMMU domain whose tables are its stage 2.
+    /// Every StreamID attached (the whole group).
+    pub sids: Vec<u32>,
+    /// The SMMU domain: its tables (driver-owned), or the STE's view of the
+    /// hypervisor's.
     pub domain: DomainId,
-    /// Its VMID.
+    /// Its CPU VMID (VTTBR_EL2).
     pub vmid: u16,
+    /// The VMID the SMMU uses (STE.S2VMID).
+    pub smmu_vmid: u16,
+    /// Its VMID policy.
+    pub vmid_policy: VmidPolicy,
+    /// Who owns its tables.
+    pub tables: TableModel,
+    /// Driver-owned tables: a split replaces a block in one store (the
+    /// domain was created with `cpu_bbml2` and the SMMU has BBML = 2);
+    /// otherwise it breaks before make.
+    pub split_in_one_store: bool,
     /// The byte its RAM was filled with.
     pub fill: u8,
-    /// Its stage-2 geometry.
-    pub stage2: Stage2Config,
+    /// VTCR_EL2 while it runs.
+    pub vtcr: u64,
+    hv: Option<HvStage2>,
     ram: Option<Dma<ImageHal>>,
     code: Option<Dma<ImageHal>>,
     vcpu: alloc::boxed::Box<Vcpu>,
-    args: [u64; 9],
+    args: [u64; 10],
     /// What happened while it ran.
     pub log: VmLog,
 }
 
-/// The stage-2 geometry of every VM: 4K granule, 40-bit IPA, 44-bit output.
-pub fn stage2_config() -> Result<Stage2Config, String> {
+/// The stage-2 geometry of every VM with driver-owned tables: 4K granule,
+/// 40-bit IPA, 44-bit output.
+pub fn stage2_config() -> Result<smmuv3::stage2::Stage2Config, String> {
     super::demo::vm_stage2()
 }
 
+/// The BAR0 size of `edu` (at least a page).
+fn bar_size(edu: &Edu) -> u64 {
+    super::boot()
+        .pci
+        .iter()
+        .find(|f| f.bdf == edu.bdf)
+        .and_then(|f| f.bar(0))
+        .map_or(0, |b| b.size)
+        .max(PAGE)
+}
+
 impl Vm {
-    /// Builds a VM for `spec.edu` (see the module doc).
+    /// Builds a VM for `spec.edus` (see the module doc).
     pub fn create(smmu: &Driver, spec: &VmSpec) -> Result<Vm, String> {
-        let edu = spec.edu;
-        let sid = edu
+        let first = *spec.edus.first().ok_or("a VM needs a device")?;
+        let sid = first
             .stream_id
-            .ok_or_else(|| format!("{}: no StreamID", edu.bdf))?;
-        let bar_size = super::boot()
-            .pci
-            .iter()
-            .find(|f| f.bdf == edu.bdf)
-            .and_then(|f| f.bar(0))
-            .map_or(0, |b| b.size)
-            .max(PAGE);
+            .ok_or_else(|| format!("{}: no StreamID", first.bdf))?;
+        if spec.edus.len() > guest::MAX_DEVICES {
+            return Err(format!("{} devices (at most {})", spec.edus.len(), guest::MAX_DEVICES));
+        }
+        for e in &spec.edus {
+            if !e.stream_id.is_some_and(|s| spec.sids.contains(&s)) {
+                return Err(format!("{}: its StreamID is not in the group", e.bdf));
+            }
+            if bar_size(e) > guest::BAR_STRIDE {
+                return Err(format!("{}: BAR0 larger than {:#x}", e.bdf, guest::BAR_STRIDE));
+            }
+        }
         let program = guest::code();
         if program.len() as u64 > PAGE {
             return Err(format!("guest program is {} bytes", program.len()));
@@ -278,77 +397,158 @@ impl Vm {
         // The guest reads with stage 1 off (non-cacheable): write back.
         cpu::dcache_clean(code.vaddr() as usize, PAGE as usize);
         cpu::dcache_clean(ram.vaddr() as usize, RAM_SIZE as usize);
-        let stage2 = stage2_config()?;
-        let domain = smmu
-            .create_domain(DomainOptions {
-                vmid: Some(spec.vmid),
-                cpu_bbml2: cpu_bbm_level() >= 2,
-                ..DomainOptions::new(stage2)
-            })
-            .map_err(|e| format!("create_domain: {e}"))?;
+        let smmu_vmid = match spec.vmid_policy {
+            VmidPolicy::Cpu => Some(spec.vmid),
+            VmidPolicy::Private => None,
+        };
+        let (domain, hv, vtcr, split_in_one_store) = match spec.tables {
+            TableModel::DriverOwned => {
+                let stage2 = stage2_config()?;
+                let cpu_bbml2 = spec.cpu_bbml2 && cpu_bbm_level() >= 2;
+                let domain = smmu
+                    .create_domain(DomainOptions {
+                        vmid: smmu_vmid,
+                        cpu_bbml2,
+                        ..DomainOptions::new(stage2)
+                    })
+                    .map_err(|e| format!("create_domain: {e}"))?;
+                let one_store = cpu_bbml2 && smmu.features().bbml >= 2;
+                (domain, None, stage2.vtcr(), one_store)
+            }
+            TableModel::HypervisorOwned => {
+                let mut hv = HvStage2::new();
+                let m = |hv: &mut HvStage2, ipa: u64, pa: u64, len: u64, what| {
+                    hv.map_as(ipa, pa, len, what)
+                        .map_err(|e| format!("HvStage2 map IPA {ipa:#x}+{len:#x}: {e:?}"))
+                };
+                m(&mut hv, CODE_IPA, code.paddr(), PAGE, HvMemory::Code)?;
+                for (i, e) in spec.edus.iter().enumerate() {
+                    m(&mut hv, guest::bar_ipa(i), e.bar0 as u64, bar_size(e), HvMemory::Device)?;
+                }
+                m(&mut hv, RAM_IPA, ram.paddr(), RAM_SIZE, HvMemory::Ram)?;
+                let domain = smmu
+                    .create_external_domain(ExternalStage2 {
+                        vtcr: HvStage2::vtcr(),
+                        root: hv.root(),
+                        vmid: smmu_vmid,
+                        access_flag_fault_disable: true,
+                    })
+                    .map_err(|e| format!("create_external_domain: {e}"))?;
+                (domain, Some(hv), HvStage2::vtcr(), false)
+            }
+        };
+        let smmu_vmid = smmu.domain_info(domain).map_or(0, |i| i.vmid);
         let vm = Vm {
             name: spec.name.clone(),
-            edu,
+            edus: spec.edus.clone(),
             sid,
+            sids: spec.sids.clone(),
             domain,
             vmid: spec.vmid,
+            smmu_vmid,
+            vmid_policy: spec.vmid_policy,
+            tables: spec.tables,
+            split_in_one_store,
             fill: spec.fill,
-            stage2,
+            vtcr,
+            hv,
             args: [
                 RAM_IPA,
                 RAM_SIZE,
-                BAR_IPA,
+                guest::bar_ipa(0),
                 spec.foreign,
                 spec.seed,
                 spec.phases,
                 guest::UNMAPPED_DMA_IPA,
                 guest::BALLOON_PAGE_IPA,
                 guest::UNMAPPED_CPU_IPA,
+                spec.edus.len() as u64,
             ],
             ram: Some(ram),
             code: Some(code),
             vcpu: alloc::boxed::Box::default(),
             log: VmLog::default(),
         };
-        if let Err(e) = vm.map_all(smmu, edu.bar0 as u64, bar_size) {
+        if let Err(e) = vm.map_all(smmu) {
             let _ = vm.destroy(smmu);
             return Err(e);
         }
         Ok(vm)
     }
 
-    /// Maps code, BAR0 and RAM, and attaches the device.
-    fn map_all(&self, smmu: &Driver, bar_pa: u64, bar_size: u64) -> Result<(), String> {
-        let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
-            smmu.map_with(self.domain, ipa, pa, len, &opts)
-                .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
-        };
-        // Code: read and execute, never writable.
-        map(
-            CODE_IPA,
-            self.code_pa(),
-            PAGE,
-            MapOptions {
-                execute: true,
-                blocks: false,
-                ..MapOptions::normal(Perm::Read)
-            },
-        )?;
-        // BAR0: Device-nGnRE, execute-never.
-        map(BAR_IPA, bar_pa, bar_size, MapOptions::device())?;
-        // RAM: read-write, execute-never, 2 MiB blocks (the balloon splits
-        // one when it takes a page out of it).
-        map(
-            RAM_IPA,
-            self.ram_pa(),
-            RAM_SIZE,
-            MapOptions {
-                execute: false,
-                ..MapOptions::normal(Perm::ReadWrite)
-            },
-        )?;
-        smmu.attach(self.domain, self.sid)
-            .map_err(|e| format!("attach sid {:#x}: {e}", self.sid))
+    /// Driver-owned tables: maps code, each BAR0 and RAM. Then attaches
+    /// the group.
+    fn map_all(&self, smmu: &Driver) -> Result<(), String> {
+        if self.tables == TableModel::DriverOwned {
+            let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
+                smmu.map_with(self.domain, ipa, pa, len, &opts)
+                    .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
+            };
+            // Code: read and execute, never writable.
+            map(
+                CODE_IPA,
+                self.code_pa(),
+                PAGE,
+                MapOptions {
+                    execute: true,
+                    blocks: false,
+                    ..MapOptions::normal(Perm::Read)
+                },
+            )?;
+            // Each BAR0: Device-nGnRE, execute-never.
+            for (i, e) in self.edus.iter().enumerate() {
+                map(guest::bar_ipa(i), e.bar0 as u64, bar_size(e), MapOptions::device())?;
+            }
+            // RAM: read-write, execute-never, 2 MiB blocks (the balloon
+            // splits one when it takes a page out of it).
+            map(
+                RAM_IPA,
+                self.ram_pa(),
+                RAM_SIZE,
+                MapOptions {
+                    execute: false,
+                    ..MapOptions::normal(Perm::ReadWrite)
+                },
+            )?;
+        }
+        smmu.attach_group(self.domain, &self.sids)
+            .map_err(|e| format!("attach_group {:#x?}: {e}", self.sids))
+    }
+
+    /// What its stage 2 translates `ipa` to, whoever owns the tables.
+    pub fn translate(&self, smmu: &Driver, ipa: u64) -> Option<Translation> {
+        match &self.hv {
+            Some(hv) => hv.query(ipa),
+            None => smmu.translate(self.domain, ipa).ok().flatten(),
+        }
+    }
+
+    /// Its stage-2 tables word for word (the driver's snapshot, or every
+    /// descriptor of the hypervisor's tables below 256 MiB).
+    pub fn tables_snapshot(&self, smmu: &Driver) -> Option<Vec<u64>> {
+        match &self.hv {
+            Some(hv) => Some(
+                hv.snapshot(1 << 28)
+                    .into_iter()
+                    .flat_map(|(a, b, l)| [a as u64, b as u64, l as u64])
+                    .collect(),
+            ),
+            None => smmu.stage2_snapshot(self.domain).ok(),
+        }
+    }
+
+    /// The hypervisor-owned tables' root, if it owns them.
+    pub fn hv_root(&self) -> Option<u64> {
+        self.hv.as_ref().map(HvStage2::root)
+    }
+
+    /// The devices as `A+B` (BDFs).
+    pub fn devices(&self) -> String {
+        self.edus
+            .iter()
+            .map(|e| format!("{}", e.bdf))
+            .collect::<Vec<_>>()
+            .join("+")
     }
 
     /// Sets the address its "foreign" phase probes (entry x3).
@@ -451,7 +651,7 @@ impl Vm {
         CPACR_EL1.write(CPACR_EL1::FPEN::TrapNothing);
         VBAR_EL1.set(0);
         SP_EL1.set(RAM_IPA + RAM_SIZE);
-        VTCR_EL2.set(self.stage2.vtcr());
+        VTCR_EL2.set(self.vtcr);
         VTTBR_EL2.set(vttbr);
         HCR_EL2.set(Self::hcr());
         // SAFETY: barriers and TLB maintenance for the VM's own VMID (now
@@ -481,7 +681,7 @@ impl Vm {
     pub fn run(&mut self, smmu: &Driver) -> Stop {
         self.log.cpu = Some(smp::current_cpu());
         let daif = DAIF.get();
-        self.vcpu.guest.x[..9].copy_from_slice(&self.args);
+        self.vcpu.guest.x[..10].copy_from_slice(&self.args);
         self.vcpu.guest.elr = CODE_IPA;
         self.vcpu.guest.spsr = SPSR_EL1H;
         if let Err(e) = self.load(smmu) {
@@ -498,6 +698,7 @@ impl Vm {
             if self.log.vttbr.is_none() {
                 self.log.vttbr = Some(VTTBR_EL2.get());
                 self.log.hcr = Some(HCR_EL2.get());
+                self.log.vtcr = Some(VTCR_EL2.get());
             }
             let stop = match v {
                 vector::SYNC => self.handle_sync(smmu),
@@ -609,18 +810,24 @@ impl Vm {
             self.vcpu.guest.x[1],
             self.vcpu.guest.x[2],
             self.vcpu.guest.x[3],
+            self.vcpu.guest.x[4],
         ];
         let mut out = [0u64; 3];
         let mut tables_unchanged = None;
         let mut stop = None;
         match hvc::decode(imm, &x) {
             Err(code) => out[0] = code,
+            Ok(Call::Report { device, .. }) if device >= self.edus.len() as u64 => {
+                out[0] = hvc::BAD_ARGUMENT
+            }
             Ok(Call::Report {
                 check,
                 status,
                 detail,
+                device,
             }) => self.log.reports.push(Report {
                 check,
+                device,
                 status,
                 detail,
             }),
@@ -643,10 +850,11 @@ impl Vm {
                 }
             }
             Ok(Call::Release { ipa, len }) => {
-                let before = smmu.stage2_snapshot(self.domain).ok();
+                let before = self.tables_snapshot(smmu);
                 out[0] = self.release(smmu, ipa, len);
                 if out[0] != 0 {
-                    tables_unchanged = Some(before == smmu.stage2_snapshot(self.domain).ok());
+                    tables_unchanged =
+                        Some(before.is_some() && before == self.tables_snapshot(smmu));
                 }
             }
         }
@@ -661,8 +869,13 @@ impl Vm {
         stop
     }
 
-    /// RELEASE: validates, unmaps from the shared stage 2 (SMMU TLBI inside
-    /// the driver), then invalidates the CPU's TLBs for the VM's VMID.
+    /// RELEASE: validates, then takes the pages out of the stage 2 the CPU
+    /// and the SMMU share. Driver-owned tables: `unmap_with` (the SMMU
+    /// TLBI inside the driver; the hook invalidates the CPU's TLBs by the
+    /// VM's CPU VMID, whatever VMID the SMMU uses). Hypervisor-owned
+    /// tables: unmap in [`HvStage2`], the CPU TLBIs, then
+    /// `Smmu::invalidate`; the table pages stay (pages-only tables, freed
+    /// with the VM).
     fn release(&mut self, smmu: &Driver, ipa: u64, len: u64) -> u64 {
         let ram_end = RAM_IPA + RAM_SIZE;
         if !ipa.is_multiple_of(PAGE) || !(RAM_IPA..ram_end).contains(&ipa) {
@@ -676,30 +889,61 @@ impl Vm {
         }
         let mapped = (ipa..end)
             .step_by(PAGE as usize)
-            .all(|p| matches!(smmu.translate(self.domain, p), Ok(Some(_))));
+            .all(|p| self.translate(smmu, p).is_some());
         if !mapped {
             return hvc::BAD_IPA;
         }
-        let block = smmu
-            .translate(self.domain, ipa)
-            .ok()
-            .flatten()
-            .map_or(0, |t| t.size);
-        let hooks = &mut self.log.cpu_tlbis;
-        let r = smmu.unmap_with(self.domain, ipa, len, &mut |inv| {
-            cpu_tlb_invalidate(inv.vmid, inv.ipa, inv.len);
-            hooks.push((inv.ipa, inv.len));
-        });
-        if let Err(e) = r {
-            println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: unmap: {e}", self.name);
-            return hvc::FAILED;
-        }
+        let block = self.translate(smmu, ipa).map_or(0, |t| t.size);
+        let cpu_vmid = self.vmid;
+        let how = if let Some(hv) = self.hv.as_mut() {
+            if let Err(e) = hv.unmap(ipa, len) {
+                println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: HvStage2 unmap: {e:?}", self.name);
+                return hvc::FAILED;
+            }
+            cpu_tlb_invalidate(cpu_vmid, ipa, len);
+            self.log.cpu_tlbis.push((ipa, len));
+            self.log.cpu_tlbi_vmids.push((cpu_vmid, None));
+            if let Err(e) = smmu.invalidate(self.domain, ipa, len) {
+                println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: invalidate: {e}", self.name);
+                return hvc::FAILED;
+            }
+            self.log.smmu_invalidations.push((ipa, len));
+            format!(
+                "unmapped in HvStage2, CPU TLBI (VMID {cpu_vmid:#x}), then Smmu::invalidate (VMID {:#x}); no table freed",
+                self.smmu_vmid
+            )
+        } else {
+            let hooks = &mut self.log.cpu_tlbis;
+            let vmids = &mut self.log.cpu_tlbi_vmids;
+            let r = smmu.unmap_with(self.domain, ipa, len, &mut |inv| {
+                // The hook names the SMMU's VMID; the CPU's TLBs are
+                // tagged with the CPU's.
+                cpu_tlb_invalidate(cpu_vmid, inv.ipa, inv.len);
+                hooks.push((inv.ipa, inv.len));
+                vmids.push((cpu_vmid, Some(inv.vmid)));
+            });
+            if let Err(e) = r {
+                println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: unmap: {e}", self.name);
+                return hvc::FAILED;
+            }
+            format!(
+                "unmapped ({}); CPU TLB hook ran for {:x?} by CPU VMID {cpu_vmid:#x} (SMMU VMID {:#x})",
+                if block <= len {
+                    "no split"
+                } else if self.split_in_one_store {
+                    "split in one store"
+                } else {
+                    "split: break-before-make"
+                },
+                self.log.cpu_tlbis,
+                self.smmu_vmid
+            )
+        };
         self.log.released.push(ipa);
         println!(
-            "  VM {}: RELEASE IPA {ipa:#x}+{len:#x} (inside a {} KiB leaf): unmapped; CPU TLB hook ran for {:x?}",
+            "  VM {}: RELEASE IPA {ipa:#x}+{len:#x} (inside a {} KiB leaf): {how}",
             self.name,
             block >> 10,
-            self.log.cpu_tlbis
         );
         0
     }
@@ -708,10 +952,31 @@ impl Vm {
     /// prints them; returns the new faulting DMAs.
     fn collect_faults(&mut self, smmu: &Driver) -> Vec<FaultSummary> {
         route_events(smmu);
-        let events = INBOX.lock().remove(&self.sid).unwrap_or_default();
+        let mut events = Vec::new();
+        {
+            let mut inbox = INBOX.lock();
+            for sid in &self.sids {
+                events.extend(inbox.remove(sid).unwrap_or_default());
+            }
+        }
         let new = fault::coalesce(&events, PAGE);
         for f in &new {
-            println!("  fault: {f} [VM {}, {} edu]", self.name, self.edu.bdf);
+            let users: Vec<String> = self
+                .edus
+                .iter()
+                .filter(|e| e.stream_id == Some(f.sid))
+                .map(|e| format!("{}", e.bdf))
+                .collect();
+            if users.len() > 1 {
+                println!(
+                    "  fault: {f} [VM {}, sid {:#06x} shared by {} (alias)]",
+                    self.name,
+                    f.sid,
+                    users.join("+")
+                );
+            } else {
+                println!("  fault: {f} [VM {}, {} edu]", self.name, users.join("+"));
+            }
         }
         self.log.dma_faults.extend(new.iter().cloned());
         new
@@ -720,7 +985,7 @@ impl Vm {
     /// Detaches the device, destroys the domain, frees the memory (leaked
     /// instead if the SMMU may still reach it).
     pub fn destroy(mut self, smmu: &Driver) -> Result<(), String> {
-        let detached = match smmu.detach(self.sid) {
+        let detached = match smmu.detach_group(&self.sids) {
             Ok(()) | Err(smmuv3::Error::SidNotAttached(_)) => true,
             Err(e) => {
                 println!("  VM {}: detach: {e}", self.name);
@@ -732,12 +997,21 @@ impl Vm {
                 .destroy_domain(self.domain)
                 .map_err(|e| println!("  VM {}: destroy_domain: {e}", self.name))
                 .is_ok();
-        INBOX.lock().remove(&self.sid);
+        {
+            let mut inbox = INBOX.lock();
+            for sid in &self.sids {
+                inbox.remove(sid);
+            }
+        }
         if destroyed {
+            // Only now may the hypervisor-owned tables go (the SMMU no
+            // longer walks them).
+            drop(self.hv.take());
             Ok(())
         } else {
             core::mem::forget(self.ram.take());
             core::mem::forget(self.code.take());
+            core::mem::forget(self.hv.take());
             Err(format!(
                 "VM {}: domain not destroyed; memory leaked",
                 self.name
