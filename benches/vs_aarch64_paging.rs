@@ -21,7 +21,7 @@
 //!   one-call unmap of the whole GiB frees the subtables directly; after
 //!   separate unmaps `compact_subtables` gives the empty tables back (timed).
 //!
-//! Each piece of work is run `ROUNDS` times on fresh tables and the fastest
+//! Each piece of work is run 3 times (`BENCH_ROUNDS`) on fresh tables and the fastest
 //! round of each side is printed. The ratio is aarch64-paging's time divided
 //! by ours; `tables` is the table memory each side holds after the work.
 
@@ -43,7 +43,14 @@ const GIB: u64 = 1 << 30;
 const PAGES: u64 = GIB / PAGE as u64;
 const IPA: u64 = 0x4000_0000;
 const PA: u64 = 0x4000_1000;
-const ROUNDS: usize = 3;
+/// Rounds per piece of work (`BENCH_ROUNDS` overrides, e.g. 1 under
+/// callgrind).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+}
 
 /// A page allocator over one host buffer, shared by both implementations.
 struct Pool {
@@ -106,7 +113,10 @@ struct BenchHal;
 // paddr == vaddr on the host.
 unsafe impl Hal for BenchHal {
     fn dma_alloc(size: usize, align: usize) -> Option<DmaRegion> {
-        assert!(size == PAGE && align <= PAGE, "bench pool hands out pages only");
+        assert!(
+            size == PAGE && align <= PAGE,
+            "bench pool hands out pages only"
+        );
         let p = POOL.with(|pool| pool.borrow_mut().alloc())?;
         Some(DmaRegion {
             paddr: p as u64,
@@ -136,10 +146,7 @@ impl Translation<Stage2Attributes> for BenchTranslation {
         let p = POOL
             .with(|pool| pool.borrow_mut().alloc())
             .expect("bench pool exhausted");
-        (
-            NonNull::new(p.cast()).unwrap(),
-            PhysicalAddress(p as usize),
-        )
+        (NonNull::new(p.cast()).unwrap(), PhysicalAddress(p as usize))
     }
 
     unsafe fn deallocate_table(&mut self, table: NonNull<PageTable<Stage2Attributes>>) {
@@ -242,7 +249,7 @@ fn shuffled(n: u64) -> Vec<u64> {
 fn measure<S>(mut setup: impl FnMut() -> S, mut work: impl FnMut(&mut S)) -> (u128, usize) {
     let mut best = u128::MAX;
     let mut bytes = 0;
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         let base = live_bytes();
         let mut s = setup();
         let t0 = Instant::now();
@@ -258,7 +265,7 @@ fn measure<S>(mut setup: impl FnMut() -> S, mut work: impl FnMut(&mut S)) -> (u1
 
 fn line(work: &str, ours: (u128, usize), theirs: (u128, usize)) {
     println!(
-        "bench: vs aarch64-paging: {work}: ours {:.1} ms, aarch64-paging {:.1} ms, ratio {:.2}x, tables {}/{} KiB",
+        "bench: vs aarch64-paging: {work}: ours {:.3} ms, aarch64-paging {:.3} ms, ratio {:.2}x, tables {}/{} KiB",
         ours.0 as f64 / 1e6,
         theirs.0 as f64 / 1e6,
         theirs.0 as f64 / ours.0 as f64,
@@ -267,61 +274,80 @@ fn line(work: &str, ours: (u128, usize), theirs: (u128, usize)) {
     );
 }
 
+/// Whether to run the piece of work `name` (`BENCH_ONLY`: a substring of
+/// the names to run, for profiling one).
+fn want(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| name.contains(&only))
+}
+
 fn main() {
     let in_order: Vec<u64> = (0..PAGES).collect();
     let random = shuffled(PAGES);
 
     // 1 GiB in one call each way.
-    let o = measure(ours, |t| t.map(IPA, PA, GIB, Perm::ReadWrite).unwrap());
-    let a = measure(theirs, |m| {
-        m.map_range(
-            &region(IPA, GIB),
-            PhysicalAddress(PA as usize),
-            flags(),
-            Constraints::NO_BLOCK_MAPPINGS,
-        )
-        .unwrap()
-    });
-    line("map 1 GiB of 4K pages in one call", o, a);
-    let o = measure(
-        || {
-            let mut t = ours();
-            t.map(IPA, PA, GIB, Perm::ReadWrite).unwrap();
-            t
-        },
-        |t| {
-            t.unmap(IPA, GIB).unwrap();
-            t.release_retired();
-        },
-    );
-    let a = measure(
-        || {
-            let mut m = theirs();
+    let name = "map 1 GiB of 4K pages in one call";
+    if want(name) {
+        let o = measure(ours, |t| t.map(IPA, PA, GIB, Perm::ReadWrite).unwrap());
+        let a = measure(theirs, |m| {
             m.map_range(
                 &region(IPA, GIB),
                 PhysicalAddress(PA as usize),
                 flags(),
                 Constraints::NO_BLOCK_MAPPINGS,
             )
-            .unwrap();
-            m
-        },
-        |m| {
-            m.map_range(
-                &region(IPA, GIB),
-                PhysicalAddress(0),
-                Stage2Attributes::empty(),
-                Constraints::NO_BLOCK_MAPPINGS,
-            )
             .unwrap()
-        },
-    );
-    line("unmap 1 GiB of 4K pages in one call", o, a);
+        });
+        line(name, o, a);
+    }
+    let name = "unmap 1 GiB of 4K pages in one call";
+    if want(name) {
+        let o = measure(
+            || {
+                let mut t = ours();
+                t.map(IPA, PA, GIB, Perm::ReadWrite).unwrap();
+                t
+            },
+            |t| {
+                t.unmap(IPA, GIB).unwrap();
+                t.release_retired();
+            },
+        );
+        let a = measure(
+            || {
+                let mut m = theirs();
+                m.map_range(
+                    &region(IPA, GIB),
+                    PhysicalAddress(PA as usize),
+                    flags(),
+                    Constraints::NO_BLOCK_MAPPINGS,
+                )
+                .unwrap();
+                m
+            },
+            |m| {
+                m.map_range(
+                    &region(IPA, GIB),
+                    PhysicalAddress(0),
+                    Stage2Attributes::empty(),
+                    Constraints::NO_BLOCK_MAPPINGS,
+                )
+                .unwrap()
+            },
+        );
+        line(name, o, a);
+    }
 
     for (order, pages) in [("in order", &in_order), ("random order", &random)] {
-        let o = measure(ours, |t| our_map(t, pages));
-        let a = measure(theirs, |m| their_map(m, pages));
-        line(&format!("{PAGES} 4K map calls, {order}"), o, a);
+        let name = format!("{PAGES} 4K map calls, {order}");
+        if want(&name) {
+            let o = measure(ours, |t| our_map(t, pages));
+            let a = measure(theirs, |m| their_map(m, pages));
+            line(&name, o, a);
+        }
+        let name = format!("{PAGES} 4K unmap calls, {order}");
+        if !want(&name) {
+            continue;
+        }
         let o = measure(
             || {
                 let mut t = ours();
@@ -338,6 +364,6 @@ fn main() {
             },
             |m| their_unmap(m, pages),
         );
-        line(&format!("{PAGES} 4K unmap calls, {order}"), o, a);
+        line(&name, o, a);
     }
 }

@@ -265,4 +265,3 @@ impl<H: Hal> Smmu<H> {
         self.submit(plan.commands())
     }
 }
-
