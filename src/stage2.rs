@@ -981,7 +981,7 @@ impl<H: Hal> Stage2Table<H> {
             Some(pa_end) if pa_end <= self.cfg.oa_limit() => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
-        if let Some((leaf, _)) = self.leaf_table(ipa, end)? {
+        if let Some(leaf) = self.leaf_table(ipa, end, &mut Path::default())? {
             // Inside one existing level-3 table: validation is that its
             // descriptors are invalid, and no table is needed.
             if let Some(addr) = self.find_mapped(leaf, 3, ipa, end)? {
@@ -1020,7 +1020,8 @@ impl<H: Hal> Stage2Table<H> {
     /// The caller must then invalidate the range in the SMMU (TLBI + SYNC).
     pub fn unmap(&mut self, ipa: u64, len: u64) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
-        if let Some((leaf, path)) = self.leaf_table(ipa, end)? {
+        let mut path = Path::default();
+        if let Some(leaf) = self.leaf_table(ipa, end, &mut path)? {
             // Inside one level-3 table: what the walk from the root does,
             // without walking the levels above again.
             self.check_mapped(leaf, 3, ipa, end, None)?;
@@ -1430,10 +1431,10 @@ impl<H: Hal> Stage2Table<H> {
     // root.
 
     /// When `[ipa, end)` lies inside one level-3 table reached through
-    /// table descriptors from the root: that table and the (table, index)
-    /// of each descriptor on the way, root first.
-    fn leaf_table(&self, ipa: u64, end: u64) -> Result<Option<(NodeId, Path)>> {
-        let mut path = Path::default();
+    /// table descriptors from the root: that table, with the (table, index)
+    /// of each descriptor on the way in `path`, root first.
+    #[inline]
+    fn leaf_table(&self, ipa: u64, end: u64, path: &mut Path) -> Result<Option<NodeId>> {
         let mut table = ROOT;
         for level in self.cfg.start_level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
@@ -1451,7 +1452,7 @@ impl<H: Hal> Stage2Table<H> {
             path.push(table, idx);
             table = self.child_of(node, idx, self.decode_oa(&d))?;
         }
-        Ok(Some((table, path)))
+        Ok(Some(table))
     }
 
     /// After an unmap inside level-3 table `leaf`: unlinks it if it became
