@@ -1,5 +1,5 @@
 # The two commands that matter: `make run` and `make test`.
-.PHONY: all setup run test bench size fmt clippy clean
+.PHONY: all setup run test bench bench-host size fmt clippy clean
 
 IMAGE := target/aarch64-unknown-none/release/smmuv3-image
 
@@ -21,6 +21,12 @@ test: setup
 # Benchmark mode (filled in with the driver demo).
 bench: setup
 	cargo run --release --features bench
+	@$(MAKE) --no-print-directory bench-host
+
+# Stage-2 tables against aarch64-paging's, on the host (optimised build).
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+bench-host:
+	cargo bench --no-default-features --bench vs_aarch64_paging --target $(HOST)
 
 # Image size (text, data, bss).
 size:

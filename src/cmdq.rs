@@ -334,9 +334,8 @@ impl<H: Hal> CommandQueue<H> {
         if mmio.active_gerrors() & cmdq_err == 0 {
             return None;
         }
-        let cons = LocalRegisterCopy::<u32, Q_CONS::Register>::new(
-            mmio.read32(&mmio.p0().cmdq_cons),
-        );
+        let cons =
+            LocalRegisterCopy::<u32, Q_CONS::Register>::new(mmio.read32(&mmio.p0().cmdq_cons));
         let position = cons.get() & self.ring().wrap_index_mask();
         let entry = self.queue.read(position);
         let error = match cons.read(Q_CONS::ERR) {
@@ -528,7 +527,11 @@ mod tests {
             assert!(run <= 63);
         }
         // Every command went out once, in order.
-        let args: Vec<u64> = seen.iter().filter(|c| c[0] & 0xFF == 0x1A).map(|c| c[1]).collect();
+        let args: Vec<u64> = seen
+            .iter()
+            .filter(|c| c[0] & 0xFF == 0x1A)
+            .map(|c| c[1])
+            .collect();
         assert_eq!(args, (0..130).collect::<Vec<_>>());
         assert_eq!(q.stats().syncs, 3);
         // Without the limit: one run, one SYNC.
@@ -539,7 +542,13 @@ mod tests {
         let mut q = queue(8);
         regs.set64(0x90, q.base_register());
         q.submit_with(&mmio, 130, cmd, true).unwrap();
-        assert_eq!(regs.commands().iter().filter(|c| c[0] & 0xFF == 0x46).count(), 1);
+        assert_eq!(
+            regs.commands()
+                .iter()
+                .filter(|c| c[0] & 0xFF == 0x46)
+                .count(),
+            1
+        );
     }
 
     /// Issue 12: when the SMMU completes promptly, a batch with its
@@ -555,13 +564,15 @@ mod tests {
         regs.set64(0x90, q.base_register());
         for batch in [1usize, 5, 200, 1] {
             let before = mmio.reads();
-            q.submit_with(&mmio, batch, |i| [0x1A, i as u64], true).unwrap();
+            q.submit_with(&mmio, batch, |i| [0x1A, i as u64], true)
+                .unwrap();
             assert_eq!(mmio.reads() - before, 1, "batch of {batch}");
         }
         // A batch that does not fit behind the last CONS seen reads it again
         // (once), and still completes.
         let before = mmio.reads();
-        q.submit_with(&mmio, 300, |i| [0x1A, i as u64], true).unwrap();
+        q.submit_with(&mmio, 300, |i| [0x1A, i as u64], true)
+            .unwrap();
         assert!(mmio.reads() - before <= 3);
         // An illegal command: CONS stops, the waiter looks at GERROR,
         // replaces the command and reports it.
@@ -572,7 +583,12 @@ mod tests {
                 1
             })
         }));
-        let r = q.submit_with(&mmio, 3, |i| if i == 1 { [0x07, 0] } else { [0x1A, 0] }, true);
+        let r = q.submit_with(
+            &mmio,
+            3,
+            |i| if i == 1 { [0x07, 0] } else { [0x1A, 0] },
+            true,
+        );
         assert!(matches!(
             r,
             Err(Error::CommandError {

@@ -396,7 +396,13 @@ mod tests {
     }
 
     fn retired(smmu: &Smmu<FakeHal>, id: DomainId) -> usize {
-        smmu.domains.lock().get(id).unwrap().owned().unwrap().retired_tables()
+        smmu.domains
+            .lock()
+            .get(id)
+            .unwrap()
+            .owned()
+            .unwrap()
+            .retired_tables()
     }
 
     /// Issue 8 item 4: tables retired by an unmap whose TLBI was lost are
@@ -409,8 +415,10 @@ mod tests {
         let vmid = smmu.domain_info(id).unwrap().vmid;
         // Single pages in two 1 GiB regions: each has its own level-2 and
         // level-3 table, which unmapping the page empties.
-        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
-        smmu.map(id, 0x8060_0000, 0x8060_0000, 0x2000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+            .unwrap();
+        smmu.map(id, 0x8060_0000, 0x8060_0000, 0x2000, Perm::ReadWrite)
+            .unwrap();
         // The SMMU rejects the first TLBI_S2_IPA it sees (it is replaced by
         // a CMD_SYNC, so it never runs).
         let mut armed = true;
@@ -424,7 +432,10 @@ mod tests {
             smmu.unmap(id, 0x4000_1000, 0x1000),
             Err(Error::CommandError { .. })
         ));
-        assert!(retired(&smmu, id) > 0, "tables freed without an invalidation");
+        assert!(
+            retired(&smmu, id) > 0,
+            "tables freed without an invalidation"
+        );
         let before = regs.commands().len();
         smmu.unmap(id, 0x8060_0000, 0x1000).unwrap();
         let after = regs.commands()[before..].to_vec();
@@ -438,7 +449,11 @@ mod tests {
         // Back to range invalidations once a VMALL completed.
         let before = regs.commands().len();
         smmu.unmap(id, 0x8060_1000, 0x1000).unwrap();
-        assert!(regs.commands()[before..].iter().all(|c| c[0] & 0xFF != TLBI_S12_VMALL));
+        assert!(
+            regs.commands()[before..]
+                .iter()
+                .all(|c| c[0] & 0xFF != TLBI_S12_VMALL)
+        );
         drop(smmu);
     }
 
@@ -494,7 +509,11 @@ mod tests {
             smmu.attach(id, 8).unwrap();
             let d2 = LocalRegisterCopy::<u64, STE_2::Register>::new(smmu.ste(8).unwrap().0[2]);
             assert_eq!(
-                (d2.read(STE_2::S2IR0), d2.read(STE_2::S2OR0), d2.read(STE_2::S2SH0)),
+                (
+                    d2.read(STE_2::S2IR0),
+                    d2.read(STE_2::S2OR0),
+                    d2.read(STE_2::S2SH0)
+                ),
                 expected,
                 "firmware coherency {coherent:?}"
             );
@@ -545,14 +564,27 @@ mod tests {
                 .unwrap();
             assert_eq!(smmu.translate(id, hole).unwrap(), None);
             for probe in [ipa, hole - 0x1000, hole + 0x1000, ipa + M2 - 0x1000] {
-                let t = smmu.translate(id, probe).unwrap().expect("neighbour still mapped");
-                assert_eq!((t.pa, t.size, t.perm), (pa + (probe - ipa), 0x1000, Perm::ReadWrite));
+                let t = smmu
+                    .translate(id, probe)
+                    .unwrap()
+                    .expect("neighbour still mapped");
+                assert_eq!(
+                    (t.pa, t.size, t.perm),
+                    (pa + (probe - ipa), 0x1000, Perm::ReadWrite)
+                );
             }
-            let syncs = regs.commands()[before..].iter().filter(|c| c[0] & 0xFF == 0x46).count();
+            let syncs = regs.commands()[before..]
+                .iter()
+                .filter(|c| c[0] & 0xFF == 0x46)
+                .count();
             if breaks {
                 // The whole block for the CPU and the SMMU between break and
                 // make, then the page.
-                assert_eq!(calls, [(ipa, M2), (hole, 0x1000)], "BBML {bbml} cpu {cpu_bbml2}");
+                assert_eq!(
+                    calls,
+                    [(ipa, M2), (hole, 0x1000)],
+                    "BBML {bbml} cpu {cpu_bbml2}"
+                );
                 assert_eq!(syncs, 2);
             } else {
                 assert_eq!(calls, [(hole, 0x1000)]);
@@ -568,7 +600,8 @@ mod tests {
     fn the_cpu_hook_runs_before_tables_are_freed() {
         let (regs, smmu) = enabled(None);
         let id = domain(&smmu);
-        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+            .unwrap();
         let before = regs.commands().len();
         let mut seen = None;
         smmu.unmap_with(id, 0x4000_1000, 0x1000, &mut |c| {
@@ -587,13 +620,22 @@ mod tests {
     fn tables_are_alive_while_the_hook_runs() {
         let (regs, smmu) = enabled(None);
         let id = domain(&smmu);
-        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+            .unwrap();
         let live_before = FakeHal::live_bytes();
         let mut live_in_hook = 0;
-        smmu.unmap_with(id, 0x4000_1000, 0x1000, &mut |_| live_in_hook = FakeHal::live_bytes())
-            .unwrap();
-        assert_eq!(live_in_hook, live_before, "a table was freed before the CPU hook");
-        assert!(FakeHal::live_bytes() < live_before, "emptied tables freed afterwards");
+        smmu.unmap_with(id, 0x4000_1000, 0x1000, &mut |_| {
+            live_in_hook = FakeHal::live_bytes()
+        })
+        .unwrap();
+        assert_eq!(
+            live_in_hook, live_before,
+            "a table was freed before the CPU hook"
+        );
+        assert!(
+            FakeHal::live_bytes() < live_before,
+            "emptied tables freed afterwards"
+        );
         drop(smmu);
         drop(regs);
     }
@@ -604,20 +646,28 @@ mod tests {
     fn map_options_reach_the_descriptors() {
         let (_regs, smmu) = enabled(None);
         let id = domain(&smmu);
-        smmu.map_with(id, 0x1000_0000, 0x1000_0000, M2, &MapOptions::device()).unwrap();
+        smmu.map_with(id, 0x1000_0000, 0x1000_0000, M2, &MapOptions::device())
+            .unwrap();
         let t = smmu.translate(id, 0x1000_0000).unwrap().unwrap();
         assert_eq!((t.memory, t.execute, t.size), (Memory::Device, false, M2));
         let pages = MapOptions {
             blocks: false,
             ..MapOptions::normal(Perm::Read)
         };
-        smmu.map_with(id, 0x4000_0000, 0x8000_0000, M2, &pages).unwrap();
+        smmu.map_with(id, 0x4000_0000, 0x8000_0000, M2, &pages)
+            .unwrap();
         let t = smmu.translate(id, 0x4000_0000).unwrap().unwrap();
-        assert_eq!((t.memory, t.execute, t.size), (Memory::Normal, true, 0x1000));
+        assert_eq!(
+            (t.memory, t.execute, t.size),
+            (Memory::Normal, true, 0x1000)
+        );
         // protect keeps the memory type and XN.
         smmu.protect(id, 0x1000_0000, 0x1000, Perm::Read).unwrap();
         let t = smmu.translate(id, 0x1000_0000).unwrap().unwrap();
-        assert_eq!((t.memory, t.execute, t.perm, t.size), (Memory::Device, false, Perm::Read, 0x1000));
+        assert_eq!(
+            (t.memory, t.execute, t.perm, t.size),
+            (Memory::Device, false, Perm::Read, 0x1000)
+        );
         let t = smmu.translate(id, 0x1000_1000).unwrap().unwrap();
         assert_eq!((t.perm, t.memory), (Perm::ReadWrite, Memory::Device));
         drop(smmu);
@@ -647,8 +697,15 @@ mod tests {
         });
         assert!(other.is_err());
         assert_eq!(
-            smmu.create_external_domain(ExternalStage2 { root: root.paddr() + 0x1000, vmid: Some(8), ..ext }),
-            Err(Error::Misaligned { addr: root.paddr() + 0x1000, align: cfg.root_align() as u64 })
+            smmu.create_external_domain(ExternalStage2 {
+                root: root.paddr() + 0x1000,
+                vmid: Some(8),
+                ..ext
+            }),
+            Err(Error::Misaligned {
+                addr: root.paddr() + 0x1000,
+                align: cfg.root_align() as u64
+            })
         );
         smmu.attach(id, 0x20).unwrap();
         let ste = smmu.ste(0x20).unwrap();
@@ -661,14 +718,26 @@ mod tests {
             smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::Read),
             Err(Error::ExternalTables(id))
         );
-        assert_eq!(smmu.unmap(id, 0x4000_0000, 0x1000), Err(Error::ExternalTables(id)));
+        assert_eq!(
+            smmu.unmap(id, 0x4000_0000, 0x1000),
+            Err(Error::ExternalTables(id))
+        );
         let before = regs.commands().len();
         smmu.invalidate(id, 0x4000_0000, 0x1000).unwrap();
         let cmds = regs.commands()[before..].to_vec();
         assert_eq!(cmds.len(), 2);
-        assert_eq!((cmds[0][0] & 0xFF, (cmds[0][0] >> 32) as u16), (TLBI_S2_IPA, 7));
+        assert_eq!(
+            (cmds[0][0] & 0xFF, (cmds[0][0] >> 32) as u16),
+            (TLBI_S2_IPA, 7)
+        );
         assert_eq!(cmds[0][1] & !0xFFF, 0x4000_0000);
-        assert_eq!(smmu.invalidate(id, 0x4000_0800, 0x1000), Err(Error::Misaligned { addr: 0x4000_0800, align: 0x1000 }));
+        assert_eq!(
+            smmu.invalidate(id, 0x4000_0800, 0x1000),
+            Err(Error::Misaligned {
+                addr: 0x4000_0800,
+                align: 0x1000
+            })
+        );
         smmu.detach(0x20).unwrap();
         smmu.destroy_domain(id).unwrap();
         drop(smmu);

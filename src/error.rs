@@ -210,7 +210,10 @@ impl fmt::Display for Error {
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),
             Error::NotEnabled => write!(f, "SMMU is not enabled"),
             Error::ExternalTables(d) => {
-                write!(f, "domain {d} has hypervisor-owned tables: the driver does not edit them")
+                write!(
+                    f,
+                    "domain {d} has hypervisor-owned tables: the driver does not edit them"
+                )
             }
             Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
             Error::SidInGroup { sid, group } => write!(

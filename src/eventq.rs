@@ -180,7 +180,15 @@ mod tests {
             .expect("records read");
         let cons_write = t
             .iter()
-            .position(|e| matches!(e, Trace::Write { offset: EVENTQ_CONS, .. }))
+            .position(|e| {
+                matches!(
+                    e,
+                    Trace::Write {
+                        offset: EVENTQ_CONS,
+                        ..
+                    }
+                )
+            })
             .expect("CONS written");
         assert!(last_read < cons_write);
         assert!(
@@ -202,10 +210,18 @@ mod tests {
         start_trace();
         q.reset();
         let t = take_trace();
-        let clean = t.iter().position(|e| *e == Trace::Clean { addr: start, len: bytes });
-        let inval = t
-            .iter()
-            .position(|e| *e == Trace::Invalidate { addr: start, len: bytes });
+        let clean = t.iter().position(|e| {
+            *e == Trace::Clean {
+                addr: start,
+                len: bytes,
+            }
+        });
+        let inval = t.iter().position(|e| {
+            *e == Trace::Invalidate {
+                addr: start,
+                len: bytes,
+            }
+        });
         assert!(
             matches!((clean, inval), (Some(c), Some(i)) if c < i),
             "expected clean then invalidate of the whole queue: {t:?}"

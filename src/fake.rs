@@ -4,8 +4,8 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::cell::{Cell, RefCell};
-use std::mem::ManuallyDrop;
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
 
 use crate::hal::{DmaRegion, Hal};

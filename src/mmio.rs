@@ -153,7 +153,8 @@ impl Mmio {
 
     /// Takes the hint left by [`Mmio::hint_cmdq_error`].
     pub fn take_cmdq_error_hint(&self) -> bool {
-        self.cmdq_error_hint.load(Ordering::Relaxed) && self.cmdq_error_hint.swap(false, Ordering::SeqCst)
+        self.cmdq_error_hint.load(Ordering::Relaxed)
+            && self.cmdq_error_hint.swap(false, Ordering::SeqCst)
     }
 
     /// Global errors currently active: GERROR bits that differ from GERRORN.

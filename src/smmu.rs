@@ -508,8 +508,8 @@ impl<H: Hal> Smmu<H> {
             let addr = IRQ_CFG0::ADDR.val(t.doorbell >> IRQ_CFG0::ADDR.shift);
             self.mmio.write64_halves(cfg0, addr.value);
             self.mmio.write32(cfg1, t.data);
-            let attr = IRQ_CFG2::MEMATTR.val(u32::from(t.memattr))
-                + IRQ_CFG2::SH.val(u32::from(t.sh));
+            let attr =
+                IRQ_CFG2::MEMATTR.val(u32::from(t.memattr)) + IRQ_CFG2::SH.val(u32::from(t.sh));
             self.mmio.write32(cfg2, attr.value);
         };
         program(
@@ -525,7 +525,12 @@ impl<H: Hal> Smmu<H> {
             msi.eventq,
         );
         if self.features.pri {
-            program(&p0.priq_irq_cfg0, &p0.priq_irq_cfg1, &p0.priq_irq_cfg2, None);
+            program(
+                &p0.priq_irq_cfg0,
+                &p0.priq_irq_cfg1,
+                &p0.priq_irq_cfg2,
+                None,
+            );
         }
     }
 
@@ -1113,7 +1118,9 @@ mod tests {
     fn responsive(idr0_extra: u32) -> FakeRegs {
         let regs = qemu_like();
         regs.set32(0x00, 0x0D44_101B | idr0_extra);
-        for off in [0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC] {
+        for off in [
+            0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC,
+        ] {
             regs.set32(off, 0xDEAD_BEEC);
         }
         regs.respond();
@@ -1123,7 +1130,10 @@ mod tests {
     fn cr0_writes(t: &[Trace]) -> Vec<u64> {
         t.iter()
             .filter_map(|e| match *e {
-                Trace::Write { offset: 0x20, value } => Some(value),
+                Trace::Write {
+                    offset: 0x20,
+                    value,
+                } => Some(value),
                 _ => None,
             })
             .collect()
@@ -1164,25 +1174,41 @@ mod tests {
         start_trace();
         smmu.enable().unwrap();
         let t = take_trace();
-        for off in [0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC] {
-            assert_eq!(regs.get32(off), 0, "IRQ_CFG register at {off:#x} left as found");
+        for off in [
+            0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC,
+        ] {
+            assert_eq!(
+                regs.get32(off),
+                0,
+                "IRQ_CFG register at {off:#x} left as found"
+            );
         }
         let irq_ctrl: Vec<(usize, u64)> = t
             .iter()
             .enumerate()
             .filter_map(|(i, e)| match *e {
-                Trace::Write { offset: 0x50, value } => Some((i, value)),
+                Trace::Write {
+                    offset: 0x50,
+                    value,
+                } => Some((i, value)),
                 _ => None,
             })
             .collect();
         let disabled = irq_ctrl.iter().find(|w| w.1 == 0).expect("IRQ_CTRL = 0").0;
-        let enabled = irq_ctrl.iter().find(|w| w.1 != 0).expect("IRQ_CTRL enabled").0;
+        let enabled = irq_ctrl
+            .iter()
+            .find(|w| w.1 != 0)
+            .expect("IRQ_CTRL enabled")
+            .0;
         for off in [0x68usize, 0x70, 0x74, 0xB0, 0xB8, 0xBC, 0xD0] {
             let w = t
                 .iter()
                 .position(|e| matches!(*e, Trace::Write { offset, .. } if offset == off))
                 .unwrap_or_else(|| panic!("{off:#x} never written"));
-            assert!(disabled < w && w < enabled, "{off:#x} written at {w}, IRQ_CTRL 0 at {disabled}, on at {enabled}");
+            assert!(
+                disabled < w && w < enabled,
+                "{off:#x} written at {w}, IRQ_CTRL 0 at {disabled}, on at {enabled}"
+            );
         }
     }
 
@@ -1219,12 +1245,30 @@ mod tests {
         assert_eq!(regs.get32(0xB8), 0x1234);
         assert_eq!(regs.get32(0xBC), 0xF | 3 << 4);
         for (t, e) in [
-            (MsiTarget::device(0x1002, 0), Error::Misaligned { addr: 0x1002, align: 4 }),
-            (MsiTarget::device(1 << 44, 0), Error::Unsupported(Unsupported::AddressSize)),
-            (MsiTarget { sh: 1, ..MsiTarget::device(0x1000, 0) }, Error::InvalidArgument("MSI shareability reserved")),
+            (
+                MsiTarget::device(0x1002, 0),
+                Error::Misaligned {
+                    addr: 0x1002,
+                    align: 4,
+                },
+            ),
+            (
+                MsiTarget::device(1 << 44, 0),
+                Error::Unsupported(Unsupported::AddressSize),
+            ),
+            (
+                MsiTarget {
+                    sh: 1,
+                    ..MsiTarget::device(0x1000, 0)
+                },
+                Error::InvalidArgument("MSI shareability reserved"),
+            ),
         ] {
             let config = Config {
-                msi: Some(MsiConfig { gerror: None, eventq: Some(t) }),
+                msi: Some(MsiConfig {
+                    gerror: None,
+                    eventq: Some(t),
+                }),
                 ..config
             };
             // SAFETY: as in `driver`.

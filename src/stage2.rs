@@ -40,7 +40,7 @@
 //! (VTCR_EL2.DS) and its level -1 start (SL2), FEAT_TTST start levels, and
 //! the contiguous hint.
 
-use alloc::collections::BTreeMap;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -150,6 +150,9 @@ register_bitfields! [u64,
 
 /// Output address sizes in bits, indexed by the PS / PARange encoding.
 const PS_BITS: [u32; 7] = [32, 36, 40, 42, 44, 48, 52];
+
+/// The PS encoding of a 52-bit output size.
+const PS_52: u8 = 6;
 
 /// Smallest IPA size (largest T0SZ, 39) without FEAT_TTST.
 const MIN_IPA_BITS: u32 = 25;
@@ -703,7 +706,7 @@ pub struct Translation {
 /// it maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartialBlock {
-    table: PhysAddr,
+    table: NodeId,
     idx: usize,
     /// Level of the block descriptor.
     pub level: u32,
@@ -724,9 +727,11 @@ pub struct SplitTable<H: Hal> {
 
 /// A decoded descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Entry {
+enum Entry<T = NodeId> {
     Invalid,
-    Table(PhysAddr),
+    /// A table descriptor: the address it holds (`decode`), or the node of
+    /// the table at that address (`entry`).
+    Table(T),
     Leaf {
         pa: PhysAddr,
         perm: Option<Perm>,
@@ -734,10 +739,84 @@ enum Entry {
     },
 }
 
-/// One translation table and its count of valid descriptors.
+/// Index of a table in [`Stage2Table`]'s node slab; the start table is
+/// [`ROOT`].
+type NodeId = usize;
+
+/// The start table's node.
+const ROOT: NodeId = 0;
+
+/// A `Node::children` slot whose descriptor is not a table descriptor.
+const NO_CHILD: u32 = u32::MAX;
+
+/// One translation table, its count of valid descriptors, and (above the
+/// last level) the node of each table descriptor, so that a walk finds the
+/// next table in O(1) instead of by a search on its physical address.
 struct Node<H: Hal> {
     dma: Dma<H>,
     live: usize,
+    /// One slot per descriptor for tables above level 3 (`NO_CHILD` unless
+    /// the descriptor is a table descriptor); empty at level 3.
+    children: Vec<u32>,
+}
+
+impl<H: Hal> Node<H> {
+    fn new(dma: Dma<H>, live: usize, level: u32) -> Self {
+        let children = if level < 3 {
+            vec![NO_CHILD; dma.len_u64()]
+        } else {
+            Vec::new()
+        };
+        Node {
+            dma,
+            live,
+            children,
+        }
+    }
+}
+
+/// The table descriptors from the start table down to a level-3 table:
+/// (table, index) per level above 3.
+#[derive(Default)]
+struct Path {
+    steps: [(NodeId, usize); 3],
+    len: usize,
+}
+
+impl Path {
+    fn push(&mut self, table: NodeId, idx: usize) {
+        self.steps[self.len] = (table, idx);
+        self.len += 1;
+    }
+
+    fn steps(&self) -> &[(NodeId, usize)] {
+        &self.steps[..self.len]
+    }
+}
+
+/// The descriptors of one table that a walk visits: `(cur, next, idx)` for
+/// each, in address order.
+#[derive(Clone, Copy)]
+struct Chunks {
+    shift: u32,
+    mask: u64,
+    cur: u64,
+    end: u64,
+}
+
+impl Iterator for Chunks {
+    type Item = (u64, u64, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.cur >= self.end {
+            return None;
+        }
+        let size = 1u64 << self.shift;
+        let cur = self.cur;
+        let next = ((cur & !(size - 1)) + size).min(self.end);
+        self.cur = next;
+        Some((cur, next, ((cur >> self.shift) & self.mask) as usize))
+    }
 }
 
 /// A stage-2 translation table tree in SMMU-visible memory.
@@ -749,9 +828,15 @@ struct Node<H: Hal> {
 pub struct Stage2Table<H: Hal> {
     cfg: Stage2Config,
     coherent: bool,
-    root: Node<H>,
-    /// Next-level tables linked into the tree, by physical address.
-    tables: BTreeMap<PhysAddr, Node<H>>,
+    /// Every table linked into the tree, the start table at [`ROOT`]; a
+    /// `None` slot is free (its id is in `free`).
+    nodes: Vec<Option<Node<H>>>,
+    free: Vec<u32>,
+    /// Number of linked tables besides the start table.
+    linked: usize,
+    /// Per level: the shift of the address bits a table at that level
+    /// resolves and the mask of its index (derived from `cfg`).
+    levels: [(u32, u64); 4],
     /// Tables unlinked by `unmap` that the SMMU may still hold in its walk
     /// caches until the caller's invalidation completes.
     retired: Vec<Dma<H>>,
@@ -763,7 +848,7 @@ impl<H: Hal> fmt::Debug for Stage2Table<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Stage2Table")
             .field("cfg", &self.cfg)
-            .field("root", &format_args!("{:#x}", self.root.dma.paddr()))
+            .field("root", &format_args!("{:#x}", self.root_paddr()))
             .field("tables", &self.tables())
             .field("retired", &self.retired.len())
             .finish()
@@ -780,21 +865,41 @@ impl<H: Hal> Stage2Table<H> {
     pub fn new(cfg: Stage2Config, coherent: bool) -> Result<Self> {
         let dma = alloc_table::<H>(&cfg, cfg.root_table_bytes(), cfg.root_align(), coherent)?;
         dma.publish(0, dma.len_u64());
+        let level = cfg.start_level;
+        let levels = core::array::from_fn(|l| {
+            let l = l as u32;
+            let bits = if l == level {
+                cfg.root_entries().trailing_zeros()
+            } else {
+                cfg.granule.stride()
+            };
+            (level_shift(cfg.granule, l), (1u64 << bits) - 1)
+        });
         Ok(Self {
             cfg,
             coherent,
-            root: Node { dma, live: 0 },
-            tables: BTreeMap::new(),
+            nodes: vec![Some(Node::new(dma, 0, level))],
+            free: Vec::new(),
+            linked: 0,
+            levels,
             retired: Vec::new(),
             changed_levels: 0,
         })
+    }
+
+    /// The linked tables other than the start table, in address order.
+    fn sorted_tables(&self) -> Vec<&Dma<H>> {
+        let mut v: Vec<&Dma<H>> = self.nodes[1..].iter().flatten().map(|n| &n.dma).collect();
+        v.sort_unstable_by_key(|d| d.paddr());
+        v
     }
 
     /// Every word of table memory (start table, then the other tables in
     /// address order): tests use it to prove a rejected call changed nothing.
     pub fn snapshot(&self) -> Vec<u64> {
         let mut out = Vec::new();
-        for dma in core::iter::once(&self.root.dma).chain(self.tables.values().map(|n| &n.dma)) {
+        let root = self.nodes[ROOT].as_ref().map(|n| &n.dma);
+        for dma in root.into_iter().chain(self.sorted_tables()) {
             out.extend((0..dma.len_u64()).map(|i| dma.read_u64(i)));
         }
         out
@@ -803,7 +908,7 @@ impl<H: Hal> Stage2Table<H> {
     /// Physical address of the start table (for VTTBR_EL2.BADDR or the
     /// STE's S2TTB).
     pub fn root_paddr(&self) -> PhysAddr {
-        self.root.dma.paddr()
+        self.nodes[ROOT].as_ref().map_or(0, |n| n.dma.paddr())
     }
 
     /// The configuration the tables follow.
@@ -814,13 +919,17 @@ impl<H: Hal> Stage2Table<H> {
     /// Bytes of table memory linked into the tree (start table included,
     /// retired tables not).
     pub fn table_bytes(&self) -> usize {
-        self.root.dma.size() + self.tables.values().map(|n| n.dma.size()).sum::<usize>()
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.dma.size())
+            .sum::<usize>()
     }
 
     /// Number of tables linked into the tree, start table included (a
     /// concatenated start table counts once).
     pub fn tables(&self) -> usize {
-        1 + self.tables.len()
+        1 + self.linked
     }
 
     /// Number of tables unlinked by [`Stage2Table::unmap`] and not yet
@@ -875,7 +984,15 @@ impl<H: Hal> Stage2Table<H> {
             Some(pa_end) if pa_end <= self.cfg.oa_limit() => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
-        let root = self.root_paddr();
+        if let Some(leaf) = self.leaf_table(ipa, end, &mut Path::default())? {
+            // Inside one existing level-3 table: validation is that its
+            // descriptors are invalid, and no table is needed.
+            if let Some(addr) = self.find_mapped(leaf, 3, ipa, end)? {
+                return Err(Error::Overlap { addr });
+            }
+            return self.map_pages(leaf, ipa, pa, end, opts, false);
+        }
+        let root = ROOT;
         let level = self.cfg.start_level;
         if let Some(addr) = self.find_mapped(root, level, ipa, end)? {
             return Err(Error::Overlap { addr });
@@ -906,7 +1023,16 @@ impl<H: Hal> Stage2Table<H> {
     /// The caller must then invalidate the range in the SMMU (TLBI + SYNC).
     pub fn unmap(&mut self, ipa: u64, len: u64) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
-        let root = self.root_paddr();
+        self.changed_levels = 0;
+        let mut path = Path::default();
+        if let Some(leaf) = self.leaf_table(ipa, end, &mut path)? {
+            // Inside one level-3 table: what the walk from the root does,
+            // without walking the levels above again.
+            self.check_mapped(leaf, 3, ipa, end, None)?;
+            self.unmap_range(leaf, 3, ipa, end)?;
+            return self.unlink_empty(leaf, &path);
+        }
+        let root = ROOT;
         let level = self.cfg.start_level;
         self.check_mapped(root, level, ipa, end, Some("unmap splits a block mapping"))?;
         self.changed_levels = 0;
@@ -930,9 +1056,15 @@ impl<H: Hal> Stage2Table<H> {
     /// until then the SMMU may keep using the old permission.
     pub fn protect(&mut self, ipa: u64, len: u64, perm: Perm) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
-        let root = self.root_paddr();
+        let root = ROOT;
         let level = self.cfg.start_level;
-        self.check_mapped(root, level, ipa, end, Some("protect splits a block mapping"))?;
+        self.check_mapped(
+            root,
+            level,
+            ipa,
+            end,
+            Some("protect splits a block mapping"),
+        )?;
         self.changed_levels = 0;
         self.protect_range(root, level, ipa, end, perm)
     }
@@ -943,7 +1075,7 @@ impl<H: Hal> Stage2Table<H> {
     /// [`Stage2Table::unmap`], except the block refusal.
     pub fn check_range_mapped(&self, ipa: u64, len: u64) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
-        self.check_mapped(self.root_paddr(), self.cfg.start_level, ipa, end, None)
+        self.check_mapped(ROOT, self.cfg.start_level, ipa, end, None)
     }
 
     /// The first block mapping that `[ipa, ipa + len)` covers only partly
@@ -963,7 +1095,7 @@ impl<H: Hal> Stage2Table<H> {
 
     /// The block leaf (level below 3) mapping `addr`, if any.
     fn block_at(&self, addr: u64) -> Result<Option<PartialBlock>> {
-        let mut table = self.root_paddr();
+        let mut table = ROOT;
         for level in self.cfg.start_level..=3 {
             let idx = self.index(level, addr);
             match self.entry(table, level, idx)? {
@@ -1037,15 +1169,10 @@ impl<H: Hal> Stage2Table<H> {
     /// SMMU (IDR3.BBML = 2) and every CPU walking the tables allow a block
     /// to be replaced by a table without break.
     pub fn install_split(&mut self, b: &PartialBlock, split: SplitTable<H>) -> Result<()> {
-        let child = split.dma.paddr();
-        self.tables.insert(
-            child,
-            Node {
-                dma: split.dma,
-                live: split.entries,
-            },
-        );
-        self.write(b.table, b.idx, self.table_desc(child))?;
+        let paddr = split.dma.paddr();
+        let child = self.insert_node(Node::new(split.dma, split.entries, b.level + 1));
+        self.set_child(b.table, b.idx, child)?;
+        self.write(b.table, b.idx, self.table_desc(paddr))?;
         self.publish(b.table, Some((b.idx, b.idx)))
     }
 
@@ -1055,7 +1182,7 @@ impl<H: Hal> Stage2Table<H> {
         if ipa >= self.cfg.ipa_limit() {
             return None;
         }
-        let mut table = self.root_paddr();
+        let mut table = ROOT;
         for level in self.cfg.start_level..=3 {
             match self.entry(table, level, self.index(level, ipa)).ok()? {
                 Entry::Invalid => return None,
@@ -1106,45 +1233,101 @@ impl<H: Hal> Stage2Table<H> {
 
     // ---- table access ----
 
-    fn node(&self, paddr: PhysAddr) -> Result<&Node<H>> {
-        if paddr == self.root.dma.paddr() {
-            return Ok(&self.root);
-        }
-        self.tables.get(&paddr).ok_or(Error::InvalidArgument(
-            "stage-2 descriptor points outside this table tree",
-        ))
+    fn node(&self, id: NodeId) -> Result<&Node<H>> {
+        self.nodes
+            .get(id)
+            .and_then(Option::as_ref)
+            .ok_or(Error::InvalidArgument(
+                "stage-2 descriptor points outside this table tree",
+            ))
     }
 
-    fn node_mut(&mut self, paddr: PhysAddr) -> Result<&mut Node<H>> {
-        if paddr == self.root.dma.paddr() {
-            return Ok(&mut self.root);
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut Node<H>> {
+        self.nodes
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .ok_or(Error::InvalidArgument(
+                "stage-2 descriptor points outside this table tree",
+            ))
+    }
+
+    /// Links `node` into the slab (not yet into the tree: the caller writes
+    /// the descriptor and records it with `set_child`).
+    fn insert_node(&mut self, node: Node<H>) -> NodeId {
+        self.linked += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = Some(node);
+                id as usize
+            }
+            None => {
+                self.nodes.push(Some(node));
+                self.nodes.len() - 1
+            }
         }
-        self.tables.get_mut(&paddr).ok_or(Error::InvalidArgument(
-            "stage-2 descriptor points outside this table tree",
-        ))
+    }
+
+    /// Takes table `id` out of the slab (its descriptor already cleared).
+    fn remove_node(&mut self, id: NodeId) -> Option<Node<H>> {
+        let node = self.nodes.get_mut(id)?.take()?;
+        self.linked -= 1;
+        self.free.push(id as u32);
+        Some(node)
+    }
+
+    /// Records that descriptor `idx` of `table` points at table `child`
+    /// (`NO_CHILD`: at no table).
+    fn set_child(&mut self, table: NodeId, idx: usize, child: NodeId) -> Result<()> {
+        let slot = self
+            .node_mut(table)?
+            .children
+            .get_mut(idx)
+            .ok_or(Error::InvalidArgument("table descriptor at level 3"))?;
+        *slot = if child == NO_CHILD as usize {
+            NO_CHILD
+        } else {
+            child as u32
+        };
+        Ok(())
+    }
+
+    /// The node of the table that descriptor `idx` of `table` points at,
+    /// checked against the address in the descriptor.
+    fn child(&self, table: NodeId, idx: usize, paddr: PhysAddr) -> Result<NodeId> {
+        self.child_of(self.node(table)?, idx, paddr)
+    }
+
+    /// `child`, for the node of `table`.
+    fn child_of(&self, node: &Node<H>, idx: usize, paddr: PhysAddr) -> Result<NodeId> {
+        let bad = Error::InvalidArgument("stage-2 descriptor points outside this table tree");
+        let c = *node.children.get(idx).ok_or(bad)?;
+        match self.nodes.get(c as usize).and_then(Option::as_ref) {
+            Some(n) if c != NO_CHILD && n.dma.paddr() == paddr => Ok(c as usize),
+            _ => Err(bad),
+        }
     }
 
     /// Index of `ipa`'s descriptor in its table at `level`.
     fn index(&self, level: u32, ipa: u64) -> usize {
-        let bits = if level == self.cfg.start_level {
-            self.cfg.root_entries().trailing_zeros()
-        } else {
-            self.cfg.granule.stride()
-        };
-        ((ipa >> level_shift(self.cfg.granule, level)) & ((1 << bits) - 1)) as usize
+        let (shift, mask) = self.levels[level as usize & 3];
+        ((ipa >> shift) & mask) as usize
     }
 
-    fn entry(&self, table: PhysAddr, level: u32, idx: usize) -> Result<Entry> {
+    fn entry(&self, table: NodeId, level: u32, idx: usize) -> Result<Entry> {
         let raw = self.node(table)?.dma.read_u64(idx);
-        Ok(self.decode(level, raw))
+        Ok(match self.decode(level, raw) {
+            Entry::Invalid => Entry::Invalid,
+            Entry::Table(paddr) => Entry::Table(self.child(table, idx, paddr)?),
+            Entry::Leaf { pa, perm, raw } => Entry::Leaf { pa, perm, raw },
+        })
     }
 
-    fn write(&self, table: PhysAddr, idx: usize, value: u64) -> Result<()> {
+    fn write(&self, table: NodeId, idx: usize, value: u64) -> Result<()> {
         self.node(table)?.dma.write_u64(idx, value);
         Ok(())
     }
 
-    fn publish(&self, table: PhysAddr, span: Option<(usize, usize)>) -> Result<()> {
+    fn publish(&self, table: NodeId, span: Option<(usize, usize)>) -> Result<()> {
         if let Some((first, last)) = span {
             self.node(table)?.dma.publish(first, last - first + 1);
         }
@@ -1160,7 +1343,7 @@ impl<H: Hal> Stage2Table<H> {
     ) -> tock_registers::fields::FieldValue<u64, S2_DESC::Register> {
         let low = addr & ((1 << 48) - 1) & !(self.cfg.granule.size() - 1);
         let mut f = S2_DESC::ADDR.val(low >> 12);
-        if self.cfg.oas_bits() == 52 {
+        if self.cfg.ps == PS_52 {
             f += S2_DESC::OA_HI.val(addr >> 48);
         }
         f
@@ -1168,7 +1351,7 @@ impl<H: Hal> Stage2Table<H> {
 
     fn decode_oa(&self, d: &LocalRegisterCopy<u64, S2_DESC::Register>) -> PhysAddr {
         let mut addr = (d.read(S2_DESC::ADDR) << 12) & !(self.cfg.granule.size() - 1);
-        if self.cfg.oas_bits() == 52 {
+        if self.cfg.ps == PS_52 {
             addr |= d.read(S2_DESC::OA_HI) << 48;
         }
         addr
@@ -1182,7 +1365,10 @@ impl<H: Hal> Stage2Table<H> {
             S2_DESC::TYPE::Block
         };
         let (memattr, sh) = match opts.memory {
-            Memory::Normal => (S2_DESC::MEMATTR::NormalWriteBack, S2_DESC::SH::InnerShareable),
+            Memory::Normal => (
+                S2_DESC::MEMATTR::NormalWriteBack,
+                S2_DESC::SH::InnerShareable,
+            ),
             // Shareability is ignored for Device memory; outer shareable is
             // what the architecture treats it as.
             Memory::Device => (S2_DESC::MEMATTR::DeviceNgnre, S2_DESC::SH::OuterShareable),
@@ -1223,7 +1409,7 @@ impl<H: Hal> Stage2Table<H> {
         d.get()
     }
 
-    fn decode(&self, level: u32, raw: u64) -> Entry {
+    fn decode(&self, level: u32, raw: u64) -> Entry<PhysAddr> {
         let d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(raw);
         if !d.is_set(S2_DESC::VALID) {
             return Entry::Invalid;
@@ -1252,36 +1438,95 @@ impl<H: Hal> Stage2Table<H> {
 
     // ---- walks ----
     //
+    // A request inside one existing level-3 table (a single page, say)
+    // goes there directly (`leaf_table`) instead of walking the levels
+    // above once per pass; the result is the same as the passes from the
+    // root.
+
+    /// When `[ipa, end)` lies inside one level-3 table reached through
+    /// table descriptors from the root: that table, with the (table, index)
+    /// of each descriptor on the way in `path`, root first.
+    #[inline]
+    fn leaf_table(&self, ipa: u64, end: u64, path: &mut Path) -> Result<Option<NodeId>> {
+        let mut table = ROOT;
+        for level in self.cfg.start_level..3 {
+            let (shift, mask) = self.levels[level as usize & 3];
+            if ipa >> shift != (end - 1) >> shift {
+                return Ok(None);
+            }
+            let idx = ((ipa >> shift) & mask) as usize;
+            let node = self.node(table)?;
+            let raw = node.dma.read_u64(idx);
+            // Above level 3, valid with bit 1 set is a table descriptor.
+            if raw & 0b11 != 0b11 {
+                return Ok(None);
+            }
+            let d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(raw);
+            path.push(table, idx);
+            table = self.child_of(node, idx, self.decode_oa(&d))?;
+        }
+        Ok(Some(table))
+    }
+
+    /// After an unmap inside level-3 table `leaf`: unlinks it if it became
+    /// empty, then each table above on `path` that became empty, as
+    /// `unmap_range` does on its way back up (each unlink published before
+    /// the next level's).
+    fn unlink_empty(&mut self, leaf: NodeId, path: &Path) -> Result<()> {
+        let mut child = leaf;
+        for &(table, idx) in path.steps().iter().rev() {
+            if self.node(child)?.live != 0 {
+                break;
+            }
+            self.write(table, idx, 0)?;
+            self.set_child(table, idx, NO_CHILD as usize)?;
+            if let Some(node) = self.remove_node(child) {
+                self.retired.push(node.dma);
+            }
+            self.publish(table, Some((idx, idx)))?;
+            let node = self.node_mut(table)?;
+            node.live = node.live.saturating_sub(1);
+            child = table;
+        }
+        Ok(())
+    }
+
+    //
     // Each walk visits the descriptors of one table covering `[start, end)`
     // in address order; `chunks` yields `(cur, next, idx)` per descriptor.
+    // Level-3 tables (pages only) have loops of their own: 1 GiB of 4K
+    // pages is 262,144 level-3 descriptors and only 513 others.
 
-    fn chunks(
-        &self,
-        level: u32,
-        start: u64,
-        end: u64,
-    ) -> impl Iterator<Item = (u64, u64, usize)> + '_ {
-        let size = 1u64 << level_shift(self.cfg.granule, level);
-        let mut cur = start;
-        core::iter::from_fn(move || {
-            if cur >= end {
-                return None;
-            }
-            let next = ((cur & !(size - 1)) + size).min(end);
-            let item = (cur, next, self.index(level, cur));
-            cur = next;
-            Some(item)
-        })
+    fn chunks(&self, level: u32, start: u64, end: u64) -> Chunks {
+        let (shift, mask) = self.levels[level as usize & 3];
+        Chunks {
+            shift,
+            mask,
+            cur: start,
+            end,
+        }
+    }
+
+    /// The descriptors `[first, first + n)` of the level-3 table that
+    /// `[start, end)` (inside one such table) covers.
+    fn pages(&self, start: u64, end: u64) -> (usize, usize) {
+        let n = (end - start) >> self.cfg.granule.shift();
+        (self.index(3, start), n as usize)
     }
 
     /// The first mapped address in `[start, end)`, if any.
-    fn find_mapped(
-        &self,
-        table: PhysAddr,
-        level: u32,
-        start: u64,
-        end: u64,
-    ) -> Result<Option<u64>> {
+    fn find_mapped(&self, table: NodeId, level: u32, start: u64, end: u64) -> Result<Option<u64>> {
+        let node = self.node(table)?;
+        if node.live == 0 {
+            return Ok(None);
+        }
+        if level == 3 {
+            let (first, n) = self.pages(start, end);
+            let g = self.cfg.granule.size();
+            return Ok((0..n)
+                .find(|&i| is_page(node.dma.read_u64(first + i)))
+                .map(|i| start + i as u64 * g));
+        }
         for (cur, next, idx) in self.chunks(level, start, end) {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => {}
@@ -1300,13 +1545,17 @@ impl<H: Hal> Stage2Table<H> {
     /// table that does not exist yet (all invalid).
     fn count_new_tables(
         &self,
-        table: Option<PhysAddr>,
+        table: Option<NodeId>,
         level: u32,
         ipa: u64,
         pa: u64,
         end: u64,
         blocks: bool,
     ) -> Result<usize> {
+        if level == 3 {
+            // Pages always fit: nothing below level 3.
+            return Ok(0);
+        }
         let mut n = 0;
         for (cur, next, idx) in self.chunks(level, ipa, end) {
             let cur_pa = pa + (cur - ipa);
@@ -1320,9 +1569,7 @@ impl<H: Hal> Stage2Table<H> {
                     n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks)?
                 }
                 // Invalid (or a leaf, which validation excluded): a new table.
-                _ => {
-                    n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?
-                }
+                _ => n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?,
             }
         }
         Ok(n)
@@ -1334,7 +1581,7 @@ impl<H: Hal> Stage2Table<H> {
     #[allow(clippy::too_many_arguments)]
     fn map_range(
         &mut self,
-        table: PhysAddr,
+        table: NodeId,
         level: u32,
         ipa: u64,
         pa: u64,
@@ -1343,10 +1590,12 @@ impl<H: Hal> Stage2Table<H> {
         pool: &mut Vec<Dma<H>>,
         fresh: bool,
     ) -> Result<()> {
+        if level == 3 {
+            return self.map_pages(table, ipa, pa, end, opts, fresh);
+        }
         let mut span: Option<(usize, usize)> = None;
         let mut added = 0;
-        let chunks: Vec<_> = self.chunks(level, ipa, end).collect();
-        for (cur, next, idx) in chunks {
+        for (cur, next, idx) in self.chunks(level, ipa, end) {
             let cur_pa = pa + (cur - ipa);
             let desc = match self.entry(table, level, idx)? {
                 Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next, opts.blocks) => {
@@ -1354,10 +1603,11 @@ impl<H: Hal> Stage2Table<H> {
                 }
                 Entry::Invalid => {
                     let dma = pool.pop().ok_or(Error::NoMemory)?;
-                    let child = dma.paddr();
-                    self.tables.insert(child, Node { dma, live: 0 });
+                    let paddr = dma.paddr();
+                    let child = self.insert_node(Node::new(dma, 0, level + 1));
                     self.map_range(child, level + 1, cur, cur_pa, next, opts, pool, true)?;
-                    self.table_desc(child)
+                    self.set_child(table, idx, child)?;
+                    self.table_desc(paddr)
                 }
                 Entry::Table(t) => {
                     self.map_range(t, level + 1, cur, cur_pa, next, opts, pool, false)?;
@@ -1369,26 +1619,79 @@ impl<H: Hal> Stage2Table<H> {
             added += 1;
             span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
         }
+        self.finish_batch(table, span, fresh)?;
+        self.node_mut(table)?.live += added;
+        Ok(())
+    }
+
+    /// `map_range` in a level-3 table: every descriptor of the range
+    /// becomes a page (validation has excluded mapped ones; one found
+    /// anyway is refused as an overlap, as at the other levels).
+    fn map_pages(
+        &mut self,
+        table: NodeId,
+        ipa: u64,
+        pa: u64,
+        end: u64,
+        opts: &MapOptions,
+        fresh: bool,
+    ) -> Result<()> {
+        let (first, n) = self.pages(ipa, end);
+        let g = self.cfg.granule.size();
+        let template = self.leaf_desc(3, 0, opts);
+        let node = self.node(table)?;
+        for i in 0..n {
+            let off = i as u64 * g;
+            if is_page(node.dma.read_u64(first + i)) {
+                return Err(Error::Overlap { addr: ipa + off });
+            }
+            node.dma
+                .write_u64(first + i, template | self.encode_oa(pa + off).value);
+        }
+        let span = (n > 0).then(|| (first, first + n - 1));
+        self.finish_batch(table, span, fresh)?;
+        self.node_mut(table)?.live += n;
+        Ok(())
+    }
+
+    /// Publishes a batch of writes to `table`: the whole table when it is
+    /// `fresh` (not linked yet), else the span written.
+    fn finish_batch(&self, table: NodeId, span: Option<(usize, usize)>, fresh: bool) -> Result<()> {
         if fresh {
             let n = self.node(table)?;
             n.dma.publish(0, n.dma.len_u64());
+            Ok(())
         } else {
-            self.publish(table, span)?;
+            self.publish(table, span)
         }
-        self.node_mut(table)?.live += added;
-        Ok(())
     }
 
     /// Checks that every page of `[start, end)` is mapped and, when `split`
     /// is the error text for it, that no block is only partly covered.
     fn check_mapped(
         &self,
-        table: PhysAddr,
+        table: NodeId,
         level: u32,
         start: u64,
         end: u64,
         split: Option<&'static str>,
     ) -> Result<()> {
+        if level == 3 {
+            // Pages cannot be split. A level-3 table whose every descriptor
+            // is counted live is all pages.
+            let node = self.node(table)?;
+            let (first, n) = self.pages(start, end);
+            if n == node.dma.len_u64() && node.live == n {
+                return Ok(());
+            }
+            let g = self.cfg.granule.size();
+            return match (0..n).find(|&i| !is_page(node.dma.read_u64(first + i))) {
+                Some(i) => Err(Error::NotMapped {
+                    addr: start + i as u64 * g,
+                }),
+                None => Ok(()),
+            };
+        }
         let size = 1u64 << level_shift(self.cfg.granule, level);
         for (cur, next, idx) in self.chunks(level, start, end) {
             match self.entry(table, level, idx)? {
@@ -1407,33 +1710,55 @@ impl<H: Hal> Stage2Table<H> {
     }
 
     /// Clears the (validated) range and unlinks tables that become empty.
-    fn unmap_range(&mut self, table: PhysAddr, level: u32, start: u64, end: u64) -> Result<()> {
+    fn unmap_range(&mut self, table: NodeId, level: u32, start: u64, end: u64) -> Result<()> {
         let mut span: Option<(usize, usize)> = None;
         let mut removed = 0;
-        let chunks: Vec<_> = self.chunks(level, start, end).collect();
-        for (cur, next, idx) in chunks {
-            match self.entry(table, level, idx)? {
-                Entry::Invalid => continue,
-                Entry::Leaf { .. } => self.changed_levels |= 1 << level,
-                Entry::Table(t) => {
-                    self.unmap_range(t, level + 1, cur, next)?;
-                    if self.node(t)?.live != 0 {
-                        continue;
+        if level == 3 {
+            let (first, n) = self.pages(start, end);
+            let node = self.node(table)?;
+            if n == node.dma.len_u64() && node.live == n {
+                // Every descriptor is a page: clear them all.
+                (0..n).for_each(|i| node.dma.write_u64(i, 0));
+                span = (n > 0).then(|| (0, n - 1));
+                removed = n;
+            } else {
+                for i in first..first + n {
+                    if is_page(node.dma.read_u64(i)) {
+                        node.dma.write_u64(i, 0);
+                        removed += 1;
+                        span = Some(span.map_or((i, i), |(f, _)| (f, i)));
                     }
-                    // Unlink first; the memory is freed only by
-                    // `release_retired`, after the caller's invalidation.
-                    self.write(table, idx, 0)?;
-                    if let Some(node) = self.tables.remove(&t) {
-                        self.retired.push(node.dma);
-                    }
-                    removed += 1;
-                    span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
-                    continue;
                 }
             }
-            self.write(table, idx, 0)?;
-            removed += 1;
-            span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
+        } else {
+            for (cur, next, idx) in self.chunks(level, start, end) {
+                match self.entry(table, level, idx)? {
+                    Entry::Invalid => continue,
+                    Entry::Leaf { .. } => self.changed_levels |= 1 << level,
+                    Entry::Table(t) => {
+                        self.unmap_range(t, level + 1, cur, next)?;
+                        if self.node(t)?.live != 0 {
+                            continue;
+                        }
+                        // Unlink first; the memory is freed only by
+                        // `release_retired`, after the caller's invalidation.
+                        self.write(table, idx, 0)?;
+                        self.set_child(table, idx, NO_CHILD as usize)?;
+                        if let Some(node) = self.remove_node(t) {
+                            self.retired.push(node.dma);
+                        }
+                        removed += 1;
+                        span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
+                        continue;
+                    }
+                }
+                self.write(table, idx, 0)?;
+                removed += 1;
+                span = Some(span.map_or((idx, idx), |(f, _)| (f, idx)));
+            }
+        }
+        if level == 3 && removed > 0 {
+            self.changed_levels |= 1 << 3;
         }
         self.publish(table, span)?;
         let node = self.node_mut(table)?;
@@ -1444,15 +1769,14 @@ impl<H: Hal> Stage2Table<H> {
     /// Rewrites the leaves of the (validated) range with `perm`.
     fn protect_range(
         &mut self,
-        table: PhysAddr,
+        table: NodeId,
         level: u32,
         start: u64,
         end: u64,
         perm: Perm,
     ) -> Result<()> {
         let mut span: Option<(usize, usize)> = None;
-        let chunks: Vec<_> = self.chunks(level, start, end).collect();
-        for (cur, next, idx) in chunks {
+        for (cur, next, idx) in self.chunks(level, start, end) {
             match self.entry(table, level, idx)? {
                 Entry::Invalid => {}
                 Entry::Leaf { raw, .. } => {
@@ -1465,6 +1789,13 @@ impl<H: Hal> Stage2Table<H> {
         }
         self.publish(table, span)
     }
+}
+
+/// Whether `raw`, a level-3 descriptor, is a page (valid, and not the
+/// reserved block encoding, which faults like an invalid one): what
+/// `decode(3, raw)` calls a leaf.
+const fn is_page(raw: u64) -> bool {
+    raw & 0b11 == 0b11
 }
 
 /// Allocates one zeroed table and checks that the SMMU can reach it.
@@ -1506,20 +1837,19 @@ mod tests {
                 (0..d.len_u64()).map(|i| d.read_u64(i)).collect::<Vec<_>>(),
             )
         };
-        let mut v = vec![dump(&t.root.dma)];
-        v.extend(t.tables.values().map(|n| dump(&n.dma)));
+        let mut v = vec![dump(&t.nodes[ROOT].as_ref().unwrap().dma)];
+        v.extend(t.sorted_tables().into_iter().map(dump));
         v
     }
 
     /// The raw leaf descriptor for `ipa` and its level.
     fn raw_leaf(t: &Table, ipa: u64) -> Option<(u32, u64)> {
-        let mut table = t.root_paddr();
+        let mut table = ROOT;
         for level in t.cfg.start_level..=3 {
-            let raw = t.node(table).ok()?.dma.read_u64(t.index(level, ipa));
-            match t.decode(level, raw) {
+            match t.entry(table, level, t.index(level, ipa)).ok()? {
                 Entry::Invalid => return None,
                 Entry::Table(n) => table = n,
-                Entry::Leaf { .. } => return Some((level, raw)),
+                Entry::Leaf { raw, .. } => return Some((level, raw)),
             }
         }
         None
@@ -1798,10 +2128,10 @@ mod tests {
             .unwrap();
         assert_eq!(raw_leaf(&t, 0xbf_c000_0000), Some((1, 0x1_0000_07fd)));
         // Table descriptors: next-level address | 0b11.
-        let root = &t.root.dma;
+        let root = &t.nodes[ROOT].as_ref().unwrap().dma;
         let l1 = root.read_u64(t.index(1, 0x8000_1000));
         assert_eq!(l1 & 0xfff, 0b11);
-        assert!(t.tables.contains_key(&(l1 & !0xfff)));
+        assert!(t.sorted_tables().iter().any(|d| d.paddr() == l1 & !0xfff));
         // Protect rewrites S2AP only.
         t.protect(0x8000_1000, 0x1000, Perm::Read).unwrap();
         assert_eq!(raw_leaf(&t, 0x8000_1000), Some((3, 0x4000_177f)));

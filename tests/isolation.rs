@@ -886,8 +886,16 @@ fn unmap_one_page_splits_a_2mib_block() -> TestResult {
         "a faulting DMA wrote memory"
     );
     // Every neighbour still works, at its old physical address.
-    for off in [0, hole - PAGE, hole + PAGE, ro - PAGE, ro + PAGE, BLOCK - PAGE] {
-        let t = try_ok!(smmu.translate(dom, IPA_BLOCK + off)).ok_or(Failure::new("neighbour mapped"))?;
+    for off in [
+        0,
+        hole - PAGE,
+        hole + PAGE,
+        ro - PAGE,
+        ro + PAGE,
+        BLOCK - PAGE,
+    ] {
+        let t = try_ok!(smmu.translate(dom, IPA_BLOCK + off))
+            .ok_or(Failure::new("neighbour mapped"))?;
         check_eq!((off, t.pa, t.size), (off, block.pa() + off, PAGE));
         edu_ok(e.dma_to_ram(0, IPA_BLOCK + off, 64))?;
         expect_no_fault(&demo::report_faults(&smmu, &edus))?;
