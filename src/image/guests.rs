@@ -173,8 +173,9 @@ pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     let (ste_vmid, s2ttb) = smmu.ste(vm.sid).map_or((0, 0), |s| (s.vmid(), s.s2ttb()));
     let root = vttbr & 0x0000_ffff_ffff_fffe;
     format!(
-        "VM {}: {} sid {:#06x}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+        "VM {}: {}; {} sid {:#06x}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
         vm.name,
+        vm.vm_stage.describe(smmu, vm.domain),
         vm.edu.bdf,
         vm.sid,
         vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
@@ -199,6 +200,15 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
         .log
         .vttbr
         .ok_or("VTTBR_EL2 never read (the VM never exited)")?;
+    let probes = [CODE_IPA, guest::BAR_IPA, RAM_IPA, RAM_IPA + RAM_SIZE - 8];
+    if let Some(r) = vm
+        .vm_stage
+        .stage1_identity(smmu, vm.domain, vm.sid, vttbr, &probes)
+    {
+        // Stage-1 domain: no S2TTB to compare; the CPU's own stage 2 must
+        // translate like the SMMU's stage 1.
+        return r;
+    }
     let ste = smmu.ste(vm.sid).map_err(|e| format!("ste: {e}"))?;
     let cpu_vmid = (vttbr >> 48) as u16;
     let root = vttbr & 0x0000_ffff_ffff_fffe;
@@ -543,7 +553,12 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
 
 /// Builds, runs and judges every VM; adds the rows to `report`.
 pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
-    println!("Guests: one EL1 VM per edu, its stage 2 = its SMMU domain's tables");
+    match smmu.domain_stage(smmuv3::domain::StagePolicy::Auto) {
+        Ok(smmuv3::domain::Stage::Stage1) => println!(
+            "Guests: one EL1 VM per edu, SMMU stage-1 domain for DMA, CPU stage 2 separate (same IPA -> PA)"
+        ),
+        _ => println!("Guests: one EL1 VM per edu, its stage 2 = its SMMU domain's tables"),
+    }
     // One VM per isolation group; a guest drives one device, so groups of
     // several devices (behind a PCIe-to-PCI bridge) get no guest yet.
     let alone =
@@ -579,11 +594,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
     for (i, vm) in vms.iter().enumerate() {
         let n = format!("VM {}", vm.name);
         let seed = seed(i);
-        report.add(
-            &n,
-            "VTTBR_EL2 == STE: same VMID, same root",
-            identity(smmu, vm),
-        );
+        let check = match vm.vm_stage.stage {
+            smmuv3::domain::Stage::Stage1 => "stage-1 STE/CD; CPU stage 2 maps alike",
+            smmuv3::domain::Stage::Stage2 => "VTTBR_EL2 == STE: same VMID, same root",
+        };
+        report.add(&n, check, identity(smmu, vm));
         report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
         report.add(
             &n,

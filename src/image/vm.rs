@@ -33,7 +33,7 @@ use aarch64_cpu::registers::{
     SCTLR_EL1, SP_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
 };
 use smmuv3::Dma;
-use smmuv3::domain::{DomainId, DomainOptions};
+use smmuv3::domain::DomainId;
 use smmuv3::event::Event;
 use smmuv3::fault::{self, FaultSummary};
 use smmuv3::stage2::{MapOptions, Perm, Stage2Config};
@@ -46,6 +46,7 @@ use super::edu::Edu;
 use super::guest::{self, BAR_IPA, CODE_IPA, RAM_IPA, RAM_SIZE};
 use super::hvc::{self, Call};
 use super::vcpu::{Vcpu, vector};
+use super::vmstage::VmStage;
 use super::{cpu, gic, iommu, smp};
 
 /// Translation granule of every VM's stage 2.
@@ -227,6 +228,9 @@ pub struct Vm {
     pub sid: u32,
     /// The SMMU domain whose tables are its stage 2.
     pub domain: DomainId,
+    /// The domain's stage, and the CPU's own stage 2 when the domain is a
+    /// stage-1 one (`vmstage.rs`).
+    pub vm_stage: VmStage,
     /// Its VMID.
     pub vmid: u16,
     /// The byte its RAM was filled with.
@@ -279,18 +283,14 @@ impl Vm {
         cpu::dcache_clean(code.vaddr() as usize, PAGE as usize);
         cpu::dcache_clean(ram.vaddr() as usize, RAM_SIZE as usize);
         let stage2 = stage2_config()?;
-        let domain = smmu
-            .create_domain(DomainOptions {
-                vmid: Some(spec.vmid),
-                cpu_bbml2: cpu_bbm_level() >= 2,
-                ..DomainOptions::new(stage2)
-            })
-            .map_err(|e| format!("create_domain: {e}"))?;
+        let (domain, vm_stage) =
+            VmStage::create_domain(smmu, stage2, spec.vmid, cpu_bbm_level() >= 2)?;
         let vm = Vm {
             name: spec.name.clone(),
             edu,
             sid,
             domain,
+            vm_stage,
             vmid: spec.vmid,
             fill: spec.fill,
             stage2,
@@ -320,7 +320,8 @@ impl Vm {
     /// Maps code, BAR0 and RAM, and attaches the device.
     fn map_all(&self, smmu: &Driver, bar_pa: u64, bar_size: u64) -> Result<(), String> {
         let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
-            smmu.map_with(self.domain, ipa, pa, len, &opts)
+            self.vm_stage
+                .map_with(smmu, self.domain, ipa, pa, len, &opts)
                 .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
         };
         // Code: read and execute, never writable.
@@ -429,10 +430,8 @@ impl Vm {
     /// VTTBR_EL2 for this VM: the stage-2 root (from the SMMU domain) and
     /// its VMID.
     pub fn vttbr(&self, smmu: &Driver) -> Result<u64, String> {
-        let info = smmu
-            .domain_info(self.domain)
-            .map_err(|e| format!("domain_info: {e}"))?;
-        Ok(info.root | u64::from(self.vmid) << 48)
+        let root = self.vm_stage.cpu_root(smmu, self.domain)?;
+        Ok(root | u64::from(self.vmid) << 48)
     }
 
     /// Programs this CPU's EL2 (and initial EL1) state for the VM.
@@ -686,7 +685,7 @@ impl Vm {
             .flatten()
             .map_or(0, |t| t.size);
         let hooks = &mut self.log.cpu_tlbis;
-        let r = smmu.unmap_with(self.domain, ipa, len, &mut |inv| {
+        let r = self.vm_stage.unmap_with(smmu, self.domain, ipa, len, &mut |inv| {
             cpu_tlb_invalidate(inv.vmid, inv.ipa, inv.len);
             hooks.push((inv.ipa, inv.len));
         });
