@@ -21,6 +21,10 @@ banner says ``interrupts: GICv<N>``, the SMMU's interrupts are serviced
 ``via GICv<N>``, and the ``SMMU stats`` line counts at least one interrupt
 taken (so delivery really worked, not a silent fall back to polling).
 
+With ``EXPECT_STAGE=1`` (or ``2``) it also checks that the feature table
+says domains use that stage, that every ``VM`` line names that SMMU stage,
+and that the demo's own checks all passed.
+
 With ``--aliases N`` (a topology with functions behind a PCIe-to-PCI
 bridge) it also checks, from the image's PCI listing (``StreamIDs OWN, ALIAS
 (alias BDF via BRIDGE)``), that:
@@ -220,6 +224,23 @@ def main() -> int:
             problems.append("no SMMU interrupt was taken")
         else:
             print(f"trace: {irqs[1]} SMMU interrupts taken through GICv{gic}")
+    stage = os.environ.get("EXPECT_STAGE")
+    if stage:
+        # Every domain and VM must translate with this stage (stage 1 on a
+        # stage-1-only SMMU, -machine virt-9.1), and every check must pass.
+        want = "stage 1" if stage == "1" else "stage 2 (stage 1 on request)"
+        if not re.search(rf"^domains use\s+: {re.escape(want)}$", out, re.M):
+            problems.append(f"the feature table does not say 'domains use : {want}'")
+        if f"Stage-{stage} isolation:" not in out:
+            problems.append(f"the demo does not say 'Stage-{stage} isolation'")
+        vm_lines = re.findall(r"^\s+VM \w+: SMMU stage (\d)", out, re.M)
+        if not vm_lines or any(v != stage for v in vm_lines):
+            problems.append(f"VM lines name SMMU stages {vm_lines}, expected stage {stage} for each")
+        summary = re.findall(r"^\s+(\d+) passed, (\d+) failed$", out, re.M)
+        if not summary or summary[-1][1] != "0":
+            problems.append(f"the demo's checks did not all pass: {summary[-1:] or 'no summary'}")
+        else:
+            print(f"trace: {summary[-1][0]} demo checks passed with stage-{stage} domains, {len(vm_lines)} VMs")
     if ALIASES is not None:
         check_aliases(out, traced, events, problems)
     if CPU_EXITS:

@@ -1,4 +1,10 @@
-//! VM domains: a VMID, stage-2 tables and the streams attached to them.
+//! VM domains: a VMID, translation tables and the streams attached to them.
+//!
+//! A domain translates with stage 2 when the SMMU implements it, with
+//! stage 1 otherwise (or as [`DomainOptions::stage`] asks): see
+//! `src/domain/stage1.rs`. Both kinds take IPAs in and give PAs out, and
+//! the calls below treat them alike; [`DomainInfo::stage`] says which one a
+//! domain uses (only stage-2 tables can be shared with a CPU).
 //!
 //! A hypervisor creates one domain per VM, maps the VM's memory into the
 //! domain's stage-2 tables (the same IPA -> PA layout, and the same VTCR_EL2
@@ -26,6 +32,7 @@ use crate::stage2::{Stage2Config, Stage2Table};
 mod batch;
 mod external;
 mod mapping;
+mod stage1;
 
 pub use batch::Batch;
 
@@ -41,11 +48,37 @@ pub type DomainId = u32;
 /// VMID with TLBI_S12_VMALL instead.
 pub const MAX_RANGE_COMMANDS: usize = 64;
 
+/// Which translation stage a domain uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Stage 1 through a context descriptor (TTB0, ASID). The tables are
+    /// in the stage-1 format: a CPU cannot use them as its stage 2.
+    Stage1,
+    /// Stage 2 (S2TTB, VMID), in the format of the CPU's stage 2.
+    Stage2,
+}
+
+/// Which stage [`Smmu::create_domain`] builds a domain with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StagePolicy {
+    /// Stage 2 when the SMMU implements it, stage 1 otherwise.
+    #[default]
+    Auto,
+    /// Stage 1 ([`Unsupported::Stage1`] without IDR0.S1P).
+    Stage1,
+    /// Stage 2 ([`Unsupported::Stage2`] without IDR0.S2P).
+    Stage2,
+}
+
 /// How a domain's StreamIDs are configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DomainOptions {
-    /// The stage-2 geometry (from the VM's VTCR_EL2, or built).
+    /// The geometry (from the VM's VTCR_EL2, or built): granule, IPA size
+    /// and output size. A stage-1 domain uses the same sizes (its input is
+    /// the IPA), at most 48 bits of each.
     pub stage2: Stage2Config,
+    /// Which stage translates ([`StagePolicy::Auto`] by default).
+    pub stage: StagePolicy,
     /// Use this VMID (e.g. the VM's CPU VMID) instead of allocating one.
     pub vmid: Option<u16>,
     /// S2AFFD: treat access-flag faults as if AF were 1. Set when the tables
@@ -66,6 +99,7 @@ impl DomainOptions {
     pub fn new(stage2: Stage2Config) -> Self {
         Self {
             stage2,
+            stage: StagePolicy::Auto,
             vmid: None,
             access_flag_fault_disable: true,
             cpu_bbml2: false,
@@ -87,6 +121,8 @@ pub(crate) enum Tables<H: Hal> {
         /// Physical address of the start table.
         root: u64,
     },
+    /// Stage-1 tables, CD and ASID owned by the driver.
+    Stage1(alloc::boxed::Box<stage1::Stage1Ctx<H>>),
 }
 
 impl<H: Hal> Tables<H> {
@@ -94,6 +130,7 @@ impl<H: Hal> Tables<H> {
         match self {
             Tables::Owned(t) => t.config(),
             Tables::External { cfg, .. } => cfg,
+            Tables::Stage1(s) => &s.cfg,
         }
     }
 
@@ -101,6 +138,7 @@ impl<H: Hal> Tables<H> {
         match self {
             Tables::Owned(t) => t.root_paddr(),
             Tables::External { root, .. } => *root,
+            Tables::Stage1(s) => s.table.root_paddr(),
         }
     }
 }
@@ -130,6 +168,7 @@ impl<H: Hal> Domain<H> {
         match &self.tables {
             Tables::Owned(t) => Ok(t),
             Tables::External { .. } => Err(Error::ExternalTables(self.id)),
+            Tables::Stage1(_) => Err(Error::Stage1Tables(self.id)),
         }
     }
 
@@ -138,6 +177,7 @@ impl<H: Hal> Domain<H> {
         match &mut self.tables {
             Tables::Owned(t) => Ok(t),
             Tables::External { .. } => Err(Error::ExternalTables(self.id)),
+            Tables::Stage1(_) => Err(Error::Stage1Tables(self.id)),
         }
     }
 }
@@ -149,17 +189,21 @@ pub(crate) struct Domains<H: Hal> {
     domains: BTreeMap<DomainId, Domain<H>>,
     pub(crate) attached: BTreeMap<u32, DomainId>,
     pub(crate) vmids: IdAllocator,
+    /// ASIDs of stage-1 domains (0 reserved).
+    pub(crate) asids: IdAllocator,
 }
 
 impl<H: Hal> Domains<H> {
-    /// An empty set of domains for an SMMU with `vmid_bits` of VMID.
-    pub(crate) fn new(vmid_bits: u32) -> Result<Self> {
+    /// An empty set of domains for an SMMU with `vmid_bits` of VMID and
+    /// `asid_bits` of ASID.
+    pub(crate) fn new(vmid_bits: u32, asid_bits: u32) -> Result<Self> {
         Ok(Self {
             next: 1,
             domains: BTreeMap::new(),
             attached: BTreeMap::new(),
             // VMID 0 is reserved for streams without stage 2.
             vmids: IdAllocator::new(vmid_bits, true, IdKind::Vmid)?,
+            asids: IdAllocator::new(asid_bits, true, IdKind::Asid)?,
         })
     }
 
@@ -188,15 +232,22 @@ impl<H: Hal> Domains<H> {
 /// A summary of a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DomainInfo {
-    /// Its VMID.
+    /// The stage it translates with.
+    pub stage: Stage,
+    /// Its VMID (for a stage-1 domain: its STEs' S2VMID, which tags its
+    /// TLB entries on an SMMU with stage 2; 0 without stage 2).
     pub vmid: u16,
+    /// Its ASID (stage-1 domains only).
+    pub asid: Option<u16>,
     /// StreamIDs attached.
     pub sids: Vec<u32>,
-    /// Bytes of stage-2 table memory.
+    /// Bytes of table memory.
     pub table_bytes: usize,
-    /// Physical address of the stage-2 start table (VTTBR_EL2.BADDR).
+    /// Physical address of the start table: VTTBR_EL2.BADDR for stage 2,
+    /// the CD's TTB0 for stage 1.
     pub root: u64,
-    /// The VTCR_EL2 value describing the tables' geometry.
+    /// The VTCR_EL2 value describing the geometry asked for (for a stage-1
+    /// domain: the IPA space its stage-1 tables cover).
     pub vtcr: u64,
     /// The hypervisor owns the tables ([`Smmu::create_external_domain`]).
     pub external: bool,
@@ -205,15 +256,28 @@ pub struct DomainInfo {
 impl DomainInfo {
     /// The VTTBR_EL2 value a CPU sharing these tables uses when the CPU and
     /// the SMMU agree on the VMID: BADDR = the root, VMID = the domain's.
+    /// Meaningless for a stage-1 domain (its tables are not in the stage-2
+    /// format): see [`DomainInfo::shared_vttbr`].
     pub fn vttbr(&self) -> u64 {
         self.root | u64::from(self.vmid) << 48
+    }
+
+    /// [`DomainInfo::vttbr`] for a stage-2 domain, `None` for a stage-1
+    /// one, whose tables a CPU cannot use as its stage 2 (the hypervisor
+    /// keeps separate CPU stage-2 tables with the same mappings).
+    pub fn shared_vttbr(&self) -> Option<u64> {
+        (self.stage == Stage::Stage2).then(|| self.vttbr())
     }
 }
 
 impl<H: Hal> Smmu<H> {
-    /// Creates a domain with empty stage-2 tables.
+    /// Creates a domain with empty tables, translating with the stage
+    /// [`DomainOptions::stage`] selects ([`Smmu::domain_stage`]).
     pub fn create_domain(&self, options: DomainOptions) -> Result<DomainId> {
         let f = self.features();
+        if self.domain_stage(options.stage)? == Stage::Stage1 {
+            return self.create_stage1_domain(options);
+        }
         if !f.stage2 {
             return Err(Error::Unsupported(Unsupported::Stage2));
         }
@@ -243,6 +307,9 @@ impl<H: Hal> Smmu<H> {
     /// Destroys a domain with no streams attached: invalidates its VMID's
     /// TLB entries, frees the VMID and the tables.
     pub fn destroy_domain(&self, id: DomainId) -> Result<()> {
+        if matches!(self.domains.lock().get(id)?.tables, Tables::Stage1(_)) {
+            return self.destroy_stage1_domain(id);
+        }
         let mut domains = self.domains.lock();
         let d = domains.get(id)?;
         if !d.sids.is_empty() {
@@ -280,8 +347,11 @@ impl<H: Hal> Smmu<H> {
         Ok(())
     }
 
-    /// The STE that points a stream at domain `d`.
+    /// The STE that points a stream at domain `d` (stage 1: at its CD).
     pub(crate) fn domain_ste(&self, d: &Domain<H>) -> Result<Ste> {
+        if let Tables::Stage1(s1) = &d.tables {
+            return self.stage1_ste(d, s1);
+        }
         let fields = d.tables.config().ste_fields();
         // Table walks use the attributes the tables are written with: the
         // VTCR-derived ones for a coherent SMMU, Non-cacheable and Outer
@@ -318,6 +388,11 @@ impl<H: Hal> Smmu<H> {
             .get(&sid)
             .ok_or(Error::SidNotAttached(sid))?;
         self.write_ste(sid, &Ste::abort())?;
+        if matches!(domains.get(id)?.tables, Tables::Stage1(_)) && self.is_live() {
+            // CFGI_STE (leaf) dropped the STE only: the CD it pointed at
+            // may still be cached for this StreamID.
+            self.submit(&[Command::CfgiCdAll { sid }])?;
+        }
         domains.attached.remove(&sid);
         domains.get_mut(id)?.sids.retain(|&s| s != sid);
         Ok(())
@@ -332,10 +407,16 @@ impl<H: Hal> Smmu<H> {
     pub fn domain_info(&self, id: DomainId) -> Result<DomainInfo> {
         let domains = self.domains.lock();
         let d = domains.get(id)?;
+        let (stage, asid, s1_bytes) = match &d.tables {
+            Tables::Stage1(s) => (Stage::Stage1, Some(s.asid), s.table.table_bytes()),
+            _ => (Stage::Stage2, None, 0),
+        };
         Ok(DomainInfo {
+            stage,
             vmid: d.vmid,
+            asid,
             sids: d.sids.clone(),
-            table_bytes: d.owned().map_or(0, |t| t.table_bytes()),
+            table_bytes: d.owned().map_or(s1_bytes, |t| t.table_bytes()),
             root: d.tables.root(),
             vtcr: d.tables.config().vtcr(),
             external: matches!(d.tables, Tables::External { .. }),
@@ -345,6 +426,26 @@ impl<H: Hal> Smmu<H> {
     /// VMIDs in use.
     pub fn vmids_in_use(&self) -> usize {
         self.domains.lock().vmids.in_use()
+    }
+
+    /// ASIDs in use (one per stage-1 domain).
+    pub fn asids_in_use(&self) -> usize {
+        self.domains.lock().asids.in_use()
+    }
+
+    /// The stage a domain created with `policy` translates with:
+    /// [`StagePolicy::Auto`] picks stage 2 when the SMMU implements it
+    /// (IDR0.S2P), stage 1 otherwise. Errors: the stage asked for is not
+    /// implemented ([`Unsupported::Stage1`] / [`Unsupported::Stage2`]).
+    pub fn domain_stage(&self, policy: StagePolicy) -> Result<Stage> {
+        let f = self.features();
+        match policy {
+            StagePolicy::Auto if f.stage2 => Ok(Stage::Stage2),
+            StagePolicy::Auto | StagePolicy::Stage1 if f.stage1 => Ok(Stage::Stage1),
+            StagePolicy::Stage2 if f.stage2 => Ok(Stage::Stage2),
+            StagePolicy::Stage2 => Err(Error::Unsupported(Unsupported::Stage2)),
+            StagePolicy::Auto | StagePolicy::Stage1 => Err(Error::Unsupported(Unsupported::Stage1)),
+        }
     }
 
     /// A copy of every word of the domain's stage-2 tables (for tests that

@@ -132,6 +132,9 @@ pub enum Error {
     /// ([`crate::smmu::Smmu::create_external_domain`]): the driver does not
     /// edit or read them.
     ExternalTables(u32),
+    /// The domain translates with stage 1 ([`crate::domain::Stage::Stage1`]):
+    /// it has no stage-2 tables to read or share.
+    Stage1Tables(u32),
     /// An STE/CD update plan would exceed its fixed capacity (a driver bug:
     /// never a silently dropped step).
     PlanTooLong,
@@ -214,6 +217,9 @@ impl fmt::Display for Error {
                     f,
                     "domain {d} has hypervisor-owned tables: the driver does not edit them"
                 )
+            }
+            Error::Stage1Tables(d) => {
+                write!(f, "domain {d} translates with stage 1: it has no stage-2 tables")
             }
             Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
             Error::SidInGroup { sid, group } => write!(

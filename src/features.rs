@@ -441,6 +441,13 @@ impl fmt::Display for Features {
             (false, false) => "none",
         };
         writeln!(f, "{:<W$} : {}", "stages", stages)?;
+        let domains = match (self.stage1, self.stage2) {
+            (true, true) => "stage 2 (stage 1 on request)",
+            (true, false) => "stage 1",
+            (false, true) => "stage 2",
+            (false, false) => "none",
+        };
+        writeln!(f, "{:<W$} : {}", "domains use", domains)?;
         let tf = match self.table_format {
             TableFormat::Aarch32 => "AArch32",
             TableFormat::Aarch64 => "AArch64",
@@ -592,6 +599,7 @@ mod tests {
         for line in [
             "version            : SMMUv3.1",
             "stages             : S1 S2 (nested)",
+            "domains use        : stage 2 (stage 1 on request)",
             "stream table       : linear + 2-level",
             "SID/SSID bits      : 16 / 0",
             "queues (max log2)  : cmdq 19, eventq 19, priq 0",
@@ -606,6 +614,14 @@ mod tests {
         ] {
             assert!(s.lines().any(|l| l == line), "missing {line:?} in\n{s}");
         }
+    }
+
+    /// `-machine virt-9.1`: stage 1 only, so domains use stage 1.
+    #[test]
+    fn stage1_only_display() {
+        let s = with(|r| r.idr0 &= !1).unwrap().to_string();
+        assert!(s.lines().any(|l| l == "stages             : S1"), "{s}");
+        assert!(s.lines().any(|l| l == "domains use        : stage 1"), "{s}");
     }
 
     fn with(f: impl FnOnce(&mut IdRegs)) -> Result<Features> {

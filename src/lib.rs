@@ -28,6 +28,7 @@ pub mod group;
 pub mod hal;
 pub mod idalloc;
 pub mod mmio;
+pub mod pgtable;
 pub mod queue;
 pub mod regs;
 pub mod smmu;

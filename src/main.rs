@@ -95,8 +95,12 @@ fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
         }
     }
 
+    let stage = match smmu.domain_stage(smmuv3::domain::StagePolicy::Auto) {
+        Ok(smmuv3::domain::Stage::Stage1) => "Stage-1",
+        _ => "Stage-2",
+    };
     println!(
-        "Stage-2 isolation: one VM domain per isolation group with edu devices, IPA window at {:#x}",
+        "{stage} isolation: one VM domain per isolation group with edu devices, IPA window at {:#x}",
         demo::WINDOW
     );
     let mut vms: Vec<Vm> = Vec::new();

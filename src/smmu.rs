@@ -404,7 +404,7 @@ impl<H: Hal> Smmu<H> {
         )?
         .with_max_per_sync(features.max_commands_per_sync());
         let evtq = EventQueue::new(config.eventq_log2.min(eventq_max), eventq_max, coherent)?;
-        let domains = Domains::new(u32::from(features.vmid_bits))?;
+        let domains = Domains::new(u32::from(features.vmid_bits), u32::from(features.asid_bits))?;
         Ok(Self {
             mmio,
             features,
@@ -1082,9 +1082,22 @@ mod tests {
         regs.set32(0x00, 0x0D44_101A); // S2P = 0
         let smmu = driver(&regs);
         let cfg = crate::stage2::Stage2Config::new(crate::stage2::Granule::K4, 40, 44).unwrap();
+        // Auto falls back to stage 1 (src/domain/stage1_tests.rs); a
+        // stage-2 domain asked for explicitly is refused.
+        let stage = |stage| crate::domain::DomainOptions {
+            stage,
+            ..crate::domain::DomainOptions::new(cfg)
+        };
         assert_eq!(
-            smmu.create_domain(crate::domain::DomainOptions::new(cfg)),
+            smmu.create_domain(stage(crate::domain::StagePolicy::Stage2)),
             Err(Error::Unsupported(Unsupported::Stage2))
+        );
+        drop(smmu);
+        regs.set32(0x00, 0x0D44_1019); // S1P = 0
+        let smmu = driver(&regs);
+        assert_eq!(
+            smmu.create_domain(stage(crate::domain::StagePolicy::Stage1)),
+            Err(Error::Unsupported(Unsupported::Stage1))
         );
     }
 

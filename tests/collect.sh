@@ -12,7 +12,8 @@
 #     never ran (build failure);
 #  3. the demo image judged against QEMU's SMMU trace (qemu/trace-check.py) on
 #     the default topology, on a switch topology, and on a GICv2 machine
-#     (where its SMMU interrupts must arrive through the GICv2), each one test;
+#     (where its SMMU interrupts must arrive through the GICv2), and on a
+#     each one test;
 #  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,7 @@ QEMU_ARGS="-machine gic-version=2" EXPECT_GIC=2 \
     python3 qemu/trace-check.py demo_gicv2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
 QEMU_ARGS="-machine gic-version=2" cargo test --no-fail-fast --test irq --test smp 2>&1 |
     sed -E 's/^test ([^ ]+) \.\.\./test gicv2\/\1 .../' | tee -a "$logs/target.txt"
+
 
 # The README's ownership example builds for the bare-metal target and is
 # shown verbatim.

@@ -129,6 +129,20 @@ impl<'a, H: Hal> Batch<'a, H> {
             updates.push((sid, ste));
         }
         smmu.write_stes(&updates)?;
+        // A stage-1 stream's CD may still be cached after its CFGI_STE.
+        let cd_cfgis: Vec<Command> = self
+            .detach
+            .iter()
+            .filter(|sid| {
+                domains.attached.get(sid).and_then(|id| domains.get(*id).ok()).is_some_and(|d| {
+                    matches!(d.tables, super::Tables::Stage1(_))
+                })
+            })
+            .map(|&sid| Command::CfgiCdAll { sid })
+            .collect();
+        if smmu.is_live() && !cd_cfgis.is_empty() {
+            smmu.submit(&cd_cfgis)?;
+        }
         for &sid in &self.detach {
             if let Some(id) = domains.attached.remove(&sid) {
                 domains.get_mut(id)?.sids.retain(|&s| s != sid);

@@ -19,7 +19,7 @@ use crate::hal::Hal;
 use crate::smmu::Smmu;
 use crate::stage2::{MapOptions, Perm, Translation};
 
-use super::{Domain, DomainId, MAX_RANGE_COMMANDS};
+use super::{Domain, DomainId, MAX_RANGE_COMMANDS, Tables};
 
 /// What a CPU sharing a domain's tables must invalidate, handed to the hook
 /// of [`Smmu::unmap_with`] and [`Smmu::protect_with`].
@@ -62,11 +62,12 @@ impl<H: Hal> Smmu<H> {
         len: u64,
         opts: &MapOptions,
     ) -> Result<()> {
-        self.domains
-            .lock()
-            .get_mut(id)?
-            .owned_mut()?
-            .map_with(ipa, pa, len, opts)
+        let mut domains = self.domains.lock();
+        let d = domains.get_mut(id)?;
+        if let Tables::Stage1(s1) = &mut d.tables {
+            return s1.table.map_with(ipa, pa, len, opts);
+        }
+        d.owned_mut()?.map_with(ipa, pa, len, opts)
     }
 
     /// Unmaps `[ipa, ipa + len)` and invalidates the SMMU for it before
@@ -100,6 +101,9 @@ impl<H: Hal> Smmu<H> {
     ) -> Result<()> {
         let mut domains = self.domains.lock();
         let d = domains.get_mut(id)?;
+        if matches!(d.tables, Tables::Stage1(_)) {
+            return self.stage1_unmap(d, ipa, len, cpu);
+        }
         d.owned()?.check_range_mapped(ipa, len)?;
         let split_live = self.split_partial_blocks(d, ipa, len, cpu)?;
         let retired = d.owned()?.retired_tables();
@@ -140,6 +144,9 @@ impl<H: Hal> Smmu<H> {
     ) -> Result<()> {
         let mut domains = self.domains.lock();
         let d = domains.get_mut(id)?;
+        if matches!(d.tables, Tables::Stage1(_)) {
+            return self.stage1_protect(d, ipa, len, perm, cpu);
+        }
         d.owned()?.check_range_mapped(ipa, len)?;
         let split_live = self.split_partial_blocks(d, ipa, len, cpu)?;
         d.owned_mut()?.protect(ipa, len, perm)?;
@@ -228,9 +235,15 @@ impl<H: Hal> Smmu<H> {
         self.invalidate_domain_range(d, ipa, len, InvalidationHints::NONE)
     }
 
-    /// What the domain's tables translate `ipa` to.
+    /// What the domain's tables translate `ipa` to (stage-2 and stage-1
+    /// domains alike).
     pub fn translate(&self, id: DomainId, ipa: u64) -> Result<Option<Translation>> {
-        Ok(self.domains.lock().get(id)?.owned()?.query(ipa))
+        let domains = self.domains.lock();
+        let d = domains.get(id)?;
+        if let Tables::Stage1(s1) = &d.tables {
+            return Ok(s1.table.query(ipa));
+        }
+        Ok(d.owned()?.query(ipa))
     }
 
     /// Invalidates `[ipa, ipa + len)` of the domain, or its whole VMID when
@@ -242,7 +255,10 @@ impl<H: Hal> Smmu<H> {
         len: u64,
         hints: InvalidationHints,
     ) -> Result<()> {
-        let r = if d.tlb_unknown {
+        let r = if let Tables::Stage1(s1) = &d.tables {
+            let shift = s1.cfg.granule().shift();
+            self.invalidate_stage1(d.vmid, s1.asid, ipa, len, shift, d.tlb_unknown)
+        } else if d.tlb_unknown {
             self.invalidate_vmid(d.vmid)
         } else {
             let shift = d.tables.config().granule().shift();
