@@ -28,11 +28,14 @@ HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 bench-host:
 	cargo bench --no-default-features --bench vs_aarch64_paging --target $(HOST)
 
-# Image size (text, data, bss).
+# Image size (text, data, bss; loaded = text + data), then its code by
+# source (driver, image, core/alloc, dependencies) from the DWARF line table.
 size:
 	@if command -v llvm-size >/dev/null 2>&1; then llvm-size $(IMAGE); \
 	elif command -v size >/dev/null 2>&1; then size $(IMAGE); \
 	else readelf -SW $(IMAGE); fi
+	@if command -v llvm-dwarfdump >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then \
+	  echo "code by source (inlined code counted where its source is):"; tools/code-size.py $(IMAGE); fi
 
 fmt:
 	cargo fmt

@@ -19,7 +19,7 @@
 //! CMD_SYNC before returning, and tables emptied by an unmap are freed only
 //! after that. CPU TLB maintenance does not reach the SMMU.
 
-use alloc::collections::BTreeMap;
+use crate::vecmap::VecMap;
 use alloc::vec::Vec;
 
 use crate::cmd::Command;
@@ -186,8 +186,8 @@ impl<H: Hal> Domain<H> {
 #[derive(Debug)]
 pub(crate) struct Domains<H: Hal> {
     next: DomainId,
-    domains: BTreeMap<DomainId, Domain<H>>,
-    pub(crate) attached: BTreeMap<u32, DomainId>,
+    domains: VecMap<DomainId, Domain<H>>,
+    pub(crate) attached: VecMap<u32, DomainId>,
     pub(crate) vmids: IdAllocator,
     /// ASIDs of stage-1 domains (0 reserved).
     pub(crate) asids: IdAllocator,
@@ -199,8 +199,8 @@ impl<H: Hal> Domains<H> {
     pub(crate) fn new(vmid_bits: u32, asid_bits: u32) -> Result<Self> {
         Ok(Self {
             next: 1,
-            domains: BTreeMap::new(),
-            attached: BTreeMap::new(),
+            domains: VecMap::new(),
+            attached: VecMap::new(),
             // VMID 0 is reserved for streams without stage 2.
             vmids: IdAllocator::new(vmid_bits, true, IdKind::Vmid)?,
             asids: IdAllocator::new(asid_bits, true, IdKind::Asid)?,

@@ -23,7 +23,7 @@
 //! the stream table and the command queue), and held across a whole group
 //! call, so no lone attach can interleave with it.
 
-use alloc::collections::BTreeMap;
+use crate::vecmap::VecMap;
 use alloc::vec::Vec;
 
 use crate::domain::DomainId;
@@ -38,8 +38,8 @@ pub type GroupId = u32;
 #[derive(Debug, Default)]
 pub(crate) struct GroupTable {
     next: GroupId,
-    groups: BTreeMap<GroupId, Vec<u32>>,
-    by_sid: BTreeMap<u32, GroupId>,
+    groups: VecMap<GroupId, Vec<u32>>,
+    by_sid: VecMap<u32, GroupId>,
 }
 
 impl GroupTable {

@@ -36,6 +36,7 @@ pub mod stage2;
 pub mod ste;
 pub mod strtab;
 pub mod topology;
+mod vecmap;
 
 pub use error::{Error, Result};
 pub use hal::{Dma, DmaRegion, Hal, PhysAddr};

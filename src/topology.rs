@@ -47,7 +47,7 @@
 //! Every possible alias is listed; the last one is what the root complex
 //! sees in the common case ([`DmaAliases::root_alias`]).
 
-use alloc::collections::BTreeMap;
+use crate::vecmap::VecMap;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -588,7 +588,7 @@ pub struct Group<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Groups<T> {
     groups: Vec<Group<T>>,
-    by_sid: BTreeMap<u32, usize>,
+    by_sid: VecMap<u32, usize>,
 }
 
 impl<T: Clone> Groups<T> {
@@ -602,7 +602,7 @@ impl<T: Clone> Groups<T> {
     {
         let functions: Vec<(T, &[u32])> = functions.into_iter().collect();
         let mut sets = DisjointSets::new(functions.len());
-        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut owner: VecMap<u32, usize> = VecMap::new();
         for (i, (_, sids)) in functions.iter().enumerate() {
             for &sid in sids.iter() {
                 match owner.get(&sid) {
@@ -613,12 +613,12 @@ impl<T: Clone> Groups<T> {
                 }
             }
         }
-        let mut index_of_root: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut index_of_root: VecMap<usize, usize> = VecMap::new();
         let mut groups: Vec<Group<T>> = Vec::new();
-        let mut by_sid = BTreeMap::new();
+        let mut by_sid = VecMap::new();
         for (i, (member, sids)) in functions.iter().enumerate() {
             let root = sets.find(i);
-            let g = *index_of_root.entry(root).or_insert_with(|| {
+            let g = *index_of_root.get_or_insert_with(root, || {
                 groups.push(Group {
                     id: groups.len(),
                     members: Vec::new(),
