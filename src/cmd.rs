@@ -796,7 +796,10 @@ pub struct InvalidationHints {
 
 impl InvalidationHints {
     /// No hints: non-leaf, TTL 0 (always safe).
-    pub const NONE: InvalidationHints = InvalidationHints { leaf: false, ttl: 0 };
+    pub const NONE: InvalidationHints = InvalidationHints {
+        leaf: false,
+        ttl: 0,
+    };
 
     /// Only leaves changed, all at `level` (1..=3); `None`: levels unknown
     /// or mixed.
@@ -827,7 +830,15 @@ pub fn s2_invalidation(
     ril: bool,
     max_commands: usize,
 ) -> InvalidationPlan {
-    s2_invalidation_hinted(vmid, ipa, len, granule_shift, ril, max_commands, InvalidationHints::NONE)
+    s2_invalidation_hinted(
+        vmid,
+        ipa,
+        len,
+        granule_shift,
+        ril,
+        max_commands,
+        InvalidationHints::NONE,
+    )
 }
 
 /// [`s2_invalidation`] with `hints`: Leaf = 1 when only leaves changed,
@@ -876,7 +887,16 @@ pub fn nh_invalidation(
     ril: bool,
     max_commands: usize,
 ) -> InvalidationPlan {
-    nh_invalidation_hinted(vmid, asid, va, len, granule_shift, ril, max_commands, InvalidationHints::NONE)
+    nh_invalidation_hinted(
+        vmid,
+        asid,
+        va,
+        len,
+        granule_shift,
+        ril,
+        max_commands,
+        InvalidationHints::NONE,
+    )
 }
 
 /// [`nh_invalidation`] with `hints` (see [`s2_invalidation_hinted`]).
@@ -926,34 +946,123 @@ mod tests {
     fn invalidation_hints_pin_leaf_and_ttl() {
         let cmds = |p: InvalidationPlan| p.commands().to_vec();
         // Pages only changed, all at level 3, RIL: Leaf = 1, TTL = 3.
-        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints::leaves_at(Some(3))));
+        let c = cmds(s2_invalidation_hinted(
+            5,
+            0x4000_0000,
+            0x3000,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3)),
+        ));
         assert_eq!(c.len(), 1);
-        let Command::TlbiS2Ipa { leaf, range: Some(r), .. } = c[0] else { panic!("{c:?}") };
+        let Command::TlbiS2Ipa {
+            leaf,
+            range: Some(r),
+            ..
+        } = c[0]
+        else {
+            panic!("{c:?}")
+        };
         assert!(leaf);
         assert_eq!((r.ttl, r.tg, r.num, r.scale), (3, 1, 2, 0));
         let w = c[0].encode();
         assert_eq!(w[1] & 1, 1, "Leaf is dword 1 bit 0");
         assert_eq!((w[1] >> 8) & 3, 3, "TTL is dword 1 [9:8]");
         // A 2 MiB block: TTL = 2.
-        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x20_0000, 12, true, 64, InvalidationHints::leaves_at(Some(2))));
-        let Command::TlbiS2Ipa { range: Some(r), .. } = c[0] else { panic!() };
+        let c = cmds(s2_invalidation_hinted(
+            5,
+            0x4000_0000,
+            0x20_0000,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(2)),
+        ));
+        let Command::TlbiS2Ipa { range: Some(r), .. } = c[0] else {
+            panic!()
+        };
         assert_eq!(r.ttl, 2);
         // Mixed levels: Leaf but no TTL.
-        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints::leaves_at(None)));
-        let Command::TlbiS2Ipa { leaf: true, range: Some(r), .. } = c[0] else { panic!() };
+        let c = cmds(s2_invalidation_hinted(
+            5,
+            0x4000_0000,
+            0x3000,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(None),
+        ));
+        let Command::TlbiS2Ipa {
+            leaf: true,
+            range: Some(r),
+            ..
+        } = c[0]
+        else {
+            panic!()
+        };
         assert_eq!(r.ttl, 0);
         // Tables freed: non-leaf, TTL dropped even if asked.
-        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x3000, 12, true, 64, InvalidationHints { leaf: false, ttl: 3 }));
-        let Command::TlbiS2Ipa { leaf: false, range: Some(r), .. } = c[0] else { panic!() };
+        let c = cmds(s2_invalidation_hinted(
+            5,
+            0x4000_0000,
+            0x3000,
+            12,
+            true,
+            64,
+            InvalidationHints {
+                leaf: false,
+                ttl: 3,
+            },
+        ));
+        let Command::TlbiS2Ipa {
+            leaf: false,
+            range: Some(r),
+            ..
+        } = c[0]
+        else {
+            panic!()
+        };
         assert_eq!(r.ttl, 0);
         assert_eq!(c[0].encode()[1] & 1, 0);
         // Without RIL there is no TTL field to set: Leaf only.
-        let c = cmds(s2_invalidation_hinted(5, 0x4000_0000, 0x2000, 12, false, 64, InvalidationHints::leaves_at(Some(3))));
+        let c = cmds(s2_invalidation_hinted(
+            5,
+            0x4000_0000,
+            0x2000,
+            12,
+            false,
+            64,
+            InvalidationHints::leaves_at(Some(3)),
+        ));
         assert_eq!(c.len(), 2);
-        assert!(c.iter().all(|c| matches!(c, Command::TlbiS2Ipa { leaf: true, range: None, .. })));
+        assert!(c.iter().all(|c| matches!(
+            c,
+            Command::TlbiS2Ipa {
+                leaf: true,
+                range: None,
+                ..
+            }
+        )));
         // Stage 1 alike.
-        let c = cmds(nh_invalidation_hinted(5, 9, 0x1000, 0x1000, 12, true, 64, InvalidationHints::leaves_at(Some(3))));
-        let Command::TlbiNhVa { leaf: true, range: Some(r), .. } = c[0] else { panic!() };
+        let c = cmds(nh_invalidation_hinted(
+            5,
+            9,
+            0x1000,
+            0x1000,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3)),
+        ));
+        let Command::TlbiNhVa {
+            leaf: true,
+            range: Some(r),
+            ..
+        } = c[0]
+        else {
+            panic!()
+        };
         assert_eq!(r.ttl, 3);
     }
 

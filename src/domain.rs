@@ -36,10 +36,10 @@ mod stage1;
 
 pub use batch::Batch;
 
-pub use external::ExternalStage2;
-pub use mapping::CpuInvalidation;
 pub use crate::stage2::{MapOptions, Memory, Perm, Translation};
 use crate::ste::{Stage2Ste, Ste, SteConfig};
+pub use external::ExternalStage2;
+pub use mapping::CpuInvalidation;
 
 /// Handle of a domain.
 pub type DomainId = u32;
@@ -855,7 +855,9 @@ mod tests {
             regs.commands()[from..]
                 .iter()
                 .filter_map(|w| match Command::decode(*w) {
-                    Command::TlbiS2Ipa { leaf, range, .. } => Some((leaf, range.map_or(0, |r| r.ttl))),
+                    Command::TlbiS2Ipa { leaf, range, .. } => {
+                        Some((leaf, range.map_or(0, |r| r.ttl)))
+                    }
                     _ => None,
                 })
                 .collect()
@@ -863,8 +865,10 @@ mod tests {
         for (bbml, cpu_bbml2) in [(0, false), (2, true)] {
             let (regs, smmu, id) = with_bbml(bbml, cpu_bbml2);
             // Two pages in one level-3 table, and a 2 MiB block.
-            smmu.map(id, 0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite).unwrap();
-            smmu.map(id, 0x4020_0000, 0x8020_0000, M2, Perm::ReadWrite).unwrap();
+            smmu.map(id, 0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite)
+                .unwrap();
+            smmu.map(id, 0x4020_0000, 0x8020_0000, M2, Perm::ReadWrite)
+                .unwrap();
             let n = regs.commands().len();
             smmu.unmap(id, 0x4000_0000, 0x1000).unwrap(); // the table stays
             assert_eq!(tlbis(&regs, n), [(true, 3)]);
@@ -897,11 +901,19 @@ mod tests {
             let id = domain(&smmu);
             for i in 0..16u64 {
                 let ipa = 0x4000_0000 + i * 0x20_0000; // one table each
-                smmu.map(id, ipa, 0x8000_0000 + i * 0x1000, 0x1000, Perm::ReadWrite).unwrap();
+                smmu.map(id, ipa, 0x8000_0000 + i * 0x1000, 0x1000, Perm::ReadWrite)
+                    .unwrap();
             }
             smmu.attach(id, 0x10).unwrap();
             smmu.attach(id, 0x18).unwrap();
-            let tables = smmu.domains.lock().get(id).unwrap().owned().unwrap().tables();
+            let tables = smmu
+                .domains
+                .lock()
+                .get(id)
+                .unwrap()
+                .owned()
+                .unwrap()
+                .tables();
             let n = regs.commands().len();
             let mut hooks = 0;
             if batched {
@@ -914,7 +926,8 @@ mod tests {
                 smmu.detach(0x10).unwrap();
                 smmu.detach(0x18).unwrap();
                 for i in 0..16u64 {
-                    smmu.unmap_with(id, 0x4000_0000 + i * 0x20_0000, 0x1000, &mut |_| hooks += 1).unwrap();
+                    smmu.unmap_with(id, 0x4000_0000 + i * 0x20_0000, 0x1000, &mut |_| hooks += 1)
+                        .unwrap();
                 }
             }
             let cmds = regs.commands()[n..].to_vec();
@@ -923,7 +936,14 @@ mod tests {
             assert!(smmu.ste(0x10).unwrap().config().is_abort());
             assert!(smmu.ste(0x18).unwrap().config().is_abort());
             assert_eq!(smmu.domain_info(id).unwrap().sids.len(), 0);
-            let t = smmu.domains.lock().get(id).unwrap().owned().unwrap().tables();
+            let t = smmu
+                .domains
+                .lock()
+                .get(id)
+                .unwrap()
+                .owned()
+                .unwrap()
+                .tables();
             assert!(t < tables, "emptied tables freed");
             assert_eq!(retired(&smmu, id), 0);
             assert_eq!(smmu.translate(id, 0x4000_0000).unwrap(), None);
@@ -945,7 +965,8 @@ mod tests {
     fn a_refused_batch_change_keeps_the_safety_order() {
         let (regs, smmu) = enabled(None);
         let id = domain(&smmu);
-        smmu.map(id, 0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite)
+            .unwrap();
         smmu.attach(id, 0x10).unwrap();
         let before = smmu.stream_table_snapshot();
         assert_eq!(
@@ -961,7 +982,10 @@ mod tests {
             .commit(&mut |_| {});
         assert_eq!(r, Err(Error::NotMapped { addr: 0x5000_0000 }));
         assert_eq!(smmu.translate(id, 0x4000_0000).unwrap(), None);
-        assert!(regs.commands()[n..].iter().any(|c| c[0] & 0xFF == 0x2A), "the made change was invalidated");
+        assert!(
+            regs.commands()[n..].iter().any(|c| c[0] & 0xFF == 0x2A),
+            "the made change was invalidated"
+        );
         drop(smmu);
     }
 }

@@ -219,7 +219,10 @@ impl fmt::Display for Error {
                 )
             }
             Error::Stage1Tables(d) => {
-                write!(f, "domain {d} translates with stage 1: it has no stage-2 tables")
+                write!(
+                    f,
+                    "domain {d} translates with stage 1: it has no stage-2 tables"
+                )
             }
             Error::PlanTooLong => write!(f, "entry update plan exceeds its capacity"),
             Error::SidInGroup { sid, group } => write!(

@@ -621,7 +621,10 @@ mod tests {
     fn stage1_only_display() {
         let s = with(|r| r.idr0 &= !1).unwrap().to_string();
         assert!(s.lines().any(|l| l == "stages             : S1"), "{s}");
-        assert!(s.lines().any(|l| l == "domains use        : stage 1"), "{s}");
+        assert!(
+            s.lines().any(|l| l == "domains use        : stage 1"),
+            "{s}"
+        );
     }
 
     fn with(f: impl FnOnce(&mut IdRegs)) -> Result<Features> {

@@ -755,7 +755,9 @@ impl<H: Hal> Smmu<H> {
                 while let Some(step) = steps.get(*next).copied() {
                     *next += 1;
                     match step {
-                        UpdateStep::Write { dword, value } => strtab.write_dword(*sid, dword, value)?,
+                        UpdateStep::Write { dword, value } => {
+                            strtab.write_dword(*sid, dword, value)?
+                        }
                         UpdateStep::Publish => strtab.publish(*sid)?,
                         UpdateStep::Sync => {
                             cfgis.push(Command::CfgiSte {

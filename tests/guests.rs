@@ -353,7 +353,10 @@ fn every_phase_on_every_edu() -> TestResult {
         .collect();
     let vms = run_specs(&smmu, specs)?;
     check!(vms.iter().any(|v| v.tables == TableModel::HypervisorOwned));
-    check!(vms.iter().any(|v| v.tables == TableModel::DriverOwned && !v.split_in_one_store));
+    check!(
+        vms.iter()
+            .any(|v| v.tables == TableModel::DriverOwned && !v.split_in_one_store)
+    );
     check!(vms.iter().any(|v| v.vmid_policy == VmidPolicy::Private));
     check!(vms.iter().any(|v| v.vmid_policy == VmidPolicy::Cpu));
     for (i, vm) in vms.iter().enumerate() {
@@ -385,7 +388,11 @@ fn every_phase_on_every_edu() -> TestResult {
 fn hypervisor_owned_tables_guest_dma_abort_balloon() -> TestResult {
     let smmu = up()?;
     let edus = edus_at_least(1)?;
-    let mut spec = guests::spec(0, &edus[0], phase::INFO | phase::DMA | phase::CPU_ABORT | phase::BALLOON);
+    let mut spec = guests::spec(
+        0,
+        &edus[0],
+        phase::INFO | phase::DMA | phase::CPU_ABORT | phase::BALLOON,
+    );
     spec.tables = TableModel::HypervisorOwned;
     let vms = run_specs(&smmu, alloc::vec![spec])?;
     let vm = &vms[0];
@@ -395,7 +402,10 @@ fn hypervisor_owned_tables_guest_dma_abort_balloon() -> TestResult {
     let info = try_ok!(smmu.domain_info(vm.domain));
     check!(info.external);
     check_eq!(Some(info.root), vm.hv_root());
-    check_eq!(vm.log.vttbr.map(|v| v & 0x0000_ffff_ffff_fffe), vm.hv_root());
+    check_eq!(
+        vm.log.vttbr.map(|v| v & 0x0000_ffff_ffff_fffe),
+        vm.hv_root()
+    );
     check_eq!(try_ok!(smmu.ste(vm.sid)).s2ttb(), info.root);
     check_eq!(vm.log.vtcr, Some(image::hvtables::HvStage2::vtcr()));
     // The driver neither reads nor edits the hypervisor's tables.
@@ -441,7 +451,10 @@ fn balloon_break_before_make_with_a_guest() -> TestResult {
     check!(!vm.split_in_one_store);
     scenario("balloon", guests::balloon(&smmu, vm, guests::seed(0)))?;
     let block = BALLOON_PAGE_IPA & !((2 << 20) - 1);
-    check_eq!(vm.log.cpu_tlbis, [(block, 2 << 20), (BALLOON_PAGE_IPA, 4096)]);
+    check_eq!(
+        vm.log.cpu_tlbis,
+        [(block, 2 << 20), (BALLOON_PAGE_IPA, 4096)]
+    );
     check_eq!(
         try_ok!(smmu.translate(vm.domain, RAM_IPA)).map(|t| t.size),
         Some(2 << 20)
@@ -450,7 +463,10 @@ fn balloon_break_before_make_with_a_guest() -> TestResult {
     for off in [0u64, 0x1000, 0xff000, 0x101000, 0x1ff000] {
         let ipa = block + off;
         let t = try_ok!(smmu.translate(vm.domain, ipa));
-        check_eq!(t.map(|t| (t.pa, t.size)), Some((vm.ram_pa() + (ipa - RAM_IPA), 4096)));
+        check_eq!(
+            t.map(|t| (t.pa, t.size)),
+            Some((vm.ram_pa() + (ipa - RAM_IPA), 4096))
+        );
     }
     guests::destroy_all(&smmu, vms);
     Ok(())
@@ -476,7 +492,11 @@ fn private_smmu_vmid_cpu_tlbi_by_cpu_vmid() -> TestResult {
         check_eq!(vm.log.vttbr.map(|v| (v >> 48) as u16), Some(vm.vmid));
     }
     let (a, b) = (&vms[0], &vms[1]);
-    check!(a.smmu_vmid != a.vmid, "private SMMU VMID {:#x}", a.smmu_vmid);
+    check!(
+        a.smmu_vmid != a.vmid,
+        "private SMMU VMID {:#x}",
+        a.smmu_vmid
+    );
     check_eq!(b.smmu_vmid, b.vmid);
     check!(a.smmu_vmid != b.smmu_vmid);
     check!(!a.log.cpu_tlbi_vmids.is_empty());
@@ -501,7 +521,12 @@ fn one_vm_for_a_group_of_two_devices() -> TestResult {
     let sids: Vec<u32> = pair.iter().filter_map(|e| e.stream_id).collect();
     check_eq!(sids.len(), 2);
     let group = try_ok!(smmu.declare_group(&sids));
-    let spec = guests::group_spec(0, &pair, &sids, phase::INFO | phase::DMA | phase::DMA_OUTSIDE);
+    let spec = guests::group_spec(
+        0,
+        &pair,
+        &sids,
+        phase::INFO | phase::DMA | phase::DMA_OUTSIDE,
+    );
     let vms = run_specs(&smmu, alloc::vec![spec])?;
     let vm = &vms[0];
     clean_run(vm)?;
@@ -516,11 +541,20 @@ fn one_vm_for_a_group_of_two_devices() -> TestResult {
         );
         // Exactly one fault per device, under its StreamID, at its address.
         let ipa = guest::UNMAPPED_DMA_IPA + i as u64 * 4096;
-        let mine: Vec<_> = vm.log.dma_faults.iter().filter(|f| f.sid == sids[i]).collect();
+        let mine: Vec<_> = vm
+            .log
+            .dma_faults
+            .iter()
+            .filter(|f| f.sid == sids[i])
+            .collect();
         check_eq!(mine.len(), 1);
         check_eq!(mine[0].addr_range.map(|r| r.0), Some(ipa));
         // Each device's report is its own.
-        check!(vm.log.report_for(hvc::check::DMA_ROUNDTRIP, i as u64).is_some());
+        check!(
+            vm.log
+                .report_for(hvc::check::DMA_ROUNDTRIP, i as u64)
+                .is_some()
+        );
     }
     check_eq!(vm.log.dma_faults.len(), 2);
     check!(
@@ -530,7 +564,10 @@ fn one_vm_for_a_group_of_two_devices() -> TestResult {
     // A member cannot leave alone.
     check_eq!(
         smmu.detach(sids[1]),
-        Err(smmuv3::Error::SidInGroup { sid: sids[1], group })
+        Err(smmuv3::Error::SidInGroup {
+            sid: sids[1],
+            group
+        })
     );
     guests::destroy_all(&smmu, vms);
     check_eq!(smmu.domain_of(sids[0]), None);

@@ -930,8 +930,14 @@ fn hypervisor_owned_tables_and_both_vmid_policies() -> TestResult {
     let src = Buf::new(PAGE as usize, PAGE as usize)?;
     src.fill(0x5A);
     let mut hv = image::hvtables::HvStage2::new();
-    try_ok!(hv.map(ipa, pb.pa(), PAGE, true).map_err(|e| format!("{e:?}")));
-    try_ok!(hv.map(ipa + PAGE, src.pa(), PAGE, false).map_err(|e| format!("{e:?}")));
+    try_ok!(
+        hv.map(ipa, pb.pa(), PAGE, true)
+            .map_err(|e| format!("{e:?}"))
+    );
+    try_ok!(
+        hv.map(ipa + PAGE, src.pa(), PAGE, false)
+            .map_err(|e| format!("{e:?}"))
+    );
     let cpu_vmid = 0x77;
     let b = try_ok!(smmu.create_external_domain(ExternalStage2 {
         vtcr: image::hvtables::HvStage2::vtcr(),
@@ -941,7 +947,13 @@ fn hypervisor_owned_tables_and_both_vmid_policies() -> TestResult {
     }));
     // The VMID is reserved: no other domain may take it.
     let cfg = try_ok!(demo::vm_stage2().map_err(Failure::new));
-    check!(smmu.create_domain(DomainOptions { vmid: Some(cpu_vmid), ..DomainOptions::new(cfg) }).is_err());
+    check!(
+        smmu.create_domain(DomainOptions {
+            vmid: Some(cpu_vmid),
+            ..DomainOptions::new(cfg)
+        })
+        .is_err()
+    );
     // VM A: driver-owned tables, a VMID from the SMMU's private space.
     let pa_page = Buf::new(PAGE as usize, PAGE as usize)?;
     let a = try_ok!(smmu.create_domain(DomainOptions::new(cfg)));
@@ -966,7 +978,10 @@ fn hypervisor_owned_tables_and_both_vmid_policies() -> TestResult {
     edu_ok(ea.dma_to_ram(0, ipa, 64))?;
     edu_ok(eb.dma_to_ram(0, ipa, 64))?;
     expect_no_fault(&demo::report_faults(&smmu, &edus))?;
-    check_eq!((pa_page.get(0), pb.get(0), pb.get(63), pb.get(64)), (0x5A, 0x5A, 0x5A, CANARY));
+    check_eq!(
+        (pa_page.get(0), pb.get(0), pb.get(63), pb.get(64)),
+        (0x5A, 0x5A, 0x5A, CANARY)
+    );
     // The hypervisor unmaps B's page in its own tables but (yet) only the
     // other VM's TLB is invalidated: B's device still uses its cached
     // translation, A's TLBI did not touch VMID 0x77.
@@ -975,7 +990,10 @@ fn hypervisor_owned_tables_and_both_vmid_policies() -> TestResult {
     pb.fill(CANARY);
     edu_ok(eb.dma_to_ram(0, ipa, 64))?;
     expect_no_fault(&demo::report_faults(&smmu, &edus))?;
-    check!(pb.get(0) == 0x5A, "B's cached translation survived A's TLBI");
+    check!(
+        pb.get(0) == 0x5A,
+        "B's cached translation survived A's TLBI"
+    );
     // Now B's own invalidation: the page faults and nothing is written.
     try_ok!(smmu.invalidate(b, ipa, PAGE));
     pb.fill(CANARY);

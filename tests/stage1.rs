@@ -116,7 +116,9 @@ fn cd_of(smmu: &Driver, sid: u32) -> Result<Cd, Failure> {
     let p = try_ok!(smmu.ste(sid)).cd_paddr() as *const u64;
     // SAFETY: the STE points at the domain's 64-byte CD, an identity-mapped
     // driver allocation alive while the domain exists.
-    Ok(Cd(core::array::from_fn(|i| unsafe { p.add(i).read_volatile() })))
+    Ok(Cd(core::array::from_fn(|i| unsafe {
+        p.add(i).read_volatile()
+    })))
 }
 
 /// Exactly one stage-1 write fault of `kind` from `sid` at `ipa`.
@@ -149,7 +151,10 @@ fn ste_and_cd_read_back() -> TestResult {
     let info = try_ok!(smmu.domain_info(vm.domain));
     check_eq!(info.stage, Stage::Stage1);
     check_eq!(info.shared_vttbr(), None);
-    check!(info.vmid != 0, "a stage-1 domain owns a VMID on a nested SMMU");
+    check!(
+        info.vmid != 0,
+        "a stage-1 domain owns a VMID on a nested SMMU"
+    );
     let asid = info.asid.ok_or(Failure::new("an ASID"))?;
     let ste = try_ok!(smmu.ste(vm.sid));
     check_eq!((ste.config(), ste.vmid()), (SteConfig::Stage1, info.vmid));
@@ -226,7 +231,10 @@ fn write_to_readonly_faults_permission() -> TestResult {
     check_eq!(vm.source.read(0, PAGE as usize), before);
     // protect() downgrades the data page the same way.
     edu_ok(edus[0].dma_to_ram(0, IPA_DATA, 64))?;
-    check!(demo::report_faults(&smmu, &edus).is_empty(), "RW write faulted");
+    check!(
+        demo::report_faults(&smmu, &edus).is_empty(),
+        "RW write faulted"
+    );
     try_ok!(smmu.protect(vm.domain, IPA_DATA, PAGE, Perm::Read));
     vm.data.fill(CANARY);
     edu_ok(edus[0].dma_to_ram(0, IPA_DATA, 64))?;
@@ -242,7 +250,10 @@ fn unmap_invalidates_a_cached_translation() -> TestResult {
     let vm = s1_vm(&smmu, &edus[0], 4)?;
     // Use the mapping so the SMMU caches it.
     edu_ok(edus[0].dma_to_ram(0, IPA_DATA, 64))?;
-    check!(demo::report_faults(&smmu, &edus).is_empty(), "mapped write faulted");
+    check!(
+        demo::report_faults(&smmu, &edus).is_empty(),
+        "mapped write faulted"
+    );
     check!(!vm.data.all(CANARY), "mapped write did not land");
     let before = smmu.stats().cmdq;
     try_ok!(smmu.unmap(vm.domain, IPA_DATA, PAGE));
@@ -256,7 +267,10 @@ fn unmap_invalidates_a_cached_translation() -> TestResult {
     edu_ok(edus[0].dma_to_ram(0, IPA_DATA, 64))?;
     let faults = demo::report_faults(&smmu, &edus);
     expect_one_s1_fault(&faults, EventType::FTranslation, vm.sid, IPA_DATA)?;
-    check!(vm.data.all(CANARY), "stale TLB entry: write reached the unmapped page");
+    check!(
+        vm.data.all(CANARY),
+        "stale TLB entry: write reached the unmapped page"
+    );
     teardown(&smmu, &vm)
 }
 
@@ -265,7 +279,10 @@ fn two_domains_same_ipa_no_crossing() -> TestResult {
     let smmu = up()?;
     let a = s1_vm(&smmu, &edus[0], 5)?;
     let b = s1_vm(&smmu, &edus[1], 6)?;
-    let (ia, ib) = (try_ok!(smmu.domain_info(a.domain)), try_ok!(smmu.domain_info(b.domain)));
+    let (ia, ib) = (
+        try_ok!(smmu.domain_info(a.domain)),
+        try_ok!(smmu.domain_info(b.domain)),
+    );
     check!(ia.asid != ib.asid, "ASIDs {:?} / {:?}", ia.asid, ib.asid);
     check!(ia.vmid != ib.vmid, "VMIDs {} / {}", ia.vmid, ib.vmid);
     check!(
@@ -279,7 +296,11 @@ fn two_domains_same_ipa_no_crossing() -> TestResult {
         edu_ok(e.dma_to_ram(0, IPA_DATA, 64))?;
         check!(demo::report_faults(&smmu, &edus).is_empty(), "no faults");
         check_eq!(vm.data.read(0, 64), vm.source.read(0, 64));
-        check!(other.data.all(CANARY), "{}'s write reached the other domain's page", e.bdf);
+        check!(
+            other.data.all(CANARY),
+            "{}'s write reached the other domain's page",
+            e.bdf
+        );
         // The other domain's PA, used as an IPA, is not mapped here.
         let foreign = other.data.pa();
         edu_ok(e.dma_to_ram(0, foreign, 64))?;

@@ -134,9 +134,11 @@ impl<'a, H: Hal> Batch<'a, H> {
             .detach
             .iter()
             .filter(|sid| {
-                domains.attached.get(sid).and_then(|id| domains.get(*id).ok()).is_some_and(|d| {
-                    matches!(d.tables, super::Tables::Stage1(_))
-                })
+                domains
+                    .attached
+                    .get(sid)
+                    .and_then(|id| domains.get(*id).ok())
+                    .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
             })
             .map(|&sid| Command::CfgiCdAll { sid })
             .collect();

@@ -109,7 +109,11 @@ impl<H: Hal> Smmu<H> {
         let retired = d.owned()?.retired_tables();
         d.owned_mut()?.unmap(ipa, len)?;
         let t = d.owned()?;
-        let hints = change_hints(t.retired_tables() > retired, t.changed_leaf_level(), split_live);
+        let hints = change_hints(
+            t.retired_tables() > retired,
+            t.changed_leaf_level(),
+            split_live,
+        );
         let r = self.invalidate_domain_range(d, ipa, len, hints);
         cpu(&CpuInvalidation {
             domain: id,
@@ -303,11 +307,14 @@ impl<H: Hal> Smmu<H> {
     }
 }
 
-
 /// The TLBI hints for a change: Leaf when no table was unlinked, TTL when
 /// every changed leaf sat at one level and no live block was replaced
 /// without break in the same operation.
-pub(crate) fn change_hints(tables_unlinked: bool, level: Option<u32>, split_live: bool) -> InvalidationHints {
+pub(crate) fn change_hints(
+    tables_unlinked: bool,
+    level: Option<u32>,
+    split_live: bool,
+) -> InvalidationHints {
     if tables_unlinked {
         InvalidationHints::NONE
     } else if split_live {

@@ -99,7 +99,9 @@ impl<H: Hal> Smmu<H> {
             (true, Some(v)) => (domains.vmids.alloc_specific(v)?, true),
             (true, None) => (domains.vmids.alloc()?, true),
             (false, Some(_)) => {
-                return Err(Error::InvalidArgument("no VMIDs on an SMMU without stage 2"));
+                return Err(Error::InvalidArgument(
+                    "no VMIDs on an SMMU without stage 2",
+                ));
             }
             (false, None) => (0, false),
         };
@@ -257,7 +259,9 @@ impl<H: Hal> Smmu<H> {
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
         if perm == Perm::Write {
-            return Err(Error::InvalidArgument("stage 1 has no write-only permission"));
+            return Err(Error::InvalidArgument(
+                "stage 1 has no write-only permission",
+            ));
         }
         s1(d)?.table.check_range_mapped(ipa, len)?;
         self.stage1_split_partial_blocks(d, ipa, len, cpu)?;

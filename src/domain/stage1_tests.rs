@@ -59,7 +59,10 @@ fn cd_of(smmu: &Smmu<FakeHal>, sid: u32) -> Cd {
 }
 
 fn decoded(regs: &FakeRegs, from: usize) -> Vec<Command> {
-    regs.commands()[from..].iter().map(|c| Command::decode(*c)).collect()
+    regs.commands()[from..]
+        .iter()
+        .map(|c| Command::decode(*c))
+        .collect()
 }
 
 #[test]
@@ -72,16 +75,20 @@ fn auto_picks_stage1_without_stage2_and_stage2_with_it() {
     );
     let id = smmu.create_domain(DomainOptions::new(cfg())).unwrap();
     let info = smmu.domain_info(id).unwrap();
-    assert_eq!((info.stage, info.vmid, info.asid), (Stage::Stage1, 0, Some(1)));
+    assert_eq!(
+        (info.stage, info.vmid, info.asid),
+        (Stage::Stage1, 0, Some(1))
+    );
     assert_eq!(info.shared_vttbr(), None);
     assert_eq!(smmu.stage2_snapshot(id), Err(Error::Stage1Tables(id)));
     // No VMIDs to give without stage 2.
-    assert!(smmu
-        .create_domain(DomainOptions {
+    assert!(
+        smmu.create_domain(DomainOptions {
             vmid: Some(3),
             ..DomainOptions::new(cfg())
         })
-        .is_err());
+        .is_err()
+    );
     drop(smmu);
     let (_r, smmu) = enabled(IDR0_NESTED, 0);
     assert_eq!(smmu.domain_stage(StagePolicy::Auto), Ok(Stage::Stage2));
@@ -97,12 +104,18 @@ fn ste_and_cd_read_back() {
     let (_r, smmu) = enabled(IDR0_NESTED, 0);
     let id = smmu.create_domain(stage1_opts()).unwrap();
     let info = smmu.domain_info(id).unwrap();
-    assert_ne!(info.vmid, 0, "a stage-1 domain owns a VMID on a nested SMMU");
+    assert_ne!(
+        info.vmid, 0,
+        "a stage-1 domain owns a VMID on a nested SMMU"
+    );
     smmu.attach(id, 0x10).unwrap();
     let ste = smmu.ste(0x10).unwrap();
     assert_eq!((ste.config(), ste.vmid()), (SteConfig::Stage1, info.vmid));
     let d1 = LocalRegisterCopy::<u64, STE_1::Register>::new(ste.0[1]);
-    assert_eq!((d1.read(STE_1::PRIVCFG), d1.read(STE_1::INSTCFG)), (0b11, 0b10));
+    assert_eq!(
+        (d1.read(STE_1::PRIVCFG), d1.read(STE_1::INSTCFG)),
+        (0b11, 0b10)
+    );
     assert_eq!(ste.0[0] >> 59, 0, "S1CDMax = 0");
     let cd = cd_of(&smmu, 0x10);
     let d0 = LocalRegisterCopy::<u64, CD_0::Register>::new(cd.0[0]);
@@ -166,7 +179,8 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
     let asid = info.asid.unwrap();
     smmu.attach(id, 8).unwrap();
     let before = regs.commands().len();
-    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x4000, Perm::ReadWrite).unwrap();
+    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x4000, Perm::ReadWrite)
+        .unwrap();
     assert_eq!(regs.commands().len(), before, "map needs no invalidation");
     let t = smmu.translate(id, 0x4000_2345).unwrap().unwrap();
     assert_eq!((t.pa, t.perm), (0x8000_2345, Perm::ReadWrite));
@@ -182,15 +196,25 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
             addr,
             range: Some(r),
             ..
-        } => assert_eq!((vmid, a, addr, r.pages()), (info.vmid, asid, 0x4000_0000, 4)),
+        } => assert_eq!(
+            (vmid, a, addr, r.pages()),
+            (info.vmid, asid, 0x4000_0000, 4)
+        ),
         ref c => panic!("expected TLBI_NH_VA, got {c:x?}"),
     }
     assert_eq!(smmu.translate(id, 0x4000_0000).unwrap(), None);
-    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::ReadWrite)
+        .unwrap();
     let before = regs.commands().len();
     smmu.protect(id, 0x4000_0000, 0x1000, Perm::Read).unwrap();
-    assert!(matches!(decoded(&regs, before)[0], Command::TlbiNhVa { .. }));
-    assert_eq!(smmu.translate(id, 0x4000_0000).unwrap().unwrap().perm, Perm::Read);
+    assert!(matches!(
+        decoded(&regs, before)[0],
+        Command::TlbiNhVa { .. }
+    ));
+    assert_eq!(
+        smmu.translate(id, 0x4000_0000).unwrap().unwrap().perm,
+        Perm::Read
+    );
     assert!(matches!(
         smmu.protect(id, 0x4000_0000, 0x1000, Perm::Write),
         Err(Error::InvalidArgument(_))
@@ -206,14 +230,20 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
 fn stage1_only_smmu_uses_vmid_zero_in_tlbis() {
     let (regs, smmu) = enabled(IDR0_S1_ONLY, 0);
     let id = smmu.create_domain(DomainOptions::new(cfg())).unwrap();
-    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    smmu.map(id, 0x4000_0000, 0x8000_0000, 0x1000, Perm::ReadWrite)
+        .unwrap();
     smmu.attach(id, 8).unwrap();
     assert_eq!(smmu.ste(8).unwrap().vmid(), 0);
     let before = regs.commands().len();
     smmu.unmap(id, 0x4000_0000, 0x1000).unwrap();
     assert!(matches!(
         decoded(&regs, before)[0],
-        Command::TlbiNhVa { vmid: 0, asid: 1, addr: 0x4000_0000, .. }
+        Command::TlbiNhVa {
+            vmid: 0,
+            asid: 1,
+            addr: 0x4000_0000,
+            ..
+        }
     ));
     smmu.detach(8).unwrap();
     smmu.destroy_domain(id).unwrap();
@@ -237,7 +267,8 @@ fn unmap_inside_a_block_splits_it() {
         let hole = ipa + 0x10_0000;
         let mut calls = Vec::new();
         let before = regs.commands().len();
-        smmu.unmap_with(id, hole, 0x1000, &mut |c| calls.push((c.ipa, c.len))).unwrap();
+        smmu.unmap_with(id, hole, 0x1000, &mut |c| calls.push((c.ipa, c.len)))
+            .unwrap();
         assert_eq!(smmu.translate(id, hole).unwrap(), None);
         for probe in [ipa, hole - 0x1000, hole + 0x1000, ipa + M2 - 0x1000] {
             let t = smmu.translate(id, probe).unwrap().unwrap();

@@ -156,7 +156,13 @@ fn teardown() -> Result<(), smmuv3::Error> {
             let dom = smmu.create_domain(DomainOptions::new(cfg))?;
             let ipa = |i: u64| 0x4000_0000 + i * 0x20_0000;
             for i in 0..n {
-                smmu.map(dom, ipa(i), 0x4000_0000 + i * 0x1000, 0x1000, Perm::ReadWrite)?;
+                smmu.map(
+                    dom,
+                    ipa(i),
+                    0x4000_0000 + i * 0x1000,
+                    0x1000,
+                    Perm::ReadWrite,
+                )?;
             }
             let sids = [0x3000u32, 0x3008];
             for sid in sids {

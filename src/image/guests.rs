@@ -74,10 +74,15 @@ pub fn vm_groups(smmu: &Driver, edus: &[Edu]) -> Result<Vec<VmGroup>, String> {
         if out.iter().any(|(m, _)| m.iter().any(|o| o.bdf == e.bdf)) {
             continue;
         }
-        let g = e.group.and_then(|g| groups.groups().iter().find(|x| x.id == g));
+        let g = e
+            .group
+            .and_then(|g| groups.groups().iter().find(|x| x.id == g));
         let (members, sids): (Vec<Edu>, Vec<u32>) = match g {
             Some(g) => (
-                edus.iter().filter(|o| o.group == e.group).copied().collect(),
+                edus.iter()
+                    .filter(|o| o.group == e.group)
+                    .copied()
+                    .collect(),
                 g.sids.clone(),
             ),
             None => (alloc::vec![*e], e.stream_id.into_iter().collect()),
@@ -340,7 +345,10 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
         }
     }
     if cpu_vmid != vm.vmid {
-        return Err(format!("VTTBR_EL2 VMID {cpu_vmid:#x}, VM's CPU VMID {:#x}", vm.vmid));
+        return Err(format!(
+            "VTTBR_EL2 VMID {cpu_vmid:#x}, VM's CPU VMID {:#x}",
+            vm.vmid
+        ));
     }
     let policy_holds = match vm.vmid_policy {
         VmidPolicy::Cpu => info.vmid == cpu_vmid,
@@ -355,7 +363,11 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     match (vm.tables, vm.hv_root()) {
         (TableModel::HypervisorOwned, Some(hv)) if hv == root && info.external => {}
         (TableModel::DriverOwned, None) if info.root == root && !info.external => {}
-        other => return Err(format!("tables {other:x?}, VTTBR_EL2 root {root:#x}, domain {info:x?}")),
+        other => {
+            return Err(format!(
+                "tables {other:x?}, VTTBR_EL2 root {root:#x}, domain {info:x?}"
+            ));
+        }
     }
     let vtcr = vm.log.vtcr.unwrap_or(0);
     if vtcr != vm.vtcr || vtcr & VTCR_GEOMETRY != info.vtcr & VTCR_GEOMETRY {
@@ -388,7 +400,13 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     for (i, e) in vm.edus.iter().enumerate() {
         match leaf(guest::bar_ipa(i)) {
             Some(b) if b.memory == Memory::Device && !b.execute && b.pa == e.bar0 as u64 => {}
-            other => return Err(format!("{} BAR leaf at {:#x}: {other:x?}", e.bdf, guest::bar_ipa(i))),
+            other => {
+                return Err(format!(
+                    "{} BAR leaf at {:#x}: {other:x?}",
+                    e.bdf,
+                    guest::bar_ipa(i)
+                ));
+            }
         }
     }
     let hcr = vm.log.hcr.unwrap_or(0);
@@ -400,10 +418,7 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     }
     let vmids = match vm.vmid_policy {
         VmidPolicy::Cpu => format!("VMID {cpu_vmid:#x} = STE.S2VMID"),
-        VmidPolicy::Private => format!(
-            "VMID {cpu_vmid:#x}, STE.S2VMID {:#x} (private)",
-            info.vmid
-        ),
+        VmidPolicy::Private => format!("VMID {cpu_vmid:#x}, STE.S2VMID {:#x} (private)", info.vmid),
     };
     Ok(format!(
         "CPU {} {vmids}; VTTBR_EL2 root {root:#x} == STE S2TTB{}; {}; code RX, {} Device XN, RAM {} XN",
@@ -745,7 +760,12 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         TableModel::DriverOwned => Some(vm.smmu_vmid),
         TableModel::HypervisorOwned => None,
     };
-    if vm.log.cpu_tlbi_vmids.iter().any(|&v| v != (vm.vmid, hook_vmid)) {
+    if vm
+        .log
+        .cpu_tlbi_vmids
+        .iter()
+        .any(|&v| v != (vm.vmid, hook_vmid))
+    {
         return Err(format!(
             "CPU TLBI VMIDs {:x?}, expected CPU {:#x} / hook {hook_vmid:x?}",
             vm.log.cpu_tlbi_vmids, vm.vmid
@@ -756,7 +776,10 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         TableModel::DriverOwned => &[],
     };
     if vm.log.smmu_invalidations != smmu_inv {
-        return Err(format!("Smmu::invalidate calls {:x?}", vm.log.smmu_invalidations));
+        return Err(format!(
+            "Smmu::invalidate calls {:x?}",
+            vm.log.smmu_invalidations
+        ));
     }
     aborted(vm, page, false).ok_or("no CPU abort at the released page")?;
     if !faulted_at(vm, page) {
@@ -811,7 +834,9 @@ pub fn demo_models(i: usize, spec: &mut VmSpec) {
 
 /// Builds, runs and judges every VM; adds the rows to `report`.
 pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
-    println!("Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices");
+    println!(
+        "Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices"
+    );
     let groups = match vm_groups(smmu, edus) {
         Ok(g) => g,
         Err(e) => {

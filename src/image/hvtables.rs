@@ -178,7 +178,10 @@ impl HvStage2 {
             if f.contains(S2::VALID) {
                 let size = 1u64 << (12 + 9 * (3 - level as u32));
                 let base = d.output_address().0 as u64;
-                let perm = match (f.contains(S2::S2AP_ACCESS_RO), f.contains(S2::S2AP_ACCESS_WO)) {
+                let perm = match (
+                    f.contains(S2::S2AP_ACCESS_RO),
+                    f.contains(S2::S2AP_ACCESS_WO),
+                ) {
                     (true, true) => Some(Perm::ReadWrite),
                     (true, false) => Some(Perm::Read),
                     (false, true) => Some(Perm::Write),
@@ -219,8 +222,12 @@ impl HvStage2 {
     /// the SMMU with `Smmu::invalidate`).
     pub fn unmap(&mut self, ipa: u64, len: u64) -> Result<(), MapError> {
         let region = MemoryRegion::new(ipa as usize, (ipa + len) as usize);
-        self.map
-            .map_range(&region, PhysicalAddress(0), S2::empty(), Constraints::NO_BLOCK_MAPPINGS)?;
+        self.map.map_range(
+            &region,
+            PhysicalAddress(0),
+            S2::empty(),
+            Constraints::NO_BLOCK_MAPPINGS,
+        )?;
         smmuv3::barrier::dsb_st();
         Ok(())
     }

@@ -369,14 +369,22 @@ impl Vm {
             .stream_id
             .ok_or_else(|| format!("{}: no StreamID", first.bdf))?;
         if spec.edus.len() > guest::MAX_DEVICES {
-            return Err(format!("{} devices (at most {})", spec.edus.len(), guest::MAX_DEVICES));
+            return Err(format!(
+                "{} devices (at most {})",
+                spec.edus.len(),
+                guest::MAX_DEVICES
+            ));
         }
         for e in &spec.edus {
             if !e.stream_id.is_some_and(|s| spec.sids.contains(&s)) {
                 return Err(format!("{}: its StreamID is not in the group", e.bdf));
             }
             if bar_size(e) > guest::BAR_STRIDE {
-                return Err(format!("{}: BAR0 larger than {:#x}", e.bdf, guest::BAR_STRIDE));
+                return Err(format!(
+                    "{}: BAR0 larger than {:#x}",
+                    e.bdf,
+                    guest::BAR_STRIDE
+                ));
             }
         }
         let program = guest::code();
@@ -423,7 +431,13 @@ impl Vm {
                 };
                 m(&mut hv, CODE_IPA, code.paddr(), PAGE, HvMemory::Code)?;
                 for (i, e) in spec.edus.iter().enumerate() {
-                    m(&mut hv, guest::bar_ipa(i), e.bar0 as u64, bar_size(e), HvMemory::Device)?;
+                    m(
+                        &mut hv,
+                        guest::bar_ipa(i),
+                        e.bar0 as u64,
+                        bar_size(e),
+                        HvMemory::Device,
+                    )?;
                 }
                 m(&mut hv, RAM_IPA, ram.paddr(), RAM_SIZE, HvMemory::Ram)?;
                 let domain = smmu
@@ -497,7 +511,12 @@ impl Vm {
             )?;
             // Each BAR0: Device-nGnRE, execute-never.
             for (i, e) in self.edus.iter().enumerate() {
-                map(guest::bar_ipa(i), e.bar0 as u64, bar_size(e), MapOptions::device())?;
+                map(
+                    guest::bar_ipa(i),
+                    e.bar0 as u64,
+                    bar_size(e),
+                    MapOptions::device(),
+                )?;
             }
             // RAM: read-write, execute-never, 2 MiB blocks (the balloon
             // splits one when it takes a page out of it).
@@ -897,14 +916,20 @@ impl Vm {
         let cpu_vmid = self.vmid;
         let how = if let Some(hv) = self.hv.as_mut() {
             if let Err(e) = hv.unmap(ipa, len) {
-                println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: HvStage2 unmap: {e:?}", self.name);
+                println!(
+                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: HvStage2 unmap: {e:?}",
+                    self.name
+                );
                 return hvc::FAILED;
             }
             cpu_tlb_invalidate(cpu_vmid, ipa, len);
             self.log.cpu_tlbis.push((ipa, len));
             self.log.cpu_tlbi_vmids.push((cpu_vmid, None));
             if let Err(e) = smmu.invalidate(self.domain, ipa, len) {
-                println!("  VM {}: RELEASE {ipa:#x}+{len:#x}: invalidate: {e}", self.name);
+                println!(
+                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: invalidate: {e}",
+                    self.name
+                );
                 return hvc::FAILED;
             }
             self.log.smmu_invalidations.push((ipa, len));

@@ -95,7 +95,9 @@ impl Geometry {
             ));
         }
         if va_bits < 25 {
-            return Err(Error::InvalidArgument("input size below 25 bits (T0SZ above 39)"));
+            return Err(Error::InvalidArgument(
+                "input size below 25 bits (T0SZ above 39)",
+            ));
         }
         let g = Geometry {
             granule,
@@ -105,7 +107,9 @@ impl Geometry {
         };
         let start_level = (0..=3)
             .find(|&l| g.level_shift(l) < va_bits && va_bits <= g.level_shift(l) + g.stride())
-            .ok_or(Error::InvalidArgument("no start level resolves this input size"))?;
+            .ok_or(Error::InvalidArgument(
+                "no start level resolves this input size",
+            ))?;
         Ok(Geometry { start_level, ..g })
     }
 
@@ -127,7 +131,10 @@ impl Geometry {
     /// The output size encoding (IPS / PS), 0..=6.
     pub fn oas_encoding(&self) -> u8 {
         // Every constructor checked that `oas_bits` is in the table.
-        OA_BITS.iter().position(|&b| b == self.oas_bits).unwrap_or(0) as u8
+        OA_BITS
+            .iter()
+            .position(|&b| b == self.oas_bits)
+            .unwrap_or(0) as u8
     }
 
     /// The level at which walks start.

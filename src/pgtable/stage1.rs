@@ -73,8 +73,8 @@ pub const MAIR_DEVICE_NGNRE: u64 = 0x04;
 
 /// The MAIR value the CD carries for tables in this format: Attr0 =
 /// Normal write-back, Attr1 = Device-nGnRE, the rest Device-nGnRnE (0).
-pub const MAIR: u64 = MAIR_ATTR::ATTR0.val(MAIR_NORMAL_WB).value
-    | MAIR_ATTR::ATTR1.val(MAIR_DEVICE_NGNRE).value;
+pub const MAIR: u64 =
+    MAIR_ATTR::ATTR0.val(MAIR_NORMAL_WB).value | MAIR_ATTR::ATTR1.val(MAIR_DEVICE_NGNRE).value;
 
 /// The stage-1 leaf format (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -250,7 +250,13 @@ impl<H: Hal, F: Format> Table<H, F> {
         let end = self.check_ipa_only(ipa, len)?;
         let root = self.root_paddr();
         let level = self.geo.start_level();
-        self.check_mapped(root, level, ipa, end, Some("protect splits a block mapping"))?;
+        self.check_mapped(
+            root,
+            level,
+            ipa,
+            end,
+            Some("protect splits a block mapping"),
+        )?;
         self.protect_range(root, level, ipa, end, perm)
     }
 
@@ -466,10 +472,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     // ---- descriptor encoding ----
 
     /// The address field of a descriptor pointing at `addr`.
-    fn encode_oa(
-        &self,
-        addr: PhysAddr,
-    ) -> tock_registers::fields::FieldValue<u64, DESC::Register> {
+    fn encode_oa(&self, addr: PhysAddr) -> tock_registers::fields::FieldValue<u64, DESC::Register> {
         let low = addr & ((1 << 48) - 1) & !(self.geo.granule_size() - 1);
         let mut f = DESC::ADDR.val(low >> 12);
         if self.geo.oas_bits() == 52 {
@@ -602,9 +605,7 @@ impl<H: Hal, F: Format> Table<H, F> {
                     n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks)?
                 }
                 // Invalid (or a leaf, which validation excluded): a new table.
-                _ => {
-                    n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?
-                }
+                _ => n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?,
             }
         }
         Ok(n)

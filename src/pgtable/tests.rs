@@ -54,7 +54,11 @@ fn geometry_start_levels() {
         (Granule::K64, 48, 1, 64),
     ] {
         let geo = Geometry::stage1(g, va, 44).unwrap();
-        assert_eq!((geo.start_level(), geo.root_entries()), (level, entries), "{g:?} {va}");
+        assert_eq!(
+            (geo.start_level(), geo.root_entries()),
+            (level, entries),
+            "{g:?} {va}"
+        );
     }
     assert_eq!(
         Geometry::stage1(Granule::K4, 49, 44),
@@ -64,15 +68,31 @@ fn geometry_start_levels() {
         Geometry::stage1(Granule::K4, 40, 52),
         Err(Error::Unsupported(Unsupported::AddressSize))
     );
-    assert!(matches!(Geometry::stage1(Granule::K4, 24, 44), Err(Error::InvalidArgument(_))));
-    assert!(matches!(Geometry::stage1(Granule::K4, 40, 43), Err(Error::InvalidArgument(_))));
-    assert_eq!(Geometry::stage1(Granule::K4, 40, 44).unwrap().oas_encoding(), 4);
+    assert!(matches!(
+        Geometry::stage1(Granule::K4, 24, 44),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Geometry::stage1(Granule::K4, 40, 43),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(
+        Geometry::stage1(Granule::K4, 40, 44)
+            .unwrap()
+            .oas_encoding(),
+        4
+    );
 }
 
 #[test]
 fn k16_root_entries_for_40_bits() {
     // 16K: level 1 resolves bits [46:36]; 40 bits leave 4 of them.
-    assert_eq!(Geometry::stage1(Granule::K16, 40, 44).unwrap().root_entries(), 16);
+    assert_eq!(
+        Geometry::stage1(Granule::K16, 40, 44)
+            .unwrap()
+            .root_entries(),
+        16
+    );
 }
 
 #[test]
@@ -107,7 +127,10 @@ fn stage1_leaf_bits_pinned() {
     assert_eq!(level, 2);
     //   block: type [1] = 0; AttrIndx = 1 -> 0x4; AP[2] = 1 -> 0x80;
     //   SH = 2 (outer) -> 0x200; AF, nG; PXN and UXN.
-    assert_eq!(raw, 0x9000_0000 | 0x1 | 0x4 | 0x80 | 0x200 | 0xC00 | 3 << 53);
+    assert_eq!(
+        raw,
+        0x9000_0000 | 0x1 | 0x4 | 0x80 | 0x200 | 0xC00 | 3 << 53
+    );
     let q = t.query(0x4020_1234).unwrap();
     assert_eq!(
         (q.pa, q.perm, q.size, q.memory, q.execute),
@@ -133,7 +156,8 @@ fn write_only_is_refused_and_changes_nothing() {
 #[test]
 fn protect_flips_only_ap2() {
     let mut t = table(Granule::K4, 40);
-    t.map(0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite).unwrap();
+    t.map(0x4000_0000, 0x8000_0000, 0x2000, Perm::ReadWrite)
+        .unwrap();
     let (_, rw) = leaf(&t, 0x4000_1000);
     t.protect(0x4000_1000, 0x1000, Perm::Read).unwrap();
     let (_, ro) = leaf(&t, 0x4000_1000);
@@ -145,7 +169,8 @@ fn protect_flips_only_ap2() {
 #[test]
 fn unmap_frees_emptied_tables_after_release() {
     let mut t = table(Granule::K4, 40);
-    t.map(0x40_0000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite).unwrap();
+    t.map(0x40_0000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+        .unwrap();
     let tables = t.tables();
     assert_eq!(tables, 4, "levels 0..3");
     t.unmap(0x40_0000_1000, 0x1000).unwrap();
@@ -154,7 +179,9 @@ fn unmap_frees_emptied_tables_after_release() {
     assert_eq!(t.release_retired(), 3);
     assert_eq!(
         t.unmap(0x40_0000_1000, 0x1000),
-        Err(Error::NotMapped { addr: 0x40_0000_1000 })
+        Err(Error::NotMapped {
+            addr: 0x40_0000_1000
+        })
     );
 }
 
@@ -171,7 +198,10 @@ fn split_keeps_every_page_and_its_attributes() {
         t.map_with(block, 4 * block, block, &opts).unwrap();
         let (_, raw) = leaf(&t, block);
         let page = geo.granule_size();
-        let b = t.partial_block(block + page, page).unwrap().expect("a partial block");
+        let b = t
+            .partial_block(block + page, page)
+            .unwrap()
+            .expect("a partial block");
         assert_eq!((b.ipa, b.size, b.level), (block, block, 2));
         let split = t.prepare_split(&b).unwrap();
         t.break_block(&b).unwrap();
@@ -192,20 +222,30 @@ fn split_keeps_every_page_and_its_attributes() {
 #[test]
 fn refusals_change_nothing() {
     let mut t = table(Granule::K4, 40);
-    t.map(0x4000_0000, 0x8000_0000, M2, Perm::ReadWrite).unwrap();
+    t.map(0x4000_0000, 0x8000_0000, M2, Perm::ReadWrite)
+        .unwrap();
     let before = t.snapshot();
     assert_eq!(
         t.map(0x4000_0000, 0x8000_0000, 0x1000, Perm::Read),
         Err(Error::Overlap { addr: 0x4000_0000 })
     );
-    assert!(matches!(t.unmap(0x4000_1000, 0x1000), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        t.unmap(0x4000_1000, 0x1000),
+        Err(Error::InvalidArgument(_))
+    ));
     assert_eq!(
         t.map(1 << 40, 0, 0x1000, Perm::Read),
-        Err(Error::RangeOverflow { addr: 1 << 40, len: 0x1000 })
+        Err(Error::RangeOverflow {
+            addr: 1 << 40,
+            len: 0x1000
+        })
     );
     assert_eq!(
         t.map(0x1000, 0x800, 0x1000, Perm::Read),
-        Err(Error::Misaligned { addr: 0x800, align: 0x1000 })
+        Err(Error::Misaligned {
+            addr: 0x800,
+            align: 0x1000
+        })
     );
     assert_eq!(t.snapshot(), before);
 }
