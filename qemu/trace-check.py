@@ -16,6 +16,12 @@ Runs the demo image (``cargo run --release``) with ``QEMU_TRACE`` and checks:
   equals the number of ``smmuv3_record_event`` lines (QEMU traces a record
   even when a full queue drops it).
 
+* after the SMMU is enabled (from the first access after the CR0ACK read
+  that shows SMMUEN, to the end of the run, disable included), at most
+  ``MAX_READS_PER_SYNC`` (1.2) MMIO reads per CMD_SYNC, event-queue PROD
+  and CONS reads excluded (they are the event drain's, counted apart).
+  ``READS_PER_SYNC_MAX`` overrides the bound (e.g. to show the check fails).
+
 With ``EXPECT_GIC=2`` (or ``3``) it also checks the interrupt mode: the
 banner says ``interrupts: GICv<N>``, the SMMU's interrupts are serviced
 ``via GICv<N>``, and the ``SMMU stats`` line counts at least one interrupt
@@ -55,6 +61,46 @@ ALIASES = int(sys.argv[sys.argv.index("--aliases") + 1]) if "--aliases" in sys.a
 # (ESR class 0x24, FAR = the IPA, the guests run with stage 1 off), and that
 # the guests' hypercalls were HVCs from EL1 to EL2 (ESR class 0x16).
 CPU_EXITS = "--cpu-exits" in sys.argv
+
+
+MAX_READS_PER_SYNC = float(os.environ.get("READS_PER_SYNC_MAX", "1.2"))
+# Register names for the per-register report of the reads-per-sync check.
+READ_NAMES = {0x20: "CR0", 0x24: "CR0ACK", 0x44: "GBPA", 0x50: "IRQ_CTRL", 0x54: "IRQ_CTRLACK",
+              0x60: "GERROR", 0x64: "GERRORN", 0x98: "CMDQ_PROD", 0x9C: "CMDQ_CONS"}
+EVENTQ_REGS = {0xA8, 0xAC, 0x100A8, 0x100AC}
+
+
+def check_reads_per_sync(lines, problems):
+    """MMIO reads per CMD_SYNC after SMMUEN (event-queue PROD/CONS apart)."""
+    state = "init"  # init -> enabling (SMMUEN written) -> enabled (CR0ACK shows it)
+    reads = collections.Counter()
+    eventq_reads = 0
+    syncs = 0
+    for line in lines:
+        m = re.search(r"smmuv3_(read|write)_mmio addr: ?0x([0-9a-f]+) val: ?0x([0-9a-f]+)", line)
+        if m:
+            addr, val = int(m[2], 16), int(m[3], 16)
+            if state == "init" and m[1] == "write" and addr == 0x20 and val & 1:
+                state = "enabling"
+            elif state == "enabling" and m[1] == "read" and addr == 0x24 and val & 1:
+                state = "enabled"
+            elif state == "enabled" and m[1] == "read":
+                if addr in EVENTQ_REGS:
+                    eventq_reads += 1
+                else:
+                    reads[READ_NAMES.get(addr, hex(addr))] += 1
+        elif state == "enabled" and "smmuv3_cmdq_opcode" in line and "SMMU_CMD_SYNC" in line:
+            syncs += 1
+    if state != "enabled":
+        problems.append("no SMMUEN acknowledged in the trace")
+        return
+    total = sum(reads.values())
+    ratio = total / syncs if syncs else float("inf")
+    by_reg = ", ".join(f"{k} {v}" for k, v in reads.most_common())
+    print(f"trace: after SMMUEN: {total} MMIO reads for {syncs} CMD_SYNCs = {ratio:.3f} per CMD_SYNC "
+          f"(bound {MAX_READS_PER_SYNC}; {by_reg}); {eventq_reads} event-queue reads apart")
+    if ratio > MAX_READS_PER_SYNC:
+        problems.append(f"{ratio:.3f} MMIO reads per CMD_SYNC after SMMUEN, above {MAX_READS_PER_SYNC} ({by_reg})")
 
 
 def check_cpu_exits(out, lines, problems):
@@ -241,6 +287,7 @@ def main() -> int:
             problems.append(f"the demo's checks did not all pass: {summary[-1:] or 'no summary'}")
         else:
             print(f"trace: {summary[-1][0]} demo checks passed with stage-{stage} domains, {len(vm_lines)} VMs")
+    check_reads_per_sync(lines, problems)
     if ALIASES is not None:
         check_aliases(out, traced, events, problems)
     if CPU_EXITS:

@@ -163,12 +163,6 @@ impl<H: Hal> CommandQueue<H> {
         self.last_fault
     }
 
-    /// Reads CMDQ_CONS (wrap+index, ERR masked) and remembers it.
-    fn read_cons(&mut self, mmio: &Mmio) -> u32 {
-        self.cons = mmio.read32(&mmio.p0().cmdq_cons) & self.ring().wrap_index_mask();
-        self.cons
-    }
-
     /// Writes `cmds` (and a CMD_SYNC when `sync`) and publishes them with as
     /// few PROD writes as the free space allows (one, when they fit). With
     /// `sync`, waits until the CMD_SYNC is consumed.
@@ -245,8 +239,9 @@ impl<H: Hal> CommandQueue<H> {
         // us by an interrupt handler that found the lock taken, and a batch
         // without a SYNC may have stopped the queue after we looked: handle
         // either before letting go.
-        if (mmio.take_cmdq_error_hint() || sync_pos.is_none())
-            && let Some(f) = self.recover(mmio)
+        let hint = mmio.take_cmdq_error_hint();
+        if (hint.is_some() || sync_pos.is_none())
+            && let Some(f) = self.recover_seen(mmio, hint, None)
         {
             first_fault.get_or_insert(f);
         }
@@ -292,6 +287,10 @@ impl<H: Hal> CommandQueue<H> {
     /// first kept in `fault`) only when CONS has not moved for
     /// [`STALL_POLLS`] polls, when an interrupt handler hinted at one, and
     /// before giving up.
+    ///
+    /// The hint is taken before CONS is read: the handler read GERROR
+    /// before leaving it, so that CONS read already shows the error the
+    /// handler saw, and recovering it costs no further register read.
     fn poll<T>(
         &mut self,
         mmio: &Mmio,
@@ -303,8 +302,15 @@ impl<H: Hal> CommandQueue<H> {
         let mut last = None;
         let mut stalled = 0;
         loop {
-            let cons = self.read_cons(mmio);
+            let hint = mmio.take_cmdq_error_hint();
+            let raw = mmio.read32(&mmio.p0().cmdq_cons);
+            let cons = raw & self.ring().wrap_index_mask();
+            self.cons = cons;
             if let Some(v) = ready(self, cons) {
+                if let Some(seen) = hint {
+                    // Left for the check before the submitter returns.
+                    mmio.hint_cmdq_error(seen);
+                }
                 return Ok(v);
             }
             if last == Some(cons) {
@@ -313,8 +319,8 @@ impl<H: Hal> CommandQueue<H> {
                 (last, stalled) = (Some(cons), 0);
             }
             let expired = H::now_ns().wrapping_sub(start) > self.timeout_ns;
-            if (stalled >= STALL_POLLS || mmio.take_cmdq_error_hint() || expired)
-                && let Some(f) = self.recover(mmio)
+            if (hint.is_some() || stalled >= STALL_POLLS || expired)
+                && let Some(f) = self.recover_seen(mmio, hint, hint.map(|_| raw))
             {
                 fault.get_or_insert(f);
                 stalled = 0;
@@ -330,12 +336,29 @@ impl<H: Hal> CommandQueue<H> {
     /// If the command queue stopped on an error, repairs it and lets it
     /// resume. Returns what was wrong.
     pub fn recover(&mut self, mmio: &Mmio) -> Option<CmdqFault> {
+        self.recover_seen(mmio, None, None)
+    }
+
+    /// [`CommandQueue::recover`] with what the caller already read:
+    /// `seen`, a GERROR value (else GERROR is read), and `cons`, a raw
+    /// CMDQ_CONS read after `seen` was (else CONS is read, after GERROR:
+    /// CONS.ERR is valid once GERROR.CMDQ_ERR is seen active). Only the
+    /// command queue's holder acknowledges CMDQ_ERR, so an error active in
+    /// `seen` against GERRORN now is still the one CONS shows.
+    pub(crate) fn recover_seen(
+        &mut self,
+        mmio: &Mmio,
+        seen: Option<u32>,
+        cons: Option<u32>,
+    ) -> Option<CmdqFault> {
         let cmdq_err = GERROR::CMDQ_ERR.mask << GERROR::CMDQ_ERR.shift;
-        if mmio.active_gerrors() & cmdq_err == 0 {
+        let gerror = seen.unwrap_or_else(|| mmio.read_gerror().0);
+        if mmio.active_in(gerror) & cmdq_err == 0 {
             return None;
         }
-        let cons =
-            LocalRegisterCopy::<u32, Q_CONS::Register>::new(mmio.read32(&mmio.p0().cmdq_cons));
+        let cons = LocalRegisterCopy::<u32, Q_CONS::Register>::new(
+            cons.unwrap_or_else(|| mmio.read32(&mmio.p0().cmdq_cons)),
+        );
         let position = cons.get() & self.ring().wrap_index_mask();
         let entry = self.queue.read(position);
         let error = match cons.read(Q_CONS::ERR) {
@@ -367,7 +390,7 @@ impl<H: Hal> CommandQueue<H> {
             entry,
         };
         self.last_fault = Some(fault);
-        mmio.ack_gerrors(cmdq_err);
+        mmio.ack_gerrors_seen(cmdq_err, gerror);
         Some(fault)
     }
 }
@@ -616,9 +639,30 @@ mod tests {
         q.submit_with(&mmio, 1, |_| [0x1A, 0], true).unwrap();
         // Some error is raised and a handler could not take the lock.
         regs.set32(GERROR, regs.get32(GERROR) ^ 1);
-        mmio.hint_cmdq_error();
+        mmio.hint_cmdq_error(regs.get32(GERROR));
         assert!(q.submit_with(&mmio, 1, |_| [0x1A, 0], true).is_err());
         assert_eq!(mmio.active_gerrors(), 0);
+    }
+
+    /// Issue 12: an error whose GERROR value an interrupt handler already
+    /// read, with CONS read after it, is recovered without another register
+    /// read; the same (now stale) hint again finds nothing to do.
+    #[test]
+    fn a_seen_error_is_recovered_without_reading_registers() {
+        let regs = FakeRegs::new();
+        let mmio = regs.mmio();
+        let mut q = queue(4);
+        regs.set32(GERROR, 1);
+        let cons = 1 << 24; // CERROR_ILL at slot 0
+        let before = mmio.reads();
+        let _ = mmio.active_in(0); // GERRORN learnt once (one read)
+        let learnt = mmio.reads();
+        assert!(learnt - before <= 1);
+        let fault = q.recover_seen(&mmio, Some(1), Some(cons)).unwrap();
+        assert_eq!(fault.error, CmdqError::Illegal);
+        assert_eq!(regs.get32(GERRORN), 1);
+        assert_eq!(q.recover_seen(&mmio, Some(1), None), None);
+        assert_eq!(mmio.reads(), learnt, "no GERROR or CONS read");
     }
 
     #[test]

@@ -20,6 +20,9 @@ use tock_registers::registers::ReadWrite;
 
 use crate::regs::{PAGE_SIZE, SmmuPage0, SmmuPage1};
 
+/// Marks a stored command-error hint (the low 32 bits are GERROR).
+const HINTED: u64 = 1 << 32;
+
 /// The SMMU's register pages.
 #[derive(Debug)]
 pub struct Mmio {
@@ -33,8 +36,9 @@ pub struct Mmio {
     gerrorn: AtomicU32,
     gerrorn_known: AtomicBool,
     /// An interrupt handler saw a command error but could not take the
-    /// command queue: its holder must look at GERROR.
-    cmdq_error_hint: AtomicBool,
+    /// command queue: its holder must recover it. Holds `HINTED | GERROR`
+    /// as the handler read it, or 0.
+    cmdq_error_hint: AtomicU64,
     writes: AtomicU64,
     reads: AtomicU64,
 }
@@ -65,7 +69,7 @@ impl Mmio {
             gerrorn_pending: AtomicU32::new(0),
             gerrorn: AtomicU32::new(0),
             gerrorn_known: AtomicBool::new(false),
-            cmdq_error_hint: AtomicBool::new(false),
+            cmdq_error_hint: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
         }
@@ -146,23 +150,43 @@ impl Mmio {
     }
 
     /// Records that a command error awaits the command queue's lock holder
-    /// (an interrupt handler found the queue locked).
-    pub fn hint_cmdq_error(&self) {
-        self.cmdq_error_hint.store(true, Ordering::SeqCst);
+    /// (an interrupt handler found the queue locked), with the GERROR value
+    /// the handler read: the holder need not read it again.
+    pub fn hint_cmdq_error(&self, seen_gerror: u32) {
+        self.cmdq_error_hint
+            .store(HINTED | u64::from(seen_gerror), Ordering::SeqCst);
     }
 
-    /// Takes the hint left by [`Mmio::hint_cmdq_error`].
-    pub fn take_cmdq_error_hint(&self) -> bool {
-        self.cmdq_error_hint.load(Ordering::Relaxed)
-            && self.cmdq_error_hint.swap(false, Ordering::SeqCst)
+    /// Takes the hint left by [`Mmio::hint_cmdq_error`]: the GERROR value
+    /// the handler saw.
+    pub fn take_cmdq_error_hint(&self) -> Option<u32> {
+        if self.cmdq_error_hint.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let v = self.cmdq_error_hint.swap(0, Ordering::SeqCst);
+        (v != 0).then_some(v as u32)
     }
 
     /// Global errors currently active: GERROR bits that differ from GERRORN.
     /// One register read (GERROR): GERRORN is known from this driver's own
     /// writes after it was read once (see [`Mmio::resync_gerrorn`]).
     pub fn active_gerrors(&self) -> u32 {
-        let p0 = self.p0();
-        self.read32(&p0.gerror) ^ self.gerrorn()
+        self.read_gerror().1
+    }
+
+    /// Reads GERROR: returns it and the active errors (GERROR ^ GERRORN).
+    pub fn read_gerror(&self) -> (u32, u32) {
+        let g = self.read32(&self.p0().gerror);
+        (g, self.active_in(g))
+    }
+
+    /// The errors active in a GERROR value read earlier, against GERRORN as
+    /// it is now (no register read once GERRORN is known). An error active
+    /// in `seen` that has been acknowledged since is not active any more;
+    /// one still unacknowledged is, because a GERROR bit does not toggle
+    /// again while its error is active.
+    pub fn active_in(&self, seen: u32) -> u32 {
+        seen ^ self.gerrorn()
     }
 
     /// The value of GERRORN: read from the SMMU the first time (or after
@@ -194,6 +218,39 @@ impl Mmio {
     /// later than the holder's own.
     pub fn ack_gerrors(&self, bits: u32) {
         self.gerrorn_pending.fetch_or(bits, Ordering::SeqCst);
+        self.apply_pending_acks();
+    }
+
+    /// Like [`Mmio::ack_gerrors`], for errors found active in `seen`, a
+    /// GERROR value read earlier: acknowledges without reading GERROR
+    /// again. Sound because an active error's GERROR bit does not toggle
+    /// until it is acknowledged: a bit of `bits` still differing between
+    /// `seen` and GERRORN is still active with GERROR = `seen`, and one
+    /// acknowledged meanwhile (GERRORN = `seen` there) is left alone. When
+    /// the lock is taken the bits go to the holder, which reads GERROR.
+    pub fn ack_gerrors_seen(&self, bits: u32, seen: u32) {
+        match self.gerrorn_lock.try_lock() {
+            Some(guard) => {
+                let n = self.gerrorn();
+                let active = (seen ^ n) & bits;
+                if active != 0 {
+                    self.write32(&self.p0().gerrorn, n ^ active);
+                    self.gerrorn.store(n ^ active, Ordering::Release);
+                }
+                drop(guard);
+                fence(Ordering::SeqCst);
+                // Acknowledgements left while we held the lock.
+                if self.gerrorn_pending.load(Ordering::SeqCst) != 0 {
+                    self.apply_pending_acks();
+                }
+            }
+            None => self.ack_gerrors(bits),
+        }
+    }
+
+    /// Applies the acknowledgements in the mailbox (reading GERROR), unless
+    /// another context holds the lock and will.
+    fn apply_pending_acks(&self) {
         loop {
             let Some(guard) = self.gerrorn_lock.try_lock() else {
                 // The holder sees our bits: it looks at the mailbox after

@@ -24,7 +24,7 @@
 use core::fmt;
 use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use spin::Mutex;
 use tock_registers::LocalRegisterCopy;
@@ -297,6 +297,10 @@ pub struct Smmu<H: Hal> {
     features: Features,
     config: Config,
     state: AtomicU8,
+    /// GBPA.ABORT = 1 was written by this driver and acknowledged: only
+    /// this driver writes GBPA (`new`'s contract), so it is still set and
+    /// `disable` need not read or write GBPA again.
+    gbpa_abort: AtomicBool,
     // Memory the SMMU reads: dropped explicitly, only once it is stopped.
     strtab: ManuallyDrop<Mutex<StreamTable<H>>>,
     cmdq: ManuallyDrop<Mutex<CommandQueue<H>>>,
@@ -410,6 +414,7 @@ impl<H: Hal> Smmu<H> {
             features,
             config,
             state: AtomicU8::new(State::Disabled as u8),
+            gbpa_abort: AtomicBool::new(false),
             strtab: ManuallyDrop::new(Mutex::new(strtab)),
             cmdq: ManuallyDrop::new(Mutex::new(cmdq)),
             evtq: ManuallyDrop::new(Mutex::new(evtq)),
@@ -546,7 +551,9 @@ impl<H: Hal> Smmu<H> {
         })?;
         gbpa.modify(GBPA::ABORT::SET + GBPA::UPDATE::SET);
         self.mmio.write32(&p0.gbpa, gbpa.get());
-        wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))
+        wait_for::<H>(Wait::GbpaUpdate, t, || !p0.gbpa.is_set(GBPA::UPDATE))?;
+        self.gbpa_abort.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Takes the SMMU into the translating state: see the module docs for
@@ -654,7 +661,11 @@ impl<H: Hal> Smmu<H> {
         let _strtab = self.strtab.lock();
         let _cmdq = self.cmdq.lock();
         let _evtq = self.evtq.lock();
-        self.abort_bypass()?;
+        // `enable` set GBPA.ABORT and saw it take effect; only this driver
+        // writes GBPA, so it holds: no GBPA read or write is needed.
+        if !self.gbpa_abort.load(Ordering::Acquire) {
+            self.abort_bypass()?;
+        }
         self.write_irq_ctrl(0)?;
         self.write_cr0(0)?;
         self.set_state(State::Disabled);
@@ -865,7 +876,7 @@ impl<H: Hal> Smmu<H> {
     /// counts event-queue and MSI aborts, and on SFM_ERR disables the SMMU
     /// and returns [`Error::ServiceFailure`].
     pub fn handle_gerror(&self) -> Result<GerrorReport> {
-        let active = self.mmio.active_gerrors();
+        let (seen, active) = self.mmio.read_gerror();
         let mut report = GerrorReport {
             active,
             ..GerrorReport::default()
@@ -877,12 +888,12 @@ impl<H: Hal> Smmu<H> {
         if active & bit(GERROR::CMDQ_ERR) != 0 {
             match self.cmdq.try_lock() {
                 Some(mut cmdq) => {
-                    report.cmdq_fault = cmdq.recover(&self.mmio);
+                    report.cmdq_fault = cmdq.recover_seen(&self.mmio, Some(seen), None);
                     self.counters.store_cmdq(cmdq.stats());
                 }
                 None => {
                     report.cmdq_deferred = true;
-                    self.mmio.hint_cmdq_error();
+                    self.mmio.hint_cmdq_error(seen);
                 }
             }
         }
@@ -909,7 +920,7 @@ impl<H: Hal> Smmu<H> {
             ack |= bit(GERROR::SFM_ERR);
         }
         if ack != 0 {
-            self.mmio.ack_gerrors(ack);
+            self.mmio.ack_gerrors_seen(ack, seen);
         }
         self.counters
             .gerrors
