@@ -49,16 +49,19 @@ fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
         return 1;
     }
     println!(
-        "SMMU enabled: {:?} stream table for {} StreamIDs ({} bytes), every stream aborted by default",
-        smmu.stream_table_format(),
+        "SMMU enabled: {} stream table for {} StreamIDs ({} bytes), every stream aborted by default",
+        match smmu.stream_table_format() {
+            smmuv3::strtab::Format::Linear => "Linear",
+            smmuv3::strtab::Format::TwoLevel => "TwoLevel",
+        },
         smmu.sid_limit(),
         smmu.stream_table_bytes()
     );
     let irqs = match image::iommu::use_interrupts(&smmu) {
         Ok(Some(guard)) => {
             println!(
-                "SMMU interrupts: INTIDs {:?} (eventq, gerror) via GICv{}, serviced by the driver",
-                guard.intids,
+                "SMMU interrupts: INTIDs [{}] (eventq, gerror) via GICv{}, serviced by the driver",
+                image::console::join(&guard.intids),
                 image::gic::version().unwrap_or(0)
             );
             Some(guard)

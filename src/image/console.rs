@@ -69,6 +69,58 @@ pub fn print_args(args: fmt::Arguments) {
     let _ = Uart(base).write_fmt(args);
 }
 
+/// Writes formatted text and a newline under one hold of the line lock
+/// (`println!`: one `Arguments` per call site, not a nested pair).
+pub fn print_line(args: fmt::Arguments) {
+    let base = BASE.load(Ordering::Acquire);
+    if base == 0 {
+        return;
+    }
+    let _guard = LOCK.lock();
+    let mut uart = Uart(base);
+    let _ = uart.write_fmt(args);
+    let _ = uart.write_str("\n");
+}
+
+/// `a, b, c` for a list of numbers (without pulling in `Debug` for slices).
+pub fn join<T: fmt::Display>(items: &[T]) -> alloc::string::String {
+    let mut s = alloc::string::String::new();
+    for (i, n) in items.iter().enumerate() {
+        let _ = write!(s, "{}{n}", if i == 0 { "" } else { ", " });
+    }
+    s
+}
+
+/// `[0x8, 0x100]`: numbers in hex (without `Debug`).
+pub fn hex<T: fmt::LowerHex>(items: &[T]) -> alloc::string::String {
+    let mut s = alloc::string::String::from("[");
+    for (i, n) in items.iter().enumerate() {
+        let _ = write!(s, "{}{n:#x}", if i == 0 { "" } else { ", " });
+    }
+    s.push(']');
+    s
+}
+
+/// `[0x4300000+0x1000]`: (start, length) pairs in hex (without `Debug`).
+pub fn ranges(items: &[(u64, u64)]) -> alloc::string::String {
+    let mut s = alloc::string::String::from("[");
+    for (i, (a, n)) in items.iter().enumerate() {
+        let _ = write!(s, "{}{a:#x}+{n:#x}", if i == 0 { "" } else { ", " });
+    }
+    s.push(']');
+    s
+}
+
+/// `Ok` or `Err(<Display of the error>)`: a failure message without the
+/// error's `Debug` formatting (which pulls in `str` escaping and Unicode
+/// tables).
+pub fn outcome<T, E: fmt::Display>(r: &Result<T, E>) -> alloc::string::String {
+    match r {
+        Ok(_) => alloc::string::String::from("Ok"),
+        Err(e) => alloc::format!("Err({e})"),
+    }
+}
+
 /// Writes without taking the lock: for the exception and panic paths, which
 /// may interrupt a CPU that holds it.
 pub fn print_unlocked(args: fmt::Arguments) {
@@ -89,7 +141,7 @@ macro_rules! print {
 macro_rules! println {
     () => { $crate::image::console::print_args(format_args!("\n")) };
     ($($arg:tt)*) => {
-        $crate::image::console::print_args(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::image::console::print_line(format_args!($($arg)*))
     };
 }
 

@@ -211,8 +211,9 @@ fn expect_fault(
             format!("{} at IPA {ipa:#x}, {} records", kind.name(), f.records),
         ),
         _ => Err(format!(
-            "expected one {} for sid {sid:#x} at {ipa:#x}, got {faults:x?}",
-            kind.name()
+            "expected one {} for sid {sid:#x} at {ipa:#x}, got [{}]",
+            kind.name(),
+            super::console::join(faults)
         )),
     }
 }
@@ -229,7 +230,7 @@ pub fn default_deny(smmu: &Driver, edu: &Edu) -> Result<String, String> {
     let page = Page::new()?;
     let ste = smmu.ste(sid_of(edu)?).map_err(|e| format!("{e}"))?;
     if !ste.config().is_abort() {
-        return Err(format!("STE is {:?}, not abort", ste.config()));
+        return Err(format!("STE config {:#x}, not abort", ste.0[0] >> 1 & 7));
     }
     edu.dma_to_ram(0, page.pa(), 256).map_err(edu_err)?;
     let faults = fault::coalesce(&drain(smmu), PAGE);
@@ -348,7 +349,7 @@ pub fn create_group_vm(smmu: &Driver, edus: &[Edu], sids: &[u32], seed: u8) -> R
             .map_err(|e| format!("map {ipa:#x}: {e}"))?;
     }
     smmu.attach_group(domain, sids)
-        .map_err(|e| format!("attach_group {sids:#x?}: {e}"))?;
+        .map_err(|e| format!("attach_group {}: {e}", super::console::hex(sids)))?;
     Ok(vm)
 }
 
@@ -369,7 +370,7 @@ pub fn write_lands(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String> 
         .map_err(edu_err)?;
     let faults = fault::coalesce(&drain(smmu), PAGE);
     if !faults.is_empty() {
-        return Err(format!("unexpected faults: {faults:x?}"));
+        return Err(format!("unexpected faults: [{}]", super::console::join(&faults)));
     }
     if vm.data.read(off, len) != vm.source.read(off, len) {
         return Err(format!(
@@ -400,7 +401,7 @@ pub fn read_right_bytes(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, Str
     edu.dma_to_ram(off, IPA_DATA, len).map_err(edu_err)?;
     let faults = fault::coalesce(&drain(smmu), PAGE);
     if !faults.is_empty() {
-        return Err(format!("unexpected faults: {faults:x?}"));
+        return Err(format!("unexpected faults: [{}]", super::console::join(&faults)));
     }
     if vm.data.read(0, len) != vm.source.read(off, len) {
         return Err(String::from("bytes read differ from the source page"));
@@ -521,7 +522,8 @@ pub fn two_vms_same_ipa(
             .any(|f| f.sid != a_sid || f.kind != EventType::FTranslation)
     {
         return Err(format!(
-            "expected translation faults from sid {a_sid:#x}, got {faults:x?}"
+            "expected translation faults from sid {a_sid:#x}, got [{}]",
+            super::console::join(&faults)
         ));
     }
     if b.1.data.read(off, len) != b.1.source.read(off, len)
@@ -553,7 +555,7 @@ pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String
         .count();
     if first {
         smmu.detach_group(&vm.sids)
-            .map_err(|e| format!("detach_group {:#x?}: {e}", vm.sids))?;
+            .map_err(|e| format!("detach_group {}: {e}", super::console::hex(&vm.sids)))?;
     } else if attached != 0 {
         return Err(format!("{attached} of the VM's StreamIDs still attached"));
     }
@@ -565,7 +567,7 @@ pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String
     for &sid in &vm.sids {
         let ste = smmu.ste(sid).map_err(|e| format!("{e}"))?;
         if !ste.config().is_abort() {
-            return Err(format!("STE {sid:#x} after detach is {:?}", ste.config()));
+            return Err(format!("STE {sid:#x} after detach has config {:#x}", ste.0[0] >> 1 & 7));
         }
     }
     Ok(if vm.sids.len() > 1 {
@@ -598,7 +600,7 @@ pub fn group_shares_domain(smmu: &Driver, a: &Edu, b: &Edu, vm: &Vm) -> Result<S
         .map_err(edu_err)?;
     let faults = fault::coalesce(&drain(smmu), PAGE);
     if !faults.is_empty() {
-        return Err(format!("unexpected faults: {faults:x?}"));
+        return Err(format!("unexpected faults: [{}]", super::console::join(&faults)));
     }
     let pattern = vm.source.read(off_a, len);
     if vm.data.read(off_a, len) != pattern {
@@ -637,7 +639,11 @@ pub fn group_member_cannot_move_alone(smmu: &Driver, vm: &Vm) -> Result<String, 
     let attach = smmu.attach(vm.domain, vm.sid);
     let expected = Err(Error::SidInGroup { sid: vm.sid, group });
     if detach != expected || attach != expected {
-        return Err(format!("detach: {detach:?}, attach: {attach:?}"));
+        return Err(format!(
+            "detach: {}, attach: {}",
+            super::console::outcome(&detach),
+            super::console::outcome(&attach)
+        ));
     }
     if smmu.stream_table_snapshot() != before {
         return Err(String::from("the stream table changed"));
@@ -696,7 +702,7 @@ pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
         opcode,
     }) = r
     else {
-        return Err(format!("expected CERROR_ILL, got {r:?}"));
+        return Err(format!("expected CERROR_ILL, got {}", super::console::outcome(&r)));
     };
     // Recovery acknowledged the error: the next batch runs (the queue
     // executes nothing while GERROR.CMDQ_ERR is active) and finds no

@@ -93,7 +93,7 @@ pub fn vm_groups(smmu: &Driver, edus: &[Edu]) -> Result<Vec<VmGroup>, String> {
                 Some(d) if declared.iter().all(|&x| x == Some(d)) => {}
                 _ => {
                     smmu.declare_group(&sids)
-                        .map_err(|err| format!("declare_group {sids:#x?}: {err}"))?;
+                        .map_err(|err| format!("declare_group {}: {err}", super::console::hex(&sids)))?;
                 }
             }
         }
@@ -227,9 +227,9 @@ fn guest_says_for(vm: &Vm, id: u64, device: usize) -> Result<u64, String> {
             r.detail
         )),
         None => Err(format!(
-            "guest made no single report \"{}\" (stop: {:?})",
+            "guest made no single report \"{}\" (stop: {})",
             check::name(id),
-            vm.log.stop
+            stop_text(vm.log.stop)
         )),
     }
 }
@@ -239,8 +239,9 @@ fn pattern_at(vm: &Vm, off: u64, first: u64) -> Result<(), String> {
         let got = vm.ram_word(off + 8 * i);
         if got != Some(first + i) {
             return Err(format!(
-                "PA {:#x}: {got:#x?}, expected {:#x}",
+                "PA {:#x}: {}, expected {:#x}",
                 vm.ram_pa() + off + 8 * i,
+                super::console::hex(got.as_slice()),
                 first + i
             ));
         }
@@ -356,8 +357,9 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     };
     if !policy_holds {
         return Err(format!(
-            "VMID policy {:?}: CPU {cpu_vmid:#x}, SMMU {:#x}",
-            vm.vmid_policy, info.vmid
+            "VMID policy {}: CPU {cpu_vmid:#x}, SMMU {:#x}",
+            vm.vmid_policy.name(),
+            info.vmid
         ));
     }
     match (vm.tables, vm.hv_root()) {
@@ -365,7 +367,11 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
         (TableModel::DriverOwned, None) if info.root == root && !info.external => {}
         other => {
             return Err(format!(
-                "tables {other:x?}, VTTBR_EL2 root {root:#x}, domain {info:x?}"
+                "tables {} {}, VTTBR_EL2 root {root:#x}, domain root {:#x} external {}",
+                other.0.name(),
+                super::console::hex(other.1.as_slice()),
+                info.root,
+                info.external
             ));
         }
     }
@@ -441,7 +447,7 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
 /// The guest ran at EL1, on the CPU the hypervisor ran it on, to DONE(0).
 pub fn ran_at_el1(vm: &Vm) -> Result<String, String> {
     if vm.log.stop != Some(Stop::Done(0)) {
-        return Err(format!("stopped: {:?}", vm.log.stop));
+        return Err(format!("stopped: {}", stop_text(vm.log.stop)));
     }
     let el = guest_says(vm, check::EL)?;
     let mpidr = guest_says(vm, check::CPU)?;
@@ -466,7 +472,11 @@ pub fn ran_at_el1(vm: &Vm) -> Result<String, String> {
 pub fn concurrent(a: &Vm, b: &Vm) -> Result<String, String> {
     let (ca, cb) = (a.log.cpu, b.log.cpu);
     if ca.is_none() || ca == cb {
-        return Err(format!("CPUs {ca:?} and {cb:?}"));
+        return Err(format!(
+            "CPUs {} and {}",
+            ca.map_or(-1, |c| c as i64),
+            cb.map_or(-1, |c| c as i64)
+        ));
     }
     let span = |vm: &Vm| -> Result<(u64, u64), String> {
         Ok((
@@ -692,7 +702,8 @@ pub fn bad_hypercalls(vm: &Vm) -> Result<String, String> {
     ];
     if counts != [4, 5, 4, 3] {
         return Err(format!(
-            "rejections (unknown, IPA, length, argument) {counts:?}, expected [4, 5, 4, 3]"
+            "rejections (unknown, IPA, length, argument) [{}], expected [4, 5, 4, 3]",
+            super::console::join(&counts)
         ));
     }
     if let Some(h) = rejected
@@ -750,8 +761,10 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
     };
     if vm.log.released != [page] || vm.log.cpu_tlbis != expected {
         return Err(format!(
-            "CPU TLB invalidations {:x?} (expected {expected:x?}), released {:x?}",
-            vm.log.cpu_tlbis, vm.log.released
+            "CPU TLB invalidations {} (expected {}), released {}",
+            super::console::ranges(&vm.log.cpu_tlbis),
+            super::console::ranges(expected),
+            super::console::hex(&vm.log.released)
         ));
     }
     // Every CPU invalidation ran by the CPU's VMID; the driver's hook was
@@ -932,4 +945,18 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
         );
     }
     destroy_all(smmu, vms);
+}
+
+/// How a VM stopped, for failure messages (without `Debug`, which costs
+/// the image its formatting builders).
+fn stop_text(stop: Option<Stop>) -> String {
+    match stop {
+        None => String::from("none"),
+        Some(Stop::Done(s)) => format!("DONE({s})"),
+        Some(Stop::InstructionAbort { ipa, esr }) => format!("instruction abort IPA {ipa:#x} ESR {esr:#x}"),
+        Some(Stop::OtherDataAbort { esr }) => format!("data abort ESR {esr:#x}"),
+        Some(Stop::Unhandled { ec, elr }) => format!("unhandled EC {ec:#x} ELR {elr:#x}"),
+        Some(Stop::Unexpected { vector }) => format!("unexpected vector {vector}"),
+        Some(Stop::Runaway) => String::from("runaway"),
+    }
 }

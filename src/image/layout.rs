@@ -115,7 +115,9 @@ pub fn check() {
     for r in [text(), rodata(), data(), stacks(), heap()] {
         assert!(
             r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0,
-            "layout: {r:#x?} not page aligned"
+            "layout: {:#x}..{:#x} not page aligned",
+            r.start,
+            r.end
         );
     }
 }

@@ -427,7 +427,7 @@ impl Vm {
                 let mut hv = HvStage2::new();
                 let m = |hv: &mut HvStage2, ipa: u64, pa: u64, len: u64, what| {
                     hv.map_as(ipa, pa, len, what)
-                        .map_err(|e| format!("HvStage2 map IPA {ipa:#x}+{len:#x}: {e:?}"))
+                        .map_err(|e| format!("HvStage2 map IPA {ipa:#x}+{len:#x}: {e}"))
                 };
                 m(&mut hv, CODE_IPA, code.paddr(), PAGE, HvMemory::Code)?;
                 for (i, e) in spec.edus.iter().enumerate() {
@@ -531,7 +531,7 @@ impl Vm {
             )?;
         }
         smmu.attach_group(self.domain, &self.sids)
-            .map_err(|e| format!("attach_group {:#x?}: {e}", self.sids))
+            .map_err(|e| format!("attach_group {}: {e}", super::console::hex(&self.sids)))
     }
 
     /// What its stage 2 translates `ipa` to, whoever owns the tables.
@@ -917,7 +917,7 @@ impl Vm {
         let how = if let Some(hv) = self.hv.as_mut() {
             if let Err(e) = hv.unmap(ipa, len) {
                 println!(
-                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: HvStage2 unmap: {e:?}",
+                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: HvStage2 unmap: {e}",
                     self.name
                 );
                 return hvc::FAILED;
@@ -952,7 +952,7 @@ impl Vm {
                 return hvc::FAILED;
             }
             format!(
-                "unmapped ({}); CPU TLB hook ran for {:x?} by CPU VMID {cpu_vmid:#x} (SMMU VMID {:#x})",
+                "unmapped ({}); CPU TLB hook ran for {} by CPU VMID {cpu_vmid:#x} (SMMU VMID {:#x})",
                 if block <= len {
                     "no split"
                 } else if self.split_in_one_store {
@@ -960,7 +960,7 @@ impl Vm {
                 } else {
                     "split: break-before-make"
                 },
-                self.log.cpu_tlbis,
+                super::console::ranges(&self.log.cpu_tlbis),
                 self.smmu_vmid
             )
         };
