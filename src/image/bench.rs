@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 
 use smmuv3::cmd::{self, Command};
-use smmuv3::domain::DomainOptions;
+use smmuv3::domain::{DomainOptions, StagePolicy};
 use smmuv3::smmu::{Config, StreamTableChoice};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
 use smmuv3::strtab::{self, Format};
@@ -23,6 +23,7 @@ pub fn run(pci: &[PciFunction]) -> bool {
         ("stream tables", stream_tables(pci)),
         ("stage 2", stage2()),
         ("VM teardown", teardown()),
+        ("side by side with Linux", side_by_side()),
     ] {
         if let Err(e) = result {
             println!("bench: {name}: FAILED: {e}");
@@ -198,6 +199,123 @@ fn teardown() -> Result<(), smmuv3::Error> {
             );
             smmu.destroy_domain(dom)?;
         }
+    }
+    Ok(())
+}
+
+/// Linux's figures on the same QEMU, recorded by
+/// tools/linux-anchor-figures.py (`key = value` lines).
+const LINUX: &str = include_str!("../../benches/linux-anchor.txt");
+
+/// The recorded Linux figure for `key`.
+fn linux(key: &str) -> &'static str {
+    LINUX
+        .lines()
+        .filter_map(|l| l.split_once(" = "))
+        .find(|(k, _)| k.trim() == key)
+        .map_or("(not recorded)", |(_, v)| v.trim())
+}
+
+/// Commands (excluding CMD_SYNCs) and CMD_SYNCs `f` issued.
+fn counted(
+    smmu: &super::demo::Driver,
+    f: impl FnOnce() -> Result<(), smmuv3::Error>,
+) -> Result<(u64, u64), smmuv3::Error> {
+    let before = smmu.stats().cmdq;
+    f()?;
+    let after = smmu.stats().cmdq;
+    Ok((
+        after.commands - before.commands,
+        after.syncs - before.syncs,
+    ))
+}
+
+/// Each figure measured here beside Linux's on the same QEMU (recorded in
+/// benches/linux-anchor.txt): MMIO reads per CMD_SYNC, one attach (STE
+/// install), unmap of 2 MiB (4K pages, one 2 MiB block), STE transitions.
+fn side_by_side() -> Result<(), smmuv3::Error> {
+    let smmu = new_smmu(Config::default())?;
+    smmu.enable()?;
+    let start = smmu.stats();
+    let cfg = Stage2Config::new(Granule::K4, 40, 44)?;
+    let s2 = smmu.create_domain(DomainOptions::new(cfg))?;
+    let s1 = smmu.create_domain(DomainOptions {
+        stage: StagePolicy::Stage1,
+        ..DomainOptions::new(cfg)
+    })?;
+    let (sid, other) = (0x200u32, 0x201u32);
+    // Level-2 table and abort STEs first: what follows is STE installs only.
+    smmu.set_abort(sid)?;
+    smmu.set_abort(other)?;
+    let (ipa, two_mib) = (0x4000_0000u64, 2u64 << 20);
+    smmu.map(s2, 0x1000_0000, 0x4000_0000, 0x1000, Perm::ReadWrite)?;
+    smmu.map(s1, 0x1000_0000, 0x4000_0000, 0x1000, Perm::ReadWrite)?;
+
+    let attach = counted(&smmu, || smmu.attach(s2, sid))?;
+    let s2_abort = counted(&smmu, || smmu.detach(sid))?;
+    let abort_s1 = counted(&smmu, || smmu.attach(s1, sid))?;
+    let s1_abort = counted(&smmu, || smmu.detach(sid))?;
+    let abort_bypass = counted(&smmu, || smmu.set_bypass(other))?;
+    let bypass_abort = counted(&smmu, || smmu.set_abort(other))?;
+
+    // 2 MiB of 4K pages (PA one page off the IPA's alignment), then one
+    // 2 MiB block (both aligned).
+    smmu.map(s2, ipa, ipa + 0x1000, two_mib, Perm::ReadWrite)?;
+    let pages = smmu.translate(s2, ipa)?.map_or(0, |t| t.size);
+    let unmap_4k = counted(&smmu, || smmu.unmap(s2, ipa, two_mib))?;
+    smmu.map(s2, ipa, ipa, two_mib, Perm::ReadWrite)?;
+    let block = smmu.translate(s2, ipa)?.map_or(0, |t| t.size);
+    let unmap_block = counted(&smmu, || smmu.unmap(s2, ipa, two_mib))?;
+    smmu.destroy_domain(s2)?;
+    smmu.destroy_domain(s1)?;
+
+    let end = smmu.stats();
+    let reads = end.mmio_reads - start.mmio_reads;
+    let syncs = end.cmdq.syncs - start.cmdq.syncs;
+    let per100 = (reads * 100).checked_div(syncs).unwrap_or(0);
+    let cs = |(c, s): (u64, u64)| alloc::format!("{c} commands + {s} CMD_SYNCs");
+    println!(
+        "bench: side by side with Linux on the same QEMU (ours: measured in this run; Linux: recorded, benches/linux-anchor.txt: {}; QEMU {})",
+        linux("linux"),
+        linux("qemu")
+    );
+    println!("bench: | figure | ours (this run) | Linux (recorded) |");
+    println!("bench: | --- | --- | --- |");
+    println!(
+        "bench: | MMIO reads per CMD_SYNC | {}.{:02} ({reads} reads / {syncs} CMD_SYNCs, driver-counted, this table's work) | {} |",
+        per100 / 100,
+        per100 % 100,
+        linux("reads_per_sync")
+    );
+    println!(
+        "bench: | attach one device (STE install) | {} (stage 2, STE only) | {} |",
+        cs(attach),
+        linux("attach")
+    );
+    println!(
+        "bench: | unmap 2 MiB of 4K pages | {} ({} KiB leaves) | {} |",
+        cs(unmap_4k),
+        pages / 1024,
+        linux("unmap_2m_4k")
+    );
+    println!(
+        "bench: | unmap one 2 MiB block | {} ({} KiB leaf) | {} |",
+        cs(unmap_block),
+        block / 1024,
+        linux("unmap_2m_block")
+    );
+    for (name, key, (c, s)) in [
+        ("bypass -> abort", "ste.bypass->abort", bypass_abort),
+        ("abort -> bypass", "ste.abort->bypass", abort_bypass),
+        ("abort -> s2 (attach)", "ste.abort->s2", attach),
+        ("s2 -> abort (detach)", "ste.s2->abort", s2_abort),
+        ("abort -> s1 (attach)", "ste.abort->s1", abort_s1),
+        ("s1 -> abort (detach)", "ste.s1->abort", s1_abort),
+    ] {
+        println!(
+            "bench: | STE {name}: CMD_SYNCs | {s} ({c} commands) | {} (KUnit) |",
+            linux(key)
+        );
     }
     Ok(())
 }
