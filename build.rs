@@ -6,5 +6,10 @@ fn main() {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
         println!("cargo::rustc-link-arg-bins=-T{dir}/linker.ld");
         println!("cargo::rustc-link-arg-tests=-T{dir}/linker.ld");
+        // Identical code folding: monomorphised copies that compiled to the
+        // same instructions (Vec drops, `<&T as Display>::fmt` thunks, ...)
+        // are kept once.
+        println!("cargo::rustc-link-arg-bins=--icf=all");
+        println!("cargo::rustc-link-arg-tests=--icf=all");
     }
 }

@@ -26,7 +26,13 @@ pub fn tick_hz() -> u64 {
 
 /// A monotonic clock in nanoseconds.
 pub fn now_ns() -> u64 {
-    (u128::from(ticks()) * 1_000_000_000 / u128::from(tick_hz())) as u64
+    // Whole seconds and the remainder apart, in 64-bit arithmetic (no
+    // 128-bit division routine in the image): the remainder is below
+    // CNTFRQ (32 bits), so its product with 10^9 fits in 64 bits.
+    let (t, hz) = (ticks(), tick_hz());
+    (t / hz)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add((t % hz) * 1_000_000_000 / hz)
 }
 
 /// Smallest data cache line size in bytes (CTR_EL0.DminLine).
