@@ -634,7 +634,7 @@ impl<T: Clone> Groups<T> {
             }
         }
         for g in &mut groups {
-            g.sids.sort_unstable();
+            crate::vecmap::sort_small(&mut g.sids);
         }
         Self { groups, by_sid }
     }

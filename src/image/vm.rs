@@ -33,7 +33,6 @@
 //!
 //! SMMU events are attributed to VMs by StreamID ([`route_events`]).
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -981,8 +980,9 @@ impl Vm {
         {
             let mut inbox = INBOX.lock();
             for sid in &self.sids {
-                events.extend(inbox.remove(sid).unwrap_or_default());
+                events.extend(inbox.iter().filter(|e| e.sid == *sid));
             }
+            inbox.retain(|e| !self.sids.contains(&e.sid));
         }
         let new = fault::coalesce(&events, PAGE);
         for f in &new {
@@ -1023,10 +1023,7 @@ impl Vm {
                 .map_err(|e| println!("  VM {}: destroy_domain: {e}", self.name))
                 .is_ok();
         {
-            let mut inbox = INBOX.lock();
-            for sid in &self.sids {
-                inbox.remove(sid);
-            }
+            INBOX.lock().retain(|e| !self.sids.contains(&e.sid));
         }
         if destroyed {
             // Only now may the hypervisor-owned tables go (the SMMU no
@@ -1051,8 +1048,10 @@ pub fn cpu_bbm_level() -> u64 {
     ID_AA64MMFR2_EL1.read(ID_AA64MMFR2_EL1::BBM)
 }
 
-/// SMMU events not yet taken by their VM, by StreamID.
-static INBOX: Mutex<BTreeMap<u32, Vec<Event>>> = Mutex::new(BTreeMap::new());
+/// SMMU events not yet taken by their VM, in arrival order (a `Vec`, not a
+/// `BTreeMap` by StreamID: a few VMs, and the image then carries no second
+/// B-tree instantiation).
+static INBOX: Mutex<Vec<Event>> = Mutex::new(Vec::new());
 
 /// Takes every event the SMMU recorded so far and files it under its
 /// StreamID, for the VM that owns it.
@@ -1061,10 +1060,7 @@ pub fn route_events(smmu: &Driver) {
     if events.is_empty() {
         return;
     }
-    let mut inbox = INBOX.lock();
-    for e in events {
-        inbox.entry(e.sid).or_default().push(e);
-    }
+    INBOX.lock().extend(events);
 }
 
 /// The CPU side of invalidating `[ipa, ipa + len)` of VMID `vmid`'s stage 2,
