@@ -9,14 +9,89 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 use alloc::vec::Vec;
-use buddy_system_allocator::FrameAllocator;
 use smmuv3::hal::{DmaRegion, Hal};
 use spin::Mutex;
 
 use super::layout::PAGE_SIZE;
 use super::platform::Region;
 
-static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
+static FRAMES: Mutex<Frames> = Mutex::new(Frames::new());
+
+/// Block sizes: 2^0 .. 2^(ORDERS - 1) pages.
+const ORDERS: usize = 32;
+
+/// A buddy allocator of page frames: free blocks of 2^order pages, each
+/// naturally aligned (its first page number a multiple of its size), kept
+/// per order in a `Vec` (a few dozen blocks; a linear search finds a
+/// buddy). Replaces `buddy_system_allocator::FrameAllocator`, whose
+/// `BTreeSet`s cost the image a B-tree instantiation.
+struct Frames {
+    /// `ORDERS` lists once pages were added (one `Vec` of lists, not an
+    /// array of them: an empty `Vec` is not all zeros, and 32 of them would
+    /// put 768 bytes into `.data`).
+    free: Vec<Vec<usize>>,
+}
+
+impl Frames {
+    const fn new() -> Self {
+        Self { free: Vec::new() }
+    }
+
+    /// Adds pages `first..last`, as the largest naturally aligned blocks.
+    fn add_frame(&mut self, mut first: usize, last: usize) {
+        if self.free.is_empty() {
+            self.free.resize_with(ORDERS, Vec::new);
+        }
+        while first < last {
+            let mut order = (first.trailing_zeros() as usize).min(ORDERS - 1);
+            while first + (1 << order) > last {
+                order -= 1;
+            }
+            if let Some(list) = self.free.get_mut(order) {
+                list.push(first);
+            }
+            first += 1 << order;
+        }
+    }
+
+    /// A naturally aligned block of `pages` (a power of two) pages: the
+    /// first page number.
+    fn alloc(&mut self, pages: usize) -> Option<usize> {
+        let want = pages.trailing_zeros() as usize;
+        let (order, list) = self
+            .free
+            .iter_mut()
+            .enumerate()
+            .skip(want)
+            .find(|(_, l)| !l.is_empty())?;
+        let first = list.pop()?;
+        // Keep the lower half, free the upper halves down to `want`.
+        for (o, list) in self.free.iter_mut().enumerate().take(order).skip(want) {
+            list.push(first + (1 << o));
+        }
+        Some(first)
+    }
+
+    /// Returns a block from [`Frames::alloc`], merged with its free buddies.
+    fn dealloc(&mut self, mut first: usize, pages: usize) {
+        let mut order = pages.trailing_zeros() as usize;
+        while let Some(list) = self.free.get_mut(order) {
+            let buddy = first ^ (1 << order);
+            match list.iter().position(|&b| b == buddy) {
+                Some(i) if order + 1 < ORDERS => {
+                    list.swap_remove(i);
+                    first = first.min(buddy);
+                    order += 1;
+                }
+                _ => {
+                    list.push(first);
+                    return;
+                }
+            }
+        }
+    }
+}
+
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 static TOTAL: AtomicUsize = AtomicUsize::new(0);
 
