@@ -111,6 +111,29 @@ pub fn ranges(items: &[(u64, u64)]) -> alloc::string::String {
     s
 }
 
+/// A stage-2 leaf for failure messages (without `Debug`).
+pub fn leaf(t: Option<smmuv3::stage2::Translation>) -> alloc::string::String {
+    use smmuv3::stage2::{Memory, Perm};
+    match t {
+        None => alloc::string::String::from("none"),
+        Some(t) => alloc::format!(
+            "PA {:#x} size {:#x} {} {}{}",
+            t.pa,
+            t.size,
+            match t.perm {
+                Perm::Read => "R",
+                Perm::Write => "W",
+                Perm::ReadWrite => "RW",
+            },
+            match t.memory {
+                Memory::Normal => "normal",
+                Memory::Device => "device",
+            },
+            if t.execute { " X" } else { "" }
+        ),
+    }
+}
+
 /// `Ok` or `Err(<Display of the error>)`: a failure message without the
 /// error's `Debug` formatting (which pulls in `str` escaping and Unicode
 /// tables).

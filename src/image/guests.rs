@@ -401,16 +401,23 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
                 && r.perm == Perm::ReadWrite
                 && r.memory == Memory::Normal
                 && !r.execute => {}
-        other => return Err(format!("stage 2 leaves (code, RAM): {other:x?}")),
+        (c, r) => {
+            return Err(format!(
+                "stage 2 leaves (code, RAM): {} / {}",
+                super::console::leaf(c),
+                super::console::leaf(r)
+            ));
+        }
     }
     for (i, e) in vm.edus.iter().enumerate() {
         match leaf(guest::bar_ipa(i)) {
             Some(b) if b.memory == Memory::Device && !b.execute && b.pa == e.bar0 as u64 => {}
             other => {
                 return Err(format!(
-                    "{} BAR leaf at {:#x}: {other:x?}",
+                    "{} BAR leaf at {:#x}: {}",
                     e.bdf,
-                    guest::bar_ipa(i)
+                    guest::bar_ipa(i),
+                    super::console::leaf(other)
                 ));
             }
         }
@@ -639,7 +646,11 @@ pub fn no_crossing(smmu: &Driver, a: &Vm, b: &Vm) -> Result<String, String> {
     let tb = b.translate(smmu, RAM_IPA);
     let (pa, pb) = (ta.map(|t| t.pa), tb.map(|t| t.pa));
     if pa != Some(a.ram_pa()) || pb != Some(b.ram_pa()) || pa == pb {
-        return Err(format!("IPA {RAM_IPA:#x} -> {pa:#x?} / {pb:#x?}"));
+        return Err(format!(
+            "IPA {RAM_IPA:#x} -> {} / {}",
+            super::console::hex(pa.as_slice()),
+            super::console::hex(pb.as_slice())
+        ));
     }
     guest_says(a, check::FOREIGN_CPU)?;
     guest_says(a, check::FOREIGN_DMA)?;
@@ -748,7 +759,12 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
     for ipa in [page - 4096, page + 4096] {
         match t(ipa) {
             Some(l) if l.size == 4096 && l.pa == vm.ram_pa() + (ipa - RAM_IPA) && !l.execute => {}
-            other => return Err(format!("IPA {ipa:#x} after the split: {other:x?}")),
+            other => {
+                return Err(format!(
+                    "IPA {ipa:#x} after the split: {}",
+                    super::console::leaf(other)
+                ));
+            }
         }
     }
     // The CPU was invalidated for the page; when the driver's split broke
@@ -790,8 +806,8 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
     };
     if vm.log.smmu_invalidations != smmu_inv {
         return Err(format!(
-            "Smmu::invalidate calls {:x?}",
-            vm.log.smmu_invalidations
+            "Smmu::invalidate calls {}",
+            super::console::ranges(&vm.log.smmu_invalidations)
         ));
     }
     aborted(vm, page, false).ok_or("no CPU abort at the released page")?;
