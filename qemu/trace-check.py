@@ -20,7 +20,8 @@ Runs the demo image (``cargo run --release``) with ``QEMU_TRACE`` and checks:
   that shows SMMUEN, to the end of the run, disable included), at most
   ``MAX_READS_PER_SYNC`` (1.2) MMIO reads per CMD_SYNC, event-queue PROD
   and CONS reads excluded (they are the event drain's, counted apart).
-  ``READS_PER_SYNC_MAX`` overrides the bound (e.g. to show the check fails).
+  ``READS_PER_SYNC_MAX`` overrides the bound (e.g. to show the check fails);
+  ``--reads-only TRACE`` runs only this check on a saved trace.
 
 With ``EXPECT_GIC=2`` (or ``3``) it also checks the interrupt mode: the
 banner says ``interrupts: GICv<N>``, the SMMU's interrupts are serviced
@@ -174,7 +175,22 @@ def check_aliases(out, traced, events, problems):
     return checked
 
 
+def reads_only(path) -> int:
+    """``--reads-only TRACE``: only the reads-per-CMD_SYNC check, on a saved
+    trace (e.g. ``QEMU_TRACE=/tmp/x.trace cargo run --release`` on another
+    commit)."""
+    problems = []
+    with open(path) as f:
+        check_reads_per_sync(f.read().splitlines(), problems)
+    for p in problems:
+        print(f"    {p}")
+    print(f"test {NAME} ... {'FAILED' if problems else 'ok'}")
+    return 1 if problems else 0
+
+
 def main() -> int:
+    if "--reads-only" in sys.argv:
+        return reads_only(sys.argv[sys.argv.index("--reads-only") + 1])
     with tempfile.TemporaryDirectory() as tmp:
         trace = os.path.join(tmp, "trace.log")
         env = dict(os.environ, QEMU_TRACE=trace, RUN_MODE="run")
