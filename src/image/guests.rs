@@ -574,8 +574,8 @@ pub fn dma_outside(vm: &Vm) -> Result<String, String> {
         let sid = e.stream_id.ok_or("no StreamID")?;
         if !faulted_at_sid(vm, sid, ipa, u64::MAX) {
             return Err(format!(
-                "no F_TRANSLATION at {ipa:#x} for sid {sid:#x}: {:x?}",
-                vm.log.dma_faults
+                "no F_TRANSLATION at {ipa:#x} for sid {sid:#x}: [{}]",
+                super::console::join(&vm.log.dma_faults)
             ));
         }
         let sharing: Vec<String> = vm
@@ -721,7 +721,10 @@ pub fn bad_hypercalls(vm: &Vm) -> Result<String, String> {
         .iter()
         .find(|h| h.fid == hvc::RELEASE && h.tables_unchanged != Some(true))
     {
-        return Err(format!("a rejected RELEASE changed the tables: {h:x?}"));
+        return Err(format!(
+            "a rejected RELEASE changed the tables: fid {:#x} ret {:#x}",
+            h.fid, h.ret
+        ));
     }
     if vm.log.reports.iter().any(|r| r.status > 1 || r.check == 0) {
         return Err(String::from("a rejected REPORT was recorded"));
@@ -796,8 +799,15 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         .any(|&v| v != (vm.vmid, hook_vmid))
     {
         return Err(format!(
-            "CPU TLBI VMIDs {:x?}, expected CPU {:#x} / hook {hook_vmid:x?}",
-            vm.log.cpu_tlbi_vmids, vm.vmid
+            "CPU TLBI VMIDs {}, expected CPU {:#x} / hook {}",
+            vm.log
+                .cpu_tlbi_vmids
+                .iter()
+                .map(|&(c, h)| format!("{c:#x}/{}", super::console::hex(h.as_slice())))
+                .collect::<Vec<_>>()
+                .join(", "),
+            vm.vmid,
+            super::console::hex(hook_vmid.as_slice())
         ));
     }
     let smmu_inv: &[(u64, u64)] = match vm.tables {
