@@ -71,6 +71,20 @@ pub enum CmdqError {
     Reserved(u8),
 }
 
+impl fmt::Display for CmdqError {
+    /// The variant's name (as `Debug` prints it, without pulling in the
+    /// `Debug` machinery where only messages are built).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CmdqError::None => f.write_str("None"),
+            CmdqError::Illegal => f.write_str("Illegal"),
+            CmdqError::Abort => f.write_str("Abort"),
+            CmdqError::AtcInvSync => f.write_str("AtcInvSync"),
+            CmdqError::Reserved(n) => write!(f, "Reserved({n})"),
+        }
+    }
+}
+
 /// Every way a driver call can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -207,7 +221,7 @@ impl fmt::Display for Error {
             } => {
                 write!(
                     f,
-                    "command queue error {error:?} at slot {index} (opcode {opcode:#04x})"
+                    "command queue error {error} at slot {index} (opcode {opcode:#04x})"
                 )
             }
             Error::ServiceFailure => write!(f, "SMMU service failure (SFM_ERR); SMMU disabled"),

@@ -270,7 +270,7 @@ impl fmt::Display for GerrorReport {
         if let Some(c) = self.cmdq_fault {
             write!(
                 f,
-                " command error {:?} at {:#x} (command {:#018x} {:#018x})",
+                " command error {} at {:#x} (command {:#018x} {:#018x})",
                 c.error, c.position, c.entry[0], c.entry[1]
             )?;
         }

@@ -111,7 +111,12 @@ mod tests {
 
     #[test]
     fn sort_small_sorts() {
-        for v in [vec![], vec![3u32], vec![5, 1, 4, 1, 0, 9, 2, 6], (0..40).rev().collect()] {
+        for v in [
+            vec![],
+            vec![3u32],
+            vec![5, 1, 4, 1, 0, 9, 2, 6],
+            (0..40).rev().collect(),
+        ] {
             let mut a = v.clone();
             let mut b = v;
             sort_small(&mut a);

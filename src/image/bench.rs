@@ -224,10 +224,7 @@ fn counted(
     let before = smmu.stats().cmdq;
     f()?;
     let after = smmu.stats().cmdq;
-    Ok((
-        after.commands - before.commands,
-        after.syncs - before.syncs,
-    ))
+    Ok((after.commands - before.commands, after.syncs - before.syncs))
 }
 
 /// Each figure measured here beside Linux's on the same QEMU (recorded in

@@ -92,8 +92,9 @@ pub fn vm_groups(smmu: &Driver, edus: &[Edu]) -> Result<Vec<VmGroup>, String> {
             match declared.first().copied().flatten() {
                 Some(d) if declared.iter().all(|&x| x == Some(d)) => {}
                 _ => {
-                    smmu.declare_group(&sids)
-                        .map_err(|err| format!("declare_group {}: {err}", super::console::hex(&sids)))?;
+                    smmu.declare_group(&sids).map_err(|err| {
+                        format!("declare_group {}: {err}", super::console::hex(&sids))
+                    })?;
                 }
             }
         }
@@ -803,11 +804,14 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
             vm.log
                 .cpu_tlbi_vmids
                 .iter()
-                .map(|&(c, h)| format!("{c:#x}/{}", super::console::hex(h.as_slice())))
+                .map(|&(c, h)| format!(
+                    "{c:#x}/{}",
+                    super::console::hex(h.map(u64::from).as_slice())
+                ))
                 .collect::<Vec<_>>()
                 .join(", "),
             vm.vmid,
-            super::console::hex(hook_vmid.as_slice())
+            super::console::hex(hook_vmid.map(u64::from).as_slice())
         ));
     }
     let smmu_inv: &[(u64, u64)] = match vm.tables {
@@ -979,7 +983,9 @@ fn stop_text(stop: Option<Stop>) -> String {
     match stop {
         None => String::from("none"),
         Some(Stop::Done(s)) => format!("DONE({s})"),
-        Some(Stop::InstructionAbort { ipa, esr }) => format!("instruction abort IPA {ipa:#x} ESR {esr:#x}"),
+        Some(Stop::InstructionAbort { ipa, esr }) => {
+            format!("instruction abort IPA {ipa:#x} ESR {esr:#x}")
+        }
         Some(Stop::OtherDataAbort { esr }) => format!("data abort ESR {esr:#x}"),
         Some(Stop::Unhandled { ec, elr }) => format!("unhandled EC {ec:#x} ELR {elr:#x}"),
         Some(Stop::Unexpected { vector }) => format!("unexpected vector {vector}"),
