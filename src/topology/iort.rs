@@ -1,0 +1,1 @@
+//! ACPI IORT (placeholder).
