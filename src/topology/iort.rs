@@ -43,8 +43,10 @@
 
 use core::fmt;
 
+mod compare;
 mod node;
 
+pub use compare::{Disagreement, DtSmmu, compare_with_iommu_map};
 pub use node::{IdMapping, MemoryAccess, NamedComponent, Node, NodeKind, RootComplex, SmmuV3};
 use node::{u8_at, u32_at};
 

@@ -2,6 +2,7 @@
 //! DEN 0049 (no dumped firmware tables).
 
 use super::*;
+use crate::topology::{IommuMap, Rid};
 use alloc::vec;
 use alloc::vec::Vec;
 use proptest::prelude::*;
@@ -691,4 +692,91 @@ proptest! {
             exercise(&iort);
         }
     }
+}
+
+/// The IORT against QEMU's `iommu-map = <0 &smmu 0 0x10000>`: agreement,
+/// then a deliberately disagreeing IORT (StreamID offset, another SMMU
+/// base, a range left uncovered) is reported with both answers.
+#[test]
+fn iort_and_iommu_map_agreement_and_mismatches() {
+    use crate::topology::{IommuMapEntry, NO_MASK};
+    const PHANDLE: u32 = 0x8001;
+    let map = IommuMap::new(
+        vec![IommuMapEntry {
+            rid_base: 0,
+            iommu: PHANDLE,
+            sid_base: 0,
+            len: 0x1_0000,
+        }],
+        NO_MASK,
+    )
+    .unwrap();
+    let smmus = [DtSmmu {
+        phandle: PHANDLE,
+        base: SMMU_BASE_ADDR,
+    }];
+    let rids = [0x0000u16, 0x0008, 0x0010, 0x0100, 0x0200, 0x0218];
+    let rids = || rids.iter().map(|&r| Rid(r));
+
+    let t = build(5, &qemu_like());
+    let iort = Iort::parse(&t).unwrap();
+    assert_eq!(
+        compare_with_iommu_map(&iort, 0, &map, &smmus, rids()),
+        Ok(6)
+    );
+
+    // StreamIDs offset by 0x1000 in the IORT.
+    let t = build(
+        5,
+        &[
+            its(),
+            smmu(SMMU_BASE_ADDR, 0, vec![]),
+            rc(0, vec![range(0, 0xffff, 0x1000, 1)]),
+        ],
+    );
+    let iort = Iort::parse(&t).unwrap();
+    let d = compare_with_iommu_map(&iort, 0, &map, &smmus, rids()).unwrap_err();
+    assert_eq!(d.rid, Rid(0));
+    assert_eq!(d.iort, Ok((SMMU_BASE_ADDR, 0x1000)));
+    assert_eq!(d.dtb, Ok((SMMU_BASE_ADDR, 0)));
+    assert_eq!(
+        alloc::format!("{d}"),
+        "RID 0x0000 (00:00.0): IORT says SMMU 0x9050000 StreamID 0x1000, DTB says SMMU 0x9050000 StreamID 0x0"
+    );
+
+    // Another SMMU base.
+    let t = build(
+        5,
+        &[
+            its(),
+            smmu(0x2b40_0000, 0, vec![]),
+            rc(0, vec![range(0, 0xffff, 0, 1)]),
+        ],
+    );
+    let iort = Iort::parse(&t).unwrap();
+    let d = compare_with_iommu_map(&iort, 0, &map, &smmus, rids()).unwrap_err();
+    assert_eq!(d.iort, Ok((0x2b40_0000, 0)));
+
+    // Bus 2 goes to the ITS (untranslated) in the IORT only.
+    let t = build(
+        5,
+        &[
+            its(),
+            smmu(SMMU_BASE_ADDR, 0, vec![]),
+            rc(
+                0,
+                vec![range(0, 0x1ff, 0, 1), range(0x200, 0xfdff, 0x200, 0)],
+            ),
+        ],
+    );
+    let iort = Iort::parse(&t).unwrap();
+    let d = compare_with_iommu_map(&iort, 0, &map, &smmus, rids()).unwrap_err();
+    assert_eq!(d.rid, Rid(0x200));
+    assert!(matches!(d.iort, Err(IortError::NotBehindSmmuV3 { .. })));
+    assert_eq!(d.dtb, Ok((SMMU_BASE_ADDR, 0x200)));
+    // ...and the RIDs before it agreed.
+    assert_eq!(
+        compare_with_iommu_map(&iort, 0, &map, &smmus, rids().take(4)),
+        Ok(4)
+    );
 }
