@@ -231,6 +231,8 @@ pub struct Platform {
     pub psci: Option<PsciMethod>,
     /// The PCIe host bridge.
     pub pci: PciHost,
+    /// QEMU's firmware configuration device (`qemu,fw-cfg-mmio`), if any.
+    pub fw_cfg: Option<Region>,
 }
 
 /// Why the DTB could not be used.
@@ -333,6 +335,9 @@ impl Platform {
             smmu: smmu(fdt)?,
             psci: psci(fdt),
             pci: pci_host(fdt)?,
+            fw_cfg: fdt
+                .find_compatible(&["qemu,fw-cfg-mmio"])
+                .and_then(|n| reg_of(n).first().copied()),
         })
     }
 }

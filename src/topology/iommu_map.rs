@@ -53,6 +53,14 @@ impl IommuMap {
         Ok(Self { entries, mask })
     }
 
+    /// No `iommu-map` at all: every lookup is [`TopologyError::NoIommuMap`].
+    pub fn absent() -> Self {
+        Self {
+            entries: Vec::new(),
+            mask: NO_MASK,
+        }
+    }
+
     /// The entries.
     pub fn entries(&self) -> &[IommuMapEntry] {
         &self.entries
