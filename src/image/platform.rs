@@ -515,20 +515,11 @@ fn pci_host(fdt: &Fdt) -> Result<PciHost, DtbError> {
         return Err(DtbError::Missing("PCI memory window in ranges"));
     }
 
-    let iommu_map = node
-        .property("iommu-map")
-        .map(|p| {
-            let v: Vec<u32> = cells(p.value).collect();
-            v.chunks_exact(4)
-                .map(|c| IommuMapEntry {
-                    rid_base: c[0],
-                    iommu: c[1],
-                    sid_base: c[2],
-                    len: c[3],
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let iommu_map = match node.property("iommu-map") {
+        Some(p) => IommuMap::entries_from_cells(&cells(p.value).collect::<Vec<u32>>())
+            .map_err(|_| DtbError::Malformed("iommu-map"))?,
+        None => Vec::new(),
+    };
     Ok(PciHost {
         ecam,
         bus_start,

@@ -102,6 +102,42 @@ impl Bridge {
     pub fn forwards(&self, bus: u8) -> bool {
         (self.secondary..=self.subordinate).contains(&bus)
     }
+
+    /// The requester ID DMA from below this bridge carries upstream of it
+    /// when the bridge takes ownership ([`BridgeKind::alias_rule`]); `None`
+    /// when it passes requester IDs through unchanged.
+    pub fn alias(&self) -> Option<Rid> {
+        match self.kind.alias_rule() {
+            AliasRule::None => None,
+            AliasRule::SecondaryBus => Some(Rid::from_devfn(self.secondary, 0)),
+            AliasRule::Bridge => Some(self.rid),
+        }
+    }
+}
+
+/// The bridges above node `start` of a PCI tree held as a list, nearest
+/// first, as [`Function::upstream`] wants them: `parent(i)` is the index of
+/// the bridge whose secondary bus holds node `i` (`None` on the root bus)
+/// and `bridge(i)` describes node `i` as a bridge (`None`: not a bridge,
+/// which ends the chain). At most `limit` bridges are listed, so a
+/// malformed parent relation with a cycle cannot loop forever.
+pub fn upstream_bridges(
+    start: usize,
+    limit: usize,
+    mut parent: impl FnMut(usize) -> Option<usize>,
+    mut bridge: impl FnMut(usize) -> Option<Bridge>,
+) -> Vec<Bridge> {
+    let mut chain = Vec::new();
+    let mut next = parent(start);
+    while let Some(p) = next {
+        if chain.len() >= limit {
+            break;
+        }
+        let Some(b) = bridge(p) else { break };
+        chain.push(b);
+        next = parent(p);
+    }
+    chain
 }
 
 /// A function and the bridges between it and the root bus.
@@ -167,12 +203,7 @@ pub fn dma_alias_rids(function: &Function<'_>) -> Result<Vec<AliasRid>, Topology
                 bus: below,
             });
         }
-        let alias = match bridge.kind.alias_rule() {
-            AliasRule::None => None,
-            AliasRule::SecondaryBus => Some(Rid::from_devfn(bridge.secondary, 0)),
-            AliasRule::Bridge => Some(bridge.rid),
-        };
-        if let Some(rid) = alias {
+        if let Some(rid) = bridge.alias() {
             out.push(AliasRid {
                 rid,
                 source: AliasSource::Bridge {

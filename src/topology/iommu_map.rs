@@ -53,6 +53,25 @@ impl IommuMap {
         Ok(Self { entries, mask })
     }
 
+    /// The entries of an `iommu-map` property, given as its 32-bit cells
+    /// (big-endian cells already converted): (rid-base, iommu phandle,
+    /// iommu-base, length) per entry. A length that is not a multiple of
+    /// four cells is [`TopologyError::MalformedIommuMap`].
+    pub fn entries_from_cells(cells: &[u32]) -> Result<Vec<IommuMapEntry>, TopologyError> {
+        if !cells.len().is_multiple_of(4) {
+            return Err(TopologyError::MalformedIommuMap { cells: cells.len() });
+        }
+        Ok(cells
+            .chunks_exact(4)
+            .map(|c| IommuMapEntry {
+                rid_base: c[0],
+                iommu: c[1],
+                sid_base: c[2],
+                len: c[3],
+            })
+            .collect())
+    }
+
     /// No `iommu-map` at all: every lookup is [`TopologyError::NoIommuMap`].
     pub fn absent() -> Self {
         Self {

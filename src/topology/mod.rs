@@ -65,7 +65,7 @@ pub mod iort;
 
 pub use aliases::{
     AliasRid, AliasRule, AliasSource, Bridge, BridgeKind, DmaAlias, DmaAliases, Function,
-    dma_alias_rids, dma_aliases,
+    dma_alias_rids, dma_aliases, upstream_bridges,
 };
 pub use groups::{Group, Groups};
 pub use iommu_map::{IommuMap, IommuMapEntry, MappedId, NO_MASK};
@@ -189,6 +189,12 @@ pub enum TopologyError {
         /// The requester ID.
         rid: Rid,
     },
+    /// An `iommu-map` property whose length is not a whole number of
+    /// (rid-base, iommu, iommu-base, length) entries.
+    MalformedIommuMap {
+        /// Its length in 32-bit cells.
+        cells: usize,
+    },
     /// A bridge in the chain does not forward the bus below it (the chain is
     /// not a path to the root).
     BrokenChain {
@@ -224,6 +230,12 @@ impl fmt::Display for TopologyError {
                     f,
                     "StreamID of RID {:#06x} ({rid}) overflows 32 bits",
                     rid.0
+                )
+            }
+            Self::MalformedIommuMap { cells } => {
+                write!(
+                    f,
+                    "iommu-map of {cells} cells is not a whole number of 4-cell entries"
                 )
             }
             Self::BrokenChain { bridge, bus } => {

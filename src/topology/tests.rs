@@ -563,3 +563,79 @@ fn default_qemu_topology_has_one_group_per_function() {
             .all(|g| g.members.len() == 1 && g.sids.len() == 1)
     );
 }
+
+#[test]
+fn bridge_alias_per_kind() {
+    let at = rid(0, 3, 0);
+    let b = |kind| bridge(at, kind, 2, 4);
+    assert_eq!(b(BridgeKind::PcieRootPort).alias(), None);
+    assert_eq!(b(BridgeKind::PcieSwitchDownstream).alias(), None);
+    assert_eq!(b(BridgeKind::PcieToPci).alias(), Some(rid(2, 0, 0)));
+    assert_eq!(
+        b(BridgeKind::ConventionalPcieToPci).alias(),
+        Some(rid(2, 0, 0))
+    );
+    assert_eq!(b(BridgeKind::Conventional).alias(), Some(at));
+    assert_eq!(b(BridgeKind::PciToPcie).alias(), Some(at));
+}
+
+/// The chain from a parent relation: nearest first, ends at a non-bridge
+/// or the root, and a cycle stops at the limit instead of looping.
+#[test]
+fn upstream_bridges_from_parent_links() {
+    // 0: root port (root bus), 1: switch upstream below it, 2: switch
+    // downstream, 3: endpoint; 4: endpoint on the root bus.
+    let parents = [None, Some(0), Some(1), Some(2), None];
+    let bridges = [
+        Some(bridge(rid(0, 1, 0), BridgeKind::PcieRootPort, 1, 3)),
+        Some(bridge(rid(1, 0, 0), BridgeKind::PcieSwitchUpstream, 2, 3)),
+        Some(bridge(rid(2, 0, 0), BridgeKind::PcieSwitchDownstream, 3, 3)),
+        None,
+        None,
+    ];
+    let chain = upstream_bridges(3, 5, |i| parents[i], |i| bridges[i]);
+    assert_eq!(
+        chain.iter().map(|b| b.rid).collect::<Vec<_>>(),
+        [rid(2, 0, 0), rid(1, 0, 0), rid(0, 1, 0)]
+    );
+    assert!(upstream_bridges(4, 5, |i| parents[i], |i| bridges[i]).is_empty());
+    // A cycle 0 -> 1 -> 0: bounded by the limit.
+    let cyclic = [Some(1), Some(0)];
+    let chain = upstream_bridges(0, 4, |i| cyclic[i], |i| bridges[i]);
+    assert_eq!(chain.len(), 4);
+    // A parent that is not a bridge ends the chain.
+    let chain = upstream_bridges(0, 4, |_| Some(3), |i| bridges[i]);
+    assert!(chain.is_empty());
+}
+
+#[test]
+fn iommu_map_cells() {
+    let e = IommuMap::entries_from_cells(&[0, 0x8001, 0, 0x1_0000, 0x100, 0x8002, 0x40, 0x100])
+        .unwrap();
+    assert_eq!(
+        e,
+        [
+            IommuMapEntry {
+                rid_base: 0,
+                iommu: 0x8001,
+                sid_base: 0,
+                len: 0x1_0000
+            },
+            IommuMapEntry {
+                rid_base: 0x100,
+                iommu: 0x8002,
+                sid_base: 0x40,
+                len: 0x100
+            }
+        ]
+    );
+    assert_eq!(IommuMap::entries_from_cells(&[]), Ok(vec![]));
+    assert_eq!(
+        IommuMap::entries_from_cells(&[0, 1, 2]),
+        Err(TopologyError::MalformedIommuMap { cells: 3 })
+    );
+    assert_eq!(
+        IommuMap::absent().lookup(Rid(0)),
+        Err(TopologyError::NoIommuMap)
+    );
+}
