@@ -6,8 +6,9 @@
 //! (`etc/acpi/rsdp`, `etc/acpi/tables`, `etc/table-loader`, ...). The
 //! tables are *not linked*: every pointer in them (RSDP -> XSDT -> tables)
 //! still holds an offset into `etc/acpi/tables`, which firmware would turn
-//! into an address by following `etc/table-loader`. [`find_table`] follows
-//! those offsets instead.
+//! into an address by following `etc/table-loader`. The library's
+//! `smmuv3::topology::iort::acpi` follows those offsets instead, and
+//! computes the checksums the loader would.
 //!
 //! The MMIO interface (QEMU `docs/specs/fw_cfg.rst`): a selector register
 //! at +8 (16-bit, big-endian) picks an item, the data register at +0 then
@@ -19,6 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use smmuv3::topology::iort::acpi::{self, AcpiError};
 use smmuv3::topology::iort::{self, DtSmmu, Iort, IortError, compare_with_iommu_map};
 use smmuv3::topology::{IommuMap, Rid};
 
@@ -53,10 +55,8 @@ pub enum FwCfgError {
         /// Its size.
         size: u32,
     },
-    /// The RSDP or XSDT is malformed or points outside the tables.
-    BadAcpi(&'static str),
-    /// No table with this signature in the XSDT.
-    NoTable([u8; 4]),
+    /// The RSDP or XSDT is malformed, or the table is not listed.
+    Acpi(AcpiError),
     /// The IORT is malformed.
     Iort(IortError),
 }
@@ -68,12 +68,7 @@ impl fmt::Display for FwCfgError {
             Self::BadSignature(s) => write!(f, "fw_cfg signature {s:02x?}, not \"QEMU\""),
             Self::NoFile(name) => write!(f, "fw_cfg has no file {name}"),
             Self::TooLarge { name, size } => write!(f, "fw_cfg file {name} is {size} bytes"),
-            Self::BadAcpi(what) => write!(f, "ACPI tables: {what}"),
-            Self::NoTable(sig) => write!(
-                f,
-                "no {} table in the XSDT",
-                core::str::from_utf8(sig).unwrap_or("?")
-            ),
+            Self::Acpi(e) => write!(f, "ACPI tables: {e}"),
             Self::Iort(e) => write!(f, "{e}"),
         }
     }
@@ -178,78 +173,6 @@ impl FwCfg {
     }
 }
 
-fn le32(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn le64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
-}
-
-/// `etc/table-loader` commands are 128 bytes; ADD_CHECKSUM is command 3:
-/// file name (56 bytes), checksum offset, start, length (u32 each, LE).
-const LOADER_COMMAND_LEN: usize = 128;
-const LOADER_ADD_CHECKSUM: u32 = 3;
-
-/// Applies the table loader's ADD_CHECKSUM commands for `file` to `blob`:
-/// QEMU leaves every table's checksum byte 0 for firmware to compute.
-/// (Pointers are left as offsets, so a table holding pointers gets the
-/// checksum of its unlinked bytes; the IORT holds none.) Returns the number
-/// of checksums written; commands out of bounds are skipped.
-pub fn apply_checksums(loader: &[u8], file: &str, blob: &mut [u8]) -> usize {
-    let mut done = 0;
-    for cmd in loader.chunks_exact(LOADER_COMMAND_LEN) {
-        if le32(cmd, 0) != Some(LOADER_ADD_CHECKSUM) {
-            continue;
-        }
-        let name = &cmd[4..4 + NAME_LEN];
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN)];
-        if name != file.as_bytes() {
-            continue;
-        }
-        let field = |at| le32(cmd, at).map(|v| v as usize);
-        let (Some(at), Some(start), Some(len)) = (field(60), field(64), field(68)) else {
-            continue;
-        };
-        let in_range = at < blob.len() && start.checked_add(len).is_some_and(|e| e <= blob.len());
-        if !in_range {
-            continue;
-        }
-        blob[at] = 0;
-        let sum = blob[start..start + len]
-            .iter()
-            .fold(0u8, |s, &b| s.wrapping_add(b));
-        blob[at] = 0u8.wrapping_sub(sum);
-        done += 1;
-    }
-    done
-}
-
-/// The table with signature `sig` in the unlinked `tables` blob, found
-/// through the RSDP's XSDT offset and the XSDT's entries (offsets into
-/// `tables`, as QEMU leaves them for its table loader).
-pub fn find_table<'a>(rsdp: &[u8], tables: &'a [u8], sig: [u8; 4]) -> Result<&'a [u8], FwCfgError> {
-    if rsdp.get(..8) != Some(b"RSD PTR ") {
-        return Err(FwCfgError::BadAcpi("no RSDP signature"));
-    }
-    let xsdt_at = le64(rsdp, 24).ok_or(FwCfgError::BadAcpi("RSDP too short for an XSDT"))?;
-    let table_at = |at: u64| -> Option<&'a [u8]> {
-        let at = usize::try_from(at).ok()?;
-        let len = le32(tables, at.checked_add(4)?)? as usize;
-        tables.get(at..at.checked_add(len)?)
-    };
-    let xsdt = table_at(xsdt_at).ok_or(FwCfgError::BadAcpi("XSDT outside the tables"))?;
-    if xsdt.get(..4) != Some(b"XSDT") {
-        return Err(FwCfgError::BadAcpi("no XSDT signature"));
-    }
-    let entries = xsdt.get(36..).unwrap_or_default();
-    entries
-        .chunks_exact(8)
-        .filter_map(|e| table_at(u64::from_le_bytes(e.try_into().ok()?)))
-        .find(|t| t.get(..4) == Some(&sig[..]))
-        .ok_or(FwCfgError::NoTable(sig))
-}
-
 /// What the image learnt from QEMU's IORT.
 #[derive(Debug, Clone)]
 pub struct IortCheck {
@@ -325,8 +248,10 @@ pub fn check_iort(p: &Platform, functions: &[PciFunction]) -> Result<IortCheck, 
     let rsdp = fw.file(&files, "etc/acpi/rsdp")?;
     let mut tables = fw.file(&files, "etc/acpi/tables")?;
     let loader = fw.file(&files, "etc/table-loader")?;
-    apply_checksums(&loader, "etc/acpi/tables", &mut tables);
-    let bytes = find_table(&rsdp, &tables, iort::SIGNATURE)?.to_vec();
+    acpi::apply_loader_checksums(&loader, "etc/acpi/tables", &mut tables);
+    let bytes = acpi::find_unlinked_table(&rsdp, &tables, iort::SIGNATURE)
+        .map_err(FwCfgError::Acpi)?
+        .to_vec();
     let table = Iort::parse(&bytes).map_err(FwCfgError::Iort)?;
     let ranges = table
         .root_complex(0)

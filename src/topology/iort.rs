@@ -43,6 +43,7 @@
 
 use core::fmt;
 
+pub mod acpi;
 mod compare;
 mod node;
 
