@@ -180,7 +180,7 @@ pub struct IortCheck {
     pub files: Vec<File>,
     /// The IORT's bytes.
     pub iort: Vec<u8>,
-    /// The SMMU base the IORT gives for PCI segment 0, RID 0.
+    /// The base of the IORT's (first) SMMUv3 node.
     pub smmu_base: Option<u64>,
     /// Segment 0's range mappings: (first RID, last RID, first output ID,
     /// type of the node they lead to).
@@ -267,7 +267,7 @@ pub fn check_iort(p: &Platform, functions: &[PciFunction]) -> Result<IortCheck, 
                 .collect()
         })
         .unwrap_or_default();
-    let smmu_base = table.smmu_stream(0, 0).ok().map(|s| s.smmu.base);
+    let smmu_base = table.smmu_v3_nodes().next().map(|(_, s)| s.base);
     // A malformed iommu-map counts as none: every RID then disagrees with
     // an IORT that maps it.
     let map = p.pci.iommu_map().unwrap_or_else(|_| IommuMap::absent());
