@@ -11,8 +11,11 @@
 //! passed through together, to one VM.
 //!
 //! This module is pure logic over already-discovered facts (no config
-//! space access, no device tree parsing):
+//! space access, no device tree walking; firmware tables are parsed from
+//! their bytes):
 //!
+//! * [`upstream_bridges`] turns an enumeration's parent links into a
+//!   function's bridge chain;
 //! * [`dma_alias_rids`] walks a function's upstream bridge chain and lists
 //!   every RID its DMA may carry, own RID first, each alias in order up the
 //!   chain, with the rules Linux's `pci_for_each_dma_alias` applies;
@@ -22,7 +25,9 @@
 //!   ([`DmaAliases`]), with a typed error when an alias is not covered or
 //!   belongs to another IOMMU;
 //! * [`Groups::build`] joins functions whose StreamID sets intersect into
-//!   isolation groups.
+//!   isolation groups;
+//! * [`iort`] parses the ACPI IORT, the ACPI counterpart of `iommu-map`,
+//!   and compares the two.
 //!
 //! # The alias rules
 //!
@@ -53,10 +58,11 @@
 //! | file | what |
 //! | --- | --- |
 //! | `mod.rs` | [`Rid`], [`TopologyError`], PCIe port types |
-//! | `aliases.rs` | bridge kinds, alias rules, [`dma_alias_rids`], [`dma_aliases`] |
-//! | `iommu_map.rs` | [`IommuMap`]: the device tree's `iommu-map` / `iommu-map-mask` |
+//! | `aliases.rs` | bridge kinds, alias rules, [`upstream_bridges`], [`dma_alias_rids`], [`dma_aliases`] |
+//! | `iommu_map.rs` | [`IommuMap`]: the device tree's `iommu-map` / `iommu-map-mask`, from its cells |
 //! | `groups.rs` | [`Groups`]: isolation groups (union-find) |
-//! | `iort.rs` | [`iort`]: the ACPI IO Remapping Table, parsed from its bytes |
+//! | `iort.rs`, `iort/` | [`iort`]: the ACPI IO Remapping Table, parsed from its bytes (`node.rs`: node and ID mapping decoding; `compare.rs`: against `iommu-map`; `acpi.rs`: QEMU's unlinked ACPI blob) |
+//! | `tests.rs` | host tests of aliases, `iommu-map` and groups |
 
 mod aliases;
 mod groups;
