@@ -10,9 +10,9 @@
 //! - a VMID when the SMMU implements stage 2: STE.S2VMID tags stage-1 TLB
 //!   entries there, so each domain needs its own and its TLBI_NH_* commands
 //!   name it; 0 on a stage-1-only SMMU;
-//! - stage-1 tables ([`crate::pgtable::stage1`]) walked through TTB0 of
+//! - stage-1 tables ([`crate::pgtable::format::s1`]) walked through TTB0 of
 //!   one context descriptor (EPD1 = 1, T0SZ = 64 - IPA bits, IPS = the
-//!   output size, MAIR = [`crate::pgtable::stage1::MAIR`]), which every
+//!   output size, MAIR = [`crate::pgtable::format::s1::MAIR`]), which every
 //!   attached STE points at (S1Fmt linear, S1CDMax = 0: one CD per stream,
 //!   the only layout QEMU models).
 //!
@@ -33,8 +33,8 @@ use crate::cmd::{self, Command, InvalidationHints};
 use crate::entry_plan::UpdateStep;
 use crate::error::{Error, Result, Unsupported};
 use crate::hal::{Dma, Hal};
-use crate::pgtable::Geometry;
-use crate::pgtable::stage1::{MAIR, Stage1Table};
+use crate::pgtable::format::s1::MAIR;
+use crate::pgtable::{Format, Geometry, Stage1, Stage1Table};
 use crate::smmu::Smmu;
 use crate::stage2::{Granule, Perm, Stage2Config};
 use crate::ste::{STE_1, Stage1Ste, Ste};
@@ -258,11 +258,8 @@ impl<H: Hal> Smmu<H> {
         perm: Perm,
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
-        if perm == Perm::Write {
-            return Err(Error::InvalidArgument(
-                "stage 1 has no write-only permission",
-            ));
-        }
+        // Refused before anything changes (stage 1 has no write-only).
+        Stage1::with_perm(0, perm)?;
         s1(d)?.table.check_range_mapped(ipa, len)?;
         self.stage1_split_partial_blocks(d, ipa, len, cpu)?;
         s1(d)?.table.protect(ipa, len, perm)?;
