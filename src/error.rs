@@ -122,7 +122,9 @@ impl fmt::Display for TableError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TableError::OutputSize(b) => write!(f, "no output size encoding for {b} bits"),
-            TableError::ReservedOutputSize(ps) => write!(f, "output size encoding {ps} is reserved"),
+            TableError::ReservedOutputSize(ps) => {
+                write!(f, "output size encoding {ps} is reserved")
+            }
             TableError::InputTooSmall(b) => write!(f, "input size {b} bits is below 25"),
             TableError::InputAboveOutput { input, output } => {
                 write!(f, "IPA size {input} bits exceeds the output size {output}")
@@ -131,7 +133,10 @@ impl fmt::Display for TableError {
                 write!(f, "start level {level} cannot resolve {input} input bits")
             }
             TableError::StartLevelForOutput { level, output } => {
-                write!(f, "start level {level} not permitted with {output}-bit output")
+                write!(
+                    f,
+                    "start level {level} not permitted with {output}-bit output"
+                )
             }
             TableError::VtcrFields(bits) => write!(f, "VTCR_EL2 sets unsupported bits {bits:#x}"),
             TableError::ReservedGranule => write!(f, "VTCR_EL2.TG0 is reserved"),

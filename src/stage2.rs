@@ -133,7 +133,6 @@ pub struct S2SteFields {
     pub ps: u8,
 }
 
-
 /// The geometry of a stage-2 translation regime: granule, IPA size, start
 /// level and concatenation, output size (a [`Geometry`]), and walk
 /// attributes.
@@ -214,8 +213,7 @@ impl Stage2Config {
         }
         let granule = granule_from_tg0(v.read(VTCR::TG0)).ok_or(TableError::ReservedGranule)?;
         let sl0 = v.read(VTCR::SL0);
-        let level =
-            sl0_to_level(granule, sl0).ok_or(TableError::StartLevelEncoding(sl0 as u8))?;
+        let level = sl0_to_level(granule, sl0).ok_or(TableError::StartLevelEncoding(sl0 as u8))?;
         let sh0 = v.read(VTCR::SH0) as u8;
         if sh0 == 0b01 {
             return Err(TableError::ReservedShareability.into());
@@ -288,7 +286,11 @@ impl Stage2Config {
         if self.check_fits(ias_bits, oas_bits).is_ok() {
             return Ok(*self);
         }
-        let max = if self.granule() == Granule::K64 { 52 } else { 48 };
+        let max = if self.granule() == Granule::K64 {
+            52
+        } else {
+            48
+        };
         let oas = *OA_BITS
             .iter()
             .rfind(|&&b| b <= oas_bits.min(self.oas_bits()).min(max))
@@ -449,7 +451,10 @@ mod tests {
         );
         assert_eq!(
             Stage2Config::new(Granule::K4, 44, 40),
-            Err(Error::Table(TableError::InputAboveOutput { input: 44, output: 40 }))
+            Err(Error::Table(TableError::InputAboveOutput {
+                input: 44,
+                output: 40
+            }))
         );
         assert_eq!(
             Stage2Config::new(Granule::K4, 40, 41),
@@ -517,7 +522,10 @@ mod tests {
         let l0_ps40 = (l0_ps40 & !(7 << 16)) | 2 << 16;
         assert_eq!(
             Stage2Config::from_vtcr(l0_ps40),
-            Err(Error::Table(TableError::StartLevelForOutput { level: 0, output: 40 }))
+            Err(Error::Table(TableError::StartLevelForOutput {
+                level: 0,
+                output: 40
+            }))
         );
         let l0 = (base & !(3 << 6)) | 2 << 6;
         let c = Stage2Config::from_vtcr(l0).unwrap();
@@ -530,7 +538,10 @@ mod tests {
         let t16 = (base & !0x3f) | 16;
         assert_eq!(
             Stage2Config::from_vtcr(t16),
-            Err(Error::Table(TableError::StartLevel { level: 1, input: 48 }))
+            Err(Error::Table(TableError::StartLevel {
+                level: 1,
+                input: 48
+            }))
         );
         // PS = 52 needs the 64K granule; PS = 7 is reserved.
         assert_eq!(

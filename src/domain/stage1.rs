@@ -273,7 +273,7 @@ impl<H: Hal> Smmu<H> {
         r
     }
 
-    /// The stage-1 twin of `split_partial_blocks` (src/domain/mapping.rs):
+    /// `split_blocks` (src/domain/mapping.rs) over the stage-1 tables:
     /// BBML2 on both sides replaces a block by its table in one store;
     /// otherwise break, invalidate (SMMU and `cpu`), make.
     fn stage1_split_partial_blocks(
@@ -283,29 +283,8 @@ impl<H: Hal> Smmu<H> {
         len: u64,
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
-        while let Some(b) = s1(d)?.table.partial_block(ipa, len)? {
-            let split = s1(d)?.table.prepare_split(&b)?;
-            if d.split_without_break {
-                s1(d)?.table.install_split(&b, split)?;
-                continue;
-            }
-            s1(d)?.table.break_block(&b)?;
-            let r = self.invalidate_domain_range(d, b.ipa, b.size, InvalidationHints::NONE);
-            cpu(&CpuInvalidation {
-                domain: d.id,
-                vmid: d.vmid,
-                ipa: b.ipa,
-                len: b.size,
-            });
-            if let Err(e) = r {
-                // The old block may still be cached: put it back rather
-                // than make two translations of one address live.
-                s1(d)?.table.restore_block(&b)?;
-                return Err(e);
-            }
-            s1(d)?.table.install_split(&b, split)?;
-        }
-        Ok(())
+        self.split_blocks(d, s1_table, false, ipa, len, cpu)
+            .map(|_| ())
     }
 
     /// TLBI_NH_VA over `[va, va + len)` of (`vmid`, `asid`) (range form
@@ -343,6 +322,11 @@ fn s1<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Ctx<H>> {
         Tables::Stage1(s) => Ok(s),
         _ => Err(Error::InvalidArgument("not a stage-1 domain")),
     }
+}
+
+/// The stage-1 tables of `d`.
+fn s1_table<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Table<H>> {
+    Ok(&mut s1(d)?.table)
 }
 
 #[cfg(test)]

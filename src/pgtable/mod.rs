@@ -42,18 +42,18 @@
 //! supported: FEAT_LPA2 and its level -1 start, FEAT_TTST start levels,
 //! and the contiguous hint.
 
+#[cfg(test)]
+mod alloc_tests;
 pub mod format;
 mod geometry;
 mod node;
-mod split;
-mod table;
-mod walk;
-#[cfg(test)]
-mod alloc_tests;
 #[cfg(test)]
 mod s2_tests;
+mod split;
+mod table;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 pub use format::s1::{Stage1, Stage1Table};
 pub use format::s2::{Stage2, Stage2Table};

@@ -262,14 +262,8 @@ fn rejected_calls_change_nothing() {
             t.unmap(0xf_f000, 8 * K),
             Error::NotMapped { addr: 0xf_f000 },
         ),
-        (
-            t.unmap(0x4000_0000, 4 * K),
-            split(0x4000_0000),
-        ),
-        (
-            t.unmap(0x4000_0000, 2 * M + 4 * K),
-            split(0x4020_0000),
-        ),
+        (t.unmap(0x4000_0000, 4 * K), split(0x4000_0000)),
+        (t.unmap(0x4000_0000, 2 * M + 4 * K), split(0x4020_0000)),
         (
             t.unmap(0x4000_0000, 6 * M),
             Error::NotMapped { addr: 0x4040_0000 },
@@ -421,12 +415,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// Expected outcome of unmap/protect: the first unmapped page, or a
 /// partly covered block, in address order.
-fn expect_edit(
-    t: &Table,
-    model: &Model<u64, (u64, Perm)>,
-    page: u64,
-    pages: u64,
-) -> Result<()> {
+fn expect_edit(t: &Table, model: &Model<u64, (u64, Perm)>, page: u64, pages: u64) -> Result<()> {
     let (start, end) = (page * 4096, (page + pages) * 4096);
     for p in page..page + pages {
         let a = p * 4096;

@@ -9,10 +9,10 @@ use alloc::vec::Vec;
 
 use tock_registers::LocalRegisterCopy;
 
+use super::Table;
 use super::format::{DESC, Format};
 use super::node::{Entry, Node, NodeId, ROOT};
 use super::walk::alloc_table;
-use super::Table;
 use crate::error::Result;
 use crate::hal::{Dma, Hal};
 

@@ -93,12 +93,7 @@ impl Format for Stage2 {
         };
         let mut d = LocalRegisterCopy::<u64, S2_DESC::Register>::new(0);
         d.write(
-            memattr
-                + S2_DESC::S2AP_R.val(r)
-                + S2_DESC::S2AP_W.val(w)
-                + sh
-                + S2_DESC::AF::SET
-                + xn,
+            memattr + S2_DESC::S2AP_R.val(r) + S2_DESC::S2AP_W.val(w) + sh + S2_DESC::AF::SET + xn,
         );
         Ok(d.get())
     }
