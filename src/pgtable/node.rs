@@ -70,9 +70,13 @@ pub(super) struct Path {
 }
 
 impl Path {
+    #[inline]
     pub(super) fn push(&mut self, table: NodeId, idx: usize) {
-        self.steps[self.len] = (table, idx);
-        self.len += 1;
+        // At most three steps (levels 0 to 2) by construction.
+        if let Some(step) = self.steps.get_mut(self.len) {
+            *step = (table, idx);
+            self.len += 1;
+        }
     }
 
     pub(super) fn steps(&self) -> &[(NodeId, usize)] {
@@ -201,9 +205,8 @@ impl<H: Hal, F: Format> Table<H, F> {
         &self,
         addr: PhysAddr,
     ) -> tock_registers::fields::FieldValue<u64, DESC::Register> {
-        let low = addr & ((1 << 48) - 1) & !(self.geo.granule_size() - 1);
-        let mut f = DESC::ADDR.val(low >> 12);
-        if self.geo.oas_bits() == 52 {
+        let mut f = DESC::ADDR.val((addr & self.oa_mask) >> 12);
+        if self.oa_hi {
             f += DESC::OA_HI.val(addr >> 48);
         }
         f
@@ -211,8 +214,8 @@ impl<H: Hal, F: Format> Table<H, F> {
 
     #[inline]
     pub(super) fn decode_oa(&self, d: &LocalRegisterCopy<u64, DESC::Register>) -> PhysAddr {
-        let mut addr = (d.read(DESC::ADDR) << 12) & !(self.geo.granule_size() - 1);
-        if self.geo.oas_bits() == 52 {
+        let mut addr = (d.read(DESC::ADDR) << 12) & self.oa_mask;
+        if self.oa_hi {
             addr |= d.read(DESC::OA_HI) << 48;
         }
         addr

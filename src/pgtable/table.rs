@@ -43,6 +43,13 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) retired: Vec<Dma<H>>,
     /// Bit `l` set: the last `unmap`/`protect` changed a leaf at level `l`.
     pub(super) changed_levels: u8,
+    /// Hot-path copies of the geometry: log2 of the granule, the start level, the output
+    /// address bits a descriptor's ADDR field holds (\[47:granule\]), and
+    /// whether OA\[51:48\] is used (52-bit output with 64K).
+    pub(super) page_shift: u32,
+    pub(super) start_level: u32,
+    pub(super) oa_mask: u64,
+    pub(super) oa_hi: bool,
     format: PhantomData<F>,
 }
 
@@ -89,6 +96,10 @@ impl<H: Hal, F: Format> Table<H, F> {
             levels,
             retired: Vec::new(),
             changed_levels: 0,
+            page_shift: geo.granule().shift(),
+            start_level: start,
+            oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
+            oa_hi: geo.oas_bits() == 52,
             format: PhantomData,
         })
     }
@@ -201,7 +212,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         if let Some(leaf) = self.leaf_table(ipa, end, &mut Path::default())? {
             // Inside one existing level-3 table: validation is that its
             // descriptors are invalid, and no table is needed.
-            if let Some(addr) = self.find_mapped(leaf, 3, ipa, end)? {
+            if let Some(addr) = self.find_mapped_page(leaf, ipa, end)? {
                 return Err(Error::Overlap { addr });
             }
             return self.map_pages(leaf, ipa, pa, end, opts, false);
@@ -241,7 +252,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         if let Some(leaf) = self.leaf_table(ipa, end, &mut path)? {
             // Inside one level-3 table: what the walk from the root does,
             // without walking the levels above again.
-            self.check_mapped(leaf, 3, ipa, end, false)?;
+            self.check_pages_mapped(leaf, ipa, end)?;
             self.unmap_range(leaf, 3, ipa, end)?;
             return self.unlink_empty(leaf, &path);
         }

@@ -74,7 +74,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     #[inline]
     pub(super) fn leaf_table(&self, ipa: u64, end: u64, path: &mut Path) -> Result<Option<NodeId>> {
         let mut table = ROOT;
-        for level in self.geo.start_level()..3 {
+        for level in self.start_level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
             if ipa >> shift != (end - 1) >> shift {
                 return Ok(None);
@@ -129,8 +129,47 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// The descriptors `[first, first + n)` of the level-3 table that
     /// `[start, end)` (inside one such table) covers.
     fn pages(&self, start: u64, end: u64) -> (usize, usize) {
-        let n = (end - start) >> self.geo.granule().shift();
+        let n = (end - start) >> self.page_shift;
         (self.index(3, start), n as usize)
+    }
+
+    /// `find_mapped` in a level-3 table (the single-page fast path too).
+    #[inline(always)]
+    pub(super) fn find_mapped_page(
+        &self,
+        table: NodeId,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<u64>> {
+        let node = self.node(table)?;
+        if node.live == 0 {
+            return Ok(None);
+        }
+        let (first, n) = self.pages(start, end);
+        let g = 1u64 << self.page_shift;
+        Ok((0..n)
+            .find(|&i| is_page(node.dma.read_u64(first + i)))
+            .map(|i| start + i as u64 * g))
+    }
+
+    /// `check_mapped` in a level-3 table (pages cannot be split): the
+    /// first unmapped page is refused.
+    #[inline(always)]
+    pub(super) fn check_pages_mapped(&self, table: NodeId, start: u64, end: u64) -> Result<()> {
+        // A level-3 table whose every descriptor is counted live is all
+        // pages.
+        let node = self.node(table)?;
+        let (first, n) = self.pages(start, end);
+        if n == node.dma.len_u64() && node.live == n {
+            return Ok(());
+        }
+        let g = 1u64 << self.page_shift;
+        match (0..n).find(|&i| !is_page(node.dma.read_u64(first + i))) {
+            Some(i) => Err(Error::NotMapped {
+                addr: start + i as u64 * g,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The first mapped address in `[start, end)`, if any.
@@ -141,16 +180,11 @@ impl<H: Hal, F: Format> Table<H, F> {
         start: u64,
         end: u64,
     ) -> Result<Option<u64>> {
-        let node = self.node(table)?;
-        if node.live == 0 {
-            return Ok(None);
-        }
         if level == 3 {
-            let (first, n) = self.pages(start, end);
-            let g = self.geo.granule_size();
-            return Ok((0..n)
-                .find(|&i| is_page(node.dma.read_u64(first + i)))
-                .map(|i| start + i as u64 * g));
+            return self.find_mapped_page(table, start, end);
+        }
+        if self.node(table)?.live == 0 {
+            return Ok(None);
         }
         for (cur, next, idx) in self.chunks(level, start, end) {
             match self.entry(table, level, idx)? {
@@ -262,7 +296,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         fresh: bool,
     ) -> Result<()> {
         let (first, n) = self.pages(ipa, end);
-        let g = self.geo.granule_size();
+        let g = 1u64 << self.page_shift;
         let template = self.leaf_desc(3, 0, opts)?;
         let node = self.node(table)?;
         for i in 0..n {
@@ -303,20 +337,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         whole_blocks: bool,
     ) -> Result<()> {
         if level == 3 {
-            // Pages cannot be split. A level-3 table whose every descriptor
-            // is counted live is all pages.
-            let node = self.node(table)?;
-            let (first, n) = self.pages(start, end);
-            if n == node.dma.len_u64() && node.live == n {
-                return Ok(());
-            }
-            let g = self.geo.granule_size();
-            return match (0..n).find(|&i| !is_page(node.dma.read_u64(first + i))) {
-                Some(i) => Err(Error::NotMapped {
-                    addr: start + i as u64 * g,
-                }),
-                None => Ok(()),
-            };
+            return self.check_pages_mapped(table, start, end);
         }
         let size = 1u64 << self.geo.level_shift(level);
         for (cur, next, idx) in self.chunks(level, start, end) {
