@@ -504,3 +504,68 @@ proptest! {
         prop_assert_eq!(FakeHal::live_bytes(), live0);
     }
 }
+
+/// Splits `[ipa, ipa + len)` needs until no block is partly covered, done
+/// with tables from `reserve` only.
+fn split_all(t: &mut Table, ipa: u64, len: u64, reserve: &mut SplitReserve<FakeHal>) -> usize {
+    let mut n = 0;
+    while let Some(b) = t.partial_block(ipa, len).unwrap() {
+        let split = t.prepare_split_from(&b, reserve).unwrap();
+        t.install_split(&b, split).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn split_reserve_covers_every_split_or_nothing() {
+    // (edit ipa, edit len) over a 1G block at G and two 2M blocks at 4G
+    // -> splits needed.
+    let cases = [
+        (G + 2 * M + 4 * K, 4 * K, 2), // 1G -> 2M -> 4K
+        (G, 2 * M, 1),                 // 1G -> 2M, the 2M block whole
+        (G + G - 4 * K, 4 * K, 2),     // the last page of the 1G block
+        (4 * G + M, 2 * M, 2),         // part of each 2M block
+        (4 * G, 4 * M, 0),             // both 2M blocks whole
+        (4 * G, 4 * K, 1),             // first page of a 2M block
+    ];
+    for (ipa, len, want) in cases {
+        let mut t = Table::new(cfg4k(40), false).unwrap();
+        t.map(G, 8 * G, G, Perm::ReadWrite).unwrap();
+        t.map(4 * G, 9 * G, 4 * M, Perm::Read).unwrap();
+        assert_eq!(t.splits_needed(ipa, len), Ok(want), "{ipa:#x}+{len:#x}");
+        let before = snapshot(&t);
+        let live = FakeHal::live_bytes();
+        if want > 0 {
+            // The last table the range needs cannot be had: nothing
+            // allocated stays, nothing changed.
+            FakeHal::fail_after(Some(want - 1));
+            let r = t.reserve_splits(ipa, len).map(|r| r.len());
+            FakeHal::fail_after(None);
+            assert_eq!(r, Err(Error::NoMemory), "{ipa:#x}+{len:#x}");
+            assert!(snapshot(&t) == before, "{ipa:#x}+{len:#x}");
+            assert_eq!(FakeHal::live_bytes(), live, "{ipa:#x}+{len:#x}");
+        }
+        let mut reserve = t.reserve_splits(ipa, len).unwrap();
+        assert_eq!(reserve.len(), want);
+        // Every split then takes its table from the reserve: with the HAL
+        // refusing everything, the splits still all succeed.
+        FakeHal::fail_after(Some(0));
+        let done = split_all(&mut t, ipa, len, &mut reserve);
+        FakeHal::fail_after(None);
+        assert_eq!((done, reserve.len()), (want, 0), "{ipa:#x}+{len:#x}");
+        assert_eq!(t.partial_block(ipa, len), Ok(None));
+        // The splits translate as the blocks did.
+        for a in [G, G + 2 * M + 4 * K, 2 * G - 4 * K, 4 * G, 4 * G + 3 * M] {
+            let x = t.query(a).unwrap();
+            let pa = if a < 2 * G {
+                8 * G + (a - G)
+            } else {
+                9 * G + (a - 4 * G)
+            };
+            assert_eq!(x.pa, pa, "{a:#x}");
+        }
+        t.unmap(ipa, len).unwrap();
+        assert_eq!(t.query(ipa), None);
+    }
+}
