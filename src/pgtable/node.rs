@@ -69,16 +69,29 @@ pub(super) struct Path {
     len: usize,
 }
 
-impl Path {
+/// Where a walk records the table descriptors it passes: a [`Path`], or
+/// `()` when the caller does not need them (no cost).
+pub(super) trait Steps {
+    fn push(&mut self, table: NodeId, idx: usize);
+}
+
+impl Steps for () {
+    #[inline(always)]
+    fn push(&mut self, _table: NodeId, _idx: usize) {}
+}
+
+impl Steps for Path {
     #[inline]
-    pub(super) fn push(&mut self, table: NodeId, idx: usize) {
+    fn push(&mut self, table: NodeId, idx: usize) {
         // At most three steps (levels 0 to 2) by construction.
         if let Some(step) = self.steps.get_mut(self.len) {
             *step = (table, idx);
             self.len += 1;
         }
     }
+}
 
+impl Path {
     pub(super) fn steps(&self) -> &[(NodeId, usize)] {
         &self.steps[..self.len]
     }

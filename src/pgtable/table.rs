@@ -209,7 +209,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             Some(pa_end) if pa_end <= self.geo.oa_limit() => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
-        if let Some(leaf) = self.leaf_table(ipa, end, &mut Path::default())? {
+        if let Some(leaf) = self.leaf_table(ipa, end, &mut ())? {
             // Inside one existing level-3 table: validation is that its
             // descriptors are invalid, and no table is needed.
             if let Some(addr) = self.find_mapped_page(leaf, ipa, end)? {

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use tock_registers::LocalRegisterCopy;
 
 use super::format::{DESC, Format};
-use super::node::{Entry, NO_CHILD, Node, NodeId, Path, ROOT};
+use super::node::{Entry, NO_CHILD, Node, NodeId, Path, ROOT, Steps};
 use super::{Geometry, MapOptions, Perm, Table};
 use crate::error::{Error, Result, TableError, Unsupported};
 use crate::hal::{Dma, Hal};
@@ -70,9 +70,14 @@ fn extend(span: Option<(usize, usize)>, idx: usize) -> Option<(usize, usize)> {
 impl<H: Hal, F: Format> Table<H, F> {
     /// When `[ipa, end)` lies inside one level-3 table reached through
     /// table descriptors from the root: that table, with the (table, index)
-    /// of each descriptor on the way in `path`, root first.
+    /// of each descriptor on the way recorded in `path`, root first.
     #[inline]
-    pub(super) fn leaf_table(&self, ipa: u64, end: u64, path: &mut Path) -> Result<Option<NodeId>> {
+    pub(super) fn leaf_table(
+        &self,
+        ipa: u64,
+        end: u64,
+        path: &mut impl Steps,
+    ) -> Result<Option<NodeId>> {
         let mut table = ROOT;
         for level in self.start_level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
