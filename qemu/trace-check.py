@@ -23,7 +23,10 @@ taken (so delivery really worked, not a silent fall back to polling).
 
 With ``EXPECT_STAGE=1`` (or ``2``) it also checks that the feature table
 says domains use that stage, that every ``VM`` line names that SMMU stage,
-and that the demo's own checks all passed.
+that the demo's own checks all passed, and, from QEMU's trace, that every
+``smmuv3_translate_success`` and every page-table walk step
+(``smmu_ptw_level``, ``smmu_ptw_page_pte``, ``smmu_ptw_block_pte``) was of
+that stage (the IPA -> PA claims are checked as always).
 
 With ``--aliases N`` (a topology with functions behind a PCIe-to-PCI
 bridge) it also checks, from the image's PCI listing (``StreamIDs OWN, ALIAS
@@ -236,11 +239,30 @@ def main() -> int:
         vm_lines = re.findall(r"^\s+VM \w+: SMMU stage (\d)", out, re.M)
         if not vm_lines or any(v != stage for v in vm_lines):
             problems.append(f"VM lines name SMMU stages {vm_lines}, expected stage {stage} for each")
+        # QEMU's own view: every translation and every walk step traced
+        # was of this stage.
+        steps = collections.Counter()
+        for line in lines:
+            m = re.search(r"(smmuv3_translate_success|smmu_ptw_level|smmu_ptw_page_pte|smmu_ptw_block_pte)\b.*?\bstage=(\d)", line)
+            if m:
+                steps[(m[1], m[2])] += 1
+        if not any(k[0] == "smmuv3_translate_success" for k in steps):
+            problems.append("QEMU traced no smmuv3_translate_success")
+        if not any(k[0] == "smmu_ptw_level" for k in steps):
+            problems.append("QEMU traced no smmu_ptw_level")
+        wrong = {k: n for k, n in steps.items() if k[1] != stage}
+        if wrong:
+            problems.append(f"traced steps not of stage {stage}: " +
+                            ", ".join(f"{n} {ev} stage={st}" for (ev, st), n in sorted(wrong.items())))
+        else:
+            print(f"trace: all {sum(steps.values())} traced translations and walk steps are stage {stage} "
+                  f"({steps[('smmuv3_translate_success', stage)]} translate_success, "
+                  f"{steps[('smmu_ptw_level', stage)]} ptw_level)")
         summary = re.findall(r"^\s+(\d+) passed, (\d+) failed$", out, re.M)
         if not summary or summary[-1][1] != "0":
             problems.append(f"the demo's checks did not all pass: {summary[-1:] or 'no summary'}")
         else:
-            print(f"trace: {summary[-1][0]} demo checks passed with stage-{stage} domains, {len(vm_lines)} VMs")
+            print(f"trace: {summary[-1][0]} demo checks passed, {len(vm_lines)} VM lines name SMMU stage(s) {sorted(set(vm_lines))}")
     if ALIASES is not None:
         check_aliases(out, traced, events, problems)
     if CPU_EXITS:

@@ -20,6 +20,7 @@ use super::edu::Edu;
 use super::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, offsets, phase};
 use super::hvc::{self, check};
 use super::vm::{Stop, TableModel, Vm, VmSpec, VmidPolicy};
+use smmuv3::domain::Stage;
 use super::{cpu, smp};
 
 /// Bound on a VM's run on CPU 1.
@@ -289,9 +290,26 @@ pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     } else {
         format!("sid {:#06x}", vm.sid)
     };
+    if vm.stage == Stage::Stage1 {
+        return format!(
+            "VM {}: {}; {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2, CPU only; no SMMU VMIDs), VTTBR_EL2 root {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+            vm.name,
+            super::vmstage::describe(smmu, vm),
+            vm.devices(),
+            vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
+            vttbr >> 48,
+            root,
+            RAM_IPA,
+            vm.ram_pa(),
+            RAM_SIZE >> 20,
+            CODE_IPA,
+            vm.code_pa()
+        );
+    }
     format!(
-        "VM {}: {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID, {}), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; {}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+        "VM {}: {}; {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID, {}), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; {}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
         vm.name,
+        super::vmstage::describe(smmu, vm),
         vm.devices(),
         vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
         vttbr >> 48,
@@ -318,6 +336,9 @@ const VTCR_GEOMETRY: u64 = 0x3f | 0x3 << 6 | 0x3 << 14 | 0x7 << 16;
 /// VMIDs as the VM's policy says (equal, or the SMMU's private one), and
 /// HCR_EL2 read back as programmed.
 pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
+    if vm.stage == Stage::Stage1 {
+        return super::vmstage::identity(smmu, vm);
+    }
     let vttbr = vm
         .log
         .vttbr
@@ -796,6 +817,10 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         return Err(String::from("the released page was written"));
     }
     let how = match (vm.tables, vm.split_in_one_store) {
+        (TableModel::HypervisorOwned, _) if vm.stage == Stage::Stage1 => format!(
+            "CPU stage 2: HvStage2 unmap, CPU TLBI by VMID {:#x}; SMMU stage 1: Smmu::unmap (TLBI_NH_VA)",
+            vm.vmid
+        ),
         (TableModel::HypervisorOwned, _) => format!(
             "hypervisor-owned: HvStage2 unmap, CPU TLBI by VMID {:#x}, Smmu::invalidate by VMID {:#x}",
             vm.vmid, vm.smmu_vmid
@@ -834,9 +859,14 @@ pub fn demo_models(i: usize, spec: &mut VmSpec) {
 
 /// Builds, runs and judges every VM; adds the rows to `report`.
 pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
-    println!(
-        "Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices"
-    );
+    match super::vmstage::smmu_stage(smmu) {
+        Ok(Stage::Stage1) => println!(
+            "Guests: one EL1 VM per isolation group of edus; SMMU stage-1 domain for its devices, a separate CPU stage 2 with the same IPA -> PA"
+        ),
+        _ => println!(
+            "Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices"
+        ),
+    }
     let groups = match vm_groups(smmu, edus) {
         Ok(g) => g,
         Err(e) => {
@@ -873,11 +903,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
     for (i, vm) in vms.iter().enumerate() {
         let n = format!("VM {}", vm.name);
         let seed = seed(i);
-        report.add(
-            &n,
-            "VTTBR_EL2 root == STE S2TTB, VMID policy",
-            identity(smmu, vm),
-        );
+        let check = match vm.stage {
+            Stage::Stage1 => "stage-1 STE/CD; CPU stage 2 maps alike",
+            Stage::Stage2 => "VTTBR_EL2 root == STE S2TTB, VMID policy",
+        };
+        report.add(&n, check, identity(smmu, vm));
         report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
         report.add(
             &n,

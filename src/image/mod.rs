@@ -38,6 +38,7 @@ pub mod semihosting;
 pub mod smp;
 pub mod vcpu;
 pub mod vm;
+pub mod vmstage;
 
 use alloc::vec::Vec;
 
