@@ -334,7 +334,8 @@ impl<H: Hal> Smmu<H> {
     ///
     /// Errors: [`Unsupported::Nested`] without both stages;
     /// [`Error::Nested`] for a refused request (nothing changed); command
-    /// errors.
+    /// errors. `read` is called without any driver lock held, so it may
+    /// use the driver (e.g. [`Smmu::translate`] of the VM's domain).
     pub fn attach_nested(
         &self,
         req: &NestedRequest<'_>,
@@ -344,13 +345,18 @@ impl<H: Hal> Smmu<H> {
         if !f.nested() {
             return Err(Error::Unsupported(Unsupported::Nested));
         }
-        let mut domains = self.domains.lock();
-        let d = domains.get(req.domain)?;
-        if !matches!(d.tables, Tables::Owned(_) | Tables::External { .. }) {
-            return Err(NestedError::NotStage2Domain(req.domain).into());
-        }
-        if domains.attached.get(&req.sid) != Some(&req.domain) {
-            return Err(NestedError::SidNotInDomain(req.sid).into());
+        // The StreamID first (a guest naming another VM's stream learns
+        // nothing else), then the CD, read without the domains lock (the
+        // reader may translate through the domain itself).
+        {
+            let domains = self.domains.lock();
+            let d = domains.get(req.domain)?;
+            if !matches!(d.tables, Tables::Owned(_) | Tables::External { .. }) {
+                return Err(NestedError::NotStage2Domain(req.domain).into());
+            }
+            if domains.attached.get(&req.sid) != Some(&req.domain) {
+                return Err(NestedError::SidNotInDomain(req.sid).into());
+            }
         }
         validate_cd_ipa(req.cd_ipa, req.guest_ram)?;
         let mut words = [0u64; 8];
@@ -359,6 +365,11 @@ impl<H: Hal> Smmu<H> {
             *w = read(ipa).ok_or(NestedError::GuestReadFailed(ipa))?;
         }
         let cd = validate_cd(&words, f, req.guest_ram)?;
+        let mut domains = self.domains.lock();
+        // Checked again under the lock: the stream may have moved meanwhile.
+        if domains.attached.get(&req.sid) != Some(&req.domain) {
+            return Err(NestedError::SidNotInDomain(req.sid).into());
+        }
         let held = domains.asid_owner_check(req.domain, cd.asid)?;
         let d = domains.get(req.domain)?;
         let target = self.nested_ste(d, req.cd_ipa)?;

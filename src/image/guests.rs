@@ -211,6 +211,7 @@ pub fn written_by_guest_of(devices: usize) -> Vec<Range<u64>> {
         offsets::BALLOON_BELOW..offsets::BALLOON_BELOW + n,
         offsets::BALLOON_ABOVE..offsets::BALLOON_ABOVE + n,
         balloon..balloon + 8,
+        guest::nested::TABLES..guest::nested::END,
         offsets::STACK_LOW..RAM_SIZE,
     ]
 }
@@ -880,6 +881,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
         .map(|(i, (members, sids))| {
             let mut spec = group_spec(i, members, sids, phase::ALL);
             demo_models(i, &mut spec);
+            // VM a also owns the stage 1 of its device (pvIOMMU), where
+            // the SMMU can nest.
+            if i == 0 && smmu.features().nested() {
+                spec.phases |= phase::NESTED;
+            }
             spec
         })
         .collect();
@@ -899,6 +905,9 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
     }
     for vm in &vms {
         println!("  {}", describe(smmu, vm));
+        for w in &vm.log.nested_walks {
+            println!("  VM {}: {}", vm.name, super::pviommu::describe_walk(w));
+        }
     }
     for (i, vm) in vms.iter().enumerate() {
         let n = format!("VM {}", vm.name);
@@ -934,6 +943,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
             "balloon: page out of 2 MiB region faults",
             balloon(smmu, vm, seed),
         );
+        if vm.phases() & phase::NESTED != 0 {
+            for (check, r) in super::pviommu::judge(smmu, vm, seed) {
+                report.add(&n, check, r);
+            }
+        }
     }
     for pair in vms.chunks(2) {
         if let [a, b] = pair {

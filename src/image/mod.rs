@@ -34,6 +34,7 @@ pub mod mmu;
 pub mod pci;
 pub mod platform;
 pub mod psci;
+pub mod pviommu;
 pub mod semihosting;
 pub mod smp;
 pub mod vcpu;

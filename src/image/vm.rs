@@ -281,6 +281,11 @@ pub struct VmLog {
     pub smmu_invalidations: Vec<(u64, u64)>,
     /// Released pages.
     pub released: Vec<u64>,
+    /// pvIOMMU calls (`pviommu.rs`).
+    pub pv: Vec<super::pviommu::PvRecord>,
+    /// The nested translations its accepted CDs gave (walked by the
+    /// hypervisor).
+    pub nested_walks: Vec<super::pviommu::NestedWalk>,
     last_abort: Option<Abort>,
 }
 
@@ -624,6 +629,11 @@ impl Vm {
             .join("+")
     }
 
+    /// The phases its guest runs (entry x5, [`guest::phase`]).
+    pub fn phases(&self) -> u64 {
+        self.args[5]
+    }
+
     /// Sets the address its "foreign" phase probes (entry x3).
     pub fn set_foreign(&mut self, addr: u64) {
         self.args[3] = addr;
@@ -889,6 +899,13 @@ impl Vm {
         let mut out = [0u64; 3];
         let mut tables_unchanged = None;
         let mut stop = None;
+        if imm == 0 && super::pviommu::is_call(x[0]) {
+            // Logged in `log.pv` (not `log.hvcs`, whose rows count the
+            // base interface's rejections).
+            let pv = super::pviommu::call(self, smmu, &x);
+            self.vcpu.guest.x[..4].copy_from_slice(&pv);
+            return None;
+        }
         match hvc::decode(imm, &x) {
             Err(code) => out[0] = code,
             Ok(Call::Report { device, .. }) if device >= self.edus.len() as u64 => {
