@@ -37,8 +37,7 @@ mod stage1;
 
 pub use batch::Batch;
 pub use nested::{
-    CD_BYTES, GuestCd, MAX_T0SZ, MIN_T0SZ, NestedError, NestedRequest, validate_cd,
-    validate_cd_ipa,
+    CD_BYTES, GuestCd, MAX_T0SZ, MIN_T0SZ, NestedError, NestedRequest, validate_cd, validate_cd_ipa,
 };
 
 pub use crate::stage2::{MapOptions, Memory, Perm, Translation};

@@ -110,7 +110,11 @@ impl Vm {
             stage: StagePolicy::Stage2,
             ..DomainOptions::new(cfg)
         }));
-        let ram = try_ok!(Dma::<ImageHal>::new((PAGES * PAGE) as usize, PAGE as usize, true));
+        let ram = try_ok!(Dma::<ImageHal>::new(
+            (PAGES * PAGE) as usize,
+            PAGE as usize,
+            true
+        ));
         let vm = Vm {
             domain,
             sid: edu.stream_id.ok_or(Failure::new("a StreamID"))?,
@@ -155,18 +159,23 @@ impl Vm {
     }
 
     fn req(&self, cd_ipa: u64) -> NestedRequest<'static> {
-        const RAMS: &[core::ops::Range<u64>] = &[G..G + PAGES * PAGE];
+        // One RAM range; `from_ref` of a static, for the 'static request.
+        static RAM: core::ops::Range<u64> = G..G + PAGES * PAGE;
         NestedRequest {
             domain: self.domain,
             sid: self.sid,
             cd_ipa,
-            guest_ram: RAMS,
+            guest_ram: core::slice::from_ref(&RAM),
         }
     }
 
     /// SET_CD as the hypervisor does it: guest memory read through the
     /// domain's stage 2.
-    fn attach(&self, smmu: &Driver, r: &NestedRequest<'_>) -> Result<smmuv3::domain::GuestCd, Error> {
+    fn attach(
+        &self,
+        smmu: &Driver,
+        r: &NestedRequest<'_>,
+    ) -> Result<smmuv3::domain::GuestCd, Error> {
         smmu.attach_nested(r, &mut |a| {
             let t = smmu.translate(self.domain, a).ok().flatten()?;
             let off = t.pa.checked_sub(self.ram.paddr())?;
@@ -203,7 +212,12 @@ fn good_cd(asid: u16) -> [u64; 8] {
 }
 
 /// Exactly one fault of `kind` from `sid` at input address `va`.
-fn one_fault(faults: &[FaultSummary], kind: EventType, sid: u32, va: u64) -> Result<FaultSummary, Failure> {
+fn one_fault(
+    faults: &[FaultSummary],
+    kind: EventType,
+    sid: u32,
+    va: u64,
+) -> Result<FaultSummary, Failure> {
     match faults {
         [f] if f.kind == kind && f.sid == sid && f.addr_range.map(|r| r.0) == Some(va) => Ok(*f),
         _ => {
@@ -257,13 +271,19 @@ fn unmap_then_dma(invalidate: bool) -> Result<(bool, Vec<FaultSummary>), Failure
     try_ok!(vm.attach(&smmu, &vm.req(ipa(CD))));
     edu_ok(edus[0].dma_from_ram(0, VA_RO, 64))?;
     edu_ok(edus[0].dma_to_ram(0, VA_RW, 64))?;
-    check!(demo::report_faults(&smmu, &edus).is_empty(), "first DMA clean");
+    check!(
+        demo::report_faults(&smmu, &edus).is_empty(),
+        "first DMA clean"
+    );
     vm.set(ipa(L3), 0);
     for i in 0..8 {
         vm.set(ipa(RW) + 8 * i, 0);
     }
     if invalidate {
-        check_eq!(try_ok!(smmu.nested_invalidate_va(vm.domain, ASID, VA_RW, PAGE)), 1);
+        check_eq!(
+            try_ok!(smmu.nested_invalidate_va(vm.domain, ASID, VA_RW, PAGE)),
+            1
+        );
     }
     edu_ok(edus[0].dma_to_ram(0, VA_RW, 64))?;
     let faults = demo::report_faults(&smmu, &edus);
@@ -287,7 +307,10 @@ fn unmap_and_inv_va_stop_a_cached_translation() -> TestResult {
 /// fail if `nested_invalidate_va` issued no TLBI.
 fn without_inv_va_the_stale_translation_lets_dma_through() -> TestResult {
     let (landed, faults) = unmap_then_dma(false)?;
-    check!(landed && faults.is_empty(), "stale TLB entry used: {faults:x?}");
+    check!(
+        landed && faults.is_empty(),
+        "stale TLB entry used: {faults:x?}"
+    );
     println!("  without TLBI_NH_VA the unmapped VA still translated (stale IOTLB)");
     Ok(())
 }
@@ -359,34 +382,144 @@ fn hostile_requests_change_nothing() -> TestResult {
         c[1] = t;
         c
     };
-    type Case = (&'static str, [u64; 8], Option<NestedRequestKind>, NestedError);
+    type Case = (
+        &'static str,
+        [u64; 8],
+        Option<NestedRequestKind>,
+        NestedError,
+    );
     #[derive(Clone, Copy)]
     enum NestedRequestKind {
         CdAt(u64),
         OtherSid,
     }
     let cases: Vec<Case> = alloc::vec![
-        ("CD pointer outside guest RAM", good, Some(NestedRequestKind::CdAt(OUTSIDE)), NestedError::CdOutsideGuestRam(OUTSIDE)),
-        ("CD pointer = a host PA", good, Some(NestedRequestKind::CdAt(a.pa(ipa(CD)))), NestedError::CdOutsideGuestRam(a.pa(ipa(CD)))),
-        ("CD pointer misaligned", good, Some(NestedRequestKind::CdAt(ipa(6) + 8)), NestedError::CdMisaligned(ipa(6) + 8)),
-        ("another VM's StreamID", good, Some(NestedRequestKind::OtherSid), NestedError::SidNotInDomain(b.sid)),
-        ("V = 0", d0(&|r| r.modify(CD_0::V::CLEAR)), None, NestedError::CdNotValid),
-        ("AA64 = 0", d0(&|r| r.modify(CD_0::AA64::CLEAR)), None, NestedError::NotAarch64),
-        ("S = 1", d0(&|r| r.modify(CD_0::S::SET)), None, NestedError::Stall),
-        ("HA = 1", d0(&|r| r.modify(CD_0::HA::SET)), None, NestedError::HardwareUpdate),
-        ("ENDI = 1", d0(&|r| r.modify(CD_0::ENDI::SET)), None, NestedError::BigEndian),
-        ("EPD1 = 0 (TTB1 in use)", d0(&|r| r.modify(CD_0::EPD1::CLEAR)), None, NestedError::Ttb1Enabled),
-        ("T0SZ 12 (52-bit VA)", d0(&|r| r.modify(CD_0::T0SZ.val(12))), None, NestedError::BadT0sz(12)),
-        ("T0SZ 48", d0(&|r| r.modify(CD_0::T0SZ.val(48))), None, NestedError::BadT0sz(48)),
-        ("TG0 3 (reserved)", d0(&|r| r.modify(CD_0::TG0.val(3))), None, NestedError::BadTg0(3)),
-        ("IPS 5 (48 bits > OAS 44)", d0(&|r| r.modify(CD_0::IPS.val(5))), None, NestedError::BadIps(5)),
-        ("IPS 6", d0(&|r| r.modify(CD_0::IPS.val(6))), None, NestedError::BadIps(6)),
-        ("IPS 7", d0(&|r| r.modify(CD_0::IPS.val(7))), None, NestedError::BadIps(7)),
-        ("TTB0 outside guest RAM", ttb(OUTSIDE), None, NestedError::Ttb0OutsideGuestRam(OUTSIDE)),
-        ("TTB0 misaligned", ttb(ipa(L1) + 0x10), None, NestedError::Ttb0Misaligned(ipa(L1) + 0x10)),
-        ("ASID 0", d0(&|r| r.modify(CD_0::ASID.val(0))), None, NestedError::BadAsid(0)),
-        ("another VM's ASID", d0(&|r| r.modify(CD_0::ASID.val(0x77))), None, NestedError::AsidOtherVm(0x77)),
-        ("a driver-owned ASID", d0(&|r| r.modify(CD_0::ASID.val(u64::from(driver_asid)))), None, NestedError::AsidDriverOwned(driver_asid)),
+        (
+            "CD pointer outside guest RAM",
+            good,
+            Some(NestedRequestKind::CdAt(OUTSIDE)),
+            NestedError::CdOutsideGuestRam(OUTSIDE)
+        ),
+        (
+            "CD pointer = a host PA",
+            good,
+            Some(NestedRequestKind::CdAt(a.pa(ipa(CD)))),
+            NestedError::CdOutsideGuestRam(a.pa(ipa(CD)))
+        ),
+        (
+            "CD pointer misaligned",
+            good,
+            Some(NestedRequestKind::CdAt(ipa(6) + 8)),
+            NestedError::CdMisaligned(ipa(6) + 8)
+        ),
+        (
+            "another VM's StreamID",
+            good,
+            Some(NestedRequestKind::OtherSid),
+            NestedError::SidNotInDomain(b.sid)
+        ),
+        (
+            "V = 0",
+            d0(&|r| r.modify(CD_0::V::CLEAR)),
+            None,
+            NestedError::CdNotValid
+        ),
+        (
+            "AA64 = 0",
+            d0(&|r| r.modify(CD_0::AA64::CLEAR)),
+            None,
+            NestedError::NotAarch64
+        ),
+        (
+            "S = 1",
+            d0(&|r| r.modify(CD_0::S::SET)),
+            None,
+            NestedError::Stall
+        ),
+        (
+            "HA = 1",
+            d0(&|r| r.modify(CD_0::HA::SET)),
+            None,
+            NestedError::HardwareUpdate
+        ),
+        (
+            "ENDI = 1",
+            d0(&|r| r.modify(CD_0::ENDI::SET)),
+            None,
+            NestedError::BigEndian
+        ),
+        (
+            "EPD1 = 0 (TTB1 in use)",
+            d0(&|r| r.modify(CD_0::EPD1::CLEAR)),
+            None,
+            NestedError::Ttb1Enabled
+        ),
+        (
+            "T0SZ 12 (52-bit VA)",
+            d0(&|r| r.modify(CD_0::T0SZ.val(12))),
+            None,
+            NestedError::BadT0sz(12)
+        ),
+        (
+            "T0SZ 48",
+            d0(&|r| r.modify(CD_0::T0SZ.val(48))),
+            None,
+            NestedError::BadT0sz(48)
+        ),
+        (
+            "TG0 3 (reserved)",
+            d0(&|r| r.modify(CD_0::TG0.val(3))),
+            None,
+            NestedError::BadTg0(3)
+        ),
+        (
+            "IPS 5 (48 bits > OAS 44)",
+            d0(&|r| r.modify(CD_0::IPS.val(5))),
+            None,
+            NestedError::BadIps(5)
+        ),
+        (
+            "IPS 6",
+            d0(&|r| r.modify(CD_0::IPS.val(6))),
+            None,
+            NestedError::BadIps(6)
+        ),
+        (
+            "IPS 7",
+            d0(&|r| r.modify(CD_0::IPS.val(7))),
+            None,
+            NestedError::BadIps(7)
+        ),
+        (
+            "TTB0 outside guest RAM",
+            ttb(OUTSIDE),
+            None,
+            NestedError::Ttb0OutsideGuestRam(OUTSIDE)
+        ),
+        (
+            "TTB0 misaligned",
+            ttb(ipa(L1) + 0x10),
+            None,
+            NestedError::Ttb0Misaligned(ipa(L1) + 0x10)
+        ),
+        (
+            "ASID 0",
+            d0(&|r| r.modify(CD_0::ASID.val(0))),
+            None,
+            NestedError::BadAsid(0)
+        ),
+        (
+            "another VM's ASID",
+            d0(&|r| r.modify(CD_0::ASID.val(0x77))),
+            None,
+            NestedError::AsidOtherVm(0x77)
+        ),
+        (
+            "a driver-owned ASID",
+            d0(&|r| r.modify(CD_0::ASID.val(u64::from(driver_asid)))),
+            None,
+            NestedError::AsidDriverOwned(driver_asid)
+        ),
     ];
     let mut n = 0;
     for (what, cd, kind, want) in cases {
@@ -407,15 +540,22 @@ fn hostile_requests_change_nothing() -> TestResult {
             got == Err(Error::Nested(want)),
             "{what}: {got:x?}, expected {want:x?}"
         );
-        check!(smmu.stream_table_snapshot() == table, "{what}: stream table changed");
-        check_eq!((smmu.stats().cmdq.commands, smmu.asids_in_use()), (cmds, asids));
+        check!(
+            smmu.stream_table_snapshot() == table,
+            "{what}: stream table changed"
+        );
+        check_eq!(
+            (smmu.stats().cmdq.commands, smmu.asids_in_use()),
+            (cmds, asids)
+        );
         harness::bad_input_rejected(what);
         n += 1;
     }
     // Invalidations and DETACH of what it does not hold.
     let table = smmu.stream_table_snapshot();
     check!(
-        smmu.nested_invalidate_asid(a.domain, 0x77) == Err(Error::Nested(NestedError::AsidNotOwned(0x77))),
+        smmu.nested_invalidate_asid(a.domain, 0x77)
+            == Err(Error::Nested(NestedError::AsidNotOwned(0x77))),
         "INV_ASID of another VM's ASID"
     );
     check!(
@@ -424,14 +564,25 @@ fn hostile_requests_change_nothing() -> TestResult {
         "INV_VA of the driver's ASID"
     );
     check!(
-        smmu.detach_nested(a.domain, b.sid) == Err(Error::Nested(NestedError::SidNotInDomain(b.sid))),
+        smmu.detach_nested(a.domain, b.sid)
+            == Err(Error::Nested(NestedError::SidNotInDomain(b.sid))),
         "DETACH of another VM's StreamID"
     );
-    check!(smmu.stream_table_snapshot() == table, "stream table changed");
-    for what in ["INV_ASID: another VM's ASID", "INV_VA: the driver's ASID", "DETACH: another VM's StreamID"] {
+    check!(
+        smmu.stream_table_snapshot() == table,
+        "stream table changed"
+    );
+    for what in [
+        "INV_ASID: another VM's ASID",
+        "INV_VA: the driver's ASID",
+        "DETACH: another VM's StreamID",
+    ] {
         harness::bad_input_rejected(what);
     }
-    println!("  {} hostile requests refused with their typed errors, stream table unchanged", n + 3);
+    println!(
+        "  {} hostile requests refused with their typed errors, stream table unchanged",
+        n + 3
+    );
     try_ok!(smmu.destroy_domain(s1));
     a.teardown(&smmu)?;
     b.teardown(&smmu)
@@ -446,13 +597,19 @@ fn detach_returns_to_plain_stage2() -> TestResult {
     try_ok!(vm.attach(&smmu, &vm.req(ipa(CD))));
     check_eq!(smmu.asids_in_use(), 1);
     try_ok!(smmu.detach_nested(vm.domain, vm.sid));
-    check!(try_ok!(smmu.ste(vm.sid)) == plain, "STE = the plain stage-2 STE");
+    check!(
+        try_ok!(smmu.ste(vm.sid)) == plain,
+        "STE = the plain stage-2 STE"
+    );
     check_eq!((smmu.asids_in_use(), smmu.nested_of(vm.sid)), (0, None));
     // IPAs again: the RO page's IPA is readable, the VA is not mapped at
     // stage 2.
     edu_ok(edus[0].dma_from_ram(0, ipa(RO), 64))?;
     edu_ok(edus[0].dma_to_ram(0, ipa(RW), 64))?;
-    check!(demo::report_faults(&smmu, &edus).is_empty(), "IPA DMA clean");
+    check!(
+        demo::report_faults(&smmu, &edus).is_empty(),
+        "IPA DMA clean"
+    );
     check_eq!(vm.word(ipa(RW)), 0x5EED_0000);
     edu_ok(edus[0].dma_to_ram(0, VA_RW, 64))?;
     let faults = demo::report_faults(&smmu, &edus);

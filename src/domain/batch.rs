@@ -148,7 +148,10 @@ impl<'a, H: Hal> Batch<'a, H> {
         for sid in &self.detach {
             if let (Some(n), Some(d)) = (
                 domains.nested.get(sid),
-                domains.attached.get(sid).and_then(|id| domains.get(*id).ok()),
+                domains
+                    .attached
+                    .get(sid)
+                    .and_then(|id| domains.get(*id).ok()),
             ) {
                 cd_cfgis.push(Command::TlbiNhAsid {
                     vmid: d.vmid,

@@ -138,7 +138,9 @@ impl fmt::Display for NestedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotStage2Domain(d) => write!(f, "domain {d} is not a stage-2 domain"),
-            Self::SidNotInDomain(s) => write!(f, "StreamID {s:#x} is not attached to the VM's domain"),
+            Self::SidNotInDomain(s) => {
+                write!(f, "StreamID {s:#x} is not attached to the VM's domain")
+            }
             Self::NotNested(s) => write!(f, "StreamID {s:#x} is not nested"),
             Self::CdMisaligned(a) => write!(f, "CD IPA {a:#x} is not 64-byte aligned"),
             Self::CdOutsideGuestRam(a) => write!(f, "CD IPA {a:#x} is outside the guest's RAM"),
@@ -201,8 +203,11 @@ fn inside(ram: &[Range<u64>], addr: u64, len: u64) -> bool {
 
 /// Checks the CD IPA's placement: 64-byte aligned, its 64 bytes inside one
 /// of `guest_ram`'s IPA ranges.
-pub fn validate_cd_ipa(cd_ipa: u64, guest_ram: &[Range<u64>]) -> core::result::Result<(), NestedError> {
-    if cd_ipa % CD_BYTES != 0 {
+pub fn validate_cd_ipa(
+    cd_ipa: u64,
+    guest_ram: &[Range<u64>],
+) -> core::result::Result<(), NestedError> {
+    if !cd_ipa.is_multiple_of(CD_BYTES) {
         return Err(NestedError::CdMisaligned(cd_ipa));
     }
     if !inside(guest_ram, cd_ipa, CD_BYTES) {
@@ -265,7 +270,7 @@ pub fn validate_cd(
         _ => return Err(NestedError::BadIps(ips)),
     };
     let ttb0 = d1.read(CD_1::TTB0) << 4;
-    if ttb0 % granule.size() != 0 {
+    if !ttb0.is_multiple_of(granule.size()) {
         return Err(NestedError::Ttb0Misaligned(ttb0));
     }
     if !inside(guest_ram, ttb0, granule.size()) {
@@ -300,7 +305,11 @@ pub struct NestedRequest<'a> {
 impl<H: Hal> Domains<H> {
     /// Who may use `asid` for `domain`: `Ok(true)` if the domain already
     /// holds it, `Ok(false)` if it is free.
-    fn asid_owner_check(&self, domain: DomainId, asid: u16) -> core::result::Result<bool, NestedError> {
+    fn asid_owner_check(
+        &self,
+        domain: DomainId,
+        asid: u16,
+    ) -> core::result::Result<bool, NestedError> {
         let mut held_here = false;
         for (_, n) in self.nested.iter() {
             if n.cd.asid == asid {
@@ -328,8 +337,8 @@ impl<H: Hal> Domains<H> {
 impl<H: Hal> Smmu<H> {
     /// Installs a nested STE for `req.sid` (see the module documentation):
     /// validates the request, then moves the stream from its domain's
-    /// stage-2 STE (or an earlier nested one) to the nested STE, CFGI_CD_ALL
-    /// + CMD_SYNC, and TLBI_NH_ASID for an ASID it gave up. `read` reads one
+    /// stage-2 STE (or an earlier nested one) to the nested STE, then
+    /// CFGI_CD_ALL, TLBI_NH_ASID for an ASID it gave up, and CMD_SYNC. `read` reads one
     /// 64-bit word of guest memory at an IPA. Returns what was accepted.
     ///
     /// Errors: [`Unsupported::Nested`] without both stages;
@@ -510,10 +519,20 @@ impl<H: Hal> Smmu<H> {
     /// [`MAX_RANGE_COMMANDS`]) and its VMID, + CMD_SYNC. `va` and `len`
     /// must be multiples of the guest's granule, `len` non-zero, the range
     /// not wrapping. Returns the number of TLBI commands issued.
-    pub fn nested_invalidate_va(&self, domain: DomainId, asid: u16, va: u64, len: u64) -> Result<usize> {
+    pub fn nested_invalidate_va(
+        &self,
+        domain: DomainId,
+        asid: u16,
+        va: u64,
+        len: u64,
+    ) -> Result<usize> {
         let (vmid, shift) = self.nested_inv_target(domain, asid)?;
         let g = 1u64 << shift;
-        if len == 0 || va % g != 0 || len % g != 0 || va.checked_add(len).is_none() {
+        if len == 0
+            || !va.is_multiple_of(g)
+            || !len.is_multiple_of(g)
+            || va.checked_add(len).is_none()
+        {
             return Err(NestedError::BadRange { va, len }.into());
         }
         let max = self

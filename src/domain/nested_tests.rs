@@ -66,8 +66,14 @@ fn cfg() -> Stage2Config {
 /// A VM domain with `sid` attached.
 fn vm(smmu: &Smmu<FakeHal>, sid: u32) -> DomainId {
     let id = smmu.create_domain(DomainOptions::new(cfg())).unwrap();
-    smmu.map(id, RAM.start, 0x8000_0000 + RAM.start, RAM.end - RAM.start, Perm::ReadWrite)
-        .unwrap();
+    smmu.map(
+        id,
+        RAM.start,
+        0x8000_0000 + RAM.start,
+        RAM.end - RAM.start,
+        Perm::ReadWrite,
+    )
+    .unwrap();
     smmu.attach(id, sid).unwrap();
     id
 }
@@ -109,7 +115,11 @@ fn reader(cd: [u64; 8]) -> impl FnMut(u64) -> Option<u64> {
             return None;
         }
         let i = ipa.wrapping_sub(CD_IPA) / 8;
-        Some(if ipa >= CD_IPA && i < 8 { cd[i as usize] } else { 0 })
+        Some(if ipa >= CD_IPA && i < 8 {
+            cd[i as usize]
+        } else {
+            0
+        })
     }
 }
 
@@ -159,26 +169,106 @@ fn every_hostile_field_is_refused() {
         c
     };
     let cases: Vec<(&str, [u64; 8], NestedError)> = alloc::vec![
-        ("V = 0", with_d0(good, |d| d.modify(CD_0::V::CLEAR)), NestedError::CdNotValid),
-        ("AA64 = 0", with_d0(good, |d| d.modify(CD_0::AA64::CLEAR)), NestedError::NotAarch64),
-        ("A = 0", with_d0(good, |d| d.modify(CD_0::A::CLEAR)), NestedError::AbortDisabled),
-        ("S = 1", with_d0(good, |d| d.modify(CD_0::S::SET)), NestedError::Stall),
-        ("ENDI = 1", with_d0(good, |d| d.modify(CD_0::ENDI::SET)), NestedError::BigEndian),
-        ("HA = 1", with_d0(good, |d| d.modify(CD_0::HA::SET)), NestedError::HardwareUpdate),
-        ("HD = 1", with_d0(good, |d| d.modify(CD_0::HD::SET)), NestedError::HardwareUpdate),
-        ("EPD1 = 0", with_d0(good, |d| d.modify(CD_0::EPD1::CLEAR)), NestedError::Ttb1Enabled),
-        ("TG0 = 3", with_d0(good, |d| d.modify(CD_0::TG0.val(3))), NestedError::BadTg0(3)),
-        ("T0SZ = 15", with_d0(good, |d| d.modify(CD_0::T0SZ.val(15))), NestedError::BadT0sz(15)),
-        ("T0SZ = 40", with_d0(good, |d| d.modify(CD_0::T0SZ.val(40))), NestedError::BadT0sz(40)),
-        ("T0SZ = 0", with_d0(good, |d| d.modify(CD_0::T0SZ.val(0))), NestedError::BadT0sz(0)),
-        ("IPS = 5 (48 > OAS 44)", with_d0(good, |d| d.modify(CD_0::IPS.val(5))), NestedError::BadIps(5)),
-        ("IPS = 6", with_d0(good, |d| d.modify(CD_0::IPS.val(6))), NestedError::BadIps(6)),
-        ("IPS = 7", with_d0(good, |d| d.modify(CD_0::IPS.val(7))), NestedError::BadIps(7)),
-        ("ASID 0", with_d0(good, |d| d.modify(CD_0::ASID.val(0))), NestedError::BadAsid(0)),
-        ("TTB0 unaligned", ttb(TTB0 + 0x10), NestedError::Ttb0Misaligned(TTB0 + 0x10)),
-        ("TTB0 below RAM", ttb(RAM.start - 0x1000), NestedError::Ttb0OutsideGuestRam(RAM.start - 0x1000)),
-        ("TTB0 at RAM end", ttb(RAM.end), NestedError::Ttb0OutsideGuestRam(RAM.end)),
-        ("TTB0 = a host PA", ttb(0x4080_0000), NestedError::Ttb0OutsideGuestRam(0x4080_0000)),
+        (
+            "V = 0",
+            with_d0(good, |d| d.modify(CD_0::V::CLEAR)),
+            NestedError::CdNotValid
+        ),
+        (
+            "AA64 = 0",
+            with_d0(good, |d| d.modify(CD_0::AA64::CLEAR)),
+            NestedError::NotAarch64
+        ),
+        (
+            "A = 0",
+            with_d0(good, |d| d.modify(CD_0::A::CLEAR)),
+            NestedError::AbortDisabled
+        ),
+        (
+            "S = 1",
+            with_d0(good, |d| d.modify(CD_0::S::SET)),
+            NestedError::Stall
+        ),
+        (
+            "ENDI = 1",
+            with_d0(good, |d| d.modify(CD_0::ENDI::SET)),
+            NestedError::BigEndian
+        ),
+        (
+            "HA = 1",
+            with_d0(good, |d| d.modify(CD_0::HA::SET)),
+            NestedError::HardwareUpdate
+        ),
+        (
+            "HD = 1",
+            with_d0(good, |d| d.modify(CD_0::HD::SET)),
+            NestedError::HardwareUpdate
+        ),
+        (
+            "EPD1 = 0",
+            with_d0(good, |d| d.modify(CD_0::EPD1::CLEAR)),
+            NestedError::Ttb1Enabled
+        ),
+        (
+            "TG0 = 3",
+            with_d0(good, |d| d.modify(CD_0::TG0.val(3))),
+            NestedError::BadTg0(3)
+        ),
+        (
+            "T0SZ = 15",
+            with_d0(good, |d| d.modify(CD_0::T0SZ.val(15))),
+            NestedError::BadT0sz(15)
+        ),
+        (
+            "T0SZ = 40",
+            with_d0(good, |d| d.modify(CD_0::T0SZ.val(40))),
+            NestedError::BadT0sz(40)
+        ),
+        (
+            "T0SZ = 0",
+            with_d0(good, |d| d.modify(CD_0::T0SZ.val(0))),
+            NestedError::BadT0sz(0)
+        ),
+        (
+            "IPS = 5 (48 > OAS 44)",
+            with_d0(good, |d| d.modify(CD_0::IPS.val(5))),
+            NestedError::BadIps(5)
+        ),
+        (
+            "IPS = 6",
+            with_d0(good, |d| d.modify(CD_0::IPS.val(6))),
+            NestedError::BadIps(6)
+        ),
+        (
+            "IPS = 7",
+            with_d0(good, |d| d.modify(CD_0::IPS.val(7))),
+            NestedError::BadIps(7)
+        ),
+        (
+            "ASID 0",
+            with_d0(good, |d| d.modify(CD_0::ASID.val(0))),
+            NestedError::BadAsid(0)
+        ),
+        (
+            "TTB0 unaligned",
+            ttb(TTB0 + 0x10),
+            NestedError::Ttb0Misaligned(TTB0 + 0x10)
+        ),
+        (
+            "TTB0 below RAM",
+            ttb(RAM.start - 0x1000),
+            NestedError::Ttb0OutsideGuestRam(RAM.start - 0x1000)
+        ),
+        (
+            "TTB0 at RAM end",
+            ttb(RAM.end),
+            NestedError::Ttb0OutsideGuestRam(RAM.end)
+        ),
+        (
+            "TTB0 = a host PA",
+            ttb(0x4080_0000),
+            NestedError::Ttb0OutsideGuestRam(0x4080_0000)
+        ),
     ];
     for (what, cd, want) in cases {
         assert_eq!(validate_cd(&cd, &f, &[RAM]), Err(want), "{what}");
@@ -208,7 +298,12 @@ fn the_cd_ipa_must_lie_in_guest_ram() {
         validate_cd_ipa(CD_IPA + 8, &[RAM]),
         Err(NestedError::CdMisaligned(CD_IPA + 8))
     );
-    for ipa in [RAM.end - 0x40 + 0x40, RAM.start - 0x40, 0x4080_0000, u64::MAX - 0x3f] {
+    for ipa in [
+        RAM.end - 0x40 + 0x40,
+        RAM.start - 0x40,
+        0x4080_0000,
+        u64::MAX - 0x3f,
+    ] {
         assert_eq!(
             validate_cd_ipa(ipa, &[RAM]),
             Err(NestedError::CdOutsideGuestRam(ipa)),
@@ -286,23 +381,76 @@ fn hostile_requests_change_nothing() {
     let driver_asid = smmu.domain_info(s1).unwrap().asid.unwrap();
     let good = good_cd(0x42);
     let nested_err = |e| Err::<GuestCd, _>(Error::Nested(e));
-    let cases: Vec<(&str, NestedRequest<'static>, [u64; 8], core::result::Result<GuestCd, Error>)> = alloc::vec![
-        ("another VM's StreamID", req(a, OTHER_SID, CD_IPA), good, nested_err(NestedError::SidNotInDomain(OTHER_SID))),
-        ("an unattached StreamID", req(a, 0x200, CD_IPA), good, nested_err(NestedError::SidNotInDomain(0x200))),
-        ("a stage-1 domain", req(s1, SID, CD_IPA), good, nested_err(NestedError::NotStage2Domain(s1))),
-        ("CD outside RAM", req(a, SID, 0x4080_0000), good, nested_err(NestedError::CdOutsideGuestRam(0x4080_0000))),
-        ("CD misaligned", req(a, SID, CD_IPA + 0x20), good, nested_err(NestedError::CdMisaligned(CD_IPA + 0x20))),
-        ("bad TG0", req(a, SID, CD_IPA), with_d0(good, |d| d.modify(CD_0::TG0.val(3))), nested_err(NestedError::BadTg0(3))),
-        ("bad IPS", req(a, SID, CD_IPA), with_d0(good, |d| d.modify(CD_0::IPS.val(6))), nested_err(NestedError::BadIps(6))),
-        ("another VM's ASID", req(a, SID, CD_IPA), good_cd(0x77), nested_err(NestedError::AsidOtherVm(0x77))),
-        ("the driver's ASID", req(a, SID, CD_IPA), good_cd(driver_asid), nested_err(NestedError::AsidDriverOwned(driver_asid))),
+    let cases: Vec<(
+        &str,
+        NestedRequest<'static>,
+        [u64; 8],
+        core::result::Result<GuestCd, Error>,
+    )> = alloc::vec![
+        (
+            "another VM's StreamID",
+            req(a, OTHER_SID, CD_IPA),
+            good,
+            nested_err(NestedError::SidNotInDomain(OTHER_SID))
+        ),
+        (
+            "an unattached StreamID",
+            req(a, 0x200, CD_IPA),
+            good,
+            nested_err(NestedError::SidNotInDomain(0x200))
+        ),
+        (
+            "a stage-1 domain",
+            req(s1, SID, CD_IPA),
+            good,
+            nested_err(NestedError::NotStage2Domain(s1))
+        ),
+        (
+            "CD outside RAM",
+            req(a, SID, 0x4080_0000),
+            good,
+            nested_err(NestedError::CdOutsideGuestRam(0x4080_0000))
+        ),
+        (
+            "CD misaligned",
+            req(a, SID, CD_IPA + 0x20),
+            good,
+            nested_err(NestedError::CdMisaligned(CD_IPA + 0x20))
+        ),
+        (
+            "bad TG0",
+            req(a, SID, CD_IPA),
+            with_d0(good, |d| d.modify(CD_0::TG0.val(3))),
+            nested_err(NestedError::BadTg0(3))
+        ),
+        (
+            "bad IPS",
+            req(a, SID, CD_IPA),
+            with_d0(good, |d| d.modify(CD_0::IPS.val(6))),
+            nested_err(NestedError::BadIps(6))
+        ),
+        (
+            "another VM's ASID",
+            req(a, SID, CD_IPA),
+            good_cd(0x77),
+            nested_err(NestedError::AsidOtherVm(0x77))
+        ),
+        (
+            "the driver's ASID",
+            req(a, SID, CD_IPA),
+            good_cd(driver_asid),
+            nested_err(NestedError::AsidDriverOwned(driver_asid))
+        ),
     ];
     for (what, r, cd, want) in cases {
         let table = smmu.stream_table_snapshot();
         let asids = smmu.asids_in_use();
         let n = regs.commands().len();
         assert_eq!(smmu.attach_nested(&r, &mut reader(cd)), want, "{what}");
-        assert!(smmu.stream_table_snapshot() == table, "{what}: stream table changed");
+        assert!(
+            smmu.stream_table_snapshot() == table,
+            "{what}: stream table changed"
+        );
         assert_eq!(regs.commands().len(), n, "{what}: commands issued");
         assert_eq!(smmu.asids_in_use(), asids, "{what}");
     }
@@ -351,7 +499,16 @@ fn invalidations_use_the_vms_vmid() {
     let from = regs.commands().len();
     assert_eq!(smmu.nested_invalidate_va(id, 0x42, 0x1_0000, 0x4000), Ok(1));
     match decoded(&regs, from).as_slice() {
-        [Command::TlbiNhVa { vmid: v, asid: 0x42, addr: 0x1_0000, range: Some(_), .. }, Command::Sync { .. }] => {
+        [
+            Command::TlbiNhVa {
+                vmid: v,
+                asid: 0x42,
+                addr: 0x1_0000,
+                range: Some(_),
+                ..
+            },
+            Command::Sync { .. },
+        ] => {
             assert_eq!(*v, vmid)
         }
         other => panic!("{other:x?}"),
@@ -362,7 +519,12 @@ fn invalidations_use_the_vms_vmid() {
         decoded(&regs, from).as_slice(),
         [Command::TlbiNhAsid { vmid: v, asid: 0x42 }, Command::Sync { .. }] if *v == vmid
     ));
-    for (va, len) in [(0x1_0000, 0), (0x1_0800, 0x1000), (0x1_0000, 0x800), (u64::MAX - 0xfff, 0x2000)] {
+    for (va, len) in [
+        (0x1_0000, 0),
+        (0x1_0800, 0x1000),
+        (0x1_0000, 0x800),
+        (u64::MAX - 0xfff, 0x2000),
+    ] {
         assert_eq!(
             smmu.nested_invalidate_va(id, 0x42, va, len),
             Err(Error::Nested(NestedError::BadRange { va, len }))

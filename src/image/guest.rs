@@ -904,7 +904,8 @@ guest_image_end:
 
 const _: () = assert!(hvc::BAD_IPA == -2i64 as u64 && hvc::BAD_CD == -7i64 as u64);
 const _: () = assert!(hvc::BAD_ASID == -8i64 as u64 && hvc::BAD_STREAM == -9i64 as u64);
-const _: () = assert!(nested::L2 == nested::TABLES + 0x1000 && nested::RW_PAGE == nested::TABLES + 0x4000);
+const _: () =
+    assert!(nested::L2 == nested::TABLES + 0x1000 && nested::RW_PAGE == nested::TABLES + 0x4000);
 
 unsafe extern "C" {
     static guest_image_start: u8;

@@ -20,8 +20,8 @@ use super::edu::Edu;
 use super::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, offsets, phase};
 use super::hvc::{self, check};
 use super::vm::{Stop, TableModel, Vm, VmSpec, VmidPolicy};
-use smmuv3::domain::Stage;
 use super::{cpu, smp};
+use smmuv3::domain::Stage;
 
 /// Bound on a VM's run on CPU 1.
 pub const CPU1_TIMEOUT_NS: u64 = 60_000_000_000;

@@ -158,12 +158,12 @@ pub fn call(vm: &mut Vm, smmu: &Driver, x: &[u64; 5]) -> [u64; 4] {
             }
             hvc::PV_SET_CD => {
                 let sid = u32::try_from(x[1]).map_err(|_| NestedError::SidNotInDomain(u32::MAX))?;
-                let ram = [RAM_IPA..RAM_IPA + RAM_SIZE];
+                let ram = RAM_IPA..RAM_IPA + RAM_SIZE;
                 let req = NestedRequest {
                     domain,
                     sid,
                     cd_ipa: x[2],
-                    guest_ram: &ram,
+                    guest_ram: core::slice::from_ref(&ram),
                 };
                 let v: &Vm = vm;
                 let cd = smmu.attach_nested(&req, &mut |ipa| read_guest(v, smmu, ipa))?;
@@ -232,7 +232,10 @@ pub fn judge(smmu: &Driver, vm: &Vm, seed: u64) -> Vec<(&'static str, Result<Str
         ("nested: guest CD, VA -> IPA -> PA", installed(vm)),
         ("nested: device DMA to a guest VA lands", dma(vm, seed)),
         ("nested: read-only VA: stage-1 F_PERMISSION", perm(vm)),
-        ("nested: table outside RAM: stage 2 stops walk", walk_stopped(vm)),
+        (
+            "nested: table outside RAM: stage 2 stops walk",
+            walk_stopped(vm)
+        ),
         ("nested: unmap + PV_INV_VA: DMA faults", unmapped(vm)),
         ("nested: hostile PV calls: typed, no change", hostile(vm)),
         ("nested: PV_DETACH: plain stage 2 again", detached(smmu, vm)),
@@ -294,7 +297,10 @@ fn installed(vm: &Vm) -> Result<String, String> {
 fn dma(vm: &Vm, seed: u64) -> Result<String, String> {
     says(vm, hvc::check::NESTED_DMA)?;
     let w = vm.log.nested_walks.first().ok_or("no nested walk")?;
-    let seen = w.seen.as_ref().ok_or("no PV_INV_VA: the page was never read")?;
+    let seen = w
+        .seen
+        .as_ref()
+        .ok_or("no PV_INV_VA: the page was never read")?;
     let want: Vec<u64> = (0..PATTERN_WORDS).map(|i| seed + 0x300 + i).collect();
     if *seen != want {
         return Err(format!("PA {:#x} held {seen:x?}", w.pa));
@@ -316,7 +322,10 @@ fn fault_at(vm: &Vm, va: u64) -> Result<&smmuv3::fault::FaultSummary, String> {
         .filter(|f| f.addr_range.is_some_and(|r| r.0 == va));
     match (it.next(), it.next()) {
         (Some(f), None) if f.sid == vm.sid => Ok(f),
-        _ => Err(format!("not exactly one fault of sid {:#x} at {va:#x}", vm.sid)),
+        _ => Err(format!(
+            "not exactly one fault of sid {:#x} at {va:#x}",
+            vm.sid
+        )),
     }
 }
 
@@ -379,23 +388,36 @@ fn unmapped(vm: &Vm) -> Result<String, String> {
 fn hostile(vm: &Vm) -> Result<String, String> {
     says(vm, hvc::check::NESTED_BAD)?;
     let refused: Vec<&PvRecord> = vm.log.pv.iter().filter(|r| r.error.is_some()).collect();
-    if let Some(r) = refused
-        .iter()
-        .find(|r| r.stream_table_unchanged != Some(true) || !matches!(r.error, Some(Error::Nested(_))))
-    {
-        return Err(format!("refused call changed the stream table or untyped: {r:x?}"));
+    if let Some(r) = refused.iter().find(|r| {
+        r.stream_table_unchanged != Some(true) || !matches!(r.error, Some(Error::Nested(_)))
+    }) {
+        return Err(format!(
+            "refused call changed the stream table or untyped: {r:x?}"
+        ));
     }
     let names: Vec<String> = refused
         .iter()
-        .map(|r| format!("{} ({:x?})", hvc::answer_name(r.ret), r.error.map(|e| match e {
-            Error::Nested(n) => n,
-            _ => NestedError::CdNotValid,
-        }).unwrap_or(NestedError::CdNotValid)))
+        .map(|r| {
+            format!(
+                "{} ({:x?})",
+                hvc::answer_name(r.ret),
+                r.error
+                    .map(|e| match e {
+                        Error::Nested(n) => n,
+                        _ => NestedError::CdNotValid,
+                    })
+                    .unwrap_or(NestedError::CdNotValid)
+            )
+        })
         .collect();
     if refused.len() != 5 {
         return Err(format!("{} refused: {names:?}", refused.len()));
     }
-    Ok(format!("{} refused, stream table unchanged: {}", refused.len(), names.join(", ")))
+    Ok(format!(
+        "{} refused, stream table unchanged: {}",
+        refused.len(),
+        names.join(", ")
+    ))
 }
 
 fn detached(smmu: &Driver, vm: &Vm) -> Result<String, String> {

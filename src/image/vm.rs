@@ -472,7 +472,18 @@ impl Vm {
                 (domain, Some(hv), false)
             }
         };
-        Vm::finish_with(smmu, spec, sid, stage, domain, hv, code, ram, tables, split_in_one_store)
+        Vm::finish_with(
+            smmu,
+            spec,
+            sid,
+            stage,
+            domain,
+            hv,
+            code,
+            ram,
+            tables,
+            split_in_one_store,
+        )
     }
 
     /// [`Vm::create`]'s end for a stage-1 SMMU domain: CPU tables
@@ -488,7 +499,18 @@ impl Vm {
         code: Dma<ImageHal>,
         ram: Dma<ImageHal>,
     ) -> Result<Vm, String> {
-        Vm::finish_with(smmu, spec, sid, stage, domain, hv, code, ram, TableModel::HypervisorOwned, false)
+        Vm::finish_with(
+            smmu,
+            spec,
+            sid,
+            stage,
+            domain,
+            hv,
+            code,
+            ram,
+            TableModel::HypervisorOwned,
+            false,
+        )
     }
 
     /// Builds the [`Vm`] around its domain and memory, maps and attaches.

@@ -111,7 +111,10 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     }
     let vtcr = vm.log.vtcr.unwrap_or(0);
     if vtcr != HvStage2::vtcr() {
-        return Err(format!("VTCR_EL2 read {vtcr:#x}, programmed {:#x}", HvStage2::vtcr()));
+        return Err(format!(
+            "VTCR_EL2 read {vtcr:#x}, programmed {:#x}",
+            HvStage2::vtcr()
+        ));
     }
     let mut probes = alloc::vec![CODE_IPA, RAM_IPA, RAM_IPA + RAM_SIZE - 8];
     probes.extend((0..vm.edus.len()).map(guest::bar_ipa));
