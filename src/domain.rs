@@ -164,6 +164,11 @@ pub(crate) struct Domain<H: Hal> {
     /// invalidation covers the whole VMID (TLBI_S12_VMALL), and retired
     /// tables are freed only once one completes.
     pub(crate) tlb_unknown: bool,
+    /// Attached streams with a guest-owned stage 1 in front of this
+    /// (stage-2) domain (`src/domain/nested.rs`): their TLB entries may
+    /// combine both stages, indexed by VA, which TLBI_S2_IPA does not
+    /// reach; every stage-2 invalidation then adds TLBI_NH_ALL.
+    pub(crate) nested_streams: usize,
 }
 
 impl<H: Hal> Domain<H> {
@@ -310,6 +315,7 @@ impl<H: Hal> Smmu<H> {
             tables: Tables::Owned(table),
             sids: Vec::new(),
             tlb_unknown: false,
+            nested_streams: 0,
         }))
     }
 

@@ -47,6 +47,7 @@ fn main() -> ! {
             walk_stopped_by_stage2,
             hostile_requests_change_nothing,
             detach_returns_to_plain_stage2,
+            stage2_unmap_under_a_nested_stream_stops_dma,
         ],
     )
 }
@@ -632,5 +633,40 @@ fn detach_returns_to_plain_stage2() -> TestResult {
     let f = one_fault(&faults, EventType::FTranslation, vm.sid, VA_RW)?;
     check!(f.stage2, "a stage-2 fault now: {f}");
     println!("  DETACH: STE back to stage 2 (read back equal), IPA DMA works, {f}");
+    vm.teardown(&smmu)
+}
+
+/// The hypervisor takes a page out of the VM's stage 2 while a nested
+/// stream has a cached VA translation through it: the next DMA to the VA
+/// must fault at stage 2 (the driver adds TLBI_NH_ALL to its TLBI_S2_IPA:
+/// combined entries are tagged by VA).
+fn stage2_unmap_under_a_nested_stream_stops_dma() -> TestResult {
+    let edus = edus_at_least(1)?;
+    let smmu = up()?;
+    let vm = Vm::new(&smmu, &edus[0])?;
+    vm.build(ASID);
+    try_ok!(vm.attach(&smmu, &vm.req(ipa(CD))));
+    edu_ok(edus[0].dma_from_ram(0, VA_RO, 64))?;
+    edu_ok(edus[0].dma_to_ram(0, VA_RW, 64))?;
+    check!(
+        demo::report_faults(&smmu, &edus).is_empty(),
+        "first DMA clean"
+    );
+    for i in 0..8 {
+        vm.set(ipa(RW) + 8 * i, 0);
+    }
+    try_ok!(smmu.unmap(vm.domain, ipa(RW), PAGE));
+    edu_ok(edus[0].dma_to_ram(0, VA_RW, 64))?;
+    let faults = demo::report_faults(&smmu, &edus);
+    check!(
+        (0..8).all(|i| vm.word(ipa(RW) + 8 * i) == 0),
+        "the DMA reached the page stage 2 no longer maps"
+    );
+    let f = one_fault(&faults, EventType::FTranslation, vm.sid, VA_RW)?;
+    println!(
+        "  stage-2 unmap of IPA {:#x} under VA {VA_RW:#x}: {f} (S2 = {})",
+        ipa(RW),
+        u8::from(f.stage2)
+    );
     vm.teardown(&smmu)
 }

@@ -227,6 +227,11 @@ impl<'a, H: Hal> Batch<'a, H> {
                 }
                 InvalidationPlan::Fallback(c) => cmds.push(c),
             }
+            // Combined stage-1+2 entries of nested streams (see
+            // `Domain::nested_streams`).
+            if d.nested_streams > 0 && !cmds.contains(&Command::TlbiNhAll { vmid: d.vmid }) {
+                cmds.push(Command::TlbiNhAll { vmid: d.vmid });
+            }
         }
         // One TLBI_S12_VMALL per VMID is enough.
         let mut seen_vmall: Vec<u16> = Vec::new();

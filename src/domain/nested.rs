@@ -396,6 +396,9 @@ impl<H: Hal> Smmu<H> {
             }
             return Err(e);
         }
+        if old.is_none() {
+            domains.get_mut(req.domain)?.nested_streams += 1;
+        }
         domains.nested.insert(
             req.sid,
             NestedStream {
@@ -479,6 +482,9 @@ impl<H: Hal> Smmu<H> {
     /// Returns the (VMID-less) ASID it held.
     pub(crate) fn forget_nested_locked(domains: &mut Domains<H>, sid: u32) -> Option<u16> {
         let n = domains.nested.remove(&sid)?;
+        if let Ok(d) = domains.get_mut(n.domain) {
+            d.nested_streams = d.nested_streams.saturating_sub(1);
+        }
         if !domains.asid_held(n.domain, n.cd.asid, sid) {
             let _ = domains.asids.free(n.cd.asid);
         }

@@ -580,3 +580,34 @@ proptest! {
 fn features_cached() -> Features {
     features(IDR0_NESTED)
 }
+
+/// A stage-2 unmap under a nested stream adds TLBI_NH_ALL for the VM's
+/// VMID (combined entries are tagged by VA); without nested streams it
+/// does not.
+#[test]
+fn stage2_unmap_under_a_nested_stream_adds_tlbi_nh_all() {
+    let (regs, smmu) = enabled(IDR0_NESTED);
+    let id = vm(&smmu, SID);
+    let vmid = smmu.domain_info(id).unwrap().vmid;
+    let from = regs.commands().len();
+    smmu.unmap(id, RAM.start, 0x1000).unwrap();
+    assert!(!decoded(&regs, from).contains(&Command::TlbiNhAll { vmid }));
+    smmu.attach_nested(&req(id, SID, CD_IPA), &mut reader(good_cd(0x42)))
+        .unwrap();
+    let from = regs.commands().len();
+    smmu.unmap(id, RAM.start + 0x1000, 0x1000).unwrap();
+    let cmds = decoded(&regs, from);
+    assert!(cmds.contains(&Command::TlbiNhAll { vmid }), "{cmds:x?}");
+    // The batch path too.
+    let from = regs.commands().len();
+    smmu.batch()
+        .unmap(id, RAM.start + 0x2000, 0x1000)
+        .commit(&mut |_| {})
+        .unwrap();
+    assert!(decoded(&regs, from).contains(&Command::TlbiNhAll { vmid }));
+    // After DETACH it stops.
+    smmu.detach_nested(id, SID).unwrap();
+    let from = regs.commands().len();
+    smmu.unmap(id, RAM.start + 0x3000, 0x1000).unwrap();
+    assert!(!decoded(&regs, from).contains(&Command::TlbiNhAll { vmid }));
+}
