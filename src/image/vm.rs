@@ -32,6 +32,11 @@
 //! image.
 //!
 //! SMMU events are attributed to VMs by StreamID ([`route_events`]).
+//!
+//! On a stage-1-only SMMU the VM's SMMU domain is a stage-1 domain and its
+//! CPU gets hypervisor-owned tables with the same IPA -> PA layout
+//! (`vmstage.rs`). Where the SMMU can nest, the guest may own the stage 1
+//! of its devices through the pvIOMMU hypercalls (`pviommu.rs`).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
