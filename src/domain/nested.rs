@@ -277,7 +277,12 @@ pub fn validate_cd(
         return Err(NestedError::Ttb0OutsideGuestRam(ttb0));
     }
     let asid = d0.read(CD_0::ASID) as u16;
-    if asid == 0 || u32::from(asid) >> f.asid_bits != 0 {
+    if asid == 0
+        || u32::from(asid)
+            .checked_shr(u32::from(f.asid_bits))
+            .unwrap_or(0)
+            != 0
+    {
         return Err(NestedError::BadAsid(asid));
     }
     Ok(GuestCd {

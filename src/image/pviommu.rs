@@ -111,7 +111,7 @@ pub fn walk(vm: &Vm, smmu: &Driver, cd: &GuestCd, va: u64) -> Option<(Vec<u8>, u
         return None;
     }
     // 9 bits per level below the page offset; start where the VA ends.
-    let start = 4 - (u32::from(cd.va_bits) - 12).div_ceil(9) as u8;
+    let start = 4u8.saturating_sub(u32::from(cd.va_bits).saturating_sub(12).div_ceil(9) as u8);
     let mut table = cd.ttb0;
     let mut levels = Vec::new();
     for level in start..=3 {
