@@ -262,6 +262,9 @@ pub enum Error {
         /// The StreamID that could not be restored.
         sid: u32,
     },
+    /// A guest's nested-translation request was refused; nothing changed
+    /// (`src/domain/nested.rs`).
+    Nested(crate::domain::NestedError),
 }
 
 impl fmt::Display for Error {
@@ -340,6 +343,7 @@ impl fmt::Display for Error {
                 f,
                 "a group operation failed and StreamID {sid:#x} could not be restored"
             ),
+            Error::Nested(e) => write!(f, "nested translation refused: {e}"),
         }
     }
 }

@@ -295,6 +295,16 @@ impl<H: Hal> Smmu<H> {
             let shift = d.tables.config().granule().shift();
             self.invalidate_ipa(d.vmid, ipa, len, shift, hints)
         };
+        // A guest's stage 1 nested on this stage 2: combined entries are
+        // tagged by VA, not IPA (IHI 0070: TLBI_S2_IPA need not remove
+        // them); TLBI_NH_ALL for the VMID does.
+        let r = r.and_then(|()| {
+            if d.nested_streams > 0 && self.is_live() {
+                self.submit(&[Command::TlbiNhAll { vmid: d.vmid }])
+            } else {
+                Ok(())
+            }
+        });
         d.tlb_unknown = r.is_err();
         r
     }

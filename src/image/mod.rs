@@ -35,10 +35,12 @@ pub mod mmu;
 pub mod pci;
 pub mod platform;
 pub mod psci;
+pub mod pviommu;
 pub mod semihosting;
 pub mod smp;
 pub mod vcpu;
 pub mod vm;
+pub mod vmstage;
 
 use alloc::vec::Vec;
 
