@@ -1023,7 +1023,7 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
 
 /// How a VM stopped, for failure messages (without `Debug`, which costs
 /// the image its formatting builders).
-fn stop_text(stop: Option<Stop>) -> String {
+pub(super) fn stop_text(stop: Option<Stop>) -> String {
     match stop {
         None => String::from("none"),
         Some(Stop::Done(s)) => format!("DONE({s})"),

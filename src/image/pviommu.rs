@@ -251,9 +251,9 @@ fn says(vm: &Vm, id: u64) -> Result<u64, String> {
             r.detail
         )),
         None => Err(format!(
-            "guest made no report \"{}\" (stop {:?})",
+            "guest made no report \"{}\" (stop {})",
             hvc::check::name(id),
-            vm.log.stop
+            super::guests::stop_text(vm.log.stop)
         )),
     }
 }
@@ -286,11 +286,18 @@ fn installed(vm: &Vm) -> Result<String, String> {
     };
     let want_pa = vm.ram_pa() + n::RW_PAGE;
     if w.sid != vm.sid || w.ipa != RAM_IPA + n::RW_PAGE || w.pa != want_pa || w.ipa == w.va {
-        return Err(format!("walk {w:x?}, expected PA {want_pa:#x}"));
+        return Err(format!(
+            "walk sid {:#x} VA {:#x} IPA {:#x} PA {:#x}, expected PA {want_pa:#x}",
+            w.sid, w.va, w.ipa, w.pa
+        ));
     }
     Ok(format!(
-        "VA {:#x} -> IPA {:#x} (stage 1, levels {:?}) -> PA {:#x} (stage 2); ASID {:#x}",
-        w.va, w.ipa, w.levels, w.pa, w.cd.asid
+        "VA {:#x} -> IPA {:#x} (stage 1, levels [{}]) -> PA {:#x} (stage 2); ASID {:#x}",
+        w.va,
+        w.ipa,
+        super::console::join(&w.levels),
+        w.pa,
+        w.cd.asid
     ))
 }
 
@@ -303,7 +310,7 @@ fn dma(vm: &Vm, seed: u64) -> Result<String, String> {
         .ok_or("no PV_INV_VA: the page was never read")?;
     let want: Vec<u64> = (0..PATTERN_WORDS).map(|i| seed + 0x300 + i).collect();
     if *seen != want {
-        return Err(format!("PA {:#x} held {seen:x?}", w.pa));
+        return Err(format!("PA {:#x} held {}", w.pa, super::console::hex(seen)));
     }
     Ok(format!(
         "device read VA {:#x}, wrote VA {:#x}: 256 bytes at PA {:#x} match",
@@ -358,7 +365,7 @@ fn walk_stopped(vm: &Vm) -> Result<String, String> {
         super::guest::UNMAPPED_DMA_IPA,
         u8::from(f.stage2),
         if f.stage2 {
-            format!(", IPA {:#x?}", f.ipa)
+            format!(", IPA {}", super::console::hex(f.ipa.as_slice()))
         } else {
             String::from(" (QEMU; the architecture says S2 = 1)")
         },
@@ -392,7 +399,8 @@ fn hostile(vm: &Vm) -> Result<String, String> {
         r.stream_table_unchanged != Some(true) || !matches!(r.error, Some(Error::Nested(_)))
     }) {
         return Err(format!(
-            "refused call changed the stream table or untyped: {r:x?}"
+            "refused call changed the stream table or untyped: fid {:#x} ret {:#x}",
+            r.fid, r.ret
         ));
     }
     let names: Vec<String> = refused
@@ -411,7 +419,7 @@ fn hostile(vm: &Vm) -> Result<String, String> {
         })
         .collect();
     if refused.len() != 5 {
-        return Err(format!("{} refused: {names:?}", refused.len()));
+        return Err(format!("{} refused: [{}]", refused.len(), names.join(", ")));
     }
     Ok(format!(
         "{} refused, stream table unchanged: {}",
@@ -424,7 +432,10 @@ fn detached(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     says(vm, hvc::check::NESTED_DETACH)?;
     let ste = smmu.ste(vm.sid).map_err(|e| format!("{e}"))?;
     if ste.config() != smmuv3::ste::SteConfig::Stage2 || smmu.nested_of(vm.sid).is_some() {
-        return Err(format!("STE {:?} after PV_DETACH", ste.config()));
+        return Err(format!(
+            "STE config {:#x} after PV_DETACH",
+            ste.0[0] >> 1 & 7
+        ));
     }
     Ok(format!(
         "STE {:#06x} stage 2 (S2VMID {:#x}); DMA through IPAs again",

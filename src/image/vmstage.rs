@@ -85,7 +85,10 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     for &sid in &vm.sids {
         let ste = smmu.ste(sid).map_err(|e| format!("ste {sid:#x}: {e}"))?;
         if ste.config() != SteConfig::Stage1 {
-            return Err(format!("sid {sid:#x}: STE {:?}, not stage 1", ste.config()));
+            return Err(format!(
+                "sid {sid:#x}: STE config {:#x}, not stage 1",
+                ste.0[0] >> 1 & 7
+            ));
         }
         let cd = read_cd(ste.cd_paddr());
         if !cd.is_valid() || cd.ttb0() != info.root || cd.asid() != asid {
@@ -103,9 +106,9 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     let root = vttbr & 0x0000_ffff_ffff_fffe;
     if cpu_vmid != vm.vmid || Some(root) != vm.hv_root() || root == info.root {
         return Err(format!(
-            "VTTBR_EL2 {vttbr:#x}: VMID {cpu_vmid:#x} (VM {:#x}), root {root:#x} (CPU tables {:x?}, SMMU root {:#x})",
+            "VTTBR_EL2 {vttbr:#x}: VMID {cpu_vmid:#x} (VM {:#x}), root {root:#x} (CPU tables {}, SMMU root {:#x})",
             vm.vmid,
-            vm.hv_root(),
+            super::console::hex(vm.hv_root().as_slice()),
             info.root
         ));
     }
@@ -123,7 +126,9 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
         let cpu_pa = vm.translate(smmu, ipa).map(|t| t.pa);
         if smmu_pa.is_none() || smmu_pa != cpu_pa {
             return Err(format!(
-                "IPA {ipa:#x}: SMMU stage 1 -> {smmu_pa:x?}, CPU stage 2 -> {cpu_pa:x?}"
+                "IPA {ipa:#x}: SMMU stage 1 -> {}, CPU stage 2 -> {}",
+                super::console::hex(smmu_pa.as_slice()),
+                super::console::hex(cpu_pa.as_slice())
             ));
         }
     }
