@@ -230,7 +230,7 @@ pub fn default_deny(smmu: &Driver, edu: &Edu) -> Result<String, String> {
     let page = Page::new()?;
     let ste = smmu.ste(sid_of(edu)?).map_err(|e| format!("{e}"))?;
     if !ste.config().is_abort() {
-        return Err(format!("STE config {:#x}, not abort", ste.0[0] >> 1 & 7));
+        return Err(format!("STE config {:#x}, not abort", (ste.0[0] >> 1) & 7));
     }
     edu.dma_to_ram(0, page.pa(), 256).map_err(edu_err)?;
     let faults = fault::coalesce(&drain(smmu), PAGE);
@@ -575,7 +575,7 @@ pub fn detach_blocks(smmu: &Driver, edu: &Edu, vm: &Vm) -> Result<String, String
         if !ste.config().is_abort() {
             return Err(format!(
                 "STE {sid:#x} after detach has config {:#x}",
-                ste.0[0] >> 1 & 7
+                (ste.0[0] >> 1) & 7
             ));
         }
     }

@@ -434,7 +434,7 @@ fn detached(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     if ste.config() != smmuv3::ste::SteConfig::Stage2 || smmu.nested_of(vm.sid).is_some() {
         return Err(format!(
             "STE config {:#x} after PV_DETACH",
-            ste.0[0] >> 1 & 7
+            (ste.0[0] >> 1) & 7
         ));
     }
     Ok(format!(

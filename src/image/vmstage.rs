@@ -87,7 +87,7 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
         if ste.config() != SteConfig::Stage1 {
             return Err(format!(
                 "sid {sid:#x}: STE config {:#x}, not stage 1",
-                ste.0[0] >> 1 & 7
+                (ste.0[0] >> 1) & 7
             ));
         }
         let cd = read_cd(ste.cd_paddr());
