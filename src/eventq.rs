@@ -108,6 +108,15 @@ impl<H: Hal> EventQueue<H> {
 }
 
 #[cfg(test)]
+impl<H: Hal> EventQueue<H> {
+    /// Plays the SMMU: writes `record` into the slot of wrap+index `p`
+    /// (the test then moves EVENTQ_PROD).
+    pub(crate) fn inject(&self, p: u32, record: &[u64; EVT_DWORDS]) {
+        self.queue.write(p, record);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake::{FakeHal, FakeRegs};

@@ -981,6 +981,10 @@ impl<H: Hal> Drop for Smmu<H> {
 }
 
 #[cfg(test)]
+#[path = "smmu/events_tests.rs"]
+mod events_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake::{FakeHal, FakeRegs, Trace, start_trace, take_trace};
