@@ -163,6 +163,13 @@ pub enum Error {
         /// The StreamID that could not be restored.
         sid: u32,
     },
+    /// The StreamID is quarantined (`Smmu::quarantine`): it stays aborted
+    /// until `Smmu::release`, and the call would have let it reach memory.
+    Quarantined(u32),
+    /// `Smmu::release` of a StreamID that is not quarantined.
+    NotQuarantined(u32),
+    /// No room to record one more quarantined (or pending) StreamID.
+    QuarantineFull,
 }
 
 impl fmt::Display for Error {
@@ -240,6 +247,11 @@ impl fmt::Display for Error {
                 f,
                 "a group operation failed and StreamID {sid:#x} could not be restored"
             ),
+            Error::Quarantined(sid) => {
+                write!(f, "StreamID {sid:#x} is quarantined until released")
+            }
+            Error::NotQuarantined(sid) => write!(f, "StreamID {sid:#x} is not quarantined"),
+            Error::QuarantineFull => write!(f, "too many quarantined StreamIDs"),
         }
     }
 }

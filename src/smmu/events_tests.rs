@@ -9,6 +9,7 @@ use super::*;
 use crate::domain::{DomainId, DomainOptions};
 use crate::fake::{FakeHal, FakeRegs};
 use crate::stage2::{Granule, Perm, Stage2Config};
+use crate::ste::Ste;
 
 const EVENTQ_PROD: usize = 0x1_00A8;
 const EVENTQ_CONS: usize = 0x1_00AC;
@@ -76,22 +77,25 @@ fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send
 }
 
 /// Issue 11 part 3: the `service` callback may call methods that take the
-/// stream table and command queue locks, while another CPU takes them in
-/// the documented order (stream table -> command queue -> event queue).
-/// With the event queue lock held across the callback, the callback's
-/// `detach` waits for the stream table that the other CPU holds while it
-/// waits for the event queue: a deadlock (the test times out).
+/// stream table and command queue locks (`detach`, `quarantine`), while
+/// another CPU takes them in the documented order (stream table -> command
+/// queue -> event queue). With the event queue lock held across the
+/// callback (the code before this change), the callback's `detach` waits
+/// for the stream table that the other CPU holds while it waits for the
+/// event queue: a deadlock, and this test times out.
 #[test]
-fn a_service_callback_that_detaches_does_not_deadlock() {
+fn a_service_callback_that_detaches_and_quarantines_does_not_deadlock() {
     let (regs, smmu) = enabled(11);
     let id = domain(&smmu);
     smmu.attach(id, 0x10).unwrap();
+    smmu.attach(id, 0x18).unwrap();
     record_faults(&regs, &smmu, 0x10, 3, 0);
+    record_faults(&regs, &smmu, 0x18, 3, 0);
     let smmu = Arc::new(smmu);
     let s = smmu.clone();
-    let (seen, detached) = within(20, "service with a detaching callback", move || {
+    let (seen, results) = within(20, "service with a detaching callback", move || {
         let mut seen = 0;
-        let mut detached = None;
+        let mut results = Vec::new();
         let mut other = None;
         s.service(|event| {
             seen += 1;
@@ -107,17 +111,268 @@ fn a_service_callback_that_detaches_does_not_deadlock() {
                 }));
                 // Let it run; it may finish or block.
                 let _ = rx.recv_timeout(Duration::from_secs(1));
-                detached = Some(s.detach(event.sid));
+            }
+            if s.domain_of(event.sid).is_some() {
+                if event.sid == 0x10 {
+                    results.push(s.detach(event.sid).map(|()| Quarantine::Applied));
+                } else {
+                    results.push(s.quarantine(event.sid));
+                }
             }
         })
         .unwrap();
         let other = other.unwrap().join().unwrap();
         assert_eq!(other, Ok(()));
-        (seen, detached)
+        (seen, results)
     });
-    assert_eq!(seen, 3);
-    assert_eq!(detached, Some(Ok(())));
+    assert_eq!(seen, 6);
+    // One detach, then quarantines of 0x18 (it stays attached: every
+    // further record of it quarantines again, idempotently).
+    assert_eq!(results[0], Ok(Quarantine::Applied));
+    assert!(results.iter().all(|r| *r == Ok(Quarantine::Applied)), "{results:?}");
     assert!(smmu.ste(0x10).unwrap().config().is_abort());
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
+    assert!(smmu.is_quarantined(0x18) && !smmu.is_quarantined(0x10));
+    drop(Arc::try_unwrap(smmu).unwrap());
+    drop(regs);
+}
+
+/// EVENTQ_CONS writes in a trace (one per chunk taken out of the queue).
+fn cons_writes(t: &[crate::fake::Trace]) -> usize {
+    t.iter()
+        .filter(|e| {
+            matches!(
+                e,
+                crate::fake::Trace::Write {
+                    offset: EVENTQ_CONS,
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+/// Issue 11 part 3: records are taken out in chunks of EVENT_CHUNK, each
+/// handed to the callback with the event queue unlocked, in order.
+#[test]
+fn events_are_handed_out_in_chunks_with_the_queue_unlocked() {
+    let (regs, smmu) = enabled(11);
+    record_faults(&regs, &smmu, 0x10, 40, 0x1000);
+    crate::fake::start_trace();
+    let mut addrs = Vec::new();
+    let mut locked_in_callback = 0;
+    let (_, drained) = smmu
+        .service(|e| {
+            addrs.push(e.input_addr.unwrap());
+            if smmu.evtq.try_lock().is_none() {
+                locked_in_callback += 1;
+            }
+        })
+        .unwrap();
+    let t = crate::fake::take_trace();
+    assert_eq!(locked_in_callback, 0, "callback ran with the event queue locked");
+    assert_eq!(addrs, (0x1000..0x1000 + 40).collect::<Vec<u64>>());
+    assert_eq!(
+        drained,
+        Some(Drained {
+            records: 40,
+            overflow: false,
+            left_in_queue: false
+        })
+    );
+    // 16 + 16 + 8.
+    assert_eq!(EVENT_CHUNK, 16);
+    assert_eq!(cons_writes(&t), 3);
+    assert_eq!(regs.get32(EVENTQ_CONS), 40);
+    assert_eq!(smmu.stats().events, 40);
+    drop(smmu);
+}
+
+/// Issue 11 part 3: one call hands out at most one queue's worth of
+/// records; records the SMMU writes meanwhile stay for the next call, and
+/// an overflow is reported once, by the call that sees it.
+#[test]
+fn one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected() {
+    let (regs, smmu) = enabled(5); // 32 records
+    record_faults(&regs, &smmu, 0x10, 32, 0); // full
+    regs.set32(EVENTQ_PROD, regs.get32(EVENTQ_PROD) | 1 << 31); // OVFLG
+    let mut seen = 0u64;
+    let (_, first) = smmu
+        .service(|e| {
+            seen += 1;
+            if seen == 1 {
+                // The SMMU keeps writing: 16 slots are free again (the
+                // first chunk was handed back before this callback ran).
+                let ovflg = regs.get32(EVENTQ_PROD) & 1 << 31;
+                record_faults(&regs, &smmu, 0x10, 16, 32);
+                regs.set32(EVENTQ_PROD, regs.get32(EVENTQ_PROD) | ovflg);
+            }
+            assert_eq!(e.input_addr, Some(seen - 1));
+        })
+        .unwrap();
+    assert_eq!(
+        first,
+        Some(Drained {
+            records: 32,
+            overflow: true,
+            left_in_queue: true
+        })
+    );
+    // The rest is still in the queue, for the next call.
+    let (_, second) = smmu
+        .service(|e| {
+            seen += 1;
+            assert_eq!(e.input_addr, Some(seen - 1));
+        })
+        .unwrap();
+    assert_eq!(
+        second,
+        Some(Drained {
+            records: 16,
+            overflow: false,
+            left_in_queue: false
+        })
+    );
+    assert_eq!(seen, 48);
+    assert_eq!(smmu.stats().eventq_overflows, 1);
+    assert_eq!(regs.get32(EVENTQ_CONS) >> 31, 1, "OVACKFLG acknowledged");
+    drop(smmu);
+}
+
+/// A callback that calls `service` again is turned away (no deadlock, no
+/// record handed out twice).
+#[test]
+fn a_nested_service_call_is_turned_away() {
+    let (regs, smmu) = enabled(11);
+    record_faults(&regs, &smmu, 0x10, 20, 0);
+    let mut outer = 0;
+    let mut inner = 0;
+    smmu.service(|_| {
+        outer += 1;
+        let (_, d) = smmu.service(|_| inner += 1).unwrap();
+        assert_eq!(d, None);
+    })
+    .unwrap();
+    assert_eq!((outer, inner), (20, 0));
+    drop(smmu);
+}
+
+const CFGI_STE: u64 = 0x03;
+const CMD_SYNC: u64 = 0x46;
+
+/// Issue 11 part 3: a quarantined StreamID stays aborted whatever is
+/// tried, and `release` restores its STE byte for byte.
+#[test]
+fn quarantine_survives_attach_and_release_restores_the_ste() {
+    let (regs, smmu) = enabled(11);
+    let id = domain(&smmu);
+    let other = domain(&smmu);
+    smmu.attach(id, 0x18).unwrap();
+    smmu.set_bypass(0x20).unwrap();
+    let before_18 = smmu.ste(0x18).unwrap();
+    let before_20 = smmu.ste(0x20).unwrap();
+
+    let n = regs.commands().len();
+    assert_eq!(smmu.quarantine(0x18), Ok(Quarantine::Applied));
+    let cmds = regs.commands()[n..].to_vec();
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
+    assert!(
+        cmds.iter()
+            .any(|c| c[0] & 0xFF == CFGI_STE && (c[0] >> 32) as u32 == 0x18),
+        "no CFGI_STE: {cmds:x?}"
+    );
+    assert_eq!(cmds.last().map(|c| c[0] & 0xFF), Some(CMD_SYNC));
+    assert_eq!(smmu.quarantine(0x20), Ok(Quarantine::Applied));
+    assert!(smmu.ste(0x20).unwrap().config().is_abort());
+    // Idempotent.
+    assert_eq!(smmu.quarantine(0x20), Ok(Quarantine::Applied));
+
+    let table = smmu.stream_table_snapshot();
+    let refused = [
+        smmu.attach(other, 0x20),
+        smmu.set_bypass(0x20),
+        smmu.write_ste(0x20, &Ste::bypass()),
+        smmu.write_ste(0x18, &before_18),
+        smmu.attach_group(other, &[0x20]),
+        smmu.batch().attach(other, 0x20).commit(&mut |_| {}),
+    ];
+    for r in refused {
+        assert!(
+            matches!(r, Err(Error::Quarantined(0x20 | 0x18))),
+            "not refused: {r:?}"
+        );
+    }
+    assert_eq!(smmu.stream_table_snapshot(), table, "an STE changed");
+    // Still attached in the books: the domain cannot be destroyed under it.
+    assert_eq!(smmu.domain_of(0x18), Some(id));
+    assert_eq!(smmu.destroy_domain(id), Err(Error::DomainBusy(id)));
+
+    smmu.release(0x18).unwrap();
+    smmu.release(0x20).unwrap();
+    assert_eq!(smmu.ste(0x18).unwrap().0, before_18.0);
+    assert_eq!(smmu.ste(0x20).unwrap().0, before_20.0);
+    assert_eq!(smmu.release(0x20), Err(Error::NotQuarantined(0x20)));
+    // Normal service again.
+    smmu.detach(0x18).unwrap();
+    smmu.attach(other, 0x18).unwrap();
+    drop(smmu);
+}
+
+/// Issue 11 part 3: detaching a quarantined StreamID succeeds (it lets the
+/// domain go) but leaves it aborted; `release` then restores abort.
+#[test]
+fn detach_of_a_quarantined_stream_keeps_it_aborted() {
+    let (regs, smmu) = enabled(11);
+    let id = domain(&smmu);
+    smmu.attach(id, 0x18).unwrap();
+    smmu.quarantine(0x18).unwrap();
+    let table = smmu.stream_table_snapshot();
+    smmu.detach(0x18).unwrap();
+    assert_eq!(smmu.stream_table_snapshot(), table);
+    assert_eq!(smmu.domain_of(0x18), None);
+    smmu.destroy_domain(id).unwrap();
+    let id = domain(&smmu);
+    assert_eq!(smmu.attach(id, 0x18), Err(Error::Quarantined(0x18)));
+    smmu.release(0x18).unwrap();
+    assert_eq!(smmu.ste(0x18).unwrap().0, Ste::abort().0);
+    smmu.attach(id, 0x18).unwrap();
+    drop(smmu);
+    drop(regs);
+}
+
+/// Issue 11 part 3: from interrupt context (the interrupted code holds the
+/// stream table lock) `quarantine` does not wait: the StreamID is pending,
+/// counts as quarantined at once, and is aborted by the next lock holder.
+#[test]
+fn quarantine_with_the_stream_table_held_is_pending_then_applied() {
+    let (regs, smmu) = enabled(11);
+    let id = domain(&smmu);
+    smmu.attach(id, 0x18).unwrap();
+    let before = smmu.ste(0x18).unwrap();
+    let smmu = Arc::new(smmu);
+    let s = smmu.clone();
+    let held = smmu.strtab.lock();
+    let r = within(5, "quarantine with the stream table held", move || {
+        s.quarantine(0x18)
+    });
+    assert_eq!(r, Ok(Quarantine::Pending));
+    drop(held);
+    // Counts as quarantined at once.
+    assert!(smmu.is_quarantined(0x18));
+    // The next STE writer (of any StreamID) applies it.
+    smmu.set_abort(0x30).unwrap();
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
+    assert!(smmu.is_quarantined(0x18));
+    smmu.release(0x18).unwrap();
+    assert_eq!(smmu.ste(0x18).unwrap().0, before.0);
+
+    // With the command queue held instead, `service` applies it.
+    let held = smmu.cmdq.lock();
+    assert_eq!(smmu.quarantine(0x18), Ok(Quarantine::Pending));
+    drop(held);
+    assert_eq!(smmu.ste(0x18).unwrap().0, before.0, "applied without commands");
+    smmu.service(|_| ()).unwrap();
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
     drop(Arc::try_unwrap(smmu).unwrap());
     drop(regs);
 }
