@@ -985,8 +985,11 @@ impl<H: Hal> Smmu<H> {
                     break 'again;
                 };
                 let d = evtq.drain_up_to(&self.mmio, max, |raw| {
-                    chunk[n] = raw;
-                    n += 1;
+                    // At most `max` <= EVENT_CHUNK records come.
+                    if let Some(slot) = chunk.get_mut(n) {
+                        *slot = raw;
+                        n += 1;
+                    }
                 });
                 drop(evtq);
                 self.counters
