@@ -892,10 +892,10 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
-    /// A StreamID attached to a domain must be detached first, and one of a
+    /// A StreamID attached to a domain must be detached first, one of a
     /// declared group of several StreamIDs is refused
     /// ([`Error::SidInGroup`]): its group-mates would reach memory through
-    /// it.
+    /// it, and so is a quarantined one ([`Error::Quarantined`]).
     pub fn set_bypass(&self, sid: u32) -> Result<()> {
         // Lock order: groups -> domains -> stream table -> cmdq.
         let groups = self.groups.lock();
@@ -908,7 +908,8 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` abort all its traffic. A StreamID attached to a domain
-    /// is detached with [`Smmu::detach`] instead.
+    /// is detached with [`Smmu::detach`] instead. For a quarantined
+    /// StreamID this only changes what [`Smmu::release`] restores.
     pub fn set_abort(&self, sid: u32) -> Result<()> {
         self.write_unmanaged_ste(sid, &Ste::abort())
     }

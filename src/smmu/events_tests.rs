@@ -303,6 +303,14 @@ fn quarantine_survives_attach_and_release_restores_the_ste() {
         );
     }
     assert_eq!(smmu.stream_table_snapshot(), table, "an STE changed");
+    // A group call refuses before attaching anyone (no attach + rollback).
+    let n = regs.commands().len();
+    assert_eq!(
+        smmu.attach_group(other, &[0x30, 0x20]),
+        Err(Error::Quarantined(0x20))
+    );
+    assert_eq!(regs.commands().len(), n, "commands issued by a refused call");
+    assert_eq!(smmu.domain_of(0x30), None);
     // Still attached in the books: the domain cannot be destroyed under it.
     assert_eq!(smmu.domain_of(0x18), Some(id));
     assert_eq!(smmu.destroy_domain(id), Err(Error::DomainBusy(id)));
