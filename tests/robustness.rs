@@ -868,8 +868,8 @@ fn faulting_device_quarantined_by_the_interrupt_handler() -> TestResult {
     // Nothing un-quarantines it but release.
     check_eq!(smmu.write_ste(vm.sid, &before), Err(Error::Quarantined(vm.sid)));
     check_eq!(
-        smmu.attach_group(vm.domain, &[vm.sid]).map_err(|e| matches!(e, Error::SidAttached(_))),
-        Err(true)
+        smmu.attach_group(vm.domain, &[vm.sid]),
+        Err(Error::Quarantined(vm.sid))
     );
     check!(try_ok!(smmu.ste(vm.sid)).config().is_abort());
     try_ok!(smmu.release(vm.sid));
