@@ -824,17 +824,25 @@ impl<H: Hal> Smmu<H> {
         kept.try_reserve_exact(updates.len())
             .map_err(|_| Error::NoMemory)?;
         {
-            let mut quarantined = self.quarantined.lock();
+            let quarantined = self.quarantined.lock();
             for (sid, target) in updates {
                 quarantined.check(*sid, target)?;
-            }
-            for (sid, target) in updates {
-                if !quarantined.redirect(*sid, target)? {
+                if !quarantined.contains(*sid) {
                     kept.push((*sid, *target));
                 }
             }
         }
-        let updates = &kept[..];
+        self.write_stes_unchecked(strtab, &kept)?;
+        // Only once every write is made: the aborts asked for quarantined
+        // StreamIDs become what `release` restores.
+        let mut quarantined = self.quarantined.lock();
+        for (sid, target) in updates {
+            quarantined.redirect(*sid, target)?;
+        }
+        Ok(())
+    }
+
+    fn write_stes_unchecked(&self, strtab: &mut StreamTable<H>, updates: &[(u32, Ste)]) -> Result<()> {
         let live = self.commands_live();
         let mut fresh = alloc::vec::Vec::new();
         for &(sid, _) in updates {

@@ -365,12 +365,27 @@ fn quarantine_with_the_stream_table_held_is_pending_then_applied() {
     });
     assert_eq!(r, Ok(Quarantine::Pending));
     drop(held);
-    // Counts as quarantined at once.
-    assert!(smmu.is_quarantined(0x18));
+    assert_eq!(smmu.ste(0x18).unwrap().0, before.0, "applied without the locks");
     // The next STE writer (of any StreamID) applies it.
     smmu.set_abort(0x30).unwrap();
     assert!(smmu.ste(0x18).unwrap().config().is_abort());
     assert!(smmu.is_quarantined(0x18));
+    smmu.release(0x18).unwrap();
+    assert_eq!(smmu.ste(0x18).unwrap().0, before.0);
+
+    // A pending StreamID is refused at once, and `is_quarantined` only
+    // says so once the abort is in place.
+    let held = smmu.cmdq.lock();
+    assert_eq!(smmu.quarantine(0x18), Ok(Quarantine::Pending));
+    drop(held);
+    assert_eq!(smmu.write_ste(0x18, &before), Err(Error::Quarantined(0x18)));
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
+    smmu.release(0x18).unwrap();
+    let held = smmu.cmdq.lock();
+    assert_eq!(smmu.quarantine(0x18), Ok(Quarantine::Pending));
+    drop(held);
+    assert!(smmu.is_quarantined(0x18));
+    assert!(smmu.ste(0x18).unwrap().config().is_abort());
     smmu.release(0x18).unwrap();
     assert_eq!(smmu.ste(0x18).unwrap().0, before.0);
 
@@ -383,4 +398,31 @@ fn quarantine_with_the_stream_table_held_is_pending_then_applied() {
     assert!(smmu.ste(0x18).unwrap().config().is_abort());
     drop(Arc::try_unwrap(smmu).unwrap());
     drop(regs);
+}
+
+/// A batch that fails part-way does not change what `release` restores
+/// for a quarantined StreamID it detached (its books still say attached).
+#[test]
+fn a_failed_batch_does_not_change_what_release_restores() {
+    let (regs, smmu) = enabled(11);
+    let id = domain(&smmu);
+    smmu.attach(id, 0x18).unwrap();
+    smmu.attach(id, 0x10).unwrap();
+    let before = smmu.ste(0x18).unwrap();
+    smmu.quarantine(0x18).unwrap();
+    // The SMMU rejects the next CFGI_STE (CERROR_ILL): the batch's write
+    // of 0x10 fails.
+    let mut armed = true;
+    regs.fault_commands(Box::new(move |c| {
+        (armed && c[0] & 0xFF == CFGI_STE).then(|| {
+            armed = false;
+            1
+        })
+    }));
+    let r = smmu.batch().detach(0x18).detach(0x10).commit(&mut |_| {});
+    assert!(matches!(r, Err(Error::CommandError { .. })), "{r:?}");
+    assert_eq!(smmu.domain_of(0x18), Some(id));
+    smmu.release(0x18).unwrap();
+    assert_eq!(smmu.ste(0x18).unwrap().0, before.0);
+    drop(smmu);
 }

@@ -90,6 +90,11 @@ impl Table {
             .position(|e| matches!(e, Some((s, _)) if *s == sid))
     }
 
+    /// Whether `sid` is quarantined.
+    pub(crate) fn contains(&self, sid: u32) -> bool {
+        self.find(sid).is_some()
+    }
+
     /// Refuses `target` for a quarantined `sid` unless it is abort.
     pub(crate) fn check(&self, sid: u32, target: &Ste) -> Result<()> {
         if self.find(sid).is_some() && !is_abort(target) {
@@ -209,11 +214,13 @@ impl<H: Hal> Smmu<H> {
         Ok(())
     }
 
-    /// Whether `sid` is quarantined (or pending). Takes the stream table
-    /// lock: thread context.
+    /// Whether `sid` is quarantined. Applies pending quarantines first, so
+    /// `true` means its abort STE is in place (unless applying it failed:
+    /// then it is still pending, and counted). Takes locks: thread context.
     pub fn is_quarantined(&self, sid: u32) -> bool {
-        let _strtab = self.strtab.lock();
-        self.pending.contains(sid) || self.quarantined.lock().find(sid).is_some()
+        let mut strtab = self.strtab.lock();
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        self.pending.contains(sid) || self.quarantined.lock().contains(sid)
     }
 
     /// Runs `f` with the stream table and the command queue if neither is
