@@ -35,7 +35,7 @@
 //! is applied by the first of: the holder of the stream table lock at the
 //! end of its STE write, the next `service`/`drain_events` call (which
 //! follow the next event of a device that keeps faulting), any
-//! `quarantine`, `release` or STE write. `release` takes locks: thread
+//! `quarantine`, `release`, `is_quarantined` or STE write. `release` takes locks: thread
 //! context only.
 //!
 //! Neither path allocates: at most [`MAX_QUARANTINED`] StreamIDs are
