@@ -758,9 +758,9 @@ impl<H: Hal> Smmu<H> {
         self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
         let r = match self.quarantined.lock().redirect(sid, target) {
             Ok(true) => Ok(()),
-            Ok(false) => self.write_ste_with(&mut strtab, sid, target, &mut |c| {
-                self.submit_locked(c)
-            }),
+            Ok(false) => {
+                self.write_ste_with(&mut strtab, sid, target, &mut |c| self.submit_locked(c))
+            }
             Err(e) => Err(e),
         };
         // Quarantines asked for (from an interrupt) while this call held the
@@ -842,7 +842,11 @@ impl<H: Hal> Smmu<H> {
         Ok(())
     }
 
-    fn write_stes_unchecked(&self, strtab: &mut StreamTable<H>, updates: &[(u32, Ste)]) -> Result<()> {
+    fn write_stes_unchecked(
+        &self,
+        strtab: &mut StreamTable<H>,
+        updates: &[(u32, Ste)],
+    ) -> Result<()> {
         let live = self.commands_live();
         let mut fresh = alloc::vec::Vec::new();
         for &(sid, _) in updates {

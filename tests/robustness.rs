@@ -862,11 +862,17 @@ fn faulting_device_quarantined_by_the_interrupt_handler() -> TestResult {
     vm.data.fill(demo::CANARY);
     try_ok!(edu.dma_from_ram(0x200, demo::IPA_SOURCE + 0x200, 64));
     try_ok!(edu.dma_to_ram(0x200, IPA_DATA + 0x200, 64));
-    check!(vm.data.all(demo::CANARY), "DMA from a quarantined device reached memory");
+    check!(
+        vm.data.all(demo::CANARY),
+        "DMA from a quarantined device reached memory"
+    );
     let events = demo::drain(&smmu);
     check!(events.is_empty(), "events while quarantined: {events:x?}");
     // Nothing un-quarantines it but release.
-    check_eq!(smmu.write_ste(vm.sid, &before), Err(Error::Quarantined(vm.sid)));
+    check_eq!(
+        smmu.write_ste(vm.sid, &before),
+        Err(Error::Quarantined(vm.sid))
+    );
     check_eq!(
         smmu.attach_group(vm.domain, &[vm.sid]),
         Err(Error::Quarantined(vm.sid))

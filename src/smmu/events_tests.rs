@@ -56,7 +56,12 @@ fn record_faults(regs: &FakeRegs, smmu: &Smmu<FakeHal>, sid: u32, n: u32, first_
     for k in 0..n {
         q.inject(
             prod,
-            &[F_TRANSLATION | u64::from(sid) << 32, 0, first_addr + u64::from(k), 0],
+            &[
+                F_TRANSLATION | u64::from(sid) << 32,
+                0,
+                first_addr + u64::from(k),
+                0,
+            ],
         );
         prod = ring.advance(prod, 1);
     }
@@ -129,7 +134,10 @@ fn a_service_callback_that_detaches_and_quarantines_does_not_deadlock() {
     // One detach, then quarantines of 0x18 (it stays attached: every
     // further record of it quarantines again, idempotently).
     assert_eq!(results[0], Ok(Quarantine::Applied));
-    assert!(results.iter().all(|r| *r == Ok(Quarantine::Applied)), "{results:?}");
+    assert!(
+        results.iter().all(|r| *r == Ok(Quarantine::Applied)),
+        "{results:?}"
+    );
     assert!(smmu.ste(0x10).unwrap().config().is_abort());
     assert!(smmu.ste(0x18).unwrap().config().is_abort());
     assert!(smmu.is_quarantined(0x18) && !smmu.is_quarantined(0x10));
@@ -170,7 +178,10 @@ fn events_are_handed_out_in_chunks_with_the_queue_unlocked() {
         })
         .unwrap();
     let t = crate::fake::take_trace();
-    assert_eq!(locked_in_callback, 0, "callback ran with the event queue locked");
+    assert_eq!(
+        locked_in_callback, 0,
+        "callback ran with the event queue locked"
+    );
     assert_eq!(addrs, (0x1000..0x1000 + 40).collect::<Vec<u64>>());
     assert_eq!(
         drained,
@@ -309,7 +320,11 @@ fn quarantine_survives_attach_and_release_restores_the_ste() {
         smmu.attach_group(other, &[0x30, 0x20]),
         Err(Error::Quarantined(0x20))
     );
-    assert_eq!(regs.commands().len(), n, "commands issued by a refused call");
+    assert_eq!(
+        regs.commands().len(),
+        n,
+        "commands issued by a refused call"
+    );
     assert_eq!(smmu.domain_of(0x30), None);
     // Still attached in the books: the domain cannot be destroyed under it.
     assert_eq!(smmu.domain_of(0x18), Some(id));
@@ -365,7 +380,11 @@ fn quarantine_with_the_stream_table_held_is_pending_then_applied() {
     });
     assert_eq!(r, Ok(Quarantine::Pending));
     drop(held);
-    assert_eq!(smmu.ste(0x18).unwrap().0, before.0, "applied without the locks");
+    assert_eq!(
+        smmu.ste(0x18).unwrap().0,
+        before.0,
+        "applied without the locks"
+    );
     // The next STE writer (of any StreamID) applies it.
     smmu.set_abort(0x30).unwrap();
     assert!(smmu.ste(0x18).unwrap().config().is_abort());
@@ -393,7 +412,11 @@ fn quarantine_with_the_stream_table_held_is_pending_then_applied() {
     let held = smmu.cmdq.lock();
     assert_eq!(smmu.quarantine(0x18), Ok(Quarantine::Pending));
     drop(held);
-    assert_eq!(smmu.ste(0x18).unwrap().0, before.0, "applied without commands");
+    assert_eq!(
+        smmu.ste(0x18).unwrap().0,
+        before.0,
+        "applied without commands"
+    );
     smmu.service(|_| ()).unwrap();
     assert!(smmu.ste(0x18).unwrap().config().is_abort());
     drop(Arc::try_unwrap(smmu).unwrap());

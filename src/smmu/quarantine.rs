@@ -152,8 +152,10 @@ impl Pending {
     fn take(&self) -> Option<u32> {
         self.slots.iter().find_map(|s| {
             let v = s.load(Ordering::Acquire);
-            (v != 0 && s.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Acquire).is_ok())
-                .then_some(v as u32)
+            (v != 0
+                && s.compare_exchange(v, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok())
+            .then_some(v as u32)
         })
     }
 }
@@ -302,8 +304,7 @@ impl<H: Hal> Smmu<H> {
             return Ok(());
         }
         self.write_ste_with(strtab, sid, &Ste::abort(), submit)?;
-        if matches!(saved.config(), SteConfig::Stage1 | SteConfig::Nested) && self.commands_live()
-        {
+        if matches!(saved.config(), SteConfig::Stage1 | SteConfig::Nested) && self.commands_live() {
             // CFGI_STE dropped the STE; the CD it pointed at may still be
             // cached for this StreamID.
             submit(&[Command::CfgiCdAll { sid }])?;
