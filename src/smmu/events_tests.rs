@@ -164,6 +164,15 @@ fn cons_writes(t: &[crate::fake::Trace]) -> usize {
 /// handed to the callback with the event queue unlocked, in order.
 #[test]
 fn events_are_handed_out_in_chunks_with_the_queue_unlocked() {
+    // On another thread, so a callback that deadlocks fails the test.
+    within(
+        20,
+        "events_are_handed_out_in_chunks_with_the_queue_unlocked",
+        events_are_handed_out_in_chunks_with_the_queue_unlocked_body,
+    );
+}
+
+fn events_are_handed_out_in_chunks_with_the_queue_unlocked_body() {
     let (regs, smmu) = enabled(11);
     record_faults(&regs, &smmu, 0x10, 40, 0x1000);
     crate::fake::start_trace();
@@ -204,6 +213,15 @@ fn events_are_handed_out_in_chunks_with_the_queue_unlocked() {
 /// an overflow is reported once, by the call that sees it.
 #[test]
 fn one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected() {
+    // On another thread, so a callback that deadlocks fails the test.
+    within(
+        20,
+        "one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected",
+        one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected_body,
+    );
+}
+
+fn one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected_body() {
     let (regs, smmu) = enabled(5); // 32 records
     record_faults(&regs, &smmu, 0x10, 32, 0); // full
     regs.set32(EVENTQ_PROD, regs.get32(EVENTQ_PROD) | 1 << 31); // OVFLG
@@ -254,6 +272,15 @@ fn one_call_takes_at_most_one_queue_worth_and_overflow_stays_detected() {
 /// record handed out twice).
 #[test]
 fn a_nested_service_call_is_turned_away() {
+    // On another thread, so a callback that deadlocks fails the test.
+    within(
+        20,
+        "a_nested_service_call_is_turned_away",
+        a_nested_service_call_is_turned_away_body,
+    );
+}
+
+fn a_nested_service_call_is_turned_away_body() {
     let (regs, smmu) = enabled(11);
     record_faults(&regs, &smmu, 0x10, 20, 0);
     let mut outer = 0;
