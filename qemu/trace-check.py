@@ -23,7 +23,10 @@ taken (so delivery really worked, not a silent fall back to polling).
 
 With ``EXPECT_STAGE=1`` (or ``2``) it also checks that the feature table
 says domains use that stage, that every ``VM`` line names that SMMU stage,
-and that the demo's own checks all passed.
+that the demo's own checks all passed, and, from QEMU's trace, that every
+``smmuv3_translate_success`` and every page-table walk step
+(``smmu_ptw_level``, ``smmu_ptw_page_pte``, ``smmu_ptw_block_pte``) was of
+that stage (the IPA -> PA claims are checked as always).
 
 With ``--aliases N`` (a topology with functions behind a PCIe-to-PCI
 bridge) it also checks, from the image's PCI listing (``StreamIDs OWN, ALIAS
@@ -36,6 +39,18 @@ bridge) it also checks, from the image's PCI listing (``StreamIDs OWN, ALIAS
   that DMA under the alias StreamID;
 * QEMU never translated or faulted anything under such a function's own
   StreamID (its DMA never carries it).
+
+On an SMMU with both stages (``stages : S1 S2 (nested)``) the demo must
+print at least one nested line, ``nested sid S: VA V -> stage-1 walk
+(levels L) -> IPA I -> stage-2 walk -> PA P``, and the trace must show, for
+each: ``smmuv3_translate_success sid=S iova=V translated=P``; a stage-1
+walk step (``smmu_ptw_level`` stage 1, or 3 as QEMU tags nested walks) at
+every level in L for iova V, ending in ``smmu_ptw_page_pte`` with page
+address I; and a stage-2 walk (``smmu_ptw_level stage=2``) of I whose leaf
+(``smmu_ptw_page_pte``/``smmu_ptw_block_pte`` stage 2) gives P.
+
+``--replay OUT TRACE`` judges a saved demo output and QEMU trace instead of
+running QEMU (to show the checks fail on edited evidence).
 
 Prints ``test NAME ... ok`` or ``... FAILED`` (with reasons) and exits
 accordingly (NAME: the first argument, default ``trace_agreement``). Extra
@@ -55,6 +70,55 @@ ALIASES = int(sys.argv[sys.argv.index("--aliases") + 1]) if "--aliases" in sys.a
 # (ESR class 0x24, FAR = the IPA, the guests run with stage 1 off), and that
 # the guests' hypercalls were HVCs from EL1 to EL2 (ESR class 0x16).
 CPU_EXITS = "--cpu-exits" in sys.argv
+REPLAY = sys.argv[sys.argv.index("--replay") + 1:sys.argv.index("--replay") + 3] if "--replay" in sys.argv else None
+
+
+def check_nested(out, lines, problems):
+    """The demo's nested VA -> IPA -> PA claims against QEMU's walks."""
+    claims = re.findall(r"nested sid (0x[0-9a-f]+): VA (0x[0-9a-f]+) -> stage-1 walk \(levels ([0-9,]+)\) "
+                        r"-> IPA (0x[0-9a-f]+) -> stage-2 walk -> PA (0x[0-9a-f]+)", out)
+    if not claims:
+        problems.append("the demo printed no nested translation (nested SMMU)")
+    for sid, va, levels, ipa, pa in claims:
+        sid, va, ipa, pa = int(sid, 16), int(va, 16), int(ipa, 16), int(pa, 16)
+        levels = [int(x) for x in levels.split(",")]
+        ok = any(re.search(rf"smmuv3_translate_success .*sid={sid:#x} iova={va:#x} translated={pa:#x}\b", l)
+                 for l in lines)
+        if not ok:
+            problems.append(f"nested sid {sid:#x}: no smmuv3_translate_success VA {va:#x} -> PA {pa:#x}")
+        s1 = set()
+        page_ipa = None
+        for l in lines:
+            m = re.search(r"smmu_ptw_level stage=([13]) level=(\d) iova=(0x[0-9a-f]+) ", l)
+            if m and int(m[3], 16) == va:
+                s1.add(int(m[2]))
+            m = re.search(r"smmu_ptw_page_pte stage=([13]) level=\d iova=(0x[0-9a-f]+) .*page address = (0x[0-9a-f]+)", l)
+            if m and int(m[2], 16) == va:
+                page_ipa = int(m[3], 16)
+        if sorted(s1) != levels:
+            problems.append(f"nested sid {sid:#x}: stage-1 walk of VA {va:#x} traced at levels {sorted(s1)}, the demo says {levels}")
+        if page_ipa is None or page_ipa != ipa & ~0xfff:
+            problems.append(f"nested sid {sid:#x}: stage-1 leaf of VA {va:#x} gives IPA page {page_ipa and hex(page_ipa)}, the demo says {ipa:#x}")
+        s2 = set()
+        leaf_pa = None
+        for l in lines:
+            m = re.search(r"smmu_ptw_level stage=2 level=(\d) iova=(0x[0-9a-f]+) ", l)
+            if m and int(m[2], 16) & ~0xfff == ipa & ~0xfff:
+                s2.add(int(m[1]))
+            m = re.search(r"smmu_ptw_block_pte stage=2 .*iova=(0x[0-9a-f]+) block address = (0x[0-9a-f]+) block size = (\d+) MiB", l)
+            if m and int(m[1], 16) & ~0xfff == ipa & ~0xfff:
+                size = int(m[3]) << 20
+                leaf_pa = int(m[2], 16) + (ipa & (size - 1))
+            m = re.search(r"smmu_ptw_page_pte stage=2 level=\d iova=(0x[0-9a-f]+) .*page address = (0x[0-9a-f]+)", l)
+            if m and int(m[1], 16) & ~0xfff == ipa & ~0xfff:
+                leaf_pa = int(m[2], 16) + (ipa & 0xfff)
+        if not s2:
+            problems.append(f"nested sid {sid:#x}: no stage-2 walk of IPA {ipa:#x}")
+        if leaf_pa != pa:
+            problems.append(f"nested sid {sid:#x}: stage-2 leaf of IPA {ipa:#x} gives PA {leaf_pa and hex(leaf_pa)}, the demo says {pa:#x}")
+        if ok and sorted(s1) == levels and page_ipa == ipa & ~0xfff and s2 and leaf_pa == pa:
+            print(f"trace: nested sid {sid:#x}: VA {va:#x} -> stage-1 walk (levels {','.join(map(str, levels))}) "
+                  f"-> IPA {ipa:#x} -> stage-2 walk (levels {','.join(map(str, sorted(s2)))}) -> PA {pa:#x}, as the demo says")
 
 
 def check_cpu_exits(out, lines, problems):
@@ -129,6 +193,12 @@ def check_aliases(out, traced, events, problems):
 
 
 def main() -> int:
+    if REPLAY:
+        with open(REPLAY[0]) as f:
+            out = f.read()
+        with open(REPLAY[1]) as f:
+            lines = f.read().splitlines()
+        return judge(out, lines, [])
     with tempfile.TemporaryDirectory() as tmp:
         trace = os.path.join(tmp, "trace.log")
         env = dict(os.environ, QEMU_TRACE=trace, RUN_MODE="run")
@@ -147,6 +217,11 @@ def main() -> int:
         except OSError as e:
             lines = []
             problems.append(f"no trace: {e}")
+    return judge(out, lines, problems)
+
+
+def judge(out, lines, problems):
+    """Every check on the demo's output ``out`` and QEMU's trace ``lines``."""
 
     translations = set()
     traced = set()
@@ -236,15 +311,36 @@ def main() -> int:
         vm_lines = re.findall(r"^\s+VM \w+: SMMU stage (\d)", out, re.M)
         if not vm_lines or any(v != stage for v in vm_lines):
             problems.append(f"VM lines name SMMU stages {vm_lines}, expected stage {stage} for each")
+        # QEMU's own view: every translation and every walk step traced
+        # was of this stage.
+        steps = collections.Counter()
+        for line in lines:
+            m = re.search(r"(smmuv3_translate_success|smmu_ptw_level|smmu_ptw_page_pte|smmu_ptw_block_pte)\b.*?\bstage=(\d)", line)
+            if m:
+                steps[(m[1], m[2])] += 1
+        if not any(k[0] == "smmuv3_translate_success" for k in steps):
+            problems.append("QEMU traced no smmuv3_translate_success")
+        if not any(k[0] == "smmu_ptw_level" for k in steps):
+            problems.append("QEMU traced no smmu_ptw_level")
+        wrong = {k: n for k, n in steps.items() if k[1] != stage}
+        if wrong:
+            problems.append(f"traced steps not of stage {stage}: " +
+                            ", ".join(f"{n} {ev} stage={st}" for (ev, st), n in sorted(wrong.items())))
+        else:
+            print(f"trace: all {sum(steps.values())} traced translations and walk steps are stage {stage} "
+                  f"({steps[('smmuv3_translate_success', stage)]} translate_success, "
+                  f"{steps[('smmu_ptw_level', stage)]} ptw_level)")
         summary = re.findall(r"^\s+(\d+) passed, (\d+) failed$", out, re.M)
         if not summary or summary[-1][1] != "0":
             problems.append(f"the demo's checks did not all pass: {summary[-1:] or 'no summary'}")
         else:
-            print(f"trace: {summary[-1][0]} demo checks passed with stage-{stage} domains, {len(vm_lines)} VMs")
+            print(f"trace: {summary[-1][0]} demo checks passed, {len(vm_lines)} VM lines name SMMU stage(s) {sorted(set(vm_lines))}")
     if ALIASES is not None:
         check_aliases(out, traced, events, problems)
     if CPU_EXITS:
         check_cpu_exits(out, lines, problems)
+    if re.search(r"^stages\s+: S1 S2 \(nested\)$", out, re.M):
+        check_nested(out, lines, problems)
 
     print(f"trace: {len(claimed)} translations and {len(faults)} fault reports checked "
           f"against {len(translations)} traced translations and {total} traced events; "

@@ -32,9 +32,13 @@ use crate::stage2::{Stage2Config, Stage2Table};
 mod batch;
 mod external;
 mod mapping;
+mod nested;
 mod stage1;
 
 pub use batch::Batch;
+pub use nested::{
+    CD_BYTES, GuestCd, MAX_T0SZ, MIN_T0SZ, NestedError, NestedRequest, validate_cd, validate_cd_ipa,
+};
 
 pub use crate::stage2::{MapOptions, Memory, Perm, Translation};
 use crate::ste::{Stage2Ste, Ste, SteConfig};
@@ -160,6 +164,11 @@ pub(crate) struct Domain<H: Hal> {
     /// invalidation covers the whole VMID (TLBI_S12_VMALL), and retired
     /// tables are freed only once one completes.
     pub(crate) tlb_unknown: bool,
+    /// Attached streams with a guest-owned stage 1 in front of this
+    /// (stage-2) domain (`src/domain/nested.rs`): their TLB entries may
+    /// combine both stages, indexed by VA, which TLBI_S2_IPA does not
+    /// reach; every stage-2 invalidation then adds TLBI_NH_ALL.
+    pub(crate) nested_streams: usize,
 }
 
 impl<H: Hal> Domain<H> {
@@ -189,8 +198,12 @@ pub(crate) struct Domains<H: Hal> {
     domains: VecMap<DomainId, Domain<H>>,
     pub(crate) attached: VecMap<u32, DomainId>,
     pub(crate) vmids: IdAllocator,
-    /// ASIDs of stage-1 domains (0 reserved).
+    /// ASIDs of stage-1 domains and of guests' nested streams (0
+    /// reserved).
     pub(crate) asids: IdAllocator,
+    /// Streams with a guest-owned stage 1 (`src/domain/nested.rs`), by
+    /// StreamID.
+    pub(crate) nested: VecMap<u32, nested::NestedStream>,
 }
 
 impl<H: Hal> Domains<H> {
@@ -204,6 +217,7 @@ impl<H: Hal> Domains<H> {
             // VMID 0 is reserved for streams without stage 2.
             vmids: IdAllocator::new(vmid_bits, true, IdKind::Vmid)?,
             asids: IdAllocator::new(asid_bits, true, IdKind::Asid)?,
+            nested: VecMap::new(),
         })
     }
 
@@ -301,6 +315,7 @@ impl<H: Hal> Smmu<H> {
             tables: Tables::Owned(table),
             sids: Vec::new(),
             tlb_unknown: false,
+            nested_streams: 0,
         }))
     }
 
@@ -352,6 +367,14 @@ impl<H: Hal> Smmu<H> {
         if let Tables::Stage1(s1) = &d.tables {
             return self.stage1_ste(d, s1);
         }
+        Ste::stage2(&self.domain_s2(d)?)
+    }
+
+    /// The stage-2 fields of a stage-2 domain's STEs (plain or nested).
+    pub(crate) fn domain_s2(&self, d: &Domain<H>) -> Result<Stage2Ste> {
+        if matches!(d.tables, Tables::Stage1(_)) {
+            return Err(Error::Stage1Tables(d.id));
+        }
         let fields = d.tables.config().ste_fields();
         // Table walks use the attributes the tables are written with: the
         // VTCR-derived ones for a coherent SMMU, Non-cacheable and Outer
@@ -362,7 +385,7 @@ impl<H: Hal> Smmu<H> {
             let w = self.walk_attributes();
             (w.inner, w.outer, w.shareability)
         };
-        Ste::stage2(&Stage2Ste {
+        Ok(Stage2Ste {
             vmid: d.vmid,
             t0sz: fields.t0sz,
             sl0: fields.sl0,
@@ -388,10 +411,17 @@ impl<H: Hal> Smmu<H> {
             .get(&sid)
             .ok_or(Error::SidNotAttached(sid))?;
         self.write_ste(sid, &Ste::abort())?;
-        if matches!(domains.get(id)?.tables, Tables::Stage1(_)) && self.is_live() {
+        let guest_asid = Self::forget_nested_locked(&mut domains, sid);
+        let d = domains.get(id)?;
+        if (matches!(d.tables, Tables::Stage1(_)) || guest_asid.is_some()) && self.is_live() {
             // CFGI_STE (leaf) dropped the STE only: the CD it pointed at
-            // may still be cached for this StreamID.
-            self.submit(&[Command::CfgiCdAll { sid }])?;
+            // may still be cached for this StreamID (and a guest's
+            // stage-1 entries under its ASID).
+            let mut cmds = alloc::vec![Command::CfgiCdAll { sid }];
+            if let Some(asid) = guest_asid {
+                cmds.push(Command::TlbiNhAsid { vmid: d.vmid, asid });
+            }
+            self.submit(&cmds)?;
         }
         domains.attached.remove(&sid);
         domains.get_mut(id)?.sids.retain(|&s| s != sid);

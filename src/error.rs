@@ -56,6 +56,103 @@ pub enum Unsupported {
     Msi,
 }
 
+/// Why a translation-table geometry or edit was refused
+/// ([`Error::Table`]): the page-table engine ([`crate::pgtable`]) and the
+/// stage-2 configuration ([`crate::stage2::Stage2Config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableError {
+    /// An output address size (bits) that no PS / IPS encoding names: the
+    /// sizes are 32, 36, 40, 42, 44, 48 and 52.
+    OutputSize(u32),
+    /// A PS / IPS encoding the architecture reserves (7).
+    ReservedOutputSize(u8),
+    /// An input (IPA or VA) size below 25 bits: T0SZ above 39 needs
+    /// FEAT_TTST, which this driver does not support.
+    InputTooSmall(u32),
+    /// A stage-2 IPA size larger than the output size.
+    InputAboveOutput {
+        /// IPA bits.
+        input: u32,
+        /// Output address bits.
+        output: u32,
+    },
+    /// The start level cannot resolve an input of this size (at stage 2:
+    /// with at most 16 concatenated start tables).
+    StartLevel {
+        /// The start level.
+        level: u32,
+        /// Input address bits.
+        input: u32,
+    },
+    /// A stage-2 start level the architecture forbids with this output
+    /// size (4K level 0 needs more than 42 bits, 16K level 1 more than 40,
+    /// 64K level 1 more than 42).
+    StartLevelForOutput {
+        /// The start level.
+        level: u32,
+        /// Output address bits.
+        output: u32,
+    },
+    /// VTCR_EL2 sets fields this driver does not support (the bits set).
+    VtcrFields(u64),
+    /// VTCR_EL2.TG0 holds the reserved granule encoding (0b11).
+    ReservedGranule,
+    /// VTCR_EL2.SL0 selects a start level this driver does not support
+    /// (FEAT_TTST encodings).
+    StartLevelEncoding(u8),
+    /// VTCR_EL2.SH0 holds the reserved shareability encoding (0b01).
+    ReservedShareability,
+    /// An unmap or protect range covers only part of the block mapping
+    /// holding `addr`: the block must be split first (the domain calls do
+    /// that, with break-before-make or FEAT_BBM level 2).
+    SplitsBlock {
+        /// The first address of the range inside that block.
+        addr: u64,
+    },
+    /// The leaf format has no encoding for this permission (stage 1 has no
+    /// write-only).
+    Permission(crate::pgtable::Perm),
+    /// The tree's bookkeeping and its descriptors disagree (a table
+    /// descriptor pointing outside the tree, or at the last level): memory
+    /// corruption or a driver bug. Nothing was written.
+    Corrupt,
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableError::OutputSize(b) => write!(f, "no output size encoding for {b} bits"),
+            TableError::ReservedOutputSize(ps) => {
+                write!(f, "output size encoding {ps} is reserved")
+            }
+            TableError::InputTooSmall(b) => write!(f, "input size {b} bits is below 25"),
+            TableError::InputAboveOutput { input, output } => {
+                write!(f, "IPA size {input} bits exceeds the output size {output}")
+            }
+            TableError::StartLevel { level, input } => {
+                write!(f, "start level {level} cannot resolve {input} input bits")
+            }
+            TableError::StartLevelForOutput { level, output } => {
+                write!(
+                    f,
+                    "start level {level} not permitted with {output}-bit output"
+                )
+            }
+            TableError::VtcrFields(bits) => write!(f, "VTCR_EL2 sets unsupported bits {bits:#x}"),
+            TableError::ReservedGranule => write!(f, "VTCR_EL2.TG0 is reserved"),
+            TableError::StartLevelEncoding(sl0) => {
+                write!(f, "VTCR_EL2.SL0 = {sl0} is not a supported start level")
+            }
+            TableError::ReservedShareability => write!(f, "VTCR_EL2.SH0 is reserved"),
+            TableError::SplitsBlock { addr } => {
+                write!(f, "range covers part of the block mapping at {addr:#x}")
+            }
+            TableError::Permission(p) => write!(f, "the format cannot encode permission {p:?}"),
+            TableError::Corrupt => write!(f, "table descriptors and bookkeeping disagree"),
+        }
+    }
+}
+
 /// A command-queue error reported in CMDQ_CONS.ERR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CmdqError {
@@ -87,6 +184,8 @@ pub enum Error {
         size: usize,
         align: usize,
     },
+    /// A translation-table geometry or edit was refused.
+    Table(TableError),
     /// A caller-supplied value is invalid; the text says which.
     InvalidArgument(&'static str),
     /// A StreamID beyond the stream table (2^SIDSIZE, or the table's size).
@@ -170,6 +269,9 @@ pub enum Error {
     NotQuarantined(u32),
     /// No room to record one more quarantined (or pending) StreamID.
     QuarantineFull,
+    /// A guest's nested-translation request was refused; nothing changed
+    /// (`src/domain/nested.rs`).
+    Nested(crate::domain::NestedError),
 }
 
 impl fmt::Display for Error {
@@ -184,6 +286,7 @@ impl fmt::Display for Error {
                     "HAL memory at {paddr:#x} (size {size:#x}) breaks alignment {align:#x} or size"
                 )
             }
+            Error::Table(e) => write!(f, "translation table: {e}"),
             Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
             Error::SidOutOfRange { sid, limit } => {
                 write!(f, "StreamID {sid:#x} beyond limit {limit:#x}")
@@ -252,8 +355,15 @@ impl fmt::Display for Error {
             }
             Error::NotQuarantined(sid) => write!(f, "StreamID {sid:#x} is not quarantined"),
             Error::QuarantineFull => write!(f, "too many quarantined StreamIDs"),
+            Error::Nested(e) => write!(f, "nested translation refused: {e}"),
         }
     }
 }
 
 impl core::error::Error for Error {}
+
+impl From<TableError> for Error {
+    fn from(e: TableError) -> Self {
+        Error::Table(e)
+    }
+}

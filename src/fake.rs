@@ -2,7 +2,7 @@
 //! (physical = virtual address) and a clock that advances on every read, so
 //! bounded waits expire deterministically.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{GlobalAlloc, Layout, System, alloc_zeroed, dealloc};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
@@ -17,6 +17,59 @@ thread_local! {
     static FAIL_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
     static MISALIGN: Cell<bool> = const { Cell::new(false) };
     static LAYOUTS: RefCell<HashMap<usize, Layout>> = RefCell::new(HashMap::new());
+}
+
+/// The unit-test binary's one global allocator: the system allocator,
+/// counting allocations (and reallocations) per thread, so that a test can
+/// show a call made none ([`heap_allocations`]).
+struct CountingAlloc;
+
+thread_local! {
+    static HEAP_ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_allocation() {
+    // `try_with`: the counter may be gone while the thread exits.
+    let _ = HEAP_ALLOCS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which
+// upholds the GlobalAlloc contract; the counter neither allocates nor
+// unwinds.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        // SAFETY: the caller's promises about `layout` are passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        // SAFETY: `ptr` came from this allocator (hence from `System`) with
+        // `layout`, as the caller promises.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from this allocator with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Heap allocations (and reallocations) made on this thread so far, by
+/// anything: the driver, the fakes (a [`FakeHal`] DMA allocation counts
+/// too) and the test itself.
+pub fn heap_allocations() -> usize {
+    HEAP_ALLOCS.with(|c| c.get())
 }
 
 /// A HAL for host tests. Each thread has its own clock and counters.

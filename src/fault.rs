@@ -81,11 +81,21 @@ impl fmt::Display for FaultSummary {
         if let Some(ipa) = self.ipa {
             write!(f, " (IPA page {ipa:#x})")?;
         }
+        // Translation-class faults name their stage (S2 bit); other events
+        // (C_BAD_*) have none.
+        let stage = match self.kind {
+            _ if self.stage2 => " (stage 2)",
+            EventType::FTranslation
+            | EventType::FAddrSize
+            | EventType::FAccess
+            | EventType::FPermission => " (stage 1)",
+            _ => "",
+        };
         write!(
             f,
             " {}{}: {} record{}",
             if self.read { "read" } else { "write" },
-            if self.stage2 { " (stage 2)" } else { "" },
+            stage,
             self.records,
             if self.records == 1 { "" } else { "s" }
         )
@@ -148,6 +158,26 @@ mod tests {
         assert_eq!(
             line,
             "F_TRANSLATION sid 0x0008 addr 0x20000100..0x20000140 (IPA page 0x20000000) read (stage 2): 16 records"
+        );
+    }
+
+    /// A translation-class fault names its stage; stage 1 too (nested
+    /// streams and stage-1 domains); other events name none.
+    #[test]
+    fn stage_1_faults_say_so() {
+        let mut f = coalesce(&[translation(8, 0x600_0000, false)], 4096)[0];
+        f.stage2 = false;
+        f.ipa = None;
+        f.kind = EventType::FPermission;
+        assert_eq!(
+            alloc::format!("{f}"),
+            "F_PERMISSION sid 0x0008 addr 0x6000000 write (stage 1): 1 record"
+        );
+        f.kind = EventType::CBadStreamId;
+        f.addr_range = None;
+        assert_eq!(
+            alloc::format!("{f}"),
+            "C_BAD_STREAMID sid 0x0008 write: 1 record"
         );
     }
 

@@ -13,8 +13,9 @@
 #  3. the demo image judged against QEMU's SMMU trace (qemu/trace-check.py) on
 #     the default topology, on a switch topology, and on a GICv2 machine
 #     (where its SMMU interrupts must arrive through the GICv2), and on a
-#     each one test;
-#  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...);
+#     stage-1-only SMMU (-machine virt-9.1, EXPECT_STAGE=1), each one test;
+#  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...),
+#     and the stage1 suite on virt-9.1 (tests named virt91/...);
 #  5. the examples: built (ownership, shown in the README) and booted
 #     (minimal_hypervisor), one test line each.
 set -uo pipefail
@@ -57,6 +58,14 @@ QEMU_ARGS="-machine gic-version=2" EXPECT_GIC=2 \
 QEMU_ARGS="-machine gic-version=2" cargo test --no-fail-fast --test irq --test smp 2>&1 |
     sed -E 's/^test ([^ ]+) \.\.\./test gicv2\/\1 .../' | tee -a "$logs/target.txt"
 
+# A stage-1-only SMMU (-machine virt-9.1, as QEMU <= 9.1 models it): the demo
+# with every domain and VM on stage 1 (QEMU's trace must show only stage-1
+# translations and walks), then the stage-1 suite, each test named virt91/...
+echo "collect: stage-1-only SMMU (-machine virt-9.1): demo, stage1 suite"
+QEMU_ARGS="-machine virt-9.1" EXPECT_STAGE=1 \
+    python3 qemu/trace-check.py demo_stage1_only 2>&1 | tee -a "$logs/target.txt" | tail -n 5
+QEMU_ARGS="-machine virt-9.1" cargo test --no-fail-fast --test stage1 2>&1 |
+    sed -E 's/^test ([^ ]+) \.\.\./test virt91\/\1 .../' | tee -a "$logs/target.txt"
 
 # The README's ownership example builds for the bare-metal target and is
 # shown verbatim.
@@ -86,9 +95,10 @@ if [ "$host_status" -ne 0 ] && [ "$host_fail" -eq 0 ]; then
 fi
 
 # On target: per-test lines, and one summary per suite that ran.
-# Every [[test]] once, plus the two suites rerun on GICv2.
-gicv2_suites=2
-expected_suites=$(($(grep -c '^\[\[test\]\]' Cargo.toml) + gicv2_suites))
+# Every [[test]] once, plus the two suites rerun on GICv2 and the one on
+# virt-9.1.
+rerun_suites=3
+expected_suites=$(($(grep -c '^\[\[test\]\]' Cargo.toml) + rerun_suites))
 read -r t_pass t_fail t_suites t_nosummary < <(
     tr -d '\r' <"$logs/target.txt" | awk '
         /^ *Running tests\// { if (in_suite && !summary) missing++; in_suite = 1; summary = 0; suites++; next }

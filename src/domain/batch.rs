@@ -130,7 +130,7 @@ impl<'a, H: Hal> Batch<'a, H> {
         }
         smmu.write_stes(&updates)?;
         // A stage-1 stream's CD may still be cached after its CFGI_STE.
-        let cd_cfgis: Vec<Command> = self
+        let mut cd_cfgis: Vec<Command> = self
             .detach
             .iter()
             .filter(|sid| {
@@ -139,13 +139,32 @@ impl<'a, H: Hal> Batch<'a, H> {
                     .get(sid)
                     .and_then(|id| domains.get(*id).ok())
                     .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
+                    || domains.nested.contains_key(sid)
             })
             .map(|&sid| Command::CfgiCdAll { sid })
             .collect();
+        // A guest's nested stream leaves stage-1 entries under its VM's
+        // VMID and its ASID, which it gives up below.
+        for sid in &self.detach {
+            if let (Some(n), Some(d)) = (
+                domains.nested.get(sid),
+                domains
+                    .attached
+                    .get(sid)
+                    .and_then(|id| domains.get(*id).ok()),
+            ) {
+                cd_cfgis.push(Command::TlbiNhAsid {
+                    vmid: d.vmid,
+                    asid: n.cd.asid,
+                });
+            }
+        }
         if smmu.is_live() && !cd_cfgis.is_empty() {
             smmu.submit(&cd_cfgis)?;
         }
         for &sid in &self.detach {
+            // A guest's nested stream gives up its ASID.
+            Smmu::<H>::forget_nested_locked(&mut domains, sid);
             if let Some(id) = domains.attached.remove(&sid) {
                 domains.get_mut(id)?.sids.retain(|&s| s != sid);
             }
@@ -207,6 +226,11 @@ impl<'a, H: Hal> Batch<'a, H> {
                     cmds.extend(c);
                 }
                 InvalidationPlan::Fallback(c) => cmds.push(c),
+            }
+            // Combined stage-1+2 entries of nested streams (see
+            // `Domain::nested_streams`).
+            if d.nested_streams > 0 && !cmds.contains(&Command::TlbiNhAll { vmid: d.vmid }) {
+                cmds.push(Command::TlbiNhAll { vmid: d.vmid });
             }
         }
         // One TLBI_S12_VMALL per VMID is enough.

@@ -84,6 +84,7 @@ impl<H: Hal> Smmu<H> {
             },
             sids: Vec::new(),
             tlb_unknown: false,
+            nested_streams: 0,
         }))
     }
 }

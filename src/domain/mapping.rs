@@ -16,6 +16,7 @@
 use crate::cmd::{self, Command, InvalidationHints};
 use crate::error::{Error, Result};
 use crate::hal::Hal;
+use crate::pgtable::{Format, Table};
 use crate::smmu::Smmu;
 use crate::stage2::{MapOptions, Perm, Translation};
 
@@ -166,10 +167,9 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Splits every block `[ipa, ipa + len)` covers only partly, until
-    /// the range's edges fall on leaf boundaries. Returns whether a live
-    /// block was replaced without break (its entry may still be cached at
-    /// the block's level, so the following invalidation must not name a
-    /// level).
+    /// the range's edges fall on leaf boundaries: the stage-2 tables of
+    /// `d` ([`Smmu::split_blocks`] with TTL hints). Returns whether a live
+    /// block was replaced without break.
     pub(crate) fn split_partial_blocks(
         &self,
         d: &mut Domain<H>,
@@ -177,21 +177,48 @@ impl<H: Hal> Smmu<H> {
         len: u64,
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<bool> {
+        self.split_blocks(d, Domain::owned_mut, true, ipa, len, cpu)
+    }
+
+    /// Splits every block `[ipa, ipa + len)` covers only partly, in the
+    /// tables `tables(d)` returns (either stage), until the range's edges
+    /// fall on leaf boundaries. Returns whether a live block was replaced
+    /// without break (its entry may still be cached at the block's level,
+    /// so the following invalidation must not name a level).
+    ///
+    /// Every table the splits need is allocated first
+    /// ([`crate::pgtable::Table::reserve_splits`]): without memory the call
+    /// fails with [`Error::NoMemory`] before any block changes.
+    /// `level_hints`: the break's invalidation names the block's level.
+    pub(crate) fn split_blocks<F: Format>(
+        &self,
+        d: &mut Domain<H>,
+        tables: fn(&mut Domain<H>) -> Result<&mut Table<H, F>>,
+        level_hints: bool,
+        ipa: u64,
+        len: u64,
+        cpu: &mut dyn FnMut(&CpuInvalidation),
+    ) -> Result<bool> {
+        let mut reserve = tables(d)?.reserve_splits(ipa, len)?;
         let mut split_live = false;
-        while let Some(b) = d.owned()?.partial_block(ipa, len)? {
-            let split = d.owned()?.prepare_split(&b)?;
+        while let Some(b) = tables(d)?.partial_block(ipa, len)? {
+            let split = tables(d)?.prepare_split_from(&b, &mut reserve)?;
             if d.split_without_break {
                 // BBML2 on both sides: the table replaces the block in one
                 // store. Cached entries of the old block translate exactly
                 // as the new table does; the invalidation after the change
                 // removes them for the range that changes.
-                d.owned_mut()?.install_split(&b, split)?;
+                tables(d)?.install_split(&b, split)?;
                 split_live = true;
                 continue;
             }
             // Break before make: only the block (a leaf) changed.
-            d.owned_mut()?.break_block(&b)?;
-            let hints = InvalidationHints::leaves_at(Some(b.level));
+            tables(d)?.break_block(&b)?;
+            let hints = if level_hints {
+                InvalidationHints::leaves_at(Some(b.level))
+            } else {
+                InvalidationHints::NONE
+            };
             let r = self.invalidate_domain_range(d, b.ipa, b.size, hints);
             cpu(&CpuInvalidation {
                 domain: d.id,
@@ -204,10 +231,10 @@ impl<H: Hal> Smmu<H> {
                 // a table now could make two translations of one address
                 // live. Put the block back (invalid -> valid needs no
                 // invalidation); nothing changed but the window.
-                d.owned_mut()?.restore_block(&b)?;
+                tables(d)?.restore_block(&b)?;
                 return Err(e);
             }
-            d.owned_mut()?.install_split(&b, split)?;
+            tables(d)?.install_split(&b, split)?;
         }
         Ok(split_live)
     }
@@ -268,6 +295,16 @@ impl<H: Hal> Smmu<H> {
             let shift = d.tables.config().granule().shift();
             self.invalidate_ipa(d.vmid, ipa, len, shift, hints)
         };
+        // A guest's stage 1 nested on this stage 2: combined entries are
+        // tagged by VA, not IPA (IHI 0070: TLBI_S2_IPA need not remove
+        // them); TLBI_NH_ALL for the VMID does.
+        let r = r.and_then(|()| {
+            if d.nested_streams > 0 && self.is_live() {
+                self.submit(&[Command::TlbiNhAll { vmid: d.vmid }])
+            } else {
+                Ok(())
+            }
+        });
         d.tlb_unknown = r.is_err();
         r
     }
@@ -323,3 +360,7 @@ pub(crate) fn change_hints(
         InvalidationHints::leaves_at(level)
     }
 }
+
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;

@@ -10,9 +10,9 @@
 //! - a VMID when the SMMU implements stage 2: STE.S2VMID tags stage-1 TLB
 //!   entries there, so each domain needs its own and its TLBI_NH_* commands
 //!   name it; 0 on a stage-1-only SMMU;
-//! - stage-1 tables ([`crate::pgtable::stage1`]) walked through TTB0 of
+//! - stage-1 tables ([`crate::pgtable::format::s1`]) walked through TTB0 of
 //!   one context descriptor (EPD1 = 1, T0SZ = 64 - IPA bits, IPS = the
-//!   output size, MAIR = [`crate::pgtable::stage1::MAIR`]), which every
+//!   output size, MAIR = [`crate::pgtable::format::s1::MAIR`]), which every
 //!   attached STE points at (S1Fmt linear, S1CDMax = 0: one CD per stream,
 //!   the only layout QEMU models).
 //!
@@ -33,8 +33,8 @@ use crate::cmd::{self, Command, InvalidationHints};
 use crate::entry_plan::UpdateStep;
 use crate::error::{Error, Result, Unsupported};
 use crate::hal::{Dma, Hal};
-use crate::pgtable::Geometry;
-use crate::pgtable::stage1::{MAIR, Stage1Table};
+use crate::pgtable::format::s1::MAIR;
+use crate::pgtable::{Format, Geometry, Stage1, Stage1Table};
 use crate::smmu::Smmu;
 use crate::stage2::{Granule, Perm, Stage2Config};
 use crate::ste::{STE_1, Stage1Ste, Ste};
@@ -151,6 +151,7 @@ impl<H: Hal> Smmu<H> {
             })),
             sids: Vec::new(),
             tlb_unknown: false,
+            nested_streams: 0,
         }))
     }
 
@@ -258,11 +259,8 @@ impl<H: Hal> Smmu<H> {
         perm: Perm,
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
-        if perm == Perm::Write {
-            return Err(Error::InvalidArgument(
-                "stage 1 has no write-only permission",
-            ));
-        }
+        // Refused before anything changes (stage 1 has no write-only).
+        Stage1::with_perm(0, perm)?;
         s1(d)?.table.check_range_mapped(ipa, len)?;
         self.stage1_split_partial_blocks(d, ipa, len, cpu)?;
         s1(d)?.table.protect(ipa, len, perm)?;
@@ -276,7 +274,7 @@ impl<H: Hal> Smmu<H> {
         r
     }
 
-    /// The stage-1 twin of `split_partial_blocks` (src/domain/mapping.rs):
+    /// `split_blocks` (src/domain/mapping.rs) over the stage-1 tables:
     /// BBML2 on both sides replaces a block by its table in one store;
     /// otherwise break, invalidate (SMMU and `cpu`), make.
     fn stage1_split_partial_blocks(
@@ -286,29 +284,8 @@ impl<H: Hal> Smmu<H> {
         len: u64,
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
-        while let Some(b) = s1(d)?.table.partial_block(ipa, len)? {
-            let split = s1(d)?.table.prepare_split(&b)?;
-            if d.split_without_break {
-                s1(d)?.table.install_split(&b, split)?;
-                continue;
-            }
-            s1(d)?.table.break_block(&b)?;
-            let r = self.invalidate_domain_range(d, b.ipa, b.size, InvalidationHints::NONE);
-            cpu(&CpuInvalidation {
-                domain: d.id,
-                vmid: d.vmid,
-                ipa: b.ipa,
-                len: b.size,
-            });
-            if let Err(e) = r {
-                // The old block may still be cached: put it back rather
-                // than make two translations of one address live.
-                s1(d)?.table.restore_block(&b)?;
-                return Err(e);
-            }
-            s1(d)?.table.install_split(&b, split)?;
-        }
-        Ok(())
+        self.split_blocks(d, s1_table, false, ipa, len, cpu)
+            .map(|_| ())
     }
 
     /// TLBI_NH_VA over `[va, va + len)` of (`vmid`, `asid`) (range form
@@ -346,6 +323,11 @@ fn s1<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Ctx<H>> {
         Tables::Stage1(s) => Ok(s),
         _ => Err(Error::InvalidArgument("not a stage-1 domain")),
     }
+}
+
+/// The stage-1 tables of `d`.
+fn s1_table<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Table<H>> {
+    Ok(&mut s1(d)?.table)
 }
 
 #[cfg(test)]

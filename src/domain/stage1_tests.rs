@@ -7,7 +7,7 @@ use tock_registers::LocalRegisterCopy;
 use super::super::{DomainOptions, Stage, StagePolicy};
 use crate::cd::{CD_0, Cd};
 use crate::cmd::Command;
-use crate::error::{Error, Unsupported};
+use crate::error::{Error, TableError, Unsupported};
 use crate::fake::{FakeHal, FakeRegs};
 use crate::smmu::{Config, Smmu};
 use crate::stage2::{Granule, MapOptions, Perm, Stage2Config};
@@ -215,10 +215,10 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
         smmu.translate(id, 0x4000_0000).unwrap().unwrap().perm,
         Perm::Read
     );
-    assert!(matches!(
+    assert_eq!(
         smmu.protect(id, 0x4000_0000, 0x1000, Perm::Write),
-        Err(Error::InvalidArgument(_))
-    ));
+        Err(Error::Table(TableError::Permission(Perm::Write)))
+    );
     // Detach drops the cached CD as well as the STE.
     let before = regs.commands().len();
     smmu.detach(8).unwrap();

@@ -105,9 +105,15 @@ pub mod phase {
     pub const BAD_HVC: u64 = 1 << 6;
     /// Release one page and check it is gone, its neighbours not.
     pub const BALLOON: u64 = 1 << 7;
-    /// Everything.
+    /// Everything above (the nested phase is asked for separately).
     pub const ALL: u64 = (1 << 8) - 1;
+    /// Nested translation owned by the guest through the pvIOMMU
+    /// ([`super::nested`]); runs last, on device 0, and ends detached.
+    pub const NESTED: u64 = 1 << 8;
 }
+
+#[path = "guest_nested.rs"]
+pub mod nested;
 
 /// edu register offsets and its buffer, as the guest programs them.
 const EDU_BUF: u64 = 0x40000;
@@ -187,6 +193,8 @@ guest_image_start:
     bl      g_bad_hvc
 1:  tbz     x24, #7, 1f
     bl      g_balloon
+1:  tbz     x24, #8, 1f
+    bl      g_nested
 1:  ldr     x0, ={done}
     mov     x1, #0
     hvc     #0
@@ -581,6 +589,9 @@ g_balloon:
     ldp     x29, x30, [sp], #16
     ret
 
+"#,
+    nested::nested_phase_asm!(),
+    r#"
     .ltorg
     .balign 16
     .global guest_image_end
@@ -621,7 +632,39 @@ guest_image_end:
     c_balloon_cpu = const check::BALLOON_CPU,
     c_balloon_dma = const check::BALLOON_DMA,
     c_balloon_neighbours = const check::BALLOON_NEIGHBOURS,
+    pv_info = const hvc::PV_INFO,
+    pv_set_cd = const hvc::PV_SET_CD,
+    pv_inv_asid = const hvc::PV_INV_ASID,
+    pv_inv_va = const hvc::PV_INV_VA,
+    pv_detach = const hvc::PV_DETACH,
+    e_bad_ipa = const -2i64,
+    e_bad_cd = const -7i64,
+    e_bad_asid = const -8i64,
+    e_bad_stream = const -9i64,
+    n_tables = const nested::TABLES,
+    pte_rw = const nested::PTE_RW,
+    pte_ro = const nested::PTE_RO,
+    cd0 = const nested::CD0,
+    cd0_bad = const nested::CD0_BAD_IPS,
+    mair = const nested::MAIR,
+    asid = const nested::ASID,
+    va_rw = const nested::VA_RW,
+    va_ro = const nested::VA_RO,
+    va_walk = const nested::VA_WALK,
+    c_n_info = const check::NESTED_INFO,
+    c_n_bad = const check::NESTED_BAD,
+    c_n_set_cd = const check::NESTED_SET_CD,
+    c_n_dma = const check::NESTED_DMA,
+    c_n_perm = const check::NESTED_PERM,
+    c_n_walk = const check::NESTED_WALK,
+    c_n_unmap = const check::NESTED_UNMAP,
+    c_n_detach = const check::NESTED_DETACH,
 );
+
+const _: () = assert!(hvc::BAD_IPA == -2i64 as u64 && hvc::BAD_CD == -7i64 as u64);
+const _: () = assert!(hvc::BAD_ASID == -8i64 as u64 && hvc::BAD_STREAM == -9i64 as u64);
+const _: () =
+    assert!(nested::L2 == nested::TABLES + 0x1000 && nested::RW_PAGE == nested::TABLES + 0x4000);
 
 unsafe extern "C" {
     static guest_image_start: u8;

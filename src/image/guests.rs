@@ -21,6 +21,7 @@ use super::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, offsets,
 use super::hvc::{self, check};
 use super::vm::{Stop, TableModel, Vm, VmSpec, VmidPolicy};
 use super::{cpu, smp};
+use smmuv3::domain::Stage;
 
 /// Bound on a VM's run on CPU 1.
 pub const CPU1_TIMEOUT_NS: u64 = 60_000_000_000;
@@ -210,6 +211,7 @@ pub fn written_by_guest_of(devices: usize) -> Vec<Range<u64>> {
         offsets::BALLOON_BELOW..offsets::BALLOON_BELOW + n,
         offsets::BALLOON_ABOVE..offsets::BALLOON_ABOVE + n,
         balloon..balloon + 8,
+        guest::nested::TABLES..guest::nested::END,
         offsets::STACK_LOW..RAM_SIZE,
     ]
 }
@@ -289,9 +291,26 @@ pub fn describe(smmu: &Driver, vm: &Vm) -> String {
     } else {
         format!("sid {:#06x}", vm.sid)
     };
+    if vm.stage == Stage::Stage1 {
+        return format!(
+            "VM {}: {}; {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2, CPU only; no SMMU VMIDs), VTTBR_EL2 root {:#x}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+            vm.name,
+            super::vmstage::describe(smmu, vm),
+            vm.devices(),
+            vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
+            vttbr >> 48,
+            root,
+            RAM_IPA,
+            vm.ram_pa(),
+            RAM_SIZE >> 20,
+            CODE_IPA,
+            vm.code_pa()
+        );
+    }
     format!(
-        "VM {}: {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID, {}), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; {}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
+        "VM {}: {}; {} {sids}, CPU {}, VMID {:#x} (VTTBR_EL2) / {:#x} (STE.S2VMID, {}), VTTBR_EL2 root {:#x} {} STE S2TTB {:#x}; {}; RAM at IPA {:#x} (PA {:#x}, {} MiB), code at IPA {:#x} (PA {:#x})",
         vm.name,
+        super::vmstage::describe(smmu, vm),
         vm.devices(),
         vm.log.cpu.map_or(String::from("?"), |c| format!("{c}")),
         vttbr >> 48,
@@ -318,6 +337,9 @@ const VTCR_GEOMETRY: u64 = 0x3f | 0x3 << 6 | 0x3 << 14 | 0x7 << 16;
 /// VMIDs as the VM's policy says (equal, or the SMMU's private one), and
 /// HCR_EL2 read back as programmed.
 pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
+    if vm.stage == Stage::Stage1 {
+        return super::vmstage::identity(smmu, vm);
+    }
     let vttbr = vm
         .log
         .vttbr
@@ -796,6 +818,10 @@ pub fn balloon(smmu: &Driver, vm: &Vm, seed: u64) -> Result<String, String> {
         return Err(String::from("the released page was written"));
     }
     let how = match (vm.tables, vm.split_in_one_store) {
+        (TableModel::HypervisorOwned, _) if vm.stage == Stage::Stage1 => format!(
+            "CPU stage 2: HvStage2 unmap, CPU TLBI by VMID {:#x}; SMMU stage 1: Smmu::unmap (TLBI_NH_VA)",
+            vm.vmid
+        ),
         (TableModel::HypervisorOwned, _) => format!(
             "hypervisor-owned: HvStage2 unmap, CPU TLBI by VMID {:#x}, Smmu::invalidate by VMID {:#x}",
             vm.vmid, vm.smmu_vmid
@@ -834,9 +860,14 @@ pub fn demo_models(i: usize, spec: &mut VmSpec) {
 
 /// Builds, runs and judges every VM; adds the rows to `report`.
 pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
-    println!(
-        "Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices"
-    );
+    match super::vmstage::smmu_stage(smmu) {
+        Ok(Stage::Stage1) => println!(
+            "Guests: one EL1 VM per isolation group of edus; SMMU stage-1 domain for its devices, a separate CPU stage 2 with the same IPA -> PA"
+        ),
+        _ => println!(
+            "Guests: one EL1 VM per isolation group of edus; its stage 2 shared by its CPU and its devices"
+        ),
+    }
     let groups = match vm_groups(smmu, edus) {
         Ok(g) => g,
         Err(e) => {
@@ -850,6 +881,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
         .map(|(i, (members, sids))| {
             let mut spec = group_spec(i, members, sids, phase::ALL);
             demo_models(i, &mut spec);
+            // VM a also owns the stage 1 of its device (pvIOMMU), where
+            // the SMMU can nest.
+            if i == 0 && smmu.features().nested() {
+                spec.phases |= phase::NESTED;
+            }
             spec
         })
         .collect();
@@ -869,15 +905,18 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
     }
     for vm in &vms {
         println!("  {}", describe(smmu, vm));
+        for w in &vm.log.nested_walks {
+            println!("  VM {}: {}", vm.name, super::pviommu::describe_walk(w));
+        }
     }
     for (i, vm) in vms.iter().enumerate() {
         let n = format!("VM {}", vm.name);
         let seed = seed(i);
-        report.add(
-            &n,
-            "VTTBR_EL2 root == STE S2TTB, VMID policy",
-            identity(smmu, vm),
-        );
+        let check = match vm.stage {
+            Stage::Stage1 => "stage-1 STE/CD; CPU stage 2 maps alike",
+            Stage::Stage2 => "VTTBR_EL2 root == STE S2TTB, VMID policy",
+        };
+        report.add(&n, check, identity(smmu, vm));
         report.add(&n, "guest at EL1 on its CPU, ran to DONE", ran_at_el1(vm));
         report.add(
             &n,
@@ -904,6 +943,11 @@ pub fn demo(smmu: &Driver, edus: &[Edu], report: &mut Report) {
             "balloon: page out of 2 MiB region faults",
             balloon(smmu, vm, seed),
         );
+        if vm.phases() & phase::NESTED != 0 {
+            for (check, r) in super::pviommu::judge(smmu, vm, seed) {
+                report.add(&n, check, r);
+            }
+        }
     }
     for pair in vms.chunks(2) {
         if let [a, b] = pair {

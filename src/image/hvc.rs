@@ -14,6 +14,24 @@
 //! | `0xC600_0004` | LAST_ABORT | - | x0 = 0 and x1 = IPA (HPFAR_EL2.FIPA << 12 \| FAR_EL2\[11:0\]), x2 = ESR_EL2 of the last stage-2 data abort not yet queried; or x0 = [`NOTHING`] |
 //! | `0xC600_0005` | RELEASE | x1 IPA, x2 length | x0 = 0: the pages leave the VM's stage 2 (CPU and DMA), a balloon inflate |
 //!
+//!
+//! The paravirtual IOMMU (`pviommu.rs`; only on an SMMU with both stages):
+//!
+//! | x0 | call | arguments | returns |
+//! | --- | --- | --- | --- |
+//! | `0xC600_0010` | PV_INFO | - | x0 = 0, x1 = granules (bit 0 4K, 1 16K, 2 64K), x2 = largest CD.IPS, x3 = StreamID of its device 0 |
+//! | `0xC600_0011` | PV_SET_CD | x1 StreamID, x2 CD IPA | x0 = 0: the stream translates VA -> IPA with the guest's CD and tables, then its stage 2 |
+//! | `0xC600_0012` | PV_INV_ASID | x1 ASID | x0 = 0 after TLBI_NH_ASID + CMD_SYNC |
+//! | `0xC600_0013` | PV_INV_VA | x1 ASID, x2 VA, x3 length | x0 = 0 after TLBI_NH_VA (range) + CMD_SYNC |
+//! | `0xC600_0014` | PV_DETACH | x1 StreamID | x0 = 0: the stream is back on its VM's plain stage 2 |
+//!
+//! Their errors: [`BAD_IPA`] (CD or TTB0 not in its RAM, or misaligned),
+//! [`BAD_CD`] (-7, a CD field the SMMU or the policy refuses), [`BAD_ASID`]
+//! (-8, reserved, the driver's, another VM's, or not held),
+//! [`BAD_STREAM`] (-9, not one of its StreamIDs; DETACH of a stream that
+//! is not nested), [`BAD_LENGTH`] (an empty, unaligned or wrapping range),
+//! [`UNKNOWN_CALL`] on an SMMU without nesting.
+//!
 //! Errors (x0, as a signed value): [`UNKNOWN_CALL`] (-1, also SMCCC's
 //! NOT_SUPPORTED) for an unknown function ID, a non-zero HVC immediate, or
 //! a trapped SMC; [`BAD_IPA`] (-2) for an address that is not page aligned
@@ -47,6 +65,17 @@ pub const LAST_ABORT: u64 = 0xC600_0004;
 /// RELEASE(ipa, len).
 pub const RELEASE: u64 = 0xC600_0005;
 
+/// PV_INFO() -> (0, granules, max IPS, StreamID of device 0).
+pub const PV_INFO: u64 = 0xC600_0010;
+/// PV_SET_CD(sid, cd_ipa).
+pub const PV_SET_CD: u64 = 0xC600_0011;
+/// PV_INV_ASID(asid).
+pub const PV_INV_ASID: u64 = 0xC600_0012;
+/// PV_INV_VA(asid, va, len).
+pub const PV_INV_VA: u64 = 0xC600_0013;
+/// PV_DETACH(sid).
+pub const PV_DETACH: u64 = 0xC600_0014;
+
 /// Unknown call (SMCCC NOT_SUPPORTED).
 pub const UNKNOWN_CALL: u64 = -1i64 as u64;
 /// The address is not page aligned or not in the VM's mapped RAM.
@@ -59,6 +88,14 @@ pub const BAD_ARGUMENT: u64 = -4i64 as u64;
 pub const NOTHING: u64 = -5i64 as u64;
 /// The hypervisor failed to carry out a valid request.
 pub const FAILED: u64 = -6i64 as u64;
+
+/// A CD field the SMMU or the policy refuses (pvIOMMU).
+pub const BAD_CD: u64 = -7i64 as u64;
+/// An ASID that is reserved, the driver's, another VM's, or not held
+/// (pvIOMMU).
+pub const BAD_ASID: u64 = -8i64 as u64;
+/// Not one of the VM's StreamIDs, or not nested (pvIOMMU).
+pub const BAD_STREAM: u64 = -9i64 as u64;
 
 /// What a faulting load with a valid syndrome reads.
 pub const POISON: u64 = 0x5AFE_0BAD_DEAD_BEEF;
@@ -107,8 +144,26 @@ pub mod check {
     /// DMA between the two neighbouring pages still works (detail:
     /// mismatching words).
     pub const BALLOON_NEIGHBOURS: u64 = 20;
+    /// PV_INFO answered (detail: x0).
+    pub const NESTED_INFO: u64 = 21;
+    /// Hostile PV calls got their typed errors (detail: wrong answers).
+    pub const NESTED_BAD: u64 = 22;
+    /// PV_SET_CD of its own CD (detail: x0).
+    pub const NESTED_SET_CD: u64 = 23;
+    /// DMA through guest VAs: device reads one VA, writes another; the
+    /// bytes are at the IPAs its tables name (detail: the VA written).
+    pub const NESTED_DMA: u64 = 24;
+    /// DMA write to a read-only VA: F_PERMISSION (detail: VA).
+    pub const NESTED_PERM: u64 = 25;
+    /// DMA to a VA whose table lies outside its RAM: the walk is stopped
+    /// by stage 2 (detail: VA).
+    pub const NESTED_WALK: u64 = 26;
+    /// Unmap + PV_INV_VA, then DMA to the VA faults (detail: VA).
+    pub const NESTED_UNMAP: u64 = 27;
+    /// PV_DETACH, then DMA through IPAs works again (detail: failures).
+    pub const NESTED_DETACH: u64 = 28;
     /// The highest check ID.
-    pub const MAX: u64 = 20;
+    pub const MAX: u64 = 28;
 
     /// A short name for tables.
     pub fn name(id: u64) -> &'static str {
@@ -133,6 +188,14 @@ pub mod check {
             BALLOON_CPU => "balloon: load from page aborts",
             BALLOON_DMA => "balloon: DMA to page blocked",
             BALLOON_NEIGHBOURS => "balloon: neighbours still work",
+            NESTED_INFO => "nested: PV_INFO",
+            NESTED_BAD => "nested: hostile PV calls refused",
+            NESTED_SET_CD => "nested: PV_SET_CD",
+            NESTED_DMA => "nested: DMA through guest VAs",
+            NESTED_PERM => "nested: read-only VA: F_PERMISSION",
+            NESTED_WALK => "nested: walk stopped by stage 2",
+            NESTED_UNMAP => "nested: unmap + PV_INV_VA faults",
+            NESTED_DETACH => "nested: PV_DETACH, IPAs again",
             _ => "?",
         }
     }
@@ -209,6 +272,9 @@ pub fn answer_name(x0: u64) -> &'static str {
         BAD_ARGUMENT => "BAD_ARGUMENT",
         NOTHING => "NOTHING",
         FAILED => "FAILED",
+        BAD_CD => "BAD_CD",
+        BAD_ASID => "BAD_ASID",
+        BAD_STREAM => "BAD_STREAM",
         _ => "value",
     }
 }

@@ -21,6 +21,7 @@ pub mod dma;
 pub mod edu;
 pub mod entry;
 pub mod exceptions;
+pub mod fwcfg;
 pub mod gic;
 pub mod guest;
 pub mod guests;
@@ -34,10 +35,12 @@ pub mod mmu;
 pub mod pci;
 pub mod platform;
 pub mod psci;
+pub mod pviommu;
 pub mod semihosting;
 pub mod smp;
 pub mod vcpu;
 pub mod vm;
+pub mod vmstage;
 
 use alloc::vec::Vec;
 

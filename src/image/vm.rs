@@ -32,6 +32,11 @@
 //! image.
 //!
 //! SMMU events are attributed to VMs by StreamID ([`route_events`]).
+//!
+//! On a stage-1-only SMMU the VM's SMMU domain is a stage-1 domain and its
+//! CPU gets hypervisor-owned tables with the same IPA -> PA layout
+//! (`vmstage.rs`). Where the SMMU can nest, the guest may own the stage 1
+//! of its devices through the pvIOMMU hypercalls (`pviommu.rs`).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -44,7 +49,7 @@ use aarch64_cpu::registers::{
     SCTLR_EL1, SP_EL1, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2, Writeable,
 };
 use smmuv3::Dma;
-use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2};
+use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2, Stage};
 use smmuv3::event::Event;
 use smmuv3::fault::{self, FaultSummary};
 use smmuv3::stage2::{MapOptions, Perm, Translation};
@@ -281,6 +286,11 @@ pub struct VmLog {
     pub smmu_invalidations: Vec<(u64, u64)>,
     /// Released pages.
     pub released: Vec<u64>,
+    /// pvIOMMU calls (`pviommu.rs`).
+    pub pv: Vec<super::pviommu::PvRecord>,
+    /// The nested translations its accepted CDs gave (walked by the
+    /// hypervisor).
+    pub nested_walks: Vec<super::pviommu::NestedWalk>,
     last_abort: Option<Abort>,
 }
 
@@ -325,8 +335,13 @@ pub struct Vm {
     pub smmu_vmid: u16,
     /// Its VMID policy.
     pub vmid_policy: VmidPolicy,
-    /// Who owns its tables.
+    /// Who owns its tables (the CPU's stage 2; on a stage-1-only SMMU
+    /// always the hypervisor's, see [`super::vmstage`]).
     pub tables: TableModel,
+    /// The stage its SMMU domain translates with: stage 2 shares the
+    /// CPU's tables; stage 1 (an SMMU without stage 2) is a separate
+    /// driver-owned stage-1 domain with the same IPA -> PA mappings.
+    pub stage: Stage,
     /// Driver-owned tables: a split replaces a block in one store (the
     /// domain was created with `cpu_bbml2` and the SMMU has BBML = 2);
     /// otherwise it breaks before make.
@@ -409,7 +424,14 @@ impl Vm {
             VmidPolicy::Cpu => Some(spec.vmid),
             VmidPolicy::Private => None,
         };
-        let (domain, hv, vtcr, split_in_one_store) = match spec.tables {
+        let stage = super::vmstage::smmu_stage(smmu)?;
+        // A stage-1 SMMU domain cannot be the CPU's stage 2: the CPU gets
+        // hypervisor-owned tables (the SMMU domain is created below).
+        let tables = match stage {
+            Stage::Stage1 => TableModel::HypervisorOwned,
+            Stage::Stage2 => spec.tables,
+        };
+        let (domain, hv, split_in_one_store) = match tables {
             TableModel::DriverOwned => {
                 let stage2 = stage2_config()?;
                 let cpu_bbml2 = spec.cpu_bbml2 && cpu_bbm_level() >= 2;
@@ -421,7 +443,7 @@ impl Vm {
                     })
                     .map_err(|e| format!("create_domain: {e}"))?;
                 let one_store = cpu_bbml2 && smmu.features().bbml >= 2;
-                (domain, None, stage2.vtcr(), one_store)
+                (domain, None, one_store)
             }
             TableModel::HypervisorOwned => {
                 let mut hv = HvStage2::new();
@@ -440,6 +462,10 @@ impl Vm {
                     )?;
                 }
                 m(&mut hv, RAM_IPA, ram.paddr(), RAM_SIZE, HvMemory::Ram)?;
+                if stage == Stage::Stage1 {
+                    let domain = super::vmstage::create_stage1_domain(smmu)?;
+                    return Vm::finish(smmu, spec, sid, stage, domain, Some(hv), code, ram);
+                }
                 let domain = smmu
                     .create_external_domain(ExternalStage2 {
                         vtcr: HvStage2::vtcr(),
@@ -448,8 +474,67 @@ impl Vm {
                         access_flag_fault_disable: true,
                     })
                     .map_err(|e| format!("create_external_domain: {e}"))?;
-                (domain, Some(hv), HvStage2::vtcr(), false)
+                (domain, Some(hv), false)
             }
+        };
+        Vm::finish_with(
+            smmu,
+            spec,
+            sid,
+            stage,
+            domain,
+            hv,
+            code,
+            ram,
+            tables,
+            split_in_one_store,
+        )
+    }
+
+    /// [`Vm::create`]'s end for a stage-1 SMMU domain: CPU tables
+    /// hypervisor-owned, SMMU tables driver-owned (stage 1).
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        smmu: &Driver,
+        spec: &VmSpec,
+        sid: u32,
+        stage: Stage,
+        domain: DomainId,
+        hv: Option<HvStage2>,
+        code: Dma<ImageHal>,
+        ram: Dma<ImageHal>,
+    ) -> Result<Vm, String> {
+        Vm::finish_with(
+            smmu,
+            spec,
+            sid,
+            stage,
+            domain,
+            hv,
+            code,
+            ram,
+            TableModel::HypervisorOwned,
+            false,
+        )
+    }
+
+    /// Builds the [`Vm`] around its domain and memory, maps and attaches.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_with(
+        smmu: &Driver,
+        spec: &VmSpec,
+        sid: u32,
+        stage: Stage,
+        domain: DomainId,
+        hv: Option<HvStage2>,
+        code: Dma<ImageHal>,
+        ram: Dma<ImageHal>,
+        tables: TableModel,
+        split_in_one_store: bool,
+    ) -> Result<Vm, String> {
+        let vtcr = match tables {
+            TableModel::HypervisorOwned => HvStage2::vtcr(),
+            TableModel::DriverOwned => stage2_config()?.vtcr(),
         };
         let smmu_vmid = smmu.domain_info(domain).map_or(0, |i| i.vmid);
         let vm = Vm {
@@ -461,7 +546,8 @@ impl Vm {
             vmid: spec.vmid,
             smmu_vmid,
             vmid_policy: spec.vmid_policy,
-            tables: spec.tables,
+            tables,
+            stage,
             split_in_one_store,
             fill: spec.fill,
             vtcr,
@@ -493,7 +579,7 @@ impl Vm {
     /// Driver-owned tables: maps code, each BAR0 and RAM. Then attaches
     /// the group.
     fn map_all(&self, smmu: &Driver) -> Result<(), String> {
-        if self.tables == TableModel::DriverOwned {
+        if self.tables == TableModel::DriverOwned || self.stage == Stage::Stage1 {
             let map = |ipa: u64, pa: u64, len: u64, opts: MapOptions| {
                 smmu.map_with(self.domain, ipa, pa, len, &opts)
                     .map_err(|e| format!("map IPA {ipa:#x}+{len:#x}: {e}"))
@@ -568,6 +654,11 @@ impl Vm {
             .map(|e| format!("{}", e.bdf))
             .collect::<Vec<_>>()
             .join("+")
+    }
+
+    /// The phases its guest runs (entry x5, [`guest::phase`]).
+    pub fn phases(&self) -> u64 {
+        self.args[5]
     }
 
     /// Sets the address its "foreign" phase probes (entry x3).
@@ -651,7 +742,8 @@ impl Vm {
         let info = smmu
             .domain_info(self.domain)
             .map_err(|e| format!("domain_info: {e}"))?;
-        Ok(info.root | u64::from(self.vmid) << 48)
+        let root = self.hv_root().unwrap_or(info.root);
+        Ok(root | u64::from(self.vmid) << 48)
     }
 
     /// Programs this CPU's EL2 (and initial EL1) state for the VM.
@@ -834,6 +926,13 @@ impl Vm {
         let mut out = [0u64; 3];
         let mut tables_unchanged = None;
         let mut stop = None;
+        if imm == 0 && super::pviommu::is_call(x[0]) {
+            // Logged in `log.pv` (not `log.hvcs`, whose rows count the
+            // base interface's rejections).
+            let pv = super::pviommu::call(self, smmu, &x);
+            self.vcpu.guest.x[..4].copy_from_slice(&pv);
+            return None;
+        }
         match hvc::decode(imm, &x) {
             Err(code) => out[0] = code,
             Ok(Call::Report { device, .. }) if device >= self.edus.len() as u64 => {
@@ -925,18 +1024,29 @@ impl Vm {
             cpu_tlb_invalidate(cpu_vmid, ipa, len);
             self.log.cpu_tlbis.push((ipa, len));
             self.log.cpu_tlbi_vmids.push((cpu_vmid, None));
-            if let Err(e) = smmu.invalidate(self.domain, ipa, len) {
+            // Stage-1 SMMU domain: its own tables lose the page too (the
+            // driver's TLBI_NH_VA + SYNC inside `unmap`).
+            let smmu_side = match self.stage {
+                Stage::Stage2 => smmu.invalidate(self.domain, ipa, len),
+                Stage::Stage1 => smmu.unmap(self.domain, ipa, len),
+            };
+            if let Err(e) = smmu_side {
                 println!(
-                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: invalidate: {e}",
+                    "  VM {}: RELEASE {ipa:#x}+{len:#x}: SMMU side: {e}",
                     self.name
                 );
                 return hvc::FAILED;
             }
             self.log.smmu_invalidations.push((ipa, len));
-            format!(
-                "unmapped in HvStage2, CPU TLBI (VMID {cpu_vmid:#x}), then Smmu::invalidate (VMID {:#x}); no table freed",
-                self.smmu_vmid
-            )
+            match self.stage {
+                Stage::Stage2 => format!(
+                    "unmapped in HvStage2, CPU TLBI (VMID {cpu_vmid:#x}), then Smmu::invalidate (VMID {:#x}); no table freed",
+                    self.smmu_vmid
+                ),
+                Stage::Stage1 => format!(
+                    "unmapped in HvStage2 (CPU), CPU TLBI (VMID {cpu_vmid:#x}), then Smmu::unmap of the stage-1 domain (TLBI_NH_VA)"
+                ),
+            }
         } else {
             let hooks = &mut self.log.cpu_tlbis;
             let vmids = &mut self.log.cpu_tlbi_vmids;

@@ -2,10 +2,10 @@
 //! bits pinned against the architecture's positions, geometry, and the
 //! map/unmap/protect/split behaviour.
 
-use super::stage1::{MAIR, Stage1Table};
+use super::format::s1::MAIR;
 use super::*;
+use crate::error::{Error, TableError, Unsupported};
 use crate::fake::FakeHal;
-use crate::stage2::{MapOptions, Memory, Perm};
 
 type T = Stage1Table<FakeHal>;
 
@@ -70,11 +70,11 @@ fn geometry_start_levels() {
     );
     assert!(matches!(
         Geometry::stage1(Granule::K4, 24, 44),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Table(TableError::InputTooSmall(24)))
     ));
     assert!(matches!(
         Geometry::stage1(Granule::K4, 40, 43),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Table(TableError::OutputSize(43)))
     ));
     assert_eq!(
         Geometry::stage1(Granule::K4, 40, 44)
@@ -144,7 +144,7 @@ fn write_only_is_refused_and_changes_nothing() {
     let before = t.snapshot();
     assert!(matches!(
         t.map(0x1000, 0x1000, 0x1000, Perm::Write),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Table(TableError::Permission(Perm::Write)))
     ));
     assert_eq!(t.snapshot(), before);
     t.map(0x1000, 0x1000, 0x1000, Perm::ReadWrite).unwrap();
@@ -231,7 +231,7 @@ fn refusals_change_nothing() {
     );
     assert!(matches!(
         t.unmap(0x4000_1000, 0x1000),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Table(TableError::SplitsBlock { addr: 0x4000_1000 }))
     ));
     assert_eq!(
         t.map(1 << 40, 0, 0x1000, Perm::Read),

@@ -8,7 +8,7 @@
 //!   (the domain's STEs force privileged transactions with PRIVCFG, so a
 //!   device whose requests carry no privilege, like PCIe without PASID,
 //!   is checked against these EL1 permissions). Stage 1 has no write-only
-//!   encoding: [`Perm::Write`] is refused.
+//!   encoding: [`Perm::Write`] is refused ([`TableError::Permission`]).
 //! - AttrIndx: [`ATTR_NORMAL`] (Normal write-back) or [`ATTR_DEVICE`]
 //!   (Device-nGnRE) of the CD's MAIR ([`MAIR`]).
 //! - SH: inner shareable for Normal memory, outer for Device.
@@ -17,9 +17,9 @@
 
 use tock_registers::{LocalRegisterCopy, register_bitfields};
 
-use super::{Format, Table};
-use crate::error::{Error, Result};
-use crate::stage2::{MapOptions, Memory, Perm};
+use super::Format;
+use crate::error::{Result, TableError};
+use crate::pgtable::{Geometry, MapOptions, Memory, Perm, Table};
 
 register_bitfields! [u64,
     /// The stage-1 leaf attribute fields (Arm ARM D8, "Stage 1 attribute
@@ -88,13 +88,17 @@ fn read_only(perm: Perm) -> Result<u64> {
     match perm {
         Perm::ReadWrite => Ok(0),
         Perm::Read => Ok(1),
-        Perm::Write => Err(Error::InvalidArgument(
-            "stage 1 has no write-only permission",
-        )),
+        Perm::Write => Err(TableError::Permission(Perm::Write).into()),
     }
 }
 
 impl Format for Stage1 {
+    type Config = Geometry;
+
+    fn geometry(cfg: &Geometry) -> Geometry {
+        *cfg
+    }
+
     fn leaf_attributes(opts: &MapOptions) -> Result<u64> {
         let (attr, sh) = match opts.memory {
             Memory::Normal => (ATTR_NORMAL, S1_DESC::SH::InnerShareable),
