@@ -276,6 +276,13 @@ pub enum Error {
         /// The StreamID that could not be restored.
         sid: u32,
     },
+    /// The StreamID is quarantined (`Smmu::quarantine`): it stays aborted
+    /// until `Smmu::release`, and the call would have let it reach memory.
+    Quarantined(u32),
+    /// `Smmu::release` of a StreamID that is not quarantined.
+    NotQuarantined(u32),
+    /// No room to record one more quarantined (or pending) StreamID.
+    QuarantineFull,
     /// A guest's nested-translation request was refused; nothing changed
     /// (`src/domain/nested.rs`).
     Nested(crate::domain::NestedError),
@@ -357,6 +364,11 @@ impl fmt::Display for Error {
                 f,
                 "a group operation failed and StreamID {sid:#x} could not be restored"
             ),
+            Error::Quarantined(sid) => {
+                write!(f, "StreamID {sid:#x} is quarantined until released")
+            }
+            Error::NotQuarantined(sid) => write!(f, "StreamID {sid:#x} is not quarantined"),
+            Error::QuarantineFull => write!(f, "too many quarantined StreamIDs"),
             Error::Nested(e) => write!(f, "nested translation refused: {e}"),
         }
     }

@@ -2,7 +2,10 @@
 //!
 //! [`EventQueue::drain`] reads PROD (on register page 1), makes the records
 //! it covers visible to the CPU, hands each to the caller, and frees their
-//! slots with one CONS write. Overflow is detected from PROD.OVFLG differing
+//! slots with one CONS write. [`EventQueue::drain_up_to`] does the same for
+//! at most a given number of records and leaves the rest in the queue:
+//! [`crate::smmu::Smmu::service`] copies records out in fixed-size chunks
+//! this way and runs its callback with the queue unlocked. Overflow is detected from PROD.OVFLG differing
 //! from the OVACKFLG last written to CONS, and acknowledged by copying it.
 //! (QEMU's model never sets OVFLG; it drops records and raises
 //! GERROR.EVENTQ_ABT_ERR instead, which [`crate::smmu::Smmu`] handles.)
@@ -18,13 +21,17 @@ use crate::regs::Q_PROD;
 /// 64-bit words per event record.
 pub const EVT_DWORDS: usize = 4;
 
-/// What one [`EventQueue::drain`] found.
+/// What one [`EventQueue::drain`] (or one [`crate::smmu::Smmu::service`]
+/// call) found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
     /// Records read.
     pub records: u32,
     /// The queue overflowed (records were lost) since the last drain.
     pub overflow: bool,
+    /// Records were still in the queue when the call stopped at its bound;
+    /// they stay there for the next call.
+    pub left_in_queue: bool,
 }
 
 /// The event queue's memory and consumer state.
@@ -78,12 +85,27 @@ impl<H: Hal> EventQueue<H> {
 
     /// Hands every record the SMMU has written to `each`, oldest first, and
     /// returns them to the SMMU.
-    pub fn drain(&mut self, mmio: &Mmio, mut each: impl FnMut([u64; EVT_DWORDS])) -> Drained {
+    pub fn drain(&mut self, mmio: &Mmio, each: impl FnMut([u64; EVT_DWORDS])) -> Drained {
+        self.drain_up_to(mmio, u32::MAX, each)
+    }
+
+    /// Hands at most `max` of the records the SMMU has written to `each`,
+    /// oldest first, and returns their slots to the SMMU; the others stay
+    /// in the queue ([`Drained::left_in_queue`]). An overflow is reported
+    /// (and acknowledged) by the first call that sees it, however many
+    /// records that call takes.
+    pub fn drain_up_to(
+        &mut self,
+        mmio: &Mmio,
+        max: u32,
+        mut each: impl FnMut([u64; EVT_DWORDS]),
+    ) -> Drained {
         let ring = self.ring();
         let prod_reg = mmio.p1().eventq_prod.extract();
         let prod = prod_reg.get() & ring.wrap_index_mask();
         let overflowed = prod_reg.is_set(Q_PROD::OVFLG);
-        let n = ring.used(prod, self.cons);
+        let available = ring.used(prod, self.cons);
+        let n = available.min(max);
         // Records must be read after PROD (and, if not coherent, fetched
         // from memory rather than stale cache lines).
         self.queue.refresh(self.cons, n);
@@ -103,7 +125,17 @@ impl<H: Hal> EventQueue<H> {
         Drained {
             records: n,
             overflow,
+            left_in_queue: n < available,
         }
+    }
+}
+
+#[cfg(test)]
+impl<H: Hal> EventQueue<H> {
+    /// Plays the SMMU: writes `record` into the slot of wrap+index `p`
+    /// (the test then moves EVENTQ_PROD).
+    pub(crate) fn inject(&self, p: u32, record: &[u64; EVT_DWORDS]) {
+        self.queue.write(p, record);
     }
 }
 
@@ -132,7 +164,8 @@ mod tests {
             d,
             Drained {
                 records: 3,
-                overflow: false
+                overflow: false,
+                left_in_queue: false,
             }
         );
         assert_eq!(seen, [0, 0x1000, 0x2000]);
@@ -151,7 +184,8 @@ mod tests {
             d,
             Drained {
                 records: 2,
-                overflow: true
+                overflow: true,
+                left_in_queue: false,
             }
         );
         assert_eq!(seen, [0x3000, 0x4000]);

@@ -19,6 +19,11 @@
 //! `attach_group` also works on StreamIDs that were never declared (an ad
 //! hoc all-or-nothing batch, e.g. one device's alias StreamIDs).
 //!
+//! A quarantined StreamID ([`Smmu::quarantine`]) is never attached:
+//! `attach` and `attach_group` fail with [`Error::Quarantined`] before
+//! anything changes; `detach` and `detach_group` succeed and leave it
+//! aborted (its release then restores abort).
+//!
 //! Lock order: the group table is taken before the domains (and so before
 //! the stream table and the command queue), and held across a whole group
 //! call, so no lone attach can interleave with it.
@@ -144,9 +149,10 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Points `sid` at the domain's stage-2 tables. The StreamID must
-    /// currently be aborted (never attached, or detached), and must not
+    /// currently be aborted (never attached, or detached), must not
     /// belong to a declared group of several StreamIDs
-    /// ([`Error::SidInGroup`]: use [`Smmu::attach_group`]).
+    /// ([`Error::SidInGroup`]: use [`Smmu::attach_group`]), and must not be
+    /// quarantined ([`Error::Quarantined`]).
     pub fn attach(&self, id: DomainId, sid: u32) -> Result<()> {
         let groups = self.groups.lock();
         if let Some(group) = groups.shared_group_of(sid) {
@@ -177,6 +183,10 @@ impl<H: Hal> Smmu<H> {
         groups.check_whole(&sids)?;
         for sid in &sids {
             self.check_sid(*sid)?;
+            // Refused up front, so no member is attached and rolled back.
+            if self.is_quarantined(*sid) {
+                return Err(Error::Quarantined(*sid));
+            }
         }
         for (done, &sid) in sids.iter().enumerate() {
             if let Err(e) = self.attach_stream(id, sid) {

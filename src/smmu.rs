@@ -20,6 +20,31 @@
 //! Interrupt handlers only ever `try_lock`, so an interrupt taken while the
 //! same CPU holds a lock cannot deadlock; the lock holder handles the
 //! condition itself.
+//!
+//! # Events, quarantine and interrupt context
+//!
+//! [`Smmu::service`] (and [`Smmu::drain_events`]) copy at most
+//! [`EVENT_CHUNK`] records at a time into an array on the stack, release
+//! the event queue lock, and only then hand them to the callback; they
+//! repeat until the queue is empty or one queue's worth of records
+//! (2^`eventq_log2`) has been handed out in this call. Records still in the
+//! queue then stay there for the next call ([`Drained::left_in_queue`]); an
+//! overflow is reported by the call that first sees it. One caller drains
+//! at a time (records arrive in order); a caller that finds another
+//! draining returns `None` and the one draining goes round again.
+//!
+//! [`Smmu::quarantine`] aborts a StreamID and keeps it aborted until
+//! [`Smmu::release`] (see `src/smmu/quarantine.rs`).
+//!
+//! What may run in interrupt context (it never waits for a lock; work it
+//! cannot do because a lock is held is left to the holder, or to the next
+//! call): [`Smmu::service`], [`Smmu::drain_events`], [`Smmu::handle_gerror`],
+//! [`Smmu::quarantine`], [`Smmu::stats`], [`Smmu::state`],
+//! [`Smmu::features`]. Everything else takes locks and must run in thread
+//! context (or in an interrupt handler that can never interrupt a driver
+//! call on its CPU). A `service` callback runs with no driver lock held:
+//! called from thread context it may call any method; called from an
+//! interrupt handler, only the ones above.
 
 use core::fmt;
 use core::mem::ManuallyDrop;
@@ -40,8 +65,17 @@ use crate::features::{Features, IdRegs};
 use crate::hal::{Hal, wait_for};
 use crate::mmio::Mmio;
 use crate::regs::{CR0, CR1, CR2, GBPA, GERROR, IRQ_CFG0, IRQ_CFG2, IRQ_CTRL};
-use crate::ste::{Ste, UpdateStep, plan_update};
+use crate::ste::{Ste, SteConfig, UpdateStep, plan_update};
 use crate::strtab::{self, Format, StreamTable};
+
+mod quarantine;
+
+pub use quarantine::{MAX_PENDING_QUARANTINES, MAX_QUARANTINED, Quarantine};
+
+/// Event records [`Smmu::service`] copies out of the queue per round and
+/// hands to its callback with the queue unlocked (an array of this many
+/// 32-byte records lives on the stack meanwhile).
+pub const EVENT_CHUNK: usize = 16;
 
 /// How the stream table is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +343,20 @@ pub struct Smmu<H: Hal> {
     /// Declared isolation groups (src/group.rs); taken before `domains`.
     pub(crate) groups: Mutex<crate::group::GroupTable>,
     counters: Counters,
+    /// StreamIDs the stream table covers (fixed at `new`; read without a lock).
+    sid_limit: u64,
+    /// Records the event queue holds (the bound on one `service` call).
+    eventq_entries: u32,
+    /// Someone is draining the event queue.
+    draining: AtomicBool,
+    /// A drain was refused while `draining`: the drainer goes round again.
+    drain_again: AtomicBool,
+    /// Quarantined StreamIDs (src/smmu/quarantine.rs): locked only while
+    /// the stream table lock is held, so it is never contended.
+    quarantined: Mutex<quarantine::Table>,
+    /// Quarantines asked for while the stream table or command queue was
+    /// busy (lock-free, for interrupt context).
+    pending: quarantine::Pending,
 }
 
 /// Checks MSI targets against what the SMMU can do.
@@ -408,6 +456,7 @@ impl<H: Hal> Smmu<H> {
         )?
         .with_max_per_sync(features.max_commands_per_sync());
         let evtq = EventQueue::new(config.eventq_log2.min(eventq_max), eventq_max, coherent)?;
+        let (sid_limit, eventq_entries) = (strtab.limit(), evtq.ring().entries());
         let domains = Domains::new(u32::from(features.vmid_bits), u32::from(features.asid_bits))?;
         Ok(Self {
             mmio,
@@ -421,6 +470,12 @@ impl<H: Hal> Smmu<H> {
             domains: ManuallyDrop::new(Mutex::new(domains)),
             groups: Mutex::new(crate::group::GroupTable::default()),
             counters: Counters::default(),
+            sid_limit,
+            eventq_entries,
+            draining: AtomicBool::new(false),
+            drain_again: AtomicBool::new(false),
+            quarantined: Mutex::new(quarantine::Table::default()),
+            pending: quarantine::Pending::default(),
         })
     }
 
@@ -704,13 +759,42 @@ impl<H: Hal> Smmu<H> {
     /// order (body first, dword 0 last; a live entry that changes in more
     /// than one dword goes through abort), with CFGI_STE + CMD_SYNC after
     /// each visible step.
+    ///
+    /// A quarantined StreamID ([`Smmu::quarantine`]) keeps its abort STE:
+    /// an abort `target` is recorded as what [`Smmu::release`] restores
+    /// (nothing is written), any other is refused with
+    /// [`Error::Quarantined`].
     pub fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
         let mut strtab = self.strtab.lock();
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        let r = match self.quarantined.lock().redirect(sid, target) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.write_ste_with(&mut strtab, sid, target, &mut |c| self.submit_locked(c))
+            }
+            Err(e) => Err(e),
+        };
+        // Quarantines asked for (from an interrupt) while this call held the
+        // stream table.
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        r
+    }
+
+    /// [`Smmu::write_ste`] with the stream table locked by the caller and
+    /// commands submitted through `submit` (which appends a CMD_SYNC and
+    /// waits), without the quarantine check.
+    fn write_ste_with(
+        &self,
+        strtab: &mut StreamTable<H>,
+        sid: u32,
+        target: &Ste,
+        submit: &mut dyn FnMut(&[Command]) -> Result<()>,
+    ) -> Result<()> {
         if strtab.ensure(sid)? && self.commands_live() {
             // A new level-2 table: drop anything cached for its range
             // (2^(7+1) = 256 StreamIDs).
             let first = sid & !((1 << strtab::SPLIT) - 1);
-            self.submit_locked(&[Command::CfgiSteRange {
+            submit(&[Command::CfgiSteRange {
                 sid: first,
                 range: strtab::SPLIT as u8 - 1,
             }])?;
@@ -722,7 +806,7 @@ impl<H: Hal> Smmu<H> {
                 UpdateStep::Publish => strtab.publish(sid)?,
                 UpdateStep::Sync => {
                     if self.commands_live() {
-                        self.submit_locked(&[Command::CfgiSte { sid, leaf: true }])?;
+                        submit(&[Command::CfgiSte { sid, leaf: true }])?;
                     }
                 }
             }
@@ -736,8 +820,44 @@ impl<H: Hal> Smmu<H> {
     /// that reached a `Sync`) ends with one CMD_SYNC. So N entries cost as
     /// many CMD_SYNCs as the longest single plan (at most 3), not N times
     /// that.
+    /// Quarantined StreamIDs are handled as in [`Smmu::write_ste`]; a
+    /// refused entry refuses the whole call before anything changes.
     pub(crate) fn write_stes(&self, updates: &[(u32, Ste)]) -> Result<()> {
         let mut strtab = self.strtab.lock();
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        let r = self.write_stes_locked(&mut strtab, updates);
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        r
+    }
+
+    fn write_stes_locked(&self, strtab: &mut StreamTable<H>, updates: &[(u32, Ste)]) -> Result<()> {
+        let mut kept = alloc::vec::Vec::new();
+        kept.try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        {
+            let quarantined = self.quarantined.lock();
+            for (sid, target) in updates {
+                quarantined.check(*sid, target)?;
+                if !quarantined.contains(*sid) {
+                    kept.push((*sid, *target));
+                }
+            }
+        }
+        self.write_stes_unchecked(strtab, &kept)?;
+        // Only once every write is made: the aborts asked for quarantined
+        // StreamIDs become what `release` restores.
+        let mut quarantined = self.quarantined.lock();
+        for (sid, target) in updates {
+            quarantined.redirect(*sid, target)?;
+        }
+        Ok(())
+    }
+
+    fn write_stes_unchecked(
+        &self,
+        strtab: &mut StreamTable<H>,
+        updates: &[(u32, Ste)],
+    ) -> Result<()> {
         let live = self.commands_live();
         let mut fresh = alloc::vec::Vec::new();
         for &(sid, _) in updates {
@@ -795,10 +915,10 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` bypass translation (a deliberate, per-stream choice).
-    /// A StreamID attached to a domain must be detached first, and one of a
+    /// A StreamID attached to a domain must be detached first, one of a
     /// declared group of several StreamIDs is refused
     /// ([`Error::SidInGroup`]): its group-mates would reach memory through
-    /// it.
+    /// it, and so is a quarantined one ([`Error::Quarantined`]).
     pub fn set_bypass(&self, sid: u32) -> Result<()> {
         // Lock order: groups -> domains -> stream table -> cmdq.
         let groups = self.groups.lock();
@@ -811,7 +931,8 @@ impl<H: Hal> Smmu<H> {
     }
 
     /// Makes `sid` abort all its traffic. A StreamID attached to a domain
-    /// is detached with [`Smmu::detach`] instead.
+    /// is detached with [`Smmu::detach`] instead. For a quarantined
+    /// StreamID this only changes what [`Smmu::release`] restores.
     pub fn set_abort(&self, sid: u32) -> Result<()> {
         self.write_unmanaged_ste(sid, &Ste::abort())
     }
@@ -855,20 +976,75 @@ impl<H: Hal> Smmu<H> {
         self.strtab.lock().snapshot()
     }
 
-    /// Decodes and hands every pending event to `each`. Returns what was
-    /// drained; `None` if another CPU (or the interrupted code) is draining.
+    /// Decodes and hands pending events to `each`, oldest first, in chunks
+    /// of at most [`EVENT_CHUNK`] records copied out of the queue with its
+    /// lock held and handed out with no driver lock held (so `each` may
+    /// call any method: see the module docs for interrupt context). Stops
+    /// when the queue is empty or after one queue's worth of records
+    /// (2^`eventq_log2`); records left then stay in the queue for the next
+    /// call ([`Drained::left_in_queue`]).
+    ///
+    /// Returns what was drained; `None` if another CPU (or the interrupted
+    /// code, or `each` itself, calling again) is draining: that caller goes
+    /// round once more before it returns, so nothing is left behind, or
+    /// if `enable`/`disable` holds the queue.
     pub fn drain_events(&self, mut each: impl FnMut(Event)) -> Option<Drained> {
-        let mut evtq = self.evtq.try_lock()?;
-        let drained = evtq.drain(&self.mmio, |raw| each(Event::decode(raw)));
-        self.counters
-            .events
-            .fetch_add(u64::from(drained.records), Ordering::Relaxed);
-        if drained.overflow {
-            self.counters
-                .eventq_overflows
-                .fetch_add(1, Ordering::Relaxed);
+        if self.draining.swap(true, Ordering::Acquire) {
+            self.drain_again.store(true, Ordering::Release);
+            return None;
         }
-        Some(drained)
+        let budget = self.eventq_entries;
+        let mut total: Option<Drained> = None;
+        'again: loop {
+            self.drain_again.store(false, Ordering::Relaxed);
+            loop {
+                let done = total.map_or(0, |t| t.records);
+                let max = (EVENT_CHUNK as u32).min(budget - done);
+                if max == 0 {
+                    break 'again;
+                }
+                let mut chunk = [[0u64; crate::eventq::EVT_DWORDS]; EVENT_CHUNK];
+                let mut n = 0;
+                let Some(mut evtq) = self.evtq.try_lock() else {
+                    break 'again;
+                };
+                let d = evtq.drain_up_to(&self.mmio, max, |raw| {
+                    // At most `max` <= EVENT_CHUNK records come.
+                    if let Some(slot) = chunk.get_mut(n) {
+                        *slot = raw;
+                        n += 1;
+                    }
+                });
+                drop(evtq);
+                self.counters
+                    .events
+                    .fetch_add(u64::from(d.records), Ordering::Relaxed);
+                if d.overflow {
+                    self.counters
+                        .eventq_overflows
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let t = total.get_or_insert_default();
+                t.records += d.records;
+                t.overflow |= d.overflow;
+                t.left_in_queue = d.left_in_queue;
+                for raw in &chunk[..n] {
+                    each(Event::decode(*raw));
+                }
+                if !d.left_in_queue {
+                    break;
+                }
+            }
+            // Someone was turned away meanwhile: their records may have
+            // arrived after this call last read EVENTQ_PROD.
+            if !self.drain_again.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        self.draining.store(false, Ordering::Release);
+        // Quarantines `each` asked for while a lock was held.
+        self.try_apply_pending_quarantines();
+        total
     }
 
     /// Handles every active global error (always via GERROR ^ GERRORN):
@@ -943,12 +1119,21 @@ impl<H: Hal> Smmu<H> {
         Ok(report)
     }
 
-    /// Services the SMMU: handles global errors, then drains events into
-    /// `each`. The one call an interrupt handler (eventq or gerror) or a
-    /// polling loop needs. Safe to call from an interrupt taken while this
-    /// CPU holds a driver lock: contended work is left to the lock holder.
+    /// Services the SMMU: handles global errors, applies quarantines left
+    /// pending, then drains events into `each` as [`Smmu::drain_events`]
+    /// does (in chunks of [`EVENT_CHUNK`], with no driver lock held while
+    /// `each` runs, at most one queue's worth per call). The one call an
+    /// interrupt handler (eventq or gerror) or a polling loop needs. Safe
+    /// to call from an interrupt taken while this CPU holds a driver lock:
+    /// contended work is left to the lock holder or the next call.
+    ///
+    /// `each` may call any `Smmu` method when `service` runs in thread
+    /// context, e.g. [`Smmu::quarantine`] the faulting StreamID or
+    /// [`Smmu::detach`] it; in interrupt context only the methods the
+    /// module docs list.
     pub fn service(&self, each: impl FnMut(Event)) -> Result<(GerrorReport, Option<Drained>)> {
         let report = self.handle_gerror()?;
+        self.try_apply_pending_quarantines();
         Ok((report, self.drain_events(each)))
     }
 
@@ -990,6 +1175,10 @@ impl<H: Hal> Drop for Smmu<H> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "smmu/events_tests.rs"]
+mod events_tests;
 
 #[cfg(test)]
 mod tests {

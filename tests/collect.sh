@@ -15,7 +15,9 @@
 #     (where its SMMU interrupts must arrive through the GICv2), and on a
 #     stage-1-only SMMU (-machine virt-9.1, EXPECT_STAGE=1), each one test;
 #  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...),
-#     and the stage1 suite on virt-9.1 (tests named virt91/...).
+#     and the stage1 suite on virt-9.1 (tests named virt91/...);
+#  5. the examples: built (ownership, shown in the README) and booted
+#     (minimal_hypervisor), one test line each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +71,18 @@ QEMU_ARGS="-machine virt-9.1" cargo test --no-fail-fast --test stage1 2>&1 |
 # shown verbatim.
 echo "collect: examples (tests/readme-example.sh)"
 tests/readme-example.sh 2>&1 | tee -a "$logs/target.txt" | grep '^test '
+
+# The minimal hypervisor example boots under QEMU (qemu/run.sh, run mode):
+# it passes when it exits 0 and printed its own "minimal_hypervisor: Ok(true)"
+# verdict. Counted as one on-target test (not a suite: no "Running tests/").
+echo "collect: examples/minimal_hypervisor.rs under QEMU"
+if cargo run --release --example minimal_hypervisor >"$logs/example.txt" 2>&1 &&
+    tr -d '\r' <"$logs/example.txt" | grep -qx 'minimal_hypervisor: Ok(true)'; then
+    echo "test example_minimal_hypervisor ... ok" | tee -a "$logs/target.txt"
+else
+    tail -n 20 "$logs/example.txt"
+    echo "test example_minimal_hypervisor ... FAILED" | tee -a "$logs/target.txt"
+fi
 
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(

@@ -25,7 +25,7 @@ use smmuv3::error::{CmdqError, Error, Wait};
 use smmuv3::event::EventType;
 use smmuv3::idalloc::{IdAllocator, IdKind};
 use smmuv3::regs::CR0;
-use smmuv3::smmu::{Config, State};
+use smmuv3::smmu::{Config, Quarantine, State};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
 use smmuv3::ste::{Stage2Ste, Ste};
 use tock_registers::interfaces::{Readable, Writeable};
@@ -73,6 +73,7 @@ fn main() -> ! {
             bad_ste_reported_and_replaced,
             eventq_interrupt_delivers_events,
             gerror_interrupt_recovers_the_command_queue,
+            faulting_device_quarantined_by_the_interrupt_handler,
             two_cpus_submit_batches_concurrently,
         ],
     )
@@ -791,6 +792,103 @@ fn gerror_interrupt_recovers_the_command_queue() -> TestResult {
     check!(cmdq_drained(&smmu));
     try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
     harness::recovered("illegal command (by interrupt)");
+    drop(guard);
+    Ok(())
+}
+
+/// The StreamID the interrupt handler's policy quarantined, plus one (0:
+/// none yet); how many quarantines were applied at once or left pending,
+/// and how many failed.
+static QUARANTINED: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+static QUARANTINE_RESULTS: [core::sync::atomic::AtomicU32; 3] =
+    [const { core::sync::atomic::AtomicU32::new(0) }; 3];
+
+/// The fault policy: quarantine whatever faults (runs in the SMMU's
+/// interrupt handler, inside the `service` callback).
+fn quarantine_on_fault(smmu: &Driver, event: &smmuv3::event::Event) {
+    use core::sync::atomic::Ordering::Relaxed;
+    let slot = match smmu.quarantine(event.sid) {
+        Ok(Quarantine::Applied) => 0,
+        Ok(Quarantine::Pending) => 1,
+        Err(_) => 2,
+    };
+    QUARANTINE_RESULTS[slot].fetch_add(1, Relaxed);
+    QUARANTINED.store(event.sid + 1, Relaxed);
+}
+
+/// Issue 11 part 3 on target: a device's DMA faults; the eventq interrupt
+/// handler's `service` callback quarantines its StreamID; further DMA from
+/// it (both directions, to mapped IPAs) is aborted without a translation
+/// and without an event; `release` restores its STE byte for byte and its
+/// DMA lands again.
+fn faulting_device_quarantined_by_the_interrupt_handler() -> TestResult {
+    use core::sync::atomic::Ordering::Relaxed;
+    let edus = edus();
+    let edu = edus.first().ok_or_else(|| Failure::new("no edu"))?;
+    let smmu = enabled(Config::default())?;
+    let guard = try_ok!(image::iommu::use_interrupts(&smmu).map_err(|e| format!("{e:?}")));
+    check!(guard.is_some(), "the DTB names no SMMU interrupt");
+    let vm = demo::create_vm(&smmu, edu, 0x81).map_err(Failure::new)?;
+    demo::write_lands(&smmu, edu, &vm).map_err(Failure::new)?;
+    let before = try_ok!(smmu.ste(vm.sid));
+    QUARANTINED.store(0, Relaxed);
+    image::iommu::on_event(Some(quarantine_on_fault));
+    harness::fault_injected("DMA fault, device quarantined by the eventq interrupt handler");
+    try_ok!(edu.dma_to_ram(0, demo::IPA_UNMAPPED, 64));
+    check!(
+        image::smp::wait_until(1_000_000_000, || QUARANTINED.load(Relaxed) == vm.sid + 1),
+        "the interrupt handler quarantined nothing (QUARANTINED = {:#x})",
+        QUARANTINED.load(Relaxed)
+    );
+    image::iommu::on_event(None);
+    let results = QUARANTINE_RESULTS.each_ref().map(|a| a.load(Relaxed));
+    image::console::println!(
+        "  quarantine from the interrupt handler: {} applied, {} pending, {} failed",
+        results[0],
+        results[1],
+        results[2]
+    );
+    check_eq!(results[2], 0);
+    let faults = smmuv3::fault::coalesce(&demo::drain(&smmu), PAGE);
+    check!(
+        faults.len() == 1 && faults[0].sid == vm.sid && faults[0].kind == EventType::FTranslation,
+        "the fault that triggered it: {faults:x?}"
+    );
+    check!(smmu.is_quarantined(vm.sid));
+    check!(try_ok!(smmu.ste(vm.sid)).config().is_abort());
+    // Quarantined: a read of the (mapped) source page and a write to the
+    // (mapped) data page are both aborted; the STE aborts without looking
+    // anything up, so no event is recorded either.
+    vm.data.fill(demo::CANARY);
+    try_ok!(edu.dma_from_ram(0x200, demo::IPA_SOURCE + 0x200, 64));
+    try_ok!(edu.dma_to_ram(0x200, IPA_DATA + 0x200, 64));
+    check!(
+        vm.data.all(demo::CANARY),
+        "DMA from a quarantined device reached memory"
+    );
+    let events = demo::drain(&smmu);
+    check!(events.is_empty(), "events while quarantined: {events:x?}");
+    // Nothing un-quarantines it but release.
+    check_eq!(
+        smmu.write_ste(vm.sid, &before),
+        Err(Error::Quarantined(vm.sid))
+    );
+    check_eq!(
+        smmu.attach_group(vm.domain, &[vm.sid]),
+        Err(Error::Quarantined(vm.sid))
+    );
+    check!(try_ok!(smmu.ste(vm.sid)).config().is_abort());
+    try_ok!(smmu.release(vm.sid));
+    check_eq!(try_ok!(smmu.ste(vm.sid)).0, before.0);
+    // The read while quarantined did not fetch the source bytes: the
+    // device buffer, written out now, does not hold them.
+    try_ok!(edu.dma_to_ram(0x200, IPA_DATA + 0x200, 64));
+    check!(
+        vm.data.read(0x200, 64) != vm.source.read(0x200, 64),
+        "the device read the source page while quarantined"
+    );
+    demo::write_lands(&smmu, edu, &vm).map_err(Failure::new)?;
+    harness::recovered("quarantined device released");
     drop(guard);
     Ok(())
 }

@@ -47,6 +47,20 @@ static RECEIVED: spin::Mutex<Vec<Event>> = spin::Mutex::new(Vec::new());
 /// Most events kept between two `take_events` calls.
 const MAX_BUFFERED: usize = 1 << 14;
 static DROPPED: AtomicU32 = AtomicU32::new(0);
+/// What the handler does with each event before keeping it (see
+/// [`on_event`]).
+static ON_EVENT: spin::Mutex<Option<EventPolicy>> = spin::Mutex::new(None);
+
+/// A fault policy run by the interrupt handler for every event, in
+/// interrupt context, from the `Smmu::service` callback: it may call the
+/// driver's interrupt-safe methods (e.g. `Smmu::quarantine`).
+pub type EventPolicy = fn(&Smmu<ImageHal>, &Event);
+
+/// Installs (or with `None` removes) the policy the SMMU interrupt handler
+/// applies to every event it drains.
+pub fn on_event(policy: Option<EventPolicy>) {
+    gic::without_irqs(|| *ON_EVENT.lock() = policy);
+}
 static TAKEN: AtomicU32 = AtomicU32::new(0);
 
 /// While alive, the SMMU's interrupts are serviced by the driver it borrows.
@@ -67,7 +81,9 @@ impl Drop for IrqGuard<'_> {
 }
 
 /// Routes the SMMU's `gerror` interrupt to `smmu.service()` and its
-/// `eventq` interrupt to `smmu.drain_events()`, and unmasks IRQs. Returns `None` when the DTB names neither interrupt:
+/// `eventq` interrupt to `smmu.drain_events()` (each event goes through the
+/// [`on_event`] policy, then into the buffer [`take_events`] empties), and
+/// unmasks IRQs. Returns `None` when the DTB names neither interrupt:
 /// the caller then polls ([`take_events`] drains by itself).
 pub fn use_interrupts(
     smmu: &Smmu<ImageHal>,
@@ -110,7 +126,12 @@ fn smmu_irq(id: IntId) {
     let Some(mut buf) = RECEIVED.try_lock() else {
         return;
     };
-    let mut keep = |e| {
+    // Set only with IRQs masked: free whenever the handler runs.
+    let policy = ON_EVENT.try_lock().and_then(|p| *p);
+    let mut keep = |e: Event| {
+        if let Some(policy) = policy {
+            policy(smmu, &e);
+        }
         if buf.len() < MAX_BUFFERED {
             buf.push(e);
         } else {
