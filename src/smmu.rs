@@ -336,7 +336,7 @@ fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
 }
 
 /// Reads the ID registers into typed features.
-pub fn probe(mmio: &Mmio) -> Result<Features> {
+pub(crate) fn probe(mmio: &Mmio) -> Result<Features> {
     let p0 = mmio.p0();
     Features::from_id_regs(&IdRegs {
         idr0: p0.idr0.get(),
@@ -467,8 +467,15 @@ impl<H: Hal> Smmu<H> {
         self.strtab.lock().check_sid(sid)
     }
 
-    /// The register pages (for diagnostics and tests).
-    pub fn mmio(&self) -> &Mmio {
+    /// The register pages, for diagnostics and tests (an expert call).
+    ///
+    /// # Safety
+    ///
+    /// The caller only reads registers through the returned value, except
+    /// writes it knows the driver tolerates (acknowledging a GERROR bit the
+    /// driver reports anyway): any other register write can break the
+    /// driver's state machine.
+    pub unsafe fn registers(&self) -> &Mmio {
         &self.mmio
     }
 
@@ -663,12 +670,40 @@ impl<H: Hal> Smmu<H> {
 
     /// Submits `cmds` as one batch followed by one CMD_SYNC, and waits for
     /// the SYNC.
-    pub fn submit(&self, cmds: &[Command]) -> Result<()> {
+    pub(crate) fn submit(&self, cmds: &[Command]) -> Result<()> {
         self.submit_batch(cmds, true)
     }
 
+    /// Submits raw commands ([`crate::expert::Command`]) as one batch
+    /// followed by one CMD_SYNC, and waits for the SYNC. An expert call, for
+    /// diagnostics and fault injection: the driver's own calls issue every
+    /// invalidation they need.
+    ///
+    /// # Safety
+    ///
+    /// No command may make the SMMU write memory the caller does not own
+    /// (a CMD_SYNC whose completion signal is an MSI write names an
+    /// address) or answer for a device behind the driver's back (stall
+    /// resume, PRI responses). Invalidations (CFGI_*, TLBI_*) and prefetches
+    /// only make the SMMU re-read what the driver wrote, and are fine. A
+    /// command the SMMU rejects is reported ([`Error::CommandError`]) and
+    /// skipped, as the driver's recovery does for its own.
+    pub unsafe fn submit_unchecked(&self, cmds: &[Command]) -> Result<()> {
+        self.submit_batch(cmds, true)
+    }
+
+    /// Like [`Smmu::submit_unchecked`]; with `sync`, appends a CMD_SYNC and
+    /// waits, without it returns once the commands are published.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Smmu::submit_unchecked`].
+    pub unsafe fn submit_batch_unchecked(&self, cmds: &[Command], sync: bool) -> Result<()> {
+        self.submit_batch(cmds, sync)
+    }
+
     /// Submits `cmds` as one batch; with `sync`, appends a CMD_SYNC and waits.
-    pub fn submit_batch(&self, cmds: &[Command], sync: bool) -> Result<()> {
+    pub(crate) fn submit_batch(&self, cmds: &[Command], sync: bool) -> Result<()> {
         if !self.commands_live() {
             return Err(Error::NotEnabled);
         }
@@ -684,7 +719,7 @@ impl<H: Hal> Smmu<H> {
         r
     }
 
-    /// Reads the STE of `sid`.
+    /// Reads the STE of `sid` (decoded with [`crate::expert::Ste`]).
     pub fn ste(&self, sid: u32) -> Result<Ste> {
         Ok(Ste(self.strtab.lock().read(sid)?))
     }
@@ -693,7 +728,25 @@ impl<H: Hal> Smmu<H> {
     /// order (body first, dword 0 last; a live entry that changes in more
     /// than one dword goes through abort), with CFGI_STE + CMD_SYNC after
     /// each visible step.
-    pub fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
+    ///
+    /// An expert call: the normal surface installs STEs through domains
+    /// ([`Smmu::attach`]), [`Smmu::set_bypass`] and [`Smmu::set_abort`],
+    /// which keep the driver's bookkeeping in step.
+    ///
+    /// # Safety
+    ///
+    /// `sid` is attached to no domain and belongs to no declared group of
+    /// several StreamIDs (or the caller restores the domain's STE before any
+    /// other driver call for it), and `target` points the SMMU only at
+    /// memory that stays valid, and reserved for the SMMU, for as long as
+    /// the entry is installed (stage-2 or CD tables the caller owns).
+    pub unsafe fn write_ste_unchecked(&self, sid: u32, target: &Ste) -> Result<()> {
+        self.write_ste(sid, target)
+    }
+
+    /// Installs `target` as the STE of `sid` (see
+    /// [`Smmu::write_ste_unchecked`]).
+    pub(crate) fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
         let mut strtab = self.strtab.lock();
         if strtab.ensure(sid)? && self.commands_live() {
             // A new level-2 table: drop anything cached for its range
@@ -1012,7 +1065,7 @@ mod tests {
         let smmu = driver(&regs);
         assert_eq!(smmu.stream_table_format(), Format::TwoLevel);
         assert_eq!(smmu.sid_limit(), 1 << 16);
-        assert_eq!(smmu.mmio().writes(), 0);
+        assert_eq!(smmu.mmio.writes(), 0);
         assert_eq!(smmu.state(), State::Disabled);
     }
 

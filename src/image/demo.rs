@@ -682,14 +682,17 @@ fn vm_pages_untouched(vm: &Vm, before: &[Vec<u8>; 3]) -> Result<(), String> {
 /// Injects an illegal command into a batch: the driver reports it, replaces
 /// it with CMD_SYNC, and the queue carries on.
 pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
-    use smmuv3::cmd::Command;
     use smmuv3::error::{CmdqError, Error};
+    use smmuv3::expert::Command;
     let before = smmu.stats().cmdq;
-    let r = smmu.submit(&[
-        Command::TlbiNsnhAll,
-        Command::Raw([0x07, 0]),
-        Command::cfgi_all(),
-    ]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_unchecked(&[
+            Command::TlbiNsnhAll,
+            Command::Raw([0x07, 0]),
+            Command::cfgi_all(),
+        ])
+    };
     let Err(Error::CommandError {
         error: CmdqError::Illegal,
         index,
@@ -698,10 +701,12 @@ pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
     else {
         return Err(format!("expected CERROR_ILL, got {r:?}"));
     };
-    if smmu.mmio().active_gerrors() != 0 {
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    if unsafe { smmu.registers() }.active_gerrors() != 0 {
         return Err(String::from("GERROR still active after recovery"));
     }
-    smmu.submit(&[Command::TlbiNsnhAll])
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) }
         .map_err(|e| format!("next batch: {e}"))?;
     let after = smmu.stats().cmdq;
     Ok(format!(

@@ -3,7 +3,7 @@
 
 use core::ptr::NonNull;
 
-use smmuv3::regs::MMIO_SIZE;
+use smmuv3::MMIO_SIZE;
 use smmuv3::smmu::{Config, Smmu};
 use smmuv3::{Error, Result};
 
