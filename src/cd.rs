@@ -14,7 +14,7 @@ use tock_registers::LocalRegisterCopy;
 use tock_registers::register_bitfields;
 
 use crate::entry_plan::{self, Dwords, ENTRY_DWORDS, EntryKind, UpdatePlan};
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Field, Invalid, Result, Unsupported};
 
 register_bitfields! [u64,
     /// CD dword 0: translation control, validity, ASID.
@@ -118,9 +118,13 @@ pub struct Stage1Cd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cd(pub [u64; 8]);
 
-fn check_2bit(v: u8, what: &'static str) -> Result<u64> {
+fn invalid(field: Field, value: u64) -> Error {
+    Error::Invalid(Invalid::Field { field, value })
+}
+
+fn check_2bit(v: u8, what: Field) -> Result<u64> {
     if v > 3 {
-        Err(Error::InvalidArgument(what))
+        Err(invalid(what, u64::from(v)))
     } else {
         Ok(u64::from(v))
     }
@@ -141,7 +145,7 @@ impl Cd {
     ///
     /// Errors: `ttb0` not 16-byte aligned ([`Error::Misaligned`]) or beyond
     /// 52 bits, `t0sz` above 63, reserved `tg0`/`sh0`, cacheability above 3
-    /// ([`Error::InvalidArgument`]); `ips` above 5
+    /// ([`Error::Invalid`] with [`Invalid::Field`]); `ips` above 5
     /// ([`Unsupported::AddressSize`]).
     pub fn new(c: &Stage1Cd) -> Result<Cd> {
         if c.ttb0 & ((1 << TTB_SHIFT) - 1) != 0 {
@@ -151,25 +155,25 @@ impl Cd {
             });
         }
         if c.ttb0 >= PA_LIMIT {
-            return Err(Error::InvalidArgument("TTB0 beyond 52 bits"));
+            return Err(invalid(Field::Ttb0, c.ttb0));
         }
         if c.t0sz > 63 {
-            return Err(Error::InvalidArgument("T0SZ above 63"));
+            return Err(invalid(Field::T0sz, u64::from(c.t0sz)));
         }
         if c.tg0 > 2 {
-            return Err(Error::InvalidArgument("TG0 reserved"));
+            return Err(invalid(Field::Tg0, u64::from(c.tg0)));
         }
         if c.sh0 == 1 {
-            return Err(Error::InvalidArgument("SH0 reserved"));
+            return Err(invalid(Field::Sh0, u64::from(c.sh0)));
         }
         if c.ips > MAX_IPS {
             return Err(Error::Unsupported(Unsupported::AddressSize));
         }
         let d0 = CD_0::T0SZ.val(u64::from(c.t0sz))
             + CD_0::TG0.val(u64::from(c.tg0))
-            + CD_0::IR0.val(check_2bit(c.ir0, "IR0 above 3")?)
-            + CD_0::OR0.val(check_2bit(c.or0, "OR0 above 3")?)
-            + CD_0::SH0.val(check_2bit(c.sh0, "SH0 above 3")?)
+            + CD_0::IR0.val(check_2bit(c.ir0, Field::Ir0)?)
+            + CD_0::OR0.val(check_2bit(c.or0, Field::Or0)?)
+            + CD_0::SH0.val(check_2bit(c.sh0, Field::Sh0)?)
             + CD_0::EPD0.val(0)
             + CD_0::ENDI.val(0)
             + CD_0::EPD1.val(1)
@@ -397,7 +401,10 @@ mod tests {
             Stage1Cd { ir0: 4, ..base() },
             Stage1Cd { or0: 9, ..base() },
         ] {
-            assert!(matches!(err(c), Error::InvalidArgument(_)), "{c:?}");
+            assert!(
+                matches!(err(c), Error::Invalid(Invalid::Field { .. })),
+                "{c:?}"
+            );
         }
     }
 

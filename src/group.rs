@@ -27,7 +27,7 @@ use crate::vecmap::VecMap;
 use alloc::vec::Vec;
 
 use crate::domain::DomainId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::hal::Hal;
 use crate::smmu::Smmu;
 
@@ -71,7 +71,7 @@ impl GroupTable {
 /// `sids` without duplicates, in first-seen order; refuses an empty list.
 fn distinct(sids: &[u32]) -> Result<Vec<u32>> {
     if sids.is_empty() {
-        return Err(Error::InvalidArgument("empty StreamID list"));
+        return Err(Error::Invalid(Invalid::NoStreamIds));
     }
     let mut out: Vec<u32> = Vec::with_capacity(sids.len());
     for &sid in sids {
@@ -100,9 +100,7 @@ impl<H: Hal> Smmu<H> {
             if i == 0 {
                 domain = d;
             } else if d != domain {
-                return Err(Error::InvalidArgument(
-                    "a group's StreamIDs must all be detached or all in one domain",
-                ));
+                return Err(Error::Invalid(Invalid::MixedGroup { sid }));
             }
         }
         let id = groups.next;
@@ -391,7 +389,7 @@ mod tests {
         smmu.detach_group(&[0x218, 0x200]).unwrap();
         assert_eq!(
             smmu.attach_group(vm, &[]),
-            Err(Error::InvalidArgument("empty StreamID list"))
+            Err(Error::Invalid(Invalid::NoStreamIds))
         );
     }
 
@@ -413,7 +411,7 @@ mod tests {
         smmu.attach(vm, 0x300).unwrap();
         assert!(matches!(
             smmu.declare_group(&[0x300, 0x301]),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Invalid(Invalid::MixedGroup { sid: 0x301 }))
         ));
         smmu.attach(vm, 0x301).unwrap();
         let h = smmu.declare_group(&[0x300, 0x301]).unwrap();

@@ -33,7 +33,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 
 /// A physical (bus) address as the SMMU sees it.
 pub type PhysAddr = u64;
@@ -114,9 +114,7 @@ impl<H: Hal> Dma<H> {
     /// misaligned table the way QEMU does.
     pub fn new(size: usize, align: usize, coherent: bool) -> Result<Self> {
         if size == 0 || !size.is_power_of_two() || !align.is_power_of_two() {
-            return Err(Error::InvalidArgument(
-                "DMA size and alignment must be powers of two",
-            ));
+            return Err(Error::Invalid(Invalid::DmaLayout { size, align }));
         }
         let region = H::dma_alloc(size, align).ok_or(Error::NoMemory)?;
         let dma = Self {

@@ -53,7 +53,7 @@ pub use domain::{
     Batch, CpuInvalidation, DomainId, DomainInfo, DomainOptions, ExternalStage2,
     MAX_RANGE_COMMANDS, MapOptions, Memory, Perm, Stage, StagePolicy, Translation,
 };
-pub use error::{CmdqError, Error, Result, Unsupported, Wait};
+pub use error::{CmdqError, Error, Field, Invalid, Result, Unsupported, Wait};
 pub use event::{Event, EventType, FaultClass};
 pub use eventq::Drained;
 pub use fault::FaultSummary;

@@ -33,7 +33,7 @@ use tock_registers::interfaces::Readable;
 use crate::cmd::Command;
 use crate::cmdq::{CmdqFault, CmdqStats, CommandQueue};
 use crate::domain::Domains;
-use crate::error::{Error, Result, Unsupported, Wait};
+use crate::error::{Error, Field, Invalid, Result, Unsupported, Wait};
 use crate::event::Event;
 use crate::eventq::{Drained, EventQueue};
 use crate::features::{Features, IdRegs};
@@ -314,7 +314,7 @@ fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
             return Err(Error::Unsupported(Unsupported::Msi));
         }
         if t.doorbell == 0 {
-            return Err(Error::InvalidArgument("MSI doorbell at address 0"));
+            return Err(Error::Invalid(Invalid::MsiDoorbell));
         }
         if t.doorbell % 4 != 0 {
             return Err(Error::Misaligned {
@@ -326,10 +326,16 @@ fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
             return Err(Error::Unsupported(Unsupported::AddressSize));
         }
         if t.memattr > 0xF {
-            return Err(Error::InvalidArgument("MSI MemAttr above 15"));
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::MsiMemAttr,
+                value: u64::from(t.memattr),
+            }));
         }
         if t.sh == 1 || t.sh > 3 {
-            return Err(Error::InvalidArgument("MSI shareability reserved"));
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::MsiSh,
+                value: u64::from(t.sh),
+            }));
         }
     }
     Ok(())
@@ -1329,7 +1335,10 @@ mod tests {
                     sh: 1,
                     ..MsiTarget::device(0x1000, 0)
                 },
-                Error::InvalidArgument("MSI shareability reserved"),
+                Error::Invalid(Invalid::Field {
+                    field: Field::MsiSh,
+                    value: 1,
+                }),
             ),
         ] {
             let config = Config {

@@ -37,7 +37,7 @@ use smmuv3::expert::{IdAllocator, IdKind};
 use smmuv3::fault::FaultSummary;
 use smmuv3::smmu::Config;
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::{Dma, Error};
+use smmuv3::{Dma, Error, Invalid};
 
 fn main() -> ! {
     let boot = image::init();
@@ -1418,14 +1418,14 @@ fn errors_vmid() -> TestResult {
         &smmu,
         &[a],
         "take VMID 77 twice",
-        Error::InvalidArgument("ID already allocated"),
+        Error::Invalid(Invalid::IdInUse(77)),
         || smmu.create_domain(want(77)),
     )?;
     rejected(
         &smmu,
         &[a],
         "take reserved VMID 0",
-        Error::InvalidArgument("ID 0 is reserved"),
+        Error::Invalid(Invalid::IdReserved),
         || smmu.create_domain(want(0)),
     )?;
     // Allocation skips the VMID taken explicitly.
@@ -1464,7 +1464,7 @@ fn errors_vmid() -> TestResult {
     check_eq!(ids.alloc(), Err(Error::VmidExhausted));
     check_eq!(
         ids.alloc_specific(5),
-        Err(Error::InvalidArgument("ID already allocated"))
+        Err(Error::Invalid(Invalid::IdInUse(5)))
     );
     println!("  VMID allocator: {n} VMIDs, then VmidExhausted");
     Ok(())

@@ -31,7 +31,6 @@ use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::iommu::new_smmu;
 use image::{ImageHal, cpu};
 
-use smmuv3::Error;
 use smmuv3::domain::DomainOptions;
 use smmuv3::error::CmdqError;
 use smmuv3::event::{Event, EventType};
@@ -43,6 +42,7 @@ use smmuv3::fault;
 use smmuv3::hal::Dma;
 use smmuv3::smmu::{Config, Smmu, State, StreamTableChoice};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
+use smmuv3::{Error, Invalid};
 use tock_registers::interfaces::Readable;
 
 fn main() -> ! {
@@ -1186,7 +1186,10 @@ fn vmid_allocator_exhaustion() -> TestResult {
     let mut opts = DomainOptions::new(cfg);
     opts.vmid = Some(5);
     check!(
-        matches!(smmu.create_domain(opts), Err(Error::InvalidArgument(_))),
+        matches!(
+            smmu.create_domain(opts),
+            Err(Error::Invalid(Invalid::IdInUse(5)))
+        ),
         "VMID 5 given twice"
     );
     opts.vmid = Some(4000);

@@ -46,7 +46,8 @@ impl<H: Hal> Smmu<H> {
     /// beyond the SMMU's IAS/OAS or granules ([`Error::Unsupported`]); a
     /// root not aligned to the start table ([`Error::Misaligned`]) or
     /// beyond the output size; a VMID already in use or reserved
-    /// ([`Error::InvalidArgument`]).
+    /// ([`Error::Invalid`] with [`crate::Invalid::IdInUse`] or
+    /// [`crate::Invalid::IdReserved`]).
     pub fn create_external_domain(&self, ext: ExternalStage2) -> Result<DomainId> {
         let f = self.features();
         if !f.stage2 {

@@ -31,7 +31,7 @@ use tock_registers::LocalRegisterCopy;
 use crate::cd::{self, Cd, Stage1Cd};
 use crate::cmd::{self, Command, InvalidationHints};
 use crate::entry_plan::UpdateStep;
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Invalid, Result, Unsupported};
 use crate::hal::{Dma, Hal};
 use crate::pgtable::Geometry;
 use crate::pgtable::stage1::{MAIR, Stage1Table};
@@ -99,9 +99,7 @@ impl<H: Hal> Smmu<H> {
             (true, Some(v)) => (domains.vmids.alloc_specific(v)?, true),
             (true, None) => (domains.vmids.alloc()?, true),
             (false, Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "no VMIDs on an SMMU without stage 2",
-                ));
+                return Err(Error::Invalid(Invalid::VmidWithoutStage2));
             }
             (false, None) => (0, false),
         };
@@ -210,7 +208,7 @@ impl<H: Hal> Smmu<H> {
         }
         let vmid = d.vmid;
         let Tables::Stage1(s1) = &d.tables else {
-            return Err(Error::InvalidArgument("not a stage-1 domain"));
+            return Err(Error::Invalid(Invalid::NotStage1));
         };
         let (asid, owns_vmid) = (s1.asid, s1.owns_vmid);
         if self.is_live() {
@@ -259,9 +257,7 @@ impl<H: Hal> Smmu<H> {
         cpu: &mut dyn FnMut(&CpuInvalidation),
     ) -> Result<()> {
         if perm == Perm::Write {
-            return Err(Error::InvalidArgument(
-                "stage 1 has no write-only permission",
-            ));
+            return Err(Error::Invalid(Invalid::WriteOnlyStage1));
         }
         s1(d)?.table.check_range_mapped(ipa, len)?;
         self.stage1_split_partial_blocks(d, ipa, len, cpu)?;
@@ -340,11 +336,11 @@ impl<H: Hal> Smmu<H> {
 }
 
 /// The stage-1 state of `d` (a stage-2 domain reaching stage-1 code would
-/// be a driver bug, reported as `InvalidArgument`).
+/// be a driver bug, reported as [`Invalid::NotStage1`]).
 fn s1<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Ctx<H>> {
     match &mut d.tables {
         Tables::Stage1(s) => Ok(s),
-        _ => Err(Error::InvalidArgument("not a stage-1 domain")),
+        _ => Err(Error::Invalid(Invalid::NotStage1)),
     }
 }
 

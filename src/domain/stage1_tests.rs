@@ -217,7 +217,7 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
     );
     assert!(matches!(
         smmu.protect(id, 0x4000_0000, 0x1000, Perm::Write),
-        Err(Error::InvalidArgument(_))
+        Err(Error::Invalid(crate::Invalid::WriteOnlyStage1))
     ));
     // Detach drops the cached CD as well as the STE.
     let before = regs.commands().len();
