@@ -1,12 +1,19 @@
 //! Host-side fakes for unit tests: a [`Hal`] backed by the std allocator
 //! (physical = virtual address) and a clock that advances on every read, so
-//! bounded waits expire deterministically.
+//! bounded waits expire deterministically. With the `testing` feature the
+//! same fakes back the public [`crate::testing`] module (which uses only
+//! part of them: the rest serves the unit tests).
+
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+use std::thread_local;
+use std::vec::Vec;
 
 use crate::hal::{DmaRegion, Hal};
 
@@ -19,7 +26,10 @@ thread_local! {
     static LAYOUTS: RefCell<HashMap<usize, Layout>> = RefCell::new(HashMap::new());
 }
 
-/// A HAL for host tests. Each thread has its own clock and counters.
+/// A HAL for host tests: device memory from the host's allocator, physical
+/// address = virtual address, and a clock that advances 1 µs on every read
+/// (so bounded waits expire deterministically). Each thread has its own
+/// clock and counters.
 #[derive(Debug)]
 pub struct FakeHal;
 

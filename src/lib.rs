@@ -71,3 +71,5 @@ pub mod expert;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod fake;
+#[cfg(feature = "testing")]
+pub mod testing;
