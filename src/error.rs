@@ -232,7 +232,35 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// Every way a driver call can fail.
+/// Every way a driver call can fail. Each case is typed: callers branch on
+/// it, and none of them leaves a half-made change behind unless it says so
+/// ([`Error::RollbackFailed`]).
+///
+#[cfg_attr(feature = "testing", doc = "```")]
+#[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+/// use smmuv3::testing::{HostHal, SmmuModel};
+/// use smmuv3::{Config, DomainOptions, Error, Granule, Invalid, Perm, Smmu, Stage2Config};
+///
+/// let model = SmmuModel::default();
+/// // SAFETY: the model outlives the driver; nothing else drives it.
+/// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
+/// smmu.enable()?;
+/// let options = DomainOptions {
+///     vmid: Some(5), // the VM's CPU VMID
+///     ..DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?)
+/// };
+/// let vm = smmu.create_domain(options)?;
+/// match smmu.create_domain(options) {
+///     Err(Error::Invalid(Invalid::IdInUse(5))) => {} // VMID 5 is taken
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(
+///     smmu.map(vm, 0x1001, 0x8000_0000, 0x1000, Perm::Read),
+///     Err(Error::Misaligned { addr: 0x1001, align: 0x1000 })
+/// );
+/// assert_eq!(smmu.detach(0x42), Err(Error::SidNotAttached(0x42)));
+/// # Ok::<(), smmuv3::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {

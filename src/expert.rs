@@ -10,8 +10,9 @@
 //! Every item here is harmless to *call*: encoders and decoders only build or
 //! read values. What could break the driver's invariants (submitting raw
 //! commands, writing an STE or a register) is an `unsafe fn` on
-//! [`crate::Smmu`] ([`crate::Smmu::submit`], [`crate::Smmu::write_ste`],
-//! [`crate::Smmu::mmio`]) with a documented contract.
+//! [`crate::Smmu`] ([`crate::Smmu::submit_unchecked`],
+//! [`crate::Smmu::write_ste_unchecked`], [`crate::Smmu::registers`]) with a
+//! documented contract.
 
 pub use crate::barrier::{dmb_osh, dsb_ld, dsb_st};
 pub use crate::cd::{CD_0, Cd, Stage1Cd};

@@ -87,6 +87,24 @@ impl<H: Hal> Smmu<H> {
     /// and detached only together from now on. Every StreamID must be in
     /// range and in no other group, and the group must be whole already:
     /// all detached, or all attached to one domain.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// let model = SmmuModel::default();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let smmu = unsafe { smmuv3::Smmu::<HostHal>::new(model.base(), smmuv3::Config::default()) }?;
+    /// smmu.enable()?;
+    /// use smmuv3::{DomainOptions, Error, Granule, Stage2Config};
+    /// let vm = smmu.create_domain(DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?))?;
+    /// // Two functions behind a PCIe-to-PCI bridge and the bridge's alias.
+    /// let group = smmu.declare_group(&[0x218, 0x220, 0x200])?;
+    /// assert_eq!(smmu.attach(vm, 0x218), Err(Error::SidInGroup { sid: 0x218, group }));
+    /// smmu.attach_group(vm, &[0x200, 0x218, 0x220])?;
+    /// assert_eq!(smmu.domain_of(0x220), Some(vm));
+    /// smmu.detach_group(&[0x200, 0x218, 0x220])?;
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn declare_group(&self, sids: &[u32]) -> Result<GroupId> {
         let sids = distinct(sids)?;
         let mut groups = self.groups.lock();

@@ -363,6 +363,24 @@ impl<H: Hal> Smmu<H> {
     /// `base` is the virtual address of the SMMU's register pages 0 and 1
     /// (128 KiB, device memory), valid for the life of the returned value,
     /// and nothing else programs this SMMU meanwhile.
+    ///
+    /// # Example
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// use smmuv3::{Config, Smmu, State, StreamTableChoice};
+    ///
+    /// let model = SmmuModel::builder().sid_bits(20).build();
+    /// let config = Config { stream_table: StreamTableChoice::TwoLevel, ..Config::default() };
+    /// // SAFETY: the model's register block outlives `smmu` (declared
+    /// // after it) and nothing else programs it.
+    /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), config) }?;
+    /// assert_eq!(smmu.state(), State::Disabled); // nothing written yet
+    /// assert_eq!(smmu.sid_limit(), 1 << 20);
+    /// assert!(smmu.features().stage2);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub unsafe fn new(base: NonNull<u8>, config: Config) -> Result<Self> {
         // SAFETY: forwarded from the caller.
         let mmio = unsafe { Mmio::new(base) };

@@ -471,8 +471,9 @@ pub const STE_KIND: EntryKind = EntryKind {
 /// Plans the replacement of `current` by `target` so that, whatever order
 /// the SMMU reads the dwords in and whatever part of the entry it caches,
 /// it never combines bits of the two configurations (IHI 0070 §3.21.3,
-/// design-lessons rule 1). This is [`entry_plan::plan`]
-/// with [`STE_KIND`]; `Sync` means CFGI_STE (leaf) + CMD_SYNC.
+/// design-lessons rule 1). This is the entry planner (`entry_plan::plan`)
+/// with the STE's used-bit rules (`STE_KIND`); `Sync` means CFGI_STE
+/// (leaf) + CMD_SYNC.
 ///
 /// Hitless (never through abort) whenever the bits both configurations
 /// use differ in at most one dword: e.g. abort/bypass <-> stage 1 or

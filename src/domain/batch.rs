@@ -51,6 +51,27 @@ pub struct Batch<'a, H: Hal> {
 
 impl<H: Hal> Smmu<H> {
     /// Starts a [`Batch`] of domain changes.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// let model = SmmuModel::default();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let smmu = unsafe { smmuv3::Smmu::<HostHal>::new(model.base(), smmuv3::Config::default()) }?;
+    /// smmu.enable()?;
+    /// use smmuv3::{DomainOptions, Granule, Perm, Stage2Config};
+    /// let cfg = Stage2Config::new(Granule::K4, 40, 48)?;
+    /// let (a, b) = (smmu.create_domain(DomainOptions::new(cfg))?, smmu.create_domain(DomainOptions::new(cfg))?);
+    /// smmu.map(a, 0, 0x8000_0000, 0x10_0000, Perm::ReadWrite)?;
+    /// smmu.attach(a, 8)?;
+    /// // Move StreamID 8 from VM a to VM b and take a's memory back, with
+    /// // one round of invalidations.
+    /// let syncs = smmu.stats().cmdq.syncs;
+    /// smmu.batch().detach(8).attach(b, 8).unmap(a, 0, 0x10_0000).commit(&mut |_| {})?;
+    /// assert_eq!(smmu.domain_of(8), Some(b));
+    /// assert!(smmu.stats().cmdq.syncs - syncs <= 4);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn batch(&self) -> Batch<'_, H> {
         Batch {
             smmu: self,
