@@ -352,8 +352,14 @@ mod off {
     pub const CMDQ_CONS: usize = 0x9C;
 }
 
-/// Called by [`crate::mmio::Mmio`] after every register write.
+/// Called by [`crate::mmio::Mmio`] after every register write. What the
+/// model does here (it may allocate to log commands) is not the driver's:
+/// it is left out of [`allocations`].
 pub fn mmio_written(base: usize, offset: usize, value: u64) {
+    uncounted(|| model_write(base, offset, value));
+}
+
+fn model_write(base: usize, offset: usize, value: u64) {
     trace(Trace::Write { offset, value });
     with_model(base, |state| {
         let regs = ManuallyDrop::new(FakeRegs {
@@ -403,3 +409,77 @@ fn consume(regs: &FakeRegs, state: &mut ModelState) {
         regs.set32(off::CMDQ_CONS, cons);
     }
 }
+
+// ---------------------------------------------------------------------------
+// A counting global allocator for the unit-test binary (never for users of
+// the `testing` feature): counts the heap allocations each thread makes, so
+// a test can prove a path allocates nothing. Work the model does on the
+// driver's thread (`mmio_written`) is not counted.
+
+#[cfg(test)]
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static UNCOUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Heap allocations (and reallocations) made by this thread so far, outside
+/// [`uncounted`] sections.
+#[cfg(test)]
+pub fn allocations() -> usize {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+/// Runs `f` without counting its allocations.
+pub fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    {
+        let was = UNCOUNTED.with(|c| c.replace(true));
+        let r = f();
+        UNCOUNTED.with(|c| c.set(was));
+        r
+    }
+    #[cfg(not(test))]
+    f()
+}
+
+#[cfg(test)]
+struct CountingAlloc;
+
+#[cfg(test)]
+fn count_one() {
+    // `try_with`: the thread's locals may already be gone at its exit.
+    let counted = UNCOUNTED.try_with(|c| !c.get()).unwrap_or(false);
+    if counted {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counting touches only `const`-initialised thread locals without
+// destructors, which never allocate.
+#[cfg(test)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;

@@ -192,5 +192,8 @@ pub mod expert;
 
 #[cfg(any(test, feature = "testing"))]
 pub(crate) mod fake;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(test)]
+mod alloc_tests;
