@@ -73,7 +73,9 @@ fn distinct(sids: &[u32]) -> Result<Vec<u32>> {
     if sids.is_empty() {
         return Err(Error::Invalid(Invalid::NoStreamIds));
     }
-    let mut out: Vec<u32> = Vec::with_capacity(sids.len());
+    let mut out: Vec<u32> = Vec::new();
+    out.try_reserve_exact(sids.len())
+        .map_err(|_| Error::NoMemory)?;
     for &sid in sids {
         if !out.contains(&sid) {
             out.push(sid);
@@ -121,6 +123,8 @@ impl<H: Hal> Smmu<H> {
                 return Err(Error::Invalid(Invalid::MixedGroup { sid }));
             }
         }
+        groups.by_sid.reserve(sids.len())?;
+        groups.groups.reserve(1)?;
         let id = groups.next;
         groups.next = groups.next.wrapping_add(1);
         for &sid in &sids {
@@ -221,7 +225,9 @@ impl<H: Hal> Smmu<H> {
         let sids = distinct(sids)?;
         let groups = self.groups.lock();
         groups.check_whole(&sids)?;
-        let mut from: Vec<(u32, DomainId)> = Vec::with_capacity(sids.len());
+        let mut from: Vec<(u32, DomainId)> = Vec::new();
+        from.try_reserve_exact(sids.len())
+            .map_err(|_| Error::NoMemory)?;
         for &sid in &sids {
             self.check_sid(sid)?;
             let d = self.domain_of(sid).ok_or(Error::SidNotAttached(sid))?;

@@ -12,7 +12,6 @@
 //! the SMMU's TLB entries tagged with it (CMD_TLBI_S12_VMALL or
 //! CMD_TLBI_NH_ASID, then CMD_SYNC) before handing the ID out again.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::{Error, Invalid, Result};
@@ -55,7 +54,11 @@ impl IdAllocator {
             return Err(Error::Invalid(Invalid::IdWidth(bits)));
         }
         let ids = 1usize << bits;
-        let mut words = vec![0u64; ids / 64];
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(ids / 64)
+            .map_err(|_| Error::NoMemory)?;
+        words.resize(ids / 64, 0u64);
         if reserve_zero {
             words[0] |= 1;
         }

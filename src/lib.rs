@@ -108,12 +108,14 @@
 //!   [`Smmu::new`]), the list of level-2 table slots, and, per call, the
 //!   plans of [`Batch::commit`], of an STE update of several StreamIDs and
 //!   of a range invalidation (at most [`MAX_RANGE_COMMANDS`] commands).
-//!   Where the collection allows it (`try_reserve`), running out is
-//!   [`Error::NoMemory`]; an insertion into a sorted vector, the box of a
-//!   stage-1 domain's context, and the vectors returned by diagnostics
-//!   ([`Smmu::stream_table_snapshot`], [`Smmu::group_sids`],
-//!   [`fault::coalesce`], [`Smmu::domain_info`]) still abort on
-//!   exhaustion, as `alloc` does.
+//!   These reserve with `try_reserve` before anything changes, so running
+//!   out is [`Error::NoMemory`] and leaves the driver as it was. What still
+//!   aborts on exhaustion, as `alloc` does: the box of a stage-1 domain's
+//!   context, the range-invalidation plan of an unmap or protect, the
+//!   CFGI_CD list of a [`Batch`], the stage-2 table engine's own
+//!   bookkeeping ([`stage2`]), and the vectors returned by diagnostics
+//!   ([`Smmu::stream_table_snapshot`], [`Smmu::stage2_snapshot`],
+//!   [`Smmu::group_sids`], [`Smmu::domain_info`], [`fault::coalesce`]).
 //!
 //! Nothing allocates on the command-queue path ([`Smmu::submit_unchecked`]
 //! and every invalidation the driver issues), in [`Smmu::service`],

@@ -806,6 +806,9 @@ impl<H: Hal> Smmu<H> {
         let mut strtab = self.strtab.lock();
         let live = self.commands_live();
         let mut fresh = alloc::vec::Vec::new();
+        fresh
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
         for &(sid, _) in updates {
             if strtab.ensure(sid)? {
                 fresh.push(Command::CfgiSteRange {
@@ -825,6 +828,9 @@ impl<H: Hal> Smmu<H> {
             plans.push((sid, plan_update(&Ste(strtab.read(sid)?), &target)?, 0usize));
         }
         let mut cfgis = alloc::vec::Vec::new();
+        cfgis
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
         loop {
             cfgis.clear();
             for (sid, plan, next) in plans.iter_mut() {

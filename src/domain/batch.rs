@@ -47,6 +47,19 @@ pub struct Batch<'a, H: Hal> {
     detach: Vec<u32>,
     attach: Vec<(DomainId, u32)>,
     tables: Vec<(DomainId, u64, u64, TableOp)>,
+    /// A change could not be recorded (out of memory): `commit` refuses
+    /// the whole batch with [`Error::NoMemory`] before changing anything.
+    no_memory: bool,
+}
+
+/// Appends `x` to `v` unless the allocator has no room; returns whether it
+/// did.
+fn try_push<T>(v: &mut Vec<T>, x: T) -> bool {
+    if v.try_reserve(1).is_err() {
+        return false;
+    }
+    v.push(x);
+    true
 }
 
 impl<H: Hal> Smmu<H> {
@@ -78,6 +91,7 @@ impl<H: Hal> Smmu<H> {
             detach: Vec::new(),
             attach: Vec::new(),
             tables: Vec::new(),
+            no_memory: false,
         }
     }
 }
@@ -85,26 +99,26 @@ impl<H: Hal> Smmu<H> {
 impl<'a, H: Hal> Batch<'a, H> {
     /// Returns `sid` to abort (as [`Smmu::detach`]).
     pub fn detach(mut self, sid: u32) -> Self {
-        self.detach.push(sid);
+        self.no_memory |= !try_push(&mut self.detach, sid);
         self
     }
 
     /// Points `sid` at domain `id` (as [`Smmu::attach`]).
     pub fn attach(mut self, id: DomainId, sid: u32) -> Self {
-        self.attach.push((id, sid));
+        self.no_memory |= !try_push(&mut self.attach, (id, sid));
         self
     }
 
     /// Unmaps `[ipa, ipa + len)` of domain `id` (as [`Smmu::unmap`]).
     pub fn unmap(mut self, id: DomainId, ipa: u64, len: u64) -> Self {
-        self.tables.push((id, ipa, len, TableOp::Unmap));
+        self.no_memory |= !try_push(&mut self.tables, (id, ipa, len, TableOp::Unmap));
         self
     }
 
     /// Changes the permission of `[ipa, ipa + len)` of domain `id` (as
     /// [`Smmu::protect`]).
     pub fn protect(mut self, id: DomainId, ipa: u64, len: u64, perm: Perm) -> Self {
-        self.tables.push((id, ipa, len, TableOp::Protect(perm)));
+        self.no_memory |= !try_push(&mut self.tables, (id, ipa, len, TableOp::Protect(perm)));
         self
     }
 
@@ -114,6 +128,9 @@ impl<'a, H: Hal> Batch<'a, H> {
     /// ([`Error::SidInGroup`]): use [`Smmu::attach_group`] /
     /// [`Smmu::detach_group`].
     pub fn commit(self, cpu: &mut dyn FnMut(&CpuInvalidation)) -> Result<()> {
+        if self.no_memory {
+            return Err(Error::NoMemory);
+        }
         let smmu = self.smmu;
         // Lock order: groups -> domains -> stream table -> cmdq.
         let groups = smmu.groups.lock();
@@ -148,6 +165,17 @@ impl<'a, H: Hal> Batch<'a, H> {
             // A StreamID moved from one domain to another ends attached.
             updates.retain(|(s, _)| *s != sid);
             updates.push((sid, ste));
+        }
+        // Room for the bookkeeping first: once the STEs are written it
+        // cannot fail.
+        domains.attached.reserve(self.attach.len())?;
+        for &(id, _) in &self.attach {
+            let n = self.attach.iter().filter(|(d, _)| *d == id).count();
+            domains
+                .get_mut(id)?
+                .sids
+                .try_reserve(n)
+                .map_err(|_| Error::NoMemory)?;
         }
         smmu.write_stes(&updates)?;
         // A stage-1 stream's CD may still be cached after its CFGI_STE.
@@ -213,6 +241,7 @@ impl<'a, H: Hal> Batch<'a, H> {
         let mut cmds: Vec<Command> = Vec::new();
         for &(id, ipa, len, hints) in &changed {
             let d = domains.get(id)?;
+            cmds.try_reserve(1).map_err(|_| Error::NoMemory)?;
             if d.tlb_unknown {
                 cmds.push(Command::TlbiS12Vmall { vmid: d.vmid });
                 continue;

@@ -70,6 +70,7 @@ impl<H: Hal> Smmu<H> {
             return Err(Error::Unsupported(Unsupported::AddressSize));
         }
         let mut domains = self.domains.lock();
+        domains.reserve()?;
         let vmid = match ext.vmid {
             Some(v) => domains.vmids.alloc_specific(v)?,
             None => domains.vmids.alloc()?,

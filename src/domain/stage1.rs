@@ -95,6 +95,7 @@ impl<H: Hal> Smmu<H> {
         let table = Stage1Table::<H>::new(geo, f.coherent)?;
         let cd_mem = Dma::<H>::new(CD_BYTES, CD_BYTES, f.coherent)?;
         let mut domains = self.domains.lock();
+        domains.reserve()?;
         let (vmid, owns_vmid) = match (f.stage2, options.vmid) {
             (true, Some(v)) => (domains.vmids.alloc_specific(v)?, true),
             (true, None) => (domains.vmids.alloc()?, true),
