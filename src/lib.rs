@@ -117,10 +117,12 @@
 //!   ([`Smmu::stream_table_snapshot`], [`Smmu::stage2_snapshot`],
 //!   [`Smmu::group_sids`], [`Smmu::domain_info`], [`fault::coalesce`]).
 //!
-//! Nothing allocates on the command-queue path ([`Smmu::submit_unchecked`]
-//! and every invalidation the driver issues), in [`Smmu::service`],
-//! [`Smmu::drain_events`] or [`Smmu::handle_gerror`]: an interrupt handler
-//! may call them (a host test counts allocations on these paths).
+//! Nothing allocates in the command queue (submitting a batch, waiting
+//! for room or for a CMD_SYNC, recovering a command error: the path every
+//! driver call's commands and [`Smmu::submit_unchecked`] take), in
+//! [`Smmu::service`], [`Smmu::drain_events`], [`Smmu::handle_gerror`] or
+//! [`Smmu::stats`]: an interrupt handler may call them (a host test counts
+//! allocations on these paths with a counting global allocator).
 
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
