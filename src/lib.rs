@@ -111,8 +111,9 @@
 //!   These reserve with `try_reserve` before anything changes, so running
 //!   out is [`Error::NoMemory`] and leaves the driver as it was. What still
 //!   aborts on exhaustion, as `alloc` does: the box of a stage-1 domain's
-//!   context, the range-invalidation plan of an unmap or protect, the
-//!   CFGI_CD list of a [`Batch`], the stage-2 table engine's own
+//!   context, the range-invalidation plan of an unmap or protect (built
+//!   after the tables changed, when giving up would skip the TLBI), the
+//!   TLBI list of a [`Batch`] likewise, the stage-2 table engine's own
 //!   bookkeeping ([`stage2`]), and the vectors returned by diagnostics
 //!   ([`Smmu::stream_table_snapshot`], [`Smmu::stage2_snapshot`],
 //!   [`Smmu::group_sids`], [`Smmu::domain_info`], [`fault::coalesce`]).

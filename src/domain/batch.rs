@@ -177,20 +177,25 @@ impl<'a, H: Hal> Batch<'a, H> {
                 .try_reserve(n)
                 .map_err(|_| Error::NoMemory)?;
         }
+        let mut cd_cfgis: Vec<Command> = Vec::new();
+        cd_cfgis
+            .try_reserve_exact(self.detach.len())
+            .map_err(|_| Error::NoMemory)?;
         smmu.write_stes(&updates)?;
         // A stage-1 stream's CD may still be cached after its CFGI_STE.
-        let cd_cfgis: Vec<Command> = self
-            .detach
-            .iter()
-            .filter(|sid| {
-                domains
-                    .attached
-                    .get(sid)
-                    .and_then(|id| domains.get(*id).ok())
-                    .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
-            })
-            .map(|&sid| Command::CfgiCdAll { sid })
-            .collect();
+        // (Within the capacity reserved above: no allocation.)
+        cd_cfgis.extend(
+            self.detach
+                .iter()
+                .filter(|sid| {
+                    domains
+                        .attached
+                        .get(sid)
+                        .and_then(|id| domains.get(*id).ok())
+                        .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
+                })
+                .map(|&sid| Command::CfgiCdAll { sid }),
+        );
         if smmu.is_live() && !cd_cfgis.is_empty() {
             smmu.submit(&cd_cfgis)?;
         }
@@ -241,7 +246,6 @@ impl<'a, H: Hal> Batch<'a, H> {
         let mut cmds: Vec<Command> = Vec::new();
         for &(id, ipa, len, hints) in &changed {
             let d = domains.get(id)?;
-            cmds.try_reserve(1).map_err(|_| Error::NoMemory)?;
             if d.tlb_unknown {
                 cmds.push(Command::TlbiS12Vmall { vmid: d.vmid });
                 continue;

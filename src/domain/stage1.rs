@@ -160,14 +160,14 @@ impl<H: Hal> Smmu<H> {
         for (i, w) in current.0.iter_mut().enumerate() {
             *w = mem.read_u64(i);
         }
-        let cfgi: Vec<Command> = sids
-            .iter()
-            .map(|&sid| Command::CfgiCd {
-                sid,
-                ssid: 0,
-                leaf: true,
-            })
-            .collect();
+        let mut cfgi: Vec<Command> = Vec::new();
+        cfgi.try_reserve_exact(sids.len())
+            .map_err(|_| Error::NoMemory)?;
+        cfgi.extend(sids.iter().map(|&sid| Command::CfgiCd {
+            sid,
+            ssid: 0,
+            leaf: true,
+        }));
         for step in cd::plan_update(&current, target)?.iter().copied() {
             match step {
                 UpdateStep::Write { dword, value } => mem.write_u64(dword, value),
