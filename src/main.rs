@@ -25,6 +25,14 @@ use smmuv3::smmu::Config;
 fn main() -> ! {
     let boot = image::init();
     image::print_pci_functions(&boot.pci);
+    match image::fwcfg::check_iort(&boot.platform, &boot.pci) {
+        Ok(check) => {
+            println!("{check}");
+            let names: Vec<&str> = check.files.iter().map(|f| f.name.as_str()).collect();
+            println!("      fw_cfg files: {}", names.join(" "));
+        }
+        Err(e) => println!("IORT  not read: {e}"),
+    }
     if cfg!(feature = "bench") {
         let ok = image::bench::run(&boot.pci);
         image::exit(if ok { 0 } else { 1 });

@@ -13,7 +13,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use image::harness::{self, TestResult, check, check_eq, tests, try_ok};
+use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::platform::{self, DtbError, Gic, IommuMapEntry, Platform, PsciMethod, RidError};
 use image::{ImageHal, cpu, dma, heap, layout, mmu};
 
@@ -36,6 +36,7 @@ fn main() -> ! {
             dtb_without_a_usable_gic_boots_and_polls,
             iommu_map_translates_rids,
             smmu_idr0_readable_through_the_mapping,
+            fw_cfg_from_the_dtb_answers_through_the_mapping,
         ],
     )
 }
@@ -308,5 +309,34 @@ fn smmu_idr0_readable_through_the_mapping() -> TestResult {
     check!(idr0 != 0, "IDR0 = {idr0:#x}");
     // SAFETY: as above, for the page-1 alias (EVENTQ_PROD at 0x100a8).
     let _ = unsafe { ((base + 0x100a8) as *const u32).read_volatile() };
+    Ok(())
+}
+
+/// The DTB's `qemu,fw-cfg-mmio` node is parsed and mapped: its signature
+/// item reads "QEMU" and its file directory lists QEMU's ACPI tables.
+fn fw_cfg_from_the_dtb_answers_through_the_mapping() -> TestResult {
+    let p = &image::boot().platform;
+    let reg = p
+        .fw_cfg
+        .ok_or(Failure::new("the DTB names a qemu,fw-cfg-mmio device"))?;
+    check!(
+        mmu::device_regions(p).iter().any(|(_, r)| *r == reg),
+        "fw_cfg is not in the MMU's device regions"
+    );
+    // SAFETY: the DTB's fw_cfg frame, mapped as device memory; this test
+    // is its only user.
+    let fw = unsafe { image::fwcfg::FwCfg::new(reg) };
+    check_eq!(fw.check_signature(), Ok(()));
+    let files = fw.files();
+    check!(
+        files
+            .iter()
+            .any(|f| f.name == "etc/acpi/tables" && f.size > 0)
+    );
+    check!(
+        files
+            .iter()
+            .any(|f| f.name == "etc/acpi/rsdp" && f.size >= 36)
+    );
     Ok(())
 }

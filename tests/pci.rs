@@ -14,11 +14,13 @@ mod image;
 use alloc::vec::Vec;
 
 use image::edu::{self, BUFFER_SIZE, Edu, EduError};
+use image::fwcfg::{self, IortCheck};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::pci::{self, CMD_BUS_MASTER, CMD_MEMORY, Ecam, PciFunction};
 use image::platform::Region;
 use image::{dma, print_pci_functions};
 use smmuv3::topology::BridgeKind;
+use smmuv3::topology::iort::{self, IortError, NodeKind};
 
 fn main() -> ! {
     let boot = image::init();
@@ -37,6 +39,9 @@ fn main() -> ! {
             smmu_is_disabled,
             edu_dma_round_trip,
             edu_dma_rejects_ranges_outside_the_buffer,
+            iort_from_fw_cfg_agrees_with_the_dtb,
+            iort_smmu_node_matches_the_dtb_smmu_node,
+            a_corrupted_iort_from_qemu_is_refused,
         ],
     )
 }
@@ -276,5 +281,106 @@ fn edu_dma_rejects_ranges_outside_the_buffer() -> TestResult {
         })
     );
     check_eq!(e.dma_to_ram(usize::MAX, 0x4000_0000, 2).is_err(), true);
+    Ok(())
+}
+
+/// QEMU's IORT, read through fw_cfg (once per test: the read is cheap).
+fn iort_check() -> Result<IortCheck, Failure> {
+    let p = &image::boot().platform;
+    fwcfg::check_iort(p, functions())
+        .map_err(|e| Failure::new(alloc::format!("IORT via fw_cfg: {e}")))
+}
+
+/// QEMU lists its ACPI tables in fw_cfg even for a `-kernel` ELF; the IORT
+/// found through RSDP -> XSDT parses, its SMMU is the DTB's, and every
+/// function's RIDs (own and aliases) get the StreamIDs `iommu-map` gives.
+fn iort_from_fw_cfg_agrees_with_the_dtb() -> TestResult {
+    let c = iort_check()?;
+    image::console::println!("{c}");
+    for name in ["etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader"] {
+        check!(
+            c.files.iter().any(|f| f.name == name),
+            "fw_cfg has no {name}"
+        );
+    }
+    let p = &image::boot().platform;
+    check_eq!(c.smmu_base, Some(p.smmu.reg.base));
+    let rids = fwcfg::function_rids(functions());
+    check!(rids.len() >= functions().len());
+    check_eq!(c.agreement, Ok(rids.len()));
+    // And function by function, against what enumeration recorded.
+    let iort = c
+        .parsed()
+        .map_err(|e| Failure::new(alloc::format!("{e}")))?;
+    for f in functions() {
+        let s = iort.smmu_stream(0, f.rid().0).map(|s| s.sid);
+        check_eq!(
+            (f.bdf, s.ok()),
+            (f.bdf, f.dma.as_ref().ok().map(|d| d.own().sid))
+        );
+    }
+    // The root complex: segment 0, fully coherent (as the DTB's dma-coherent).
+    let (_, rc) = iort
+        .root_complex(0)
+        .ok_or(Failure::new("a root complex for segment 0"))?;
+    check_eq!(rc.memory.coherent(), p.smmu.dma_coherent);
+    Ok(())
+}
+
+/// The SMMUv3 node's fields against the DTB's `arm,smmu-v3` node: base,
+/// COHACC override vs `dma-coherent`, and the four interrupts.
+fn iort_smmu_node_matches_the_dtb_smmu_node() -> TestResult {
+    let c = iort_check()?;
+    let iort = c
+        .parsed()
+        .map_err(|e| Failure::new(alloc::format!("{e}")))?;
+    let smmus: Vec<_> = iort.smmu_v3_nodes().collect();
+    check_eq!(smmus.len(), 1);
+    let (offset, s) = smmus[0];
+    let p = &image::boot().platform;
+    image::console::println!(
+        "  IORT revision {}, SMMUv3 node at {offset:#x}: base {:#x} flags {:#x} model {} GSIVs event {} pri {} gerr {} sync {}; DTB: eventq {:?} priq {:?} gerror {:?} cmdq-sync {:?}",
+        iort.revision(),
+        s.base,
+        s.flags,
+        s.model,
+        s.event_gsiv,
+        s.pri_gsiv,
+        s.gerr_gsiv,
+        s.sync_gsiv,
+        p.smmu.irqs.eventq,
+        p.smmu.irqs.priq,
+        p.smmu.irqs.gerror,
+        p.smmu.irqs.cmdq_sync
+    );
+    check_eq!(s.base, p.smmu.reg.base);
+    check_eq!(s.coherent(), p.smmu.dma_coherent);
+    check_eq!(Some(s.event_gsiv), p.smmu.irqs.eventq);
+    check_eq!(Some(s.pri_gsiv), p.smmu.irqs.priq);
+    check_eq!(Some(s.gerr_gsiv), p.smmu.irqs.gerror);
+    check_eq!(Some(s.sync_gsiv), p.smmu.irqs.cmdq_sync);
+    let node = iort.node_at(offset).ok_or(Failure::new("SMMUv3 node"))?;
+    check!(matches!(node.kind, NodeKind::SmmuV3(_)));
+    check!(iort.revision() <= iort::MAX_REVISION);
+    Ok(())
+}
+
+/// The same bytes with one flipped bit are refused with a typed error.
+fn a_corrupted_iort_from_qemu_is_refused() -> TestResult {
+    let c = iort_check()?;
+    let mut bytes = c.iort.clone();
+    check!(bytes.len() > iort::HEADER_LEN);
+    bytes[iort::HEADER_LEN] ^= 0x10;
+    check_eq!(
+        iort::Iort::parse(&bytes).err(),
+        Some(IortError::BadChecksum { sum: 0x10 })
+    );
+    check_eq!(
+        iort::Iort::parse(&c.iort[..iort::HEADER_LEN - 1]).err(),
+        Some(IortError::Truncated {
+            needed: iort::HEADER_LEN,
+            have: iort::HEADER_LEN - 1
+        })
+    );
     Ok(())
 }

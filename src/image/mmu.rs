@@ -114,6 +114,7 @@ pub fn device_regions(p: &Platform) -> Vec<(&'static str, Region)> {
         Err(_) => {}
     }
     v.push(("PCI ECAM", p.pci.ecam));
+    v.extend(p.fw_cfg.map(|r| ("fw_cfg", r)));
     v.extend(p.pci.mem32.map(|w| ("PCI 32-bit window", w.cpu_region())));
     v.extend(p.pci.mem64.map(|w| ("PCI 64-bit window", w.cpu_region())));
     v.extend(p.pci.io.map(|w| ("PCI I/O window", w.cpu_region())));

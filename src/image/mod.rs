@@ -21,6 +21,7 @@ pub mod dma;
 pub mod edu;
 pub mod entry;
 pub mod exceptions;
+pub mod fwcfg;
 pub mod gic;
 pub mod guest;
 pub mod guests;

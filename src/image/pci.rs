@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use smmuv3::topology::{
-    self, AliasRule, AliasSource, Bridge, BridgeKind, DmaAliases, Groups, Rid, TopologyError,
+    self, AliasSource, Bridge, BridgeKind, DmaAliases, FUNCTION_BITS, Groups, Rid, TopologyError,
 };
 
 use super::platform::{PciHost, Window};
@@ -37,7 +37,7 @@ pub struct Bdf {
 impl Bdf {
     /// The PCI requester ID: `bus << 8 | dev << 3 | func`.
     pub fn rid(&self) -> u16 {
-        (u16::from(self.bus) << 8) | (u16::from(self.dev) << 3) | u16::from(self.func)
+        Rid::from_devfn(self.bus, (self.dev << FUNCTION_BITS) | self.func).0
     }
 }
 
@@ -142,6 +142,17 @@ impl PciFunction {
             .then(|| BridgeKind::from_port_type(self.pcie_port_type))
     }
 
+    /// For a bridge with bus numbers: itself as the library sees it.
+    pub fn as_bridge(&self) -> Option<Bridge> {
+        let (secondary, subordinate) = self.buses?;
+        Some(Bridge {
+            rid: self.rid(),
+            kind: self.bridge_kind()?,
+            secondary,
+            subordinate,
+        })
+    }
+
     /// Its requester ID.
     pub fn rid(&self) -> Rid {
         Rid(self.bdf.rid())
@@ -169,26 +180,15 @@ pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
     Groups::build(sids.iter().map(|(i, s)| (*i, s.as_slice())))
 }
 
-/// The bridges from `functions[index]` up to the root bus, nearest first.
+/// The bridges from `functions[index]` up to the root bus, nearest first
+/// ([`topology::upstream_bridges`] over the enumeration's parent links).
 pub fn upstream_bridges(functions: &[PciFunction], index: usize) -> Vec<Bridge> {
-    let mut chain = Vec::new();
-    let mut next = functions.get(index).and_then(|f| f.parent);
-    // Bounded: a chain cannot be longer than the number of functions.
-    while let Some(p) = next {
-        let Some(b) = functions.get(p) else { break };
-        if chain.len() >= functions.len() {
-            break;
-        }
-        let (secondary, subordinate) = b.buses.unwrap_or((0, 0));
-        chain.push(Bridge {
-            rid: b.rid(),
-            kind: b.bridge_kind().unwrap_or(BridgeKind::Conventional),
-            secondary,
-            subordinate,
-        });
-        next = b.parent;
-    }
-    chain
+    topology::upstream_bridges(
+        index,
+        functions.len(),
+        |i| functions.get(i)?.parent,
+        |i| functions.get(i)?.as_bridge(),
+    )
 }
 
 /// Formats a size as `1 MiB`, `4 KiB`, `16 B`.
@@ -232,15 +232,13 @@ impl fmt::Display for PciFunction {
         if self.pci_x {
             f.write_str("  PCI-X")?;
         }
-        if let (Some(kind), Some((secondary, _))) = (self.bridge_kind(), self.buses) {
-            match kind.alias_rule() {
-                AliasRule::None => {}
-                AliasRule::SecondaryBus => write!(
-                    f,
-                    "  (DMA from below arrives as {})",
-                    Rid::from_devfn(secondary, 0)
-                )?,
-                AliasRule::Bridge => f.write_str("  (DMA from below arrives as this bridge)")?,
+        if let Some(b) = self.as_bridge() {
+            match b.alias() {
+                None => {}
+                Some(rid) if rid == b.rid => {
+                    f.write_str("  (DMA from below arrives as this bridge)")?
+                }
+                Some(rid) => write!(f, "  (DMA from below arrives as {rid})")?,
             }
         }
         match &self.dma {

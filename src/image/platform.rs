@@ -231,6 +231,8 @@ pub struct Platform {
     pub psci: Option<PsciMethod>,
     /// The PCIe host bridge.
     pub pci: PciHost,
+    /// QEMU's firmware configuration device (`qemu,fw-cfg-mmio`), if any.
+    pub fw_cfg: Option<Region>,
 }
 
 /// Why the DTB could not be used.
@@ -333,6 +335,9 @@ impl Platform {
             smmu: smmu(fdt)?,
             psci: psci(fdt),
             pci: pci_host(fdt)?,
+            fw_cfg: fdt
+                .find_compatible(&["qemu,fw-cfg-mmio"])
+                .and_then(|n| reg_of(n).first().copied()),
         })
     }
 }
@@ -510,20 +515,11 @@ fn pci_host(fdt: &Fdt) -> Result<PciHost, DtbError> {
         return Err(DtbError::Missing("PCI memory window in ranges"));
     }
 
-    let iommu_map = node
-        .property("iommu-map")
-        .map(|p| {
-            let v: Vec<u32> = cells(p.value).collect();
-            v.chunks_exact(4)
-                .map(|c| IommuMapEntry {
-                    rid_base: c[0],
-                    iommu: c[1],
-                    sid_base: c[2],
-                    len: c[3],
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let iommu_map = match node.property("iommu-map") {
+        Some(p) => IommuMap::entries_from_cells(&cells(p.value).collect::<Vec<u32>>())
+            .map_err(|_| DtbError::Malformed("iommu-map"))?,
+        None => Vec::new(),
+    };
     Ok(PciHost {
         ecam,
         bus_start,
