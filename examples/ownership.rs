@@ -3,10 +3,10 @@
 //! hypervisor calls these from its own code); the README shows this file.
 #![no_std]
 
-use smmuv3::domain::{CpuInvalidation, DomainId, DomainOptions, ExternalStage2, MapOptions};
-use smmuv3::smmu::Smmu;
-use smmuv3::stage2::{Perm, Stage2Config};
-use smmuv3::{Hal, Result};
+use smmuv3::{
+    CpuInvalidation, DomainId, DomainOptions, ExternalStage2, Hal, MapOptions, Perm, Result, Smmu,
+    Stage2Config,
+};
 
 /// A VM's memory: guest RAM and one passed-through BAR (IPA, PA, length).
 pub struct VmLayout {

@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 use tock_registers::LocalRegisterCopy;
 use tock_registers::register_bitfields;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Field, Invalid, Result};
 
 register_bitfields! [u64,
     /// Dword 0 of the CFGI_* and PREFETCH_CONFIG commands.
@@ -183,10 +183,21 @@ impl TlbiRange {
 
     fn validate(&self, addr: u64) -> Result<()> {
         if self.num > 31 || self.scale > 31 || self.ttl > 3 {
-            return Err(Error::InvalidArgument("TLBI range NUM/SCALE/TTL too wide"));
+            let value = [self.num, self.scale, self.ttl]
+                .into_iter()
+                .zip([31, 31, 3])
+                .find(|&(v, max)| v > max)
+                .map_or(0, |(v, _)| v);
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::TlbiRange,
+                value: u64::from(value),
+            }));
         }
         let Some(shift) = self.granule_shift() else {
-            return Err(Error::InvalidArgument("TLBI range TG must be 1, 2 or 3"));
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::TlbiGranule,
+                value: u64::from(self.tg),
+            }));
         };
         let align = 1u64 << shift;
         if addr & (align - 1) != 0 {
@@ -426,10 +437,16 @@ impl Command {
         };
         match self {
             Command::CfgiSteRange { range, .. } if *range > 31 => {
-                Err(Error::InvalidArgument("CFGI_STE_RANGE Range above 31"))
+                Err(Error::Invalid(Invalid::Field {
+                    field: Field::CfgiRange,
+                    value: u64::from(*range),
+                }))
             }
             Command::CfgiCd { ssid, .. } if *ssid >= SSID_LIMIT => {
-                Err(Error::InvalidArgument("SubstreamID wider than 20 bits"))
+                Err(Error::Invalid(Invalid::Field {
+                    field: Field::Ssid,
+                    value: u64::from(*ssid),
+                }))
             }
             Command::TlbiNhVa { addr, range, .. } | Command::TlbiNhVaa { addr, range, .. } => {
                 check_va(*addr, range)
@@ -1271,10 +1288,13 @@ mod tests {
         );
         assert!(Command::tlbi_s2_ipa(1, 0x4000, false, Some(r16)).is_ok());
         let bad_tg = TlbiRange { tg: 0, ..r16 };
-        assert!(matches!(
+        assert_eq!(
             Command::tlbi_nh_vaa(1, 0, false, Some(bad_tg)),
-            Err(Error::InvalidArgument(_))
-        ));
+            Err(Error::Invalid(Invalid::Field {
+                field: Field::TlbiGranule,
+                value: 0
+            }))
+        );
         let bad_num = TlbiRange { num: 32, ..r16 };
         assert!(Command::tlbi_nh_va(1, 1, 0, false, Some(bad_num)).is_err());
         assert!(

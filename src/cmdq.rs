@@ -142,6 +142,7 @@ impl<H: Hal> CommandQueue<H> {
     }
 
     /// Bytes of queue memory.
+    #[allow(dead_code)] // a diagnostics accessor
     pub fn bytes(&self) -> usize {
         self.queue.bytes()
     }
@@ -159,6 +160,7 @@ impl<H: Hal> CommandQueue<H> {
     }
 
     /// The most recent command fault recovered from.
+    #[allow(dead_code)] // a diagnostics accessor
     pub fn last_fault(&self) -> Option<CmdqFault> {
         self.last_fault
     }
@@ -166,6 +168,7 @@ impl<H: Hal> CommandQueue<H> {
     /// Writes `cmds` (and a CMD_SYNC when `sync`) and publishes them with as
     /// few PROD writes as the free space allows (one, when they fit). With
     /// `sync`, waits until the CMD_SYNC is consumed.
+    #[cfg(test)]
     pub fn submit(&mut self, mmio: &Mmio, cmds: &[[u64; CMD_DWORDS]], sync: bool) -> Result<()> {
         self.submit_with(mmio, cmds.len(), |i| cmds[i], sync)
     }

@@ -221,7 +221,14 @@ impl<H: Hal> Domains<H> {
         })
     }
 
-    /// Adds the domain `make(id)` under a fresh handle.
+    /// Makes room for one more domain ([`Domains::insert`] then does not
+    /// allocate). Called before anything is allocated for the domain.
+    pub(crate) fn reserve(&mut self) -> Result<()> {
+        self.domains.reserve(1)
+    }
+
+    /// Adds the domain `make(id)` under a fresh handle (allocates unless
+    /// [`Domains::reserve`] made room).
     pub(crate) fn insert(&mut self, make: impl FnOnce(DomainId) -> Domain<H>) -> DomainId {
         let id = self.next;
         self.next = self.next.wrapping_add(1).max(1);
@@ -301,6 +308,7 @@ impl<H: Hal> Smmu<H> {
         }
         cfg.check_fits(u32::from(f.ias_bits), u32::from(f.oas_bits))?;
         let mut domains = self.domains.lock();
+        domains.reserve()?;
         let table = Stage2Table::new(cfg, f.coherent)?;
         let vmid = match options.vmid {
             Some(v) => domains.vmids.alloc_specific(v)?,
@@ -356,6 +364,13 @@ impl<H: Hal> Smmu<H> {
             return Err(Error::SidAttached(sid));
         }
         let ste = self.domain_ste(d)?;
+        // Room first: once the STE is written, the bookkeeping cannot fail.
+        domains.attached.reserve(1)?;
+        domains
+            .get_mut(id)?
+            .sids
+            .try_reserve(1)
+            .map_err(|_| Error::NoMemory)?;
         self.write_ste(sid, &ste)?;
         domains.attached.insert(sid, id);
         domains.get_mut(id)?.sids.push(sid);

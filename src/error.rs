@@ -182,7 +182,196 @@ impl fmt::Display for CmdqError {
     }
 }
 
-/// Every way a driver call can fail.
+/// A field of a hardware structure or command that an encoder refused: the
+/// value is reserved, or wider than the field ([`Invalid::Field`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Field {
+    /// STE.S2TTB (stage-2 table base): beyond 52 bits.
+    S2Ttb,
+    /// STE.S2T0SZ: above 63.
+    S2T0sz,
+    /// STE.S2SL0: reserved encoding.
+    S2Sl0,
+    /// STE.S2TG: reserved encoding.
+    S2Tg,
+    /// STE.S2PS: reserved encoding.
+    S2Ps,
+    /// STE.S2IR0: above 3.
+    S2Ir0,
+    /// STE.S2OR0: above 3.
+    S2Or0,
+    /// STE.S2SH0: reserved encoding.
+    S2Sh0,
+    /// STE.S1ContextPtr: beyond 52 bits.
+    S1ContextPtr,
+    /// STE.S1CDMax: above 31.
+    S1CdMax,
+    /// STE.S1DSS: reserved encoding.
+    S1Dss,
+    /// STE.S1CIR: above 3.
+    S1Cir,
+    /// STE.S1COR: above 3.
+    S1Cor,
+    /// STE.S1CSH: reserved encoding.
+    S1Csh,
+    /// Level-1 stream table descriptor Span: above 12.
+    L1Span,
+    /// Level-1 stream table descriptor L2Ptr: beyond 52 bits, or non-zero
+    /// in an invalid (Span 0) descriptor.
+    L2Ptr,
+    /// CD.TTB0: beyond 52 bits.
+    Ttb0,
+    /// CD.T0SZ: above 63.
+    T0sz,
+    /// CD.TG0: reserved encoding.
+    Tg0,
+    /// CD.IR0: above 3.
+    Ir0,
+    /// CD.OR0: above 3.
+    Or0,
+    /// CD.SH0: reserved encoding.
+    Sh0,
+    /// TLBI range NUM, SCALE or TTL: wider than its field.
+    TlbiRange,
+    /// TLBI range TG: not 1, 2 or 3.
+    TlbiGranule,
+    /// CMD_CFGI_STE_RANGE Range: above 31.
+    CfgiRange,
+    /// A SubstreamID: wider than 20 bits.
+    Ssid,
+    /// MSI MemAttr: above 15.
+    MsiMemAttr,
+    /// MSI shareability: reserved encoding.
+    MsiSh,
+}
+
+/// Which caller-supplied value the driver refused ([`Error::Invalid`]).
+/// Each case names what was wrong, with the value where there is one; none
+/// of them changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// A field value an encoder cannot encode.
+    Field {
+        /// The field.
+        field: Field,
+        /// The value refused.
+        value: u64,
+    },
+    /// A DMA allocation whose size is zero or not a power of two, or whose
+    /// alignment is not a power of two.
+    DmaLayout {
+        /// The size asked for, in bytes.
+        size: usize,
+        /// The alignment asked for, in bytes.
+        align: usize,
+    },
+    /// A stream table of this many StreamID bits in this format (linear:
+    /// at most 16; two-level: 8 to 24).
+    StreamTableSize {
+        /// StreamID bits asked for.
+        sid_bits: u32,
+    },
+    /// An STE dword index above 7.
+    SteDword(usize),
+    /// An MSI doorbell at address 0.
+    MsiDoorbell,
+    /// An ID allocator width other than 8 or 16 bits.
+    IdWidth(u32),
+    /// An ID beyond the allocator's width (a VMID wider than IDR0.VMID16
+    /// allows).
+    IdOutOfRange(u32),
+    /// ID 0, which is reserved (VMID 0 belongs to streams without stage 2).
+    IdReserved,
+    /// An ID already allocated (a CPU VMID another domain uses).
+    IdInUse(u32),
+    /// An empty list of StreamIDs.
+    NoStreamIds,
+    /// A group's StreamIDs are not all detached, nor all attached to one
+    /// domain: `sid` is the first one that differs.
+    MixedGroup {
+        /// The first StreamID placed differently from the first one.
+        sid: u32,
+    },
+    /// A VMID was asked for on an SMMU without stage 2 (a stage-1 domain
+    /// has none).
+    VmidWithoutStage2,
+    /// Write-only permission for a stage-1 domain (VMSAv8-64 stage 1 has
+    /// no write-only encoding).
+    WriteOnlyStage1,
+    /// A stage-1 operation reached a domain that is not stage 1 (a driver
+    /// bug, reported rather than acted on).
+    NotStage1,
+    /// An SMMU register region at address 0, or smaller than
+    /// [`crate::MMIO_SIZE`].
+    RegisterRegion,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::Field { field, value } => write!(f, "{field:?} cannot encode {value:#x}"),
+            Invalid::DmaLayout { size, align } => write!(
+                f,
+                "DMA size {size:#x} and alignment {align:#x} must be powers of two"
+            ),
+            Invalid::StreamTableSize { sid_bits } => {
+                write!(
+                    f,
+                    "no stream table of {sid_bits} StreamID bits in this format"
+                )
+            }
+            Invalid::SteDword(i) => write!(f, "STE dword index {i}"),
+            Invalid::MsiDoorbell => write!(f, "MSI doorbell at address 0"),
+            Invalid::IdWidth(b) => write!(f, "ID width {b}: must be 8 or 16 bits"),
+            Invalid::IdOutOfRange(id) => write!(f, "ID {id:#x} beyond the allocator's width"),
+            Invalid::IdReserved => write!(f, "ID 0 is reserved"),
+            Invalid::IdInUse(id) => write!(f, "ID {id:#x} already allocated"),
+            Invalid::NoStreamIds => write!(f, "empty StreamID list"),
+            Invalid::MixedGroup { sid } => write!(
+                f,
+                "StreamID {sid:#x}: a group's StreamIDs must all be detached or all in one domain"
+            ),
+            Invalid::VmidWithoutStage2 => write!(f, "no VMIDs on an SMMU without stage 2"),
+            Invalid::WriteOnlyStage1 => write!(f, "stage 1 has no write-only permission"),
+            Invalid::NotStage1 => write!(f, "not a stage-1 domain"),
+            Invalid::RegisterRegion => {
+                write!(f, "SMMU register region at 0 or smaller than pages 0 and 1")
+            }
+        }
+    }
+}
+
+/// Every way a driver call can fail. Each case is typed: callers branch on
+/// it, and none of them leaves a half-made change behind unless it says so
+/// ([`Error::RollbackFailed`]).
+///
+#[cfg_attr(feature = "testing", doc = "```")]
+#[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+/// use smmuv3::testing::{HostHal, SmmuModel};
+/// use smmuv3::{Config, DomainOptions, Error, Granule, Invalid, Perm, Smmu, Stage2Config};
+///
+/// let model = SmmuModel::default();
+/// // SAFETY: the model outlives the driver; nothing else drives it.
+/// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
+/// smmu.enable()?;
+/// let options = DomainOptions {
+///     vmid: Some(5), // the VM's CPU VMID
+///     ..DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?)
+/// };
+/// let vm = smmu.create_domain(options)?;
+/// match smmu.create_domain(options) {
+///     Err(Error::Invalid(Invalid::IdInUse(5))) => {} // VMID 5 is taken
+///     other => panic!("{other:?}"),
+/// }
+/// assert_eq!(
+///     smmu.map(vm, 0x1001, 0x8000_0000, 0x1000, Perm::Read),
+///     Err(Error::Misaligned { addr: 0x1001, align: 0x1000 })
+/// );
+/// assert_eq!(smmu.detach(0x42), Err(Error::SidNotAttached(0x42)));
+/// # Ok::<(), smmuv3::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
@@ -194,16 +383,24 @@ pub enum Error {
     NoMemory,
     /// The HAL returned memory that breaks its promises.
     BadHalMemory {
+        /// Physical address of the region the HAL returned.
         paddr: u64,
+        /// Size asked for, in bytes.
         size: usize,
+        /// Alignment asked for, in bytes.
         align: usize,
     },
     /// A translation-table geometry or edit was refused.
     Table(TableError),
-    /// A caller-supplied value is invalid; the text says which.
-    InvalidArgument(&'static str),
+    /// A caller-supplied value is invalid; [`Invalid`] says which.
+    Invalid(Invalid),
     /// A StreamID beyond the stream table (2^SIDSIZE, or the table's size).
-    SidOutOfRange { sid: u32, limit: u32 },
+    SidOutOfRange {
+        /// The StreamID refused.
+        sid: u32,
+        /// The number of StreamIDs the table covers.
+        limit: u32,
+    },
     /// The StreamID already has a configuration installed.
     SidAttached(u32),
     /// The StreamID has no configuration to detach.
@@ -219,22 +416,46 @@ pub enum Error {
     /// An ID freed that was not allocated (double free) or never can be.
     IdNotAllocated(u32),
     /// An address or size not aligned to the granule.
-    Misaligned { addr: u64, align: u64 },
+    Misaligned {
+        /// The address or size refused.
+        addr: u64,
+        /// The alignment it needs, in bytes.
+        align: u64,
+    },
     /// A zero-length range.
     ZeroLength,
     /// `addr + len` overflows, or goes beyond the address space.
-    RangeOverflow { addr: u64, len: u64 },
+    RangeOverflow {
+        /// Start of the range.
+        addr: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
     /// The range overlaps an existing mapping at `addr`.
-    Overlap { addr: u64 },
+    Overlap {
+        /// An address of the range that is already mapped.
+        addr: u64,
+    },
     /// Nothing is mapped at `addr`.
-    NotMapped { addr: u64 },
+    NotMapped {
+        /// The first address of the range with no mapping.
+        addr: u64,
+    },
     /// A queue of 2^log2 entries exceeds the SMMU's maximum of 2^max.
-    QueueTooLarge { log2: u32, max: u32 },
+    QueueTooLarge {
+        /// log2 of the entries asked for.
+        log2: u32,
+        /// log2 of the SMMU's maximum (IDR1.CMDQS/EVENTQS).
+        max: u32,
+    },
     /// The command queue stopped on an error; `index` is the slot of the
     /// offending command, `opcode` its opcode.
     CommandError {
+        /// CMDQ_CONS.ERR.
         error: CmdqError,
+        /// Queue slot of the offending command.
         index: u32,
+        /// Its opcode.
         opcode: u8,
     },
     /// The SMMU entered service failure mode (GERROR.SFM_ERR) and was disabled.
@@ -301,7 +522,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Table(e) => write!(f, "translation table: {e}"),
-            Error::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            Error::Invalid(what) => write!(f, "invalid argument: {what}"),
             Error::SidOutOfRange { sid, limit } => {
                 write!(f, "StreamID {sid:#x} beyond limit {limit:#x}")
             }

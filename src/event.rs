@@ -12,7 +12,7 @@ use tock_registers::register_bitfields;
 
 register_bitfields! [u64,
     /// Event record dword 0.
-    pub EVT_0 [
+    EVT_0 [
         TYPE OFFSET(0) NUMBITS(8) [],
         /// SubstreamID valid.
         SSV OFFSET(11) NUMBITS(1) [],
@@ -20,7 +20,7 @@ register_bitfields! [u64,
         SID OFFSET(32) NUMBITS(32) []
     ],
     /// Event record dword 1.
-    pub EVT_1 [
+    EVT_1 [
         /// Stall tag (with STALL = 1).
         STAG OFFSET(0) NUMBITS(16) [],
         /// The transaction is stalled and awaits CMD_RESUME/STALL_TERM.
@@ -39,11 +39,11 @@ register_bitfields! [u64,
         CLASS OFFSET(40) NUMBITS(2) [Cd = 0, Tt = 1, In = 2]
     ],
     /// Event record dword 2.
-    pub EVT_2 [
+    EVT_2 [
         INPUT_ADDR OFFSET(0) NUMBITS(64) []
     ],
     /// Event record dword 3.
-    pub EVT_3 [
+    EVT_3 [
         /// IPA\[51:12\] (translation-class faults at stage 2).
         IPA OFFSET(12) NUMBITS(40) [],
         /// FetchAddr\[51:3\] (fetch faults, external aborts on walks).

@@ -1,12 +1,19 @@
 //! Host-side fakes for unit tests: a [`Hal`] backed by the std allocator
 //! (physical = virtual address) and a clock that advances on every read, so
-//! bounded waits expire deterministically.
+//! bounded waits expire deterministically. With the `testing` feature the
+//! same fakes back the public [`crate::testing`] module (which uses only
+//! part of them: the rest serves the unit tests).
 
-use std::alloc::{GlobalAlloc, Layout, System, alloc_zeroed, dealloc};
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
 use std::ptr::NonNull;
+use std::thread_local;
+use std::vec::Vec;
 
 use crate::hal::{DmaRegion, Hal};
 
@@ -19,60 +26,10 @@ thread_local! {
     static LAYOUTS: RefCell<HashMap<usize, Layout>> = RefCell::new(HashMap::new());
 }
 
-/// The unit-test binary's one global allocator: the system allocator,
-/// counting allocations (and reallocations) per thread, so that a test can
-/// show a call made none ([`heap_allocations`]).
-struct CountingAlloc;
-
-thread_local! {
-    static HEAP_ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count_allocation() {
-    // `try_with`: the counter may be gone while the thread exits.
-    let _ = HEAP_ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which
-// upholds the GlobalAlloc contract; the counter neither allocates nor
-// unwinds.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: the caller's promises about `layout` are passed on.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        // SAFETY: `ptr` came from this allocator (hence from `System`) with
-        // `layout`, as the caller promises.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-/// Heap allocations (and reallocations) made on this thread so far, by
-/// anything: the driver, the fakes (a [`FakeHal`] DMA allocation counts
-/// too) and the test itself.
-pub fn heap_allocations() -> usize {
-    HEAP_ALLOCS.with(|c| c.get())
-}
-
-/// A HAL for host tests. Each thread has its own clock and counters.
+/// A HAL for host tests: device memory from the host's allocator, physical
+/// address = virtual address, and a clock that advances 1 µs on every read
+/// (so bounded waits expire deterministically). Each thread has its own
+/// clock and counters.
 #[derive(Debug)]
 pub struct FakeHal;
 
@@ -395,8 +352,14 @@ mod off {
     pub const CMDQ_CONS: usize = 0x9C;
 }
 
-/// Called by [`crate::mmio::Mmio`] after every register write.
+/// Called by [`crate::mmio::Mmio`] after every register write. What the
+/// model does here (it may allocate to log commands) is not the driver's:
+/// it is left out of [`allocations`].
 pub fn mmio_written(base: usize, offset: usize, value: u64) {
+    uncounted(|| model_write(base, offset, value));
+}
+
+fn model_write(base: usize, offset: usize, value: u64) {
     trace(Trace::Write { offset, value });
     with_model(base, |state| {
         let regs = ManuallyDrop::new(FakeRegs {
@@ -446,3 +409,84 @@ fn consume(regs: &FakeRegs, state: &mut ModelState) {
         regs.set32(off::CMDQ_CONS, cons);
     }
 }
+
+// ---------------------------------------------------------------------------
+// A counting global allocator for the unit-test binary (never for users of
+// the `testing` feature): counts the heap allocations each thread makes, so
+// a test can prove a path allocates nothing. Work the model does on the
+// driver's thread (`mmio_written`) is not counted.
+
+#[cfg(test)]
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static UNCOUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Heap allocations (and reallocations) made by this thread so far, outside
+/// [`uncounted`] sections.
+#[cfg(test)]
+pub fn allocations() -> usize {
+    ALLOCATIONS.with(|c| c.get())
+}
+
+/// Heap allocations made by this thread so far (the same counter as
+/// [`allocations`]; the page-table tests use this name).
+#[cfg(test)]
+pub fn heap_allocations() -> usize {
+    allocations()
+}
+
+/// Runs `f` without counting its allocations.
+pub fn uncounted<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    {
+        let was = UNCOUNTED.with(|c| c.replace(true));
+        let r = f();
+        UNCOUNTED.with(|c| c.set(was));
+        r
+    }
+    #[cfg(not(test))]
+    f()
+}
+
+#[cfg(test)]
+struct CountingAlloc;
+
+#[cfg(test)]
+fn count_one() {
+    // `try_with`: the thread's locals may already be gone at its exit.
+    let counted = UNCOUNTED.try_with(|c| !c.get()).unwrap_or(false);
+    if counted {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counting touches only `const`-initialised thread locals without
+// destructors, which never allocate.
+#[cfg(test)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[cfg(test)]
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;

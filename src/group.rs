@@ -32,7 +32,7 @@ use crate::vecmap::VecMap;
 use alloc::vec::Vec;
 
 use crate::domain::DomainId;
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::hal::Hal;
 use crate::smmu::Smmu;
 
@@ -76,9 +76,11 @@ impl GroupTable {
 /// `sids` without duplicates, in first-seen order; refuses an empty list.
 fn distinct(sids: &[u32]) -> Result<Vec<u32>> {
     if sids.is_empty() {
-        return Err(Error::InvalidArgument("empty StreamID list"));
+        return Err(Error::Invalid(Invalid::NoStreamIds));
     }
-    let mut out: Vec<u32> = Vec::with_capacity(sids.len());
+    let mut out: Vec<u32> = Vec::new();
+    out.try_reserve_exact(sids.len())
+        .map_err(|_| Error::NoMemory)?;
     for &sid in sids {
         if !out.contains(&sid) {
             out.push(sid);
@@ -92,6 +94,24 @@ impl<H: Hal> Smmu<H> {
     /// and detached only together from now on. Every StreamID must be in
     /// range and in no other group, and the group must be whole already:
     /// all detached, or all attached to one domain.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// let model = SmmuModel::default();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let smmu = unsafe { smmuv3::Smmu::<HostHal>::new(model.base(), smmuv3::Config::default()) }?;
+    /// smmu.enable()?;
+    /// use smmuv3::{DomainOptions, Error, Granule, Stage2Config};
+    /// let vm = smmu.create_domain(DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?))?;
+    /// // Two functions behind a PCIe-to-PCI bridge and the bridge's alias.
+    /// let group = smmu.declare_group(&[0x218, 0x220, 0x200])?;
+    /// assert_eq!(smmu.attach(vm, 0x218), Err(Error::SidInGroup { sid: 0x218, group }));
+    /// smmu.attach_group(vm, &[0x200, 0x218, 0x220])?;
+    /// assert_eq!(smmu.domain_of(0x220), Some(vm));
+    /// smmu.detach_group(&[0x200, 0x218, 0x220])?;
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn declare_group(&self, sids: &[u32]) -> Result<GroupId> {
         let sids = distinct(sids)?;
         let mut groups = self.groups.lock();
@@ -105,11 +125,11 @@ impl<H: Hal> Smmu<H> {
             if i == 0 {
                 domain = d;
             } else if d != domain {
-                return Err(Error::InvalidArgument(
-                    "a group's StreamIDs must all be detached or all in one domain",
-                ));
+                return Err(Error::Invalid(Invalid::MixedGroup { sid }));
             }
         }
+        groups.by_sid.reserve(sids.len())?;
+        groups.groups.reserve(1)?;
         let id = groups.next;
         groups.next = groups.next.wrapping_add(1);
         for &sid in &sids {
@@ -215,7 +235,9 @@ impl<H: Hal> Smmu<H> {
         let sids = distinct(sids)?;
         let groups = self.groups.lock();
         groups.check_whole(&sids)?;
-        let mut from: Vec<(u32, DomainId)> = Vec::with_capacity(sids.len());
+        let mut from: Vec<(u32, DomainId)> = Vec::new();
+        from.try_reserve_exact(sids.len())
+            .map_err(|_| Error::NoMemory)?;
         for &sid in &sids {
             self.check_sid(sid)?;
             let d = self.domain_of(sid).ok_or(Error::SidNotAttached(sid))?;
@@ -401,7 +423,7 @@ mod tests {
         smmu.detach_group(&[0x218, 0x200]).unwrap();
         assert_eq!(
             smmu.attach_group(vm, &[]),
-            Err(Error::InvalidArgument("empty StreamID list"))
+            Err(Error::Invalid(Invalid::NoStreamIds))
         );
     }
 
@@ -423,7 +445,7 @@ mod tests {
         smmu.attach(vm, 0x300).unwrap();
         assert!(matches!(
             smmu.declare_group(&[0x300, 0x301]),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Invalid(Invalid::MixedGroup { sid: 0x301 }))
         ));
         smmu.attach(vm, 0x301).unwrap();
         let h = smmu.declare_group(&[0x300, 0x301]).unwrap();

@@ -33,7 +33,7 @@
 use core::marker::PhantomData;
 use core::ptr::NonNull;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 
 /// A physical (bus) address as the SMMU sees it.
 pub type PhysAddr = u64;
@@ -112,11 +112,29 @@ impl<H: Hal> Dma<H> {
     /// Allocates `size` zeroed bytes aligned to `align` and checks that the
     /// HAL kept its promises (alignment, size): hardware does not forgive a
     /// misaligned table the way QEMU does.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::HostHal;
+    /// use smmuv3::{Dma, Error, Invalid};
+    ///
+    /// let table = Dma::<HostHal>::new(4096, 4096, true)?;
+    /// assert_eq!(table.paddr() % 4096, 0);
+    /// table.write_u64(0, 0x1234);
+    /// table.publish(0, 1); // cleans the cache line on a non-coherent SMMU
+    /// assert_eq!(table.read_u64(0), 0x1234);
+    /// assert_eq!(
+    ///     Dma::<HostHal>::new(3000, 4096, true).err(),
+    ///     Some(Error::Invalid(Invalid::DmaLayout { size: 3000, align: 4096 }))
+    /// );
+    /// HostHal::fail_after(Some(0)); // the HAL runs out
+    /// assert_eq!(Dma::<HostHal>::new(4096, 4096, true).err(), Some(Error::NoMemory));
+    /// HostHal::fail_after(None);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn new(size: usize, align: usize, coherent: bool) -> Result<Self> {
         if size == 0 || !size.is_power_of_two() || !align.is_power_of_two() {
-            return Err(Error::InvalidArgument(
-                "DMA size and alignment must be powers of two",
-            ));
+            return Err(Error::Invalid(Invalid::DmaLayout { size, align }));
         }
         let region = H::dma_alloc(size, align).ok_or(Error::NoMemory)?;
         let dma = Self {

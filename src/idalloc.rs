@@ -12,10 +12,9 @@
 //! the SMMU's TLB entries tagged with it (CMD_TLBI_S12_VMALL or
 //! CMD_TLBI_NH_ASID, then CMD_SYNC) before handing the ID out again.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 
 /// Which kind of ID an allocator hands out; it only chooses the error
 /// returned when the space is exhausted.
@@ -52,10 +51,14 @@ impl IdAllocator {
     /// when `reserve_zero` is set. `kind` chooses the exhaustion error.
     pub fn new(bits: u32, reserve_zero: bool, kind: IdKind) -> Result<Self> {
         if bits != 8 && bits != 16 {
-            return Err(Error::InvalidArgument("ID width must be 8 or 16 bits"));
+            return Err(Error::Invalid(Invalid::IdWidth(bits)));
         }
         let ids = 1usize << bits;
-        let mut words = vec![0u64; ids / 64];
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(ids / 64)
+            .map_err(|_| Error::NoMemory)?;
+        words.resize(ids / 64, 0u64);
         if reserve_zero {
             words[0] |= 1;
         }
@@ -93,17 +96,19 @@ impl IdAllocator {
     /// Allocates exactly `id`, for a hypervisor that wants the SMMU's VMID to
     /// equal its CPU VMID.
     ///
-    /// Fails with [`Error::InvalidArgument`] when `id` is beyond the ID
-    /// width, is the reserved ID 0, or is already allocated.
+    /// Fails with [`Error::Invalid`] when `id` is beyond the ID width
+    /// ([`Invalid::IdOutOfRange`]), is the reserved ID 0
+    /// ([`Invalid::IdReserved`]), or is already allocated
+    /// ([`Invalid::IdInUse`]).
     pub fn alloc_specific(&mut self, id: u16) -> Result<u16> {
         let (w, mask) = self
             .locate(id)
-            .ok_or(Error::InvalidArgument("ID beyond the allocator's width"))?;
+            .ok_or(Error::Invalid(Invalid::IdOutOfRange(u32::from(id))))?;
         if id == 0 && self.reserve_zero {
-            return Err(Error::InvalidArgument("ID 0 is reserved"));
+            return Err(Error::Invalid(Invalid::IdReserved));
         }
         if self.words[w] & mask != 0 {
-            return Err(Error::InvalidArgument("ID already allocated"));
+            return Err(Error::Invalid(Invalid::IdInUse(u32::from(id))));
         }
         self.words[w] |= mask;
         self.in_use += 1;
@@ -174,10 +179,10 @@ mod tests {
     #[test]
     fn rejects_bad_width() {
         for bits in [0, 7, 9, 15, 17, 32] {
-            assert!(matches!(
-                IdAllocator::new(bits, true, IdKind::Vmid),
-                Err(Error::InvalidArgument(_))
-            ));
+            assert_eq!(
+                IdAllocator::new(bits, true, IdKind::Vmid).err(),
+                Some(Error::Invalid(Invalid::IdWidth(bits)))
+            );
         }
     }
 
@@ -238,18 +243,18 @@ mod tests {
     fn alloc_specific() {
         let mut a = IdAllocator::new(8, true, IdKind::Vmid).unwrap();
         assert_eq!(a.alloc_specific(42), Ok(42));
-        assert!(matches!(
+        assert_eq!(
             a.alloc_specific(42),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
+            Err(Error::Invalid(Invalid::IdInUse(42)))
+        );
+        assert_eq!(
             a.alloc_specific(0),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert!(matches!(
+            Err(Error::Invalid(Invalid::IdReserved))
+        );
+        assert_eq!(
             a.alloc_specific(256),
-            Err(Error::InvalidArgument(_))
-        ));
+            Err(Error::Invalid(Invalid::IdOutOfRange(256)))
+        );
         assert!(a.is_allocated(42));
         // The lowest-first allocator skips the ID taken explicitly.
         for expect in (1..42).chain(43..=255) {
@@ -298,7 +303,7 @@ mod tests {
                             prop_assert_eq!(r, Ok(id));
                             model.insert(id);
                         } else {
-                            prop_assert!(matches!(r, Err(Error::InvalidArgument(_))));
+                            prop_assert!(matches!(r, Err(Error::Invalid(_))));
                         }
                     }
                     Op::Free(id) => {

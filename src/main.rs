@@ -59,8 +59,8 @@ fn run_demo(edus: &[Edu], functions: &[PciFunction]) -> usize {
     println!(
         "SMMU enabled: {} stream table for {} StreamIDs ({} bytes), every stream aborted by default",
         match smmu.stream_table_format() {
-            smmuv3::strtab::Format::Linear => "Linear",
-            smmuv3::strtab::Format::TwoLevel => "TwoLevel",
+            smmuv3::expert::Format::Linear => "Linear",
+            smmuv3::expert::Format::TwoLevel => "TwoLevel",
         },
         smmu.sid_limit(),
         smmu.stream_table_bytes()

@@ -135,11 +135,13 @@ impl<H: Hal, const ENTRY_DWORDS: usize> Queue<H, ENTRY_DWORDS> {
     }
 
     /// Physical address of the queue memory.
+    #[cfg_attr(not(test), allow(dead_code))] // diagnostics; unit tests use it
     pub fn paddr(&self) -> PhysAddr {
         self.mem.paddr()
     }
 
     /// Bytes of queue memory.
+    #[cfg_attr(not(test), allow(dead_code))] // diagnostics; unit tests use it
     pub fn bytes(&self) -> usize {
         self.mem.size()
     }

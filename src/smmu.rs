@@ -58,7 +58,7 @@ use tock_registers::interfaces::Readable;
 use crate::cmd::Command;
 use crate::cmdq::{CmdqFault, CmdqStats, CommandQueue};
 use crate::domain::Domains;
-use crate::error::{Error, Result, Unsupported, Wait};
+use crate::error::{Error, Field, Invalid, Result, Unsupported, Wait};
 use crate::event::Event;
 use crate::eventq::{Drained, EventQueue};
 use crate::features::{Features, IdRegs};
@@ -366,7 +366,7 @@ fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
             return Err(Error::Unsupported(Unsupported::Msi));
         }
         if t.doorbell == 0 {
-            return Err(Error::InvalidArgument("MSI doorbell at address 0"));
+            return Err(Error::Invalid(Invalid::MsiDoorbell));
         }
         if t.doorbell % 4 != 0 {
             return Err(Error::Misaligned {
@@ -378,17 +378,23 @@ fn check_msi(features: &Features, msi: &MsiConfig) -> Result<()> {
             return Err(Error::Unsupported(Unsupported::AddressSize));
         }
         if t.memattr > 0xF {
-            return Err(Error::InvalidArgument("MSI MemAttr above 15"));
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::MsiMemAttr,
+                value: u64::from(t.memattr),
+            }));
         }
         if t.sh == 1 || t.sh > 3 {
-            return Err(Error::InvalidArgument("MSI shareability reserved"));
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::MsiSh,
+                value: u64::from(t.sh),
+            }));
         }
     }
     Ok(())
 }
 
 /// Reads the ID registers into typed features.
-pub fn probe(mmio: &Mmio) -> Result<Features> {
+pub(crate) fn probe(mmio: &Mmio) -> Result<Features> {
     let p0 = mmio.p0();
     Features::from_id_regs(&IdRegs {
         idr0: p0.idr0.get(),
@@ -409,6 +415,24 @@ impl<H: Hal> Smmu<H> {
     /// `base` is the virtual address of the SMMU's register pages 0 and 1
     /// (128 KiB, device memory), valid for the life of the returned value,
     /// and nothing else programs this SMMU meanwhile.
+    ///
+    /// # Example
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// use smmuv3::{Config, Smmu, State, StreamTableChoice};
+    ///
+    /// let model = SmmuModel::builder().sid_bits(20).build();
+    /// let config = Config { stream_table: StreamTableChoice::TwoLevel, ..Config::default() };
+    /// // SAFETY: the model's register block outlives `smmu` (declared
+    /// // after it) and nothing else programs it.
+    /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), config) }?;
+    /// assert_eq!(smmu.state(), State::Disabled); // nothing written yet
+    /// assert_eq!(smmu.sid_limit(), 1 << 20);
+    /// assert!(smmu.features().stage2);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub unsafe fn new(base: NonNull<u8>, config: Config) -> Result<Self> {
         // SAFETY: forwarded from the caller.
         let mmio = unsafe { Mmio::new(base) };
@@ -527,8 +551,15 @@ impl<H: Hal> Smmu<H> {
         self.strtab.lock().check_sid(sid)
     }
 
-    /// The register pages (for diagnostics and tests).
-    pub fn mmio(&self) -> &Mmio {
+    /// The register pages, for diagnostics and tests (an expert call).
+    ///
+    /// # Safety
+    ///
+    /// The caller only reads registers through the returned value, except
+    /// writes it knows the driver tolerates (acknowledging a GERROR bit the
+    /// driver reports anyway): any other register write can break the
+    /// driver's state machine.
+    pub unsafe fn registers(&self) -> &Mmio {
         &self.mmio
     }
 
@@ -729,12 +760,40 @@ impl<H: Hal> Smmu<H> {
 
     /// Submits `cmds` as one batch followed by one CMD_SYNC, and waits for
     /// the SYNC.
-    pub fn submit(&self, cmds: &[Command]) -> Result<()> {
+    pub(crate) fn submit(&self, cmds: &[Command]) -> Result<()> {
         self.submit_batch(cmds, true)
     }
 
+    /// Submits raw commands ([`crate::expert::Command`]) as one batch
+    /// followed by one CMD_SYNC, and waits for the SYNC. An expert call, for
+    /// diagnostics and fault injection: the driver's own calls issue every
+    /// invalidation they need.
+    ///
+    /// # Safety
+    ///
+    /// No command may make the SMMU write memory the caller does not own
+    /// (a CMD_SYNC whose completion signal is an MSI write names an
+    /// address) or answer for a device behind the driver's back (stall
+    /// resume, PRI responses). Invalidations (CFGI_*, TLBI_*) and prefetches
+    /// only make the SMMU re-read what the driver wrote, and are fine. A
+    /// command the SMMU rejects is reported ([`Error::CommandError`]) and
+    /// skipped, as the driver's recovery does for its own.
+    pub unsafe fn submit_unchecked(&self, cmds: &[Command]) -> Result<()> {
+        self.submit_batch(cmds, true)
+    }
+
+    /// Like [`Smmu::submit_unchecked`]; with `sync`, appends a CMD_SYNC and
+    /// waits, without it returns once the commands are published.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Smmu::submit_unchecked`].
+    pub unsafe fn submit_batch_unchecked(&self, cmds: &[Command], sync: bool) -> Result<()> {
+        self.submit_batch(cmds, sync)
+    }
+
     /// Submits `cmds` as one batch; with `sync`, appends a CMD_SYNC and waits.
-    pub fn submit_batch(&self, cmds: &[Command], sync: bool) -> Result<()> {
+    pub(crate) fn submit_batch(&self, cmds: &[Command], sync: bool) -> Result<()> {
         if !self.commands_live() {
             return Err(Error::NotEnabled);
         }
@@ -750,7 +809,7 @@ impl<H: Hal> Smmu<H> {
         r
     }
 
-    /// Reads the STE of `sid`.
+    /// Reads the STE of `sid` (decoded with [`crate::expert::Ste`]).
     pub fn ste(&self, sid: u32) -> Result<Ste> {
         Ok(Ste(self.strtab.lock().read(sid)?))
     }
@@ -760,11 +819,29 @@ impl<H: Hal> Smmu<H> {
     /// than one dword goes through abort), with CFGI_STE + CMD_SYNC after
     /// each visible step.
     ///
+    /// An expert call: the normal surface installs STEs through domains
+    /// ([`Smmu::attach`]), [`Smmu::set_bypass`] and [`Smmu::set_abort`],
+    /// which keep the driver's bookkeeping in step.
+    ///
+    /// # Safety
+    ///
+    /// `sid` is attached to no domain and belongs to no declared group of
+    /// several StreamIDs (or the caller restores the domain's STE before any
+    /// other driver call for it), and `target` points the SMMU only at
+    /// memory that stays valid, and reserved for the SMMU, for as long as
+    /// the entry is installed (stage-2 or CD tables the caller owns).
+    pub unsafe fn write_ste_unchecked(&self, sid: u32, target: &Ste) -> Result<()> {
+        self.write_ste(sid, target)
+    }
+
+    /// Installs `target` as the STE of `sid` (see
+    /// [`Smmu::write_ste_unchecked`]).
+    ///
     /// A quarantined StreamID ([`Smmu::quarantine`]) keeps its abort STE:
     /// an abort `target` is recorded as what [`Smmu::release`] restores
     /// (nothing is written), any other is refused with
     /// [`Error::Quarantined`].
-    pub fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
+    pub(crate) fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
         let mut strtab = self.strtab.lock();
         self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
         let r = match self.quarantined.lock().redirect(sid, target) {
@@ -860,6 +937,9 @@ impl<H: Hal> Smmu<H> {
     ) -> Result<()> {
         let live = self.commands_live();
         let mut fresh = alloc::vec::Vec::new();
+        fresh
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
         for &(sid, _) in updates {
             if strtab.ensure(sid)? {
                 fresh.push(Command::CfgiSteRange {
@@ -879,6 +959,9 @@ impl<H: Hal> Smmu<H> {
             plans.push((sid, plan_update(&Ste(strtab.read(sid)?), &target)?, 0usize));
         }
         let mut cfgis = alloc::vec::Vec::new();
+        cfgis
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
         loop {
             cfgis.clear();
             for (sid, plan, next) in plans.iter_mut() {
@@ -1212,7 +1295,7 @@ mod tests {
         let smmu = driver(&regs);
         assert_eq!(smmu.stream_table_format(), Format::TwoLevel);
         assert_eq!(smmu.sid_limit(), 1 << 16);
-        assert_eq!(smmu.mmio().writes(), 0);
+        assert_eq!(smmu.mmio.writes(), 0);
         assert_eq!(smmu.state(), State::Disabled);
     }
 
@@ -1476,7 +1559,10 @@ mod tests {
                     sh: 1,
                     ..MsiTarget::device(0x1000, 0)
                 },
-                Error::InvalidArgument("MSI shareability reserved"),
+                Error::Invalid(Invalid::Field {
+                    field: Field::MsiSh,
+                    value: 1,
+                }),
             ),
         ] {
             let config = Config {

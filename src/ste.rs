@@ -22,7 +22,7 @@ use tock_registers::register_bitfields;
 
 use crate::entry_plan::{self, EntryKind};
 pub use crate::entry_plan::{UpdatePlan, UpdateStep};
-use crate::error::{Error, Result};
+use crate::error::{Error, Field, Invalid, Result};
 
 #[cfg(test)]
 mod plan_tests;
@@ -272,53 +272,57 @@ impl Stage1Ste {
     }
 }
 
-fn check_attr(v: u8, what: &'static str) -> Result<u64> {
+fn invalid(field: Field, value: u64) -> Error {
+    Error::Invalid(Invalid::Field { field, value })
+}
+
+fn check_attr(v: u8, what: Field) -> Result<u64> {
     if v > 3 {
-        Err(Error::InvalidArgument(what))
+        Err(invalid(what, u64::from(v)))
     } else {
         Ok(u64::from(v))
     }
 }
 
-fn check_sh(v: u8, what: &'static str) -> Result<u64> {
+fn check_sh(v: u8, what: Field) -> Result<u64> {
     if v == 1 || v > 3 {
-        Err(Error::InvalidArgument(what))
+        Err(invalid(what, u64::from(v)))
     } else {
         Ok(u64::from(v))
     }
 }
 
-fn check_pa(addr: u64, align: u64, what: &'static str) -> Result<()> {
+fn check_pa(addr: u64, align: u64, what: Field) -> Result<()> {
     if addr & (align - 1) != 0 {
         return Err(Error::Misaligned { addr, align });
     }
     if addr >= PA_LIMIT {
-        return Err(Error::InvalidArgument(what));
+        return Err(invalid(what, addr));
     }
     Ok(())
 }
 
 impl Stage2Ste {
     fn dwords(&self) -> Result<(u64, u64)> {
-        check_pa(self.ttb, 1 << S2TTB_SHIFT, "S2TTB beyond 52 bits")?;
+        check_pa(self.ttb, 1 << S2TTB_SHIFT, Field::S2Ttb)?;
         if self.t0sz > 63 {
-            return Err(Error::InvalidArgument("S2T0SZ above 63"));
+            return Err(invalid(Field::S2T0sz, u64::from(self.t0sz)));
         }
         if self.sl0 > 2 {
-            return Err(Error::InvalidArgument("S2SL0 reserved"));
+            return Err(invalid(Field::S2Sl0, u64::from(self.sl0)));
         }
         if self.tg > 2 {
-            return Err(Error::InvalidArgument("S2TG reserved"));
+            return Err(invalid(Field::S2Tg, u64::from(self.tg)));
         }
         if self.ps > 6 {
-            return Err(Error::InvalidArgument("S2PS reserved"));
+            return Err(invalid(Field::S2Ps, u64::from(self.ps)));
         }
         let d2 = STE_2::S2VMID.val(u64::from(self.vmid))
             + STE_2::S2T0SZ.val(u64::from(self.t0sz))
             + STE_2::S2SL0.val(u64::from(self.sl0))
-            + STE_2::S2IR0.val(check_attr(self.ir0, "S2IR0 above 3")?)
-            + STE_2::S2OR0.val(check_attr(self.or0, "S2OR0 above 3")?)
-            + STE_2::S2SH0.val(check_sh(self.sh0, "S2SH0 reserved")?)
+            + STE_2::S2IR0.val(check_attr(self.ir0, Field::S2Ir0)?)
+            + STE_2::S2OR0.val(check_attr(self.or0, Field::S2Or0)?)
+            + STE_2::S2SH0.val(check_sh(self.sh0, Field::S2Sh0)?)
             + STE_2::S2TG.val(u64::from(self.tg))
             + STE_2::S2PS.val(u64::from(self.ps))
             + STE_2::S2AA64.val(1)
@@ -334,16 +338,12 @@ impl Stage2Ste {
 
 impl Stage1Ste {
     fn dwords(&self, config: u64) -> Result<(u64, u64)> {
-        check_pa(
-            self.cd_paddr,
-            1 << CD_PTR_SHIFT,
-            "S1ContextPtr beyond 52 bits",
-        )?;
+        check_pa(self.cd_paddr, 1 << CD_PTR_SHIFT, Field::S1ContextPtr)?;
         if self.s1cdmax > 31 {
-            return Err(Error::InvalidArgument("S1CDMax above 31"));
+            return Err(invalid(Field::S1CdMax, u64::from(self.s1cdmax)));
         }
         if self.s1dss > 2 {
-            return Err(Error::InvalidArgument("S1DSS reserved"));
+            return Err(invalid(Field::S1Dss, u64::from(self.s1dss)));
         }
         let d0 = STE_0::V.val(1)
             + STE_0::CONFIG.val(config)
@@ -355,9 +355,9 @@ impl Stage1Ste {
             Strw::El2 => STE_1::STRW::El2,
         };
         let d1 = STE_1::S1DSS.val(u64::from(self.s1dss))
-            + STE_1::S1CIR.val(check_attr(self.cir, "S1CIR above 3")?)
-            + STE_1::S1COR.val(check_attr(self.cor, "S1COR above 3")?)
-            + STE_1::S1CSH.val(check_sh(self.csh, "S1CSH reserved")?)
+            + STE_1::S1CIR.val(check_attr(self.cir, Field::S1Cir)?)
+            + STE_1::S1COR.val(check_attr(self.cor, Field::S1Cor)?)
+            + STE_1::S1CSH.val(check_sh(self.csh, Field::S1Csh)?)
             + STE_1::S1STALLD.val(0)
             + STE_1::EATS.val(0)
             + strw
@@ -471,8 +471,9 @@ pub const STE_KIND: EntryKind = EntryKind {
 /// Plans the replacement of `current` by `target` so that, whatever order
 /// the SMMU reads the dwords in and whatever part of the entry it caches,
 /// it never combines bits of the two configurations (IHI 0070 §3.21.3,
-/// design-lessons rule 1). This is [`entry_plan::plan`]
-/// with [`STE_KIND`]; `Sync` means CFGI_STE (leaf) + CMD_SYNC.
+/// design-lessons rule 1). This is the entry planner (`entry_plan::plan`)
+/// with the STE's used-bit rules (`STE_KIND`); `Sync` means CFGI_STE
+/// (leaf) + CMD_SYNC.
 ///
 /// Hitless (never through abort) whenever the bits both configurations
 /// use differ in at most one dword: e.g. abort/bypass <-> stage 1 or
@@ -520,18 +521,16 @@ impl L1Descriptor {
 /// below 2^52; `span` at most 12.
 pub fn l1_descriptor(l2_paddr: u64, span: u8) -> Result<u64> {
     if span > MAX_SPAN {
-        return Err(Error::InvalidArgument("L1 descriptor Span above 12"));
+        return Err(invalid(Field::L1Span, u64::from(span)));
     }
     if span == 0 {
         if l2_paddr != 0 {
-            return Err(Error::InvalidArgument(
-                "invalid L1 descriptor with an L2 pointer",
-            ));
+            return Err(invalid(Field::L2Ptr, l2_paddr));
         }
         return Ok(0);
     }
     let table_bytes = (STE_SIZE as u64) << (span - 1);
-    check_pa(l2_paddr, table_bytes, "L2Ptr beyond 52 bits")?;
+    check_pa(l2_paddr, table_bytes, Field::L2Ptr)?;
     Ok((L1STD::L2PTR.val(l2_paddr >> L2PTR_SHIFT) + L1STD::SPAN.val(u64::from(span))).value)
 }
 
@@ -644,34 +643,58 @@ mod tests {
                 align: 16
             }
         );
-        assert!(matches!(bad(s2(1, 1 << 52)), Error::InvalidArgument(_)));
-        assert!(matches!(
+        assert_eq!(
+            bad(s2(1, 1 << 52)),
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Ttb,
+                value: 1 << 52
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste { sl0: 3, ..s2(1, 0) }),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Sl0,
+                value: 3
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste { tg: 3, ..s2(1, 0) }),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Tg,
+                value: 3
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste { ps: 7, ..s2(1, 0) }),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Ps,
+                value: 7
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste { sh0: 1, ..s2(1, 0) }),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Sh0,
+                value: 1
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste { ir0: 4, ..s2(1, 0) }),
-            Error::InvalidArgument(_)
-        ));
-        assert!(matches!(
+            Error::Invalid(Invalid::Field {
+                field: Field::S2Ir0,
+                value: 4
+            })
+        );
+        assert_eq!(
             bad(Stage2Ste {
                 t0sz: 64,
                 ..s2(1, 0)
             }),
-            Error::InvalidArgument(_)
-        ));
+            Error::Invalid(Invalid::Field {
+                field: Field::S2T0sz,
+                value: 64
+            })
+        );
     }
 
     #[test]

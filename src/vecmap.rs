@@ -45,6 +45,15 @@ impl<K: Ord, V> VecMap<K, V> {
         }
     }
 
+    /// Makes room for `additional` more entries, so that inserting them
+    /// does not allocate: [`crate::Error::NoMemory`] when the allocator
+    /// has none.
+    pub(crate) fn reserve(&mut self, additional: usize) -> crate::Result<()> {
+        self.entries
+            .try_reserve(additional)
+            .map_err(|_| crate::Error::NoMemory)
+    }
+
     fn find(&self, key: &K) -> Result<usize, usize> {
         self.entries.binary_search_by(|(k, _)| k.cmp(key))
     }

@@ -2,8 +2,11 @@
 # Runs every test and prints one verdict: the last line is "N passed, M failed",
 # and the exit status is non-zero iff M > 0.
 #
-#  1. host unit tests of the driver: cargo test --lib --target <host triple>
-#     (counted from cargo's "test result:" lines);
+#  1. host unit tests of the driver: cargo test --lib --target <host triple>,
+#     then its doctests on the host against the register model
+#     (cargo test --doc --features testing --no-default-features; both
+#     counted from cargo's "test result:" lines; a build failure counts as a
+#     failure);
 #  2. every on-target suite (tests/*.rs, [[test]] in Cargo.toml), each booted
 #     in a fresh QEMU by qemu/run.sh through `cargo test --no-fail-fast`
 #     (counted from the "test <name> ... ok|FAILED" lines). A suite that
@@ -28,9 +31,14 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 echo "collect: host unit tests (cargo test --lib --target $host)"
 cargo test --lib --target "$host" 2>&1 | tee "$logs/host.txt"
 host_status=${PIPESTATUS[0]}
+echo "collect: doctests (cargo test --doc --features testing --no-default-features --target $host)"
+cargo test --doc --features testing --no-default-features --target "$host" 2>&1 | tee "$logs/doc.txt"
+doc_status=${PIPESTATUS[0]}
 
-echo "collect: on-target suites (cargo test --no-fail-fast, each image in its own QEMU)"
-cargo test --no-fail-fast 2>&1 | tee "$logs/target.txt"
+echo "collect: on-target suites (cargo test --no-fail-fast --tests, each image in its own QEMU)"
+# --tests: the integration test images only (the lib's doctests ran above,
+# on the host; cargo would otherwise cross-build them for bare metal).
+cargo test --no-fail-fast --tests 2>&1 | tee "$logs/target.txt"
 target_status=${PIPESTATUS[0]}
 
 # The demo image, judged against QEMU's own SMMU trace, on the default
@@ -93,6 +101,14 @@ if [ "$host_status" -ne 0 ] && [ "$host_fail" -eq 0 ]; then
     echo "collect: FAILED: host unit tests did not build or run (exit status $host_status)"
     host_fail=1
 fi
+read -r doc_pass doc_fail doc_results < <(
+    awk '/^test result: / { for (i = 1; i <= NF; i++) {
+             if ($(i) ~ /^passed;?$/) p += $(i - 1); if ($(i) ~ /^failed;?$/) f += $(i - 1) } n++ }
+         END { print p + 0, f + 0, n + 0 }' "$logs/doc.txt")
+if [ "$doc_status" -ne 0 ] && [ "$doc_fail" -eq 0 ]; then
+    echo "collect: FAILED: doctests did not build or run (exit status $doc_status)"
+    doc_fail=1
+fi
 
 # On target: per-test lines, and one summary per suite that ran.
 # Every [[test]] once, plus the two suites rerun on GICv2 and the one on
@@ -121,15 +137,16 @@ fi
 
 echo
 echo "collect: host unit tests: $host_pass passed, $host_fail failed ($host_results binaries)"
+echo "collect: doctests: $doc_pass passed, $doc_fail failed ($doc_results binaries)"
 echo "collect: on-target tests: $t_pass passed, $t_fail failed ($t_suites of $expected_suites suites)"
-grep -h '^test .* \.\.\. FAILED' "$logs/host.txt" <(tr -d '\r' <"$logs/target.txt") | sed 's/^/collect:   /'
+grep -h '^test .* \.\.\. FAILED' "$logs/host.txt" "$logs/doc.txt" <(tr -d '\r' <"$logs/target.txt") | sed 's/^/collect:   /'
 # Robustness counters reported by the suites themselves (harness::tally).
 robustness=$(tr -d '\r' <"$logs/target.txt" | awk -F'[ =]' '
     /^robustness-tally: / { for (i = 2; i < NF; i += 2) sum[$i] += $(i + 1) }
     END { printf "robustness: %d bad inputs rejected, %d faults injected, %d recovered, %d lost\n",
           sum["bad_inputs"], sum["faults"], sum["recovered"], sum["lost"] }')
 echo "$robustness"
-pass=$((host_pass + t_pass))
-fail=$((host_fail + t_fail))
+pass=$((host_pass + doc_pass + t_pass))
+fail=$((host_fail + doc_fail + t_fail))
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

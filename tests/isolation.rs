@@ -29,15 +29,15 @@ use image::demo::{
 };
 use image::edu::{self, Edu};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
-use smmuv3::cmd::{self, Command, InvalidationPlan, TlbiRange};
 use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2, MAX_RANGE_COMMANDS};
 use smmuv3::event::EventType;
+use smmuv3::expert::SteConfig;
+use smmuv3::expert::{self, Command, InvalidationPlan, TlbiRange};
+use smmuv3::expert::{IdAllocator, IdKind};
 use smmuv3::fault::FaultSummary;
-use smmuv3::idalloc::{IdAllocator, IdKind};
 use smmuv3::smmu::Config;
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::ste::SteConfig;
-use smmuv3::{Dma, Error};
+use smmuv3::{Dma, Error, Invalid};
 
 fn main() -> ! {
     let boot = image::init();
@@ -310,7 +310,7 @@ fn rejected<T: Debug>(
 
 /// The commands the driver should issue to invalidate `[ipa, ipa + len)`.
 fn planned(smmu: &Driver, vmid: u16, ipa: u64, len: u64) -> InvalidationPlan {
-    cmd::s2_invalidation(vmid, ipa, len, 12, smmu.features().ril, MAX_RANGE_COMMANDS)
+    expert::s2_invalidation(vmid, ipa, len, 12, smmu.features().ril, MAX_RANGE_COMMANDS)
 }
 
 /// Pages the SMMU invalidates for `plan`, as it decodes the encoded
@@ -1134,7 +1134,7 @@ fn unmap_odd_range_uses_planned_commands() -> TestResult {
 fn invalidation_planner_fallback() -> TestResult {
     let vmid = 7;
     // Without RIL: one command per page up to the budget, then one VMALL.
-    let p = cmd::s2_invalidation(
+    let p = expert::s2_invalidation(
         vmid,
         0x4000_0000,
         MAX_RANGE_COMMANDS as u64 * PAGE,
@@ -1145,7 +1145,7 @@ fn invalidation_planner_fallback() -> TestResult {
     check!(!p.is_fallback());
     check_eq!(p.commands().len(), MAX_RANGE_COMMANDS);
     check_eq!(pages_covered(&p), Some(MAX_RANGE_COMMANDS as u64));
-    let p = cmd::s2_invalidation(
+    let p = expert::s2_invalidation(
         vmid,
         0x4000_0000,
         (MAX_RANGE_COMMANDS as u64 + 1) * PAGE,
@@ -1159,7 +1159,7 @@ fn invalidation_planner_fallback() -> TestResult {
     );
     // With RIL a budget the range cannot meet falls back too (1057 =
     // 0b100_0010_0001 pages need three commands).
-    let p = cmd::s2_invalidation(vmid, 0, 1057 * PAGE, 12, true, 2);
+    let p = expert::s2_invalidation(vmid, 0, 1057 * PAGE, 12, true, 2);
     check_eq!(
         p,
         InvalidationPlan::Fallback(Command::TlbiS12Vmall { vmid })
@@ -1178,7 +1178,7 @@ fn invalidation_planner_fallback() -> TestResult {
         (0x1000, (1 << 48) - 0x2000),
         (0, 1 << 48),
     ] {
-        let p = cmd::s2_invalidation(vmid, ipa, len, 12, true, MAX_RANGE_COMMANDS);
+        let p = expert::s2_invalidation(vmid, ipa, len, 12, true, MAX_RANGE_COMMANDS);
         if let Some(pages) = pages_covered(&p) {
             check_eq!((ipa, len, pages), (ipa, len, len / PAGE));
             check!(p.commands().len() <= MAX_RANGE_COMMANDS);
@@ -1418,14 +1418,14 @@ fn errors_vmid() -> TestResult {
         &smmu,
         &[a],
         "take VMID 77 twice",
-        Error::InvalidArgument("ID already allocated"),
+        Error::Invalid(Invalid::IdInUse(77)),
         || smmu.create_domain(want(77)),
     )?;
     rejected(
         &smmu,
         &[a],
         "take reserved VMID 0",
-        Error::InvalidArgument("ID 0 is reserved"),
+        Error::Invalid(Invalid::IdReserved),
         || smmu.create_domain(want(0)),
     )?;
     // Allocation skips the VMID taken explicitly.
@@ -1464,7 +1464,7 @@ fn errors_vmid() -> TestResult {
     check_eq!(ids.alloc(), Err(Error::VmidExhausted));
     check_eq!(
         ids.alloc_specific(5),
-        Err(Error::InvalidArgument("ID already allocated"))
+        Err(Error::Invalid(Invalid::IdInUse(5)))
     );
     println!("  VMID allocator: {n} VMIDs, then VmidExhausted");
     Ok(())

@@ -19,15 +19,15 @@ use image::demo::{self, Driver, IPA_DATA, PAGE, Page, Vm};
 use image::edu::{self, Edu};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::iommu::new_smmu;
-use smmuv3::cmd::Command;
 use smmuv3::domain::{DomainId, DomainOptions};
 use smmuv3::error::{CmdqError, Error, Wait};
 use smmuv3::event::EventType;
-use smmuv3::idalloc::{IdAllocator, IdKind};
-use smmuv3::regs::CR0;
+use smmuv3::expert::CR0;
+use smmuv3::expert::Command;
+use smmuv3::expert::{IdAllocator, IdKind};
+use smmuv3::expert::{Stage2Ste, Ste};
 use smmuv3::smmu::{Config, Quarantine, State};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::ste::{Stage2Ste, Ste};
 use tock_registers::interfaces::{Readable, Writeable};
 
 fn main() -> ! {
@@ -160,7 +160,9 @@ fn sid_beyond_table_write_ste() -> TestResult {
             sid: u32::MAX,
             limit: 0x1_0000,
         },
-        || smmu.write_ste(u32::MAX, &Ste::bypass()),
+        // SAFETY: the StreamID is out of range: the call is refused before
+        // anything is written.
+        || unsafe { smmu.write_ste_unchecked(u32::MAX, &Ste::bypass()) },
     )
 }
 
@@ -503,12 +505,14 @@ fn queue_sizes_beyond_idr1() -> TestResult {
         eventq_log2: emax + 1,
         ..Config::default()
     }));
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     let log2 = |base: u64| (base & 0x1F) as u32;
     check_eq!(log2(p0.cmdq_base.get()), cmax);
     check_eq!(log2(p0.eventq_base.get()), emax);
     // And the clamped queues work: a batch completes.
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) });
     Ok(())
 }
 
@@ -549,7 +553,11 @@ fn tlbi_with_misaligned_ipa() -> TestResult {
 
 fn commands_while_disabled() -> TestResult {
     let smmu = try_ok!(new_smmu(Config::default()));
-    check_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    check_eq!(
+        unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) },
+        Err(Error::NotEnabled)
+    );
     harness::bad_input_rejected("commands submitted to a disabled SMMU");
     Ok(())
 }
@@ -557,11 +565,13 @@ fn commands_while_disabled() -> TestResult {
 // --- Injected faults ---------------------------------------------------------------
 
 fn gerror_clear(smmu: &Driver) -> bool {
-    smmu.mmio().active_gerrors() == 0
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    unsafe { smmu.registers() }.active_gerrors() == 0
 }
 
 fn cmdq_drained(smmu: &Driver) -> bool {
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     p0.cmdq_prod.get() == p0.cmdq_cons.get() & 0xF_FFFF
 }
 
@@ -575,7 +585,8 @@ fn illegal_command_in_batch() -> TestResult {
     ];
     let before = smmu.stats().cmdq;
     harness::fault_injected("illegal command (CERROR_ILL) in a batch with CMD_SYNC");
-    let r = smmu.submit(&batch);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe { smmu.submit_unchecked(&batch) };
     let Err(Error::CommandError {
         error: CmdqError::Illegal,
         opcode: 0x07,
@@ -588,10 +599,11 @@ fn illegal_command_in_batch() -> TestResult {
             r,
         ));
     };
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
     check!(
         gerror_clear(&smmu),
         "GERROR still active: {:#x}",
-        smmu.mmio().active_gerrors()
+        unsafe { smmu.registers() }.active_gerrors()
     );
     check!(
         cmdq_drained(&smmu),
@@ -601,7 +613,8 @@ fn illegal_command_in_batch() -> TestResult {
     check_eq!(after.errors - before.errors, 1);
     // Every command was consumed: the 3 good ones plus the SYNC; none lost.
     harness::lost("commands", if cmdq_drained(&smmu) { 0 } else { 1 });
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll, Command::cfgi_all()]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll, Command::cfgi_all()]) });
     image::console::println!(
         "  illegal command at slot {index} replaced by CMD_SYNC; next batch completed"
     );
@@ -612,7 +625,10 @@ fn illegal_command_in_batch() -> TestResult {
 fn illegal_command_without_sync() -> TestResult {
     let smmu = enabled(Config::default())?;
     harness::fault_injected("illegal command in a batch with no CMD_SYNC");
-    let r = smmu.submit_batch(&[Command::Raw([0x07, 0]), Command::TlbiNsnhAll], false);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_batch_unchecked(&[Command::Raw([0x07, 0]), Command::TlbiNsnhAll], false)
+    };
     // The submitter finds the stopped queue before it returns (on QEMU the
     // error is raised inside the PROD write) and reports it; on hardware
     // that may happen later, and the GERROR handler (service) finds it.
@@ -630,7 +646,8 @@ fn illegal_command_without_sync() -> TestResult {
     check_eq!(fault, Some((CmdqError::Illegal, 0x07)));
     check!(gerror_clear(&smmu));
     check!(cmdq_drained(&smmu), "queue did not resume");
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) });
     harness::recovered("illegal command without CMD_SYNC");
     Ok(())
 }
@@ -689,18 +706,22 @@ fn stalled_command_queue_times_out() -> TestResult {
     })?;
     // Behind the driver's back, stop the command queue (CMDQEN = 0): nothing
     // will consume the SYNC.
-    let p0 = smmu.mmio().p0();
+    // SAFETY: deliberate fault injection: the CR0 write stops the command
+    // queue, and the test then re-enables the SMMU through the driver.
+    let p0 = unsafe { smmu.registers() }.p0();
     p0.cr0.write(CR0::SMMUEN::SET + CR0::EVENTQEN::SET);
     harness::fault_injected("command queue stopped under a waiting CMD_SYNC");
     let start = image::cpu::now_ns();
-    let r = smmu.submit(&[Command::TlbiNsnhAll]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) };
     let waited = image::cpu::now_ns() - start;
     check_eq!(r, Err(Error::Timeout(Wait::CmdSync)));
     check!(waited < 1_000_000_000, "the bounded wait took {waited} ns");
     // Recovery: enable again (re-initialises the queues) and work normally.
     try_ok!(smmu.enable());
     check_eq!(smmu.state(), State::Enabled);
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll, Command::cfgi_all()]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll, Command::cfgi_all()]) });
     harness::recovered("stalled command queue (timeout, then re-enable)");
     Ok(())
 }
@@ -718,7 +739,9 @@ fn bad_ste_reported_and_replaced() -> TestResult {
     // does not allow with a 4K granule starting at level 1.
     let info = try_ok!(smmu.domain_info(vm.domain));
     let bad = try_ok!(Ste::stage2(&stage2_ste(info.vmid, 50, info.root)));
-    try_ok!(smmu.write_ste(sid, &bad));
+    // SAFETY: `sid` was just detached and belongs to no group; the STE
+    // points at the domain's own tables, which outlive this test's use.
+    try_ok!(unsafe { smmu.write_ste_unchecked(sid, &bad) });
     harness::fault_injected("malformed STE (illegal S2T0SZ)");
     vm.data.fill(demo::CANARY);
     try_ok!(edu.dma_to_ram(0, IPA_DATA, 64));
@@ -780,17 +803,22 @@ fn gerror_interrupt_recovers_the_command_queue() -> TestResult {
     check!(guard.is_some());
     let errors = smmu.stats().cmdq.errors;
     harness::fault_injected("illegal command recovered by the gerror interrupt handler");
-    let r = smmu.submit_batch(&[Command::Raw([0x07, 0]), Command::TlbiNsnhAll], false);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_batch_unchecked(&[Command::Raw([0x07, 0]), Command::TlbiNsnhAll], false)
+    };
     image::console::println!("  submit without SYNC returned {r:?}");
     // Nobody calls service(): the interrupt (or the submitter it deferred to) must.
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
     check!(
         image::smp::wait_until(1_000_000_000, || smmu.stats().cmdq.errors > errors
             && gerror_clear(&smmu)),
         "the gerror handler did not recover the queue: GERROR active {:#x}",
-        smmu.mmio().active_gerrors()
+        unsafe { smmu.registers() }.active_gerrors()
     );
     check!(cmdq_drained(&smmu));
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) });
     harness::recovered("illegal command (by interrupt)");
     drop(guard);
     Ok(())
@@ -870,7 +898,9 @@ fn faulting_device_quarantined_by_the_interrupt_handler() -> TestResult {
     check!(events.is_empty(), "events while quarantined: {events:x?}");
     // Nothing un-quarantines it but release.
     check_eq!(
-        smmu.write_ste(vm.sid, &before),
+        // SAFETY: `before` is the StreamID's own stage-2 STE, whose tables
+        // the domain keeps alive; the call must be refused anyway.
+        unsafe { smmu.write_ste_unchecked(vm.sid, &before) },
         Err(Error::Quarantined(vm.sid))
     );
     check_eq!(
@@ -910,7 +940,8 @@ fn submit_rounds(smmu: &Driver, cpu: u32) -> (usize, usize) {
         .collect();
     let (mut ok, mut err) = (0, 0);
     for _ in 0..ROUNDS {
-        match smmu.submit(&batch) {
+        // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+        match unsafe { smmu.submit_unchecked(&batch) } {
             Ok(()) => ok += 1,
             Err(e) => {
                 err += 1;

@@ -31,18 +31,18 @@ use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use image::iommu::new_smmu;
 use image::{ImageHal, cpu};
 
-use smmuv3::Error;
-use smmuv3::cmd::Command;
 use smmuv3::domain::DomainOptions;
 use smmuv3::error::CmdqError;
 use smmuv3::event::{Event, EventType};
+use smmuv3::expert::Command;
+use smmuv3::expert::Format;
+use smmuv3::expert::{IdAllocator, IdKind};
+use smmuv3::expert::{Stage2Ste, Ste, SteConfig};
 use smmuv3::fault;
 use smmuv3::hal::Dma;
-use smmuv3::idalloc::{IdAllocator, IdKind};
 use smmuv3::smmu::{Config, Smmu, State, StreamTableChoice};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::ste::{Stage2Ste, Ste, SteConfig};
-use smmuv3::strtab::{self, Format};
+use smmuv3::{Error, Invalid};
 use tock_registers::interfaces::Readable;
 
 fn main() -> ! {
@@ -182,26 +182,31 @@ fn drain(smmu: &Driver) -> Vec<Event> {
 
 /// GERROR ^ GERRORN.
 fn active_gerrors(smmu: &Driver) -> u32 {
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     p0.gerror.get() ^ p0.gerrorn.get()
 }
 
 fn cr0(smmu: &Driver) -> (u32, u32) {
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     (p0.cr0.get(), p0.cr0ack.get())
 }
 
 fn gbpa(smmu: &Driver) -> u32 {
-    smmu.mmio().p0().gbpa.get()
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    unsafe { smmu.registers() }.p0().gbpa.get()
 }
 
 fn strtab_base(smmu: &Driver) -> u64 {
-    smmu.mmio().p0().strtab_base.get() & STRTAB_ADDR_MASK
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    unsafe { smmu.registers() }.p0().strtab_base.get() & STRTAB_ADDR_MASK
 }
 
 /// CMDQ_PROD and CMDQ_CONS (CONS without its ERR field), wrap + index.
 fn cmdq_positions(smmu: &Driver) -> (u32, u32) {
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     let mask = (2u32 << smmu.config().cmdq_log2) - 1;
     (p0.cmdq_prod.get() & mask, p0.cmdq_cons.get() & mask)
 }
@@ -291,7 +296,8 @@ fn probe_matches_qemu_virt() -> TestResult {
         "MSI/ATS/PRI/HYP should be absent"
     );
     // The raw registers agree with the decoding (and with the QEMU notes).
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     check_eq!(p0.idr0.get(), 0x0D44_101Bu32);
     check_eq!(p0.idr1.get(), 0x0273_0010u32);
     check_eq!(p0.idr5.get(), 0x74u32);
@@ -325,11 +331,17 @@ fn enable_two_level_default() -> TestResult {
     check_eq!(smmu.stream_table_format(), Format::TwoLevel);
     check_eq!(cr0(&smmu), (CR0_ON, CR0_ON));
     check_eq!(gbpa(&smmu) & GBPA_ABORT, GBPA_ABORT);
-    check_eq!(smmu.mmio().p0().cr2.get(), CR2_EXPECTED);
-    check_eq!(smmu.mmio().p0().strtab_base_cfg.get(), STRTAB_CFG_2LVL);
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    check_eq!(unsafe { smmu.registers() }.p0().cr2.get(), CR2_EXPECTED);
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    check_eq!(
+        unsafe { smmu.registers() }.p0().strtab_base_cfg.get(),
+        STRTAB_CFG_2LVL
+    );
     check_eq!(active_gerrors(&smmu), 0);
     check_eq!(smmu.sid_limit(), 1 << 16);
-    let p0 = smmu.mmio().p0();
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    let p0 = unsafe { smmu.registers() }.p0();
     // Coherent SMMU: tables and queues inner shareable, write-back.
     check_eq!(p0.cr1.get(), 0xD75u32);
     // Event and global error interrupts enabled, and acknowledged.
@@ -422,8 +434,13 @@ fn forced_linear_stream_table() -> TestResult {
     })?;
     check_eq!(smmu.stream_table_format(), Format::Linear);
     check_eq!(cr0(&smmu), (CR0_ON, CR0_ON));
-    check_eq!(smmu.mmio().p0().irq_ctrl.get(), 0);
-    check_eq!(smmu.mmio().p0().strtab_base_cfg.get(), STRTAB_CFG_LINEAR);
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    check_eq!(unsafe { smmu.registers() }.p0().irq_ctrl.get(), 0);
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    check_eq!(
+        unsafe { smmu.registers() }.p0().strtab_base_cfg.get(),
+        STRTAB_CFG_LINEAR
+    );
     let base = strtab_base(&smmu);
     let size = 64u64 << 16; // 4 MiB
     check!(
@@ -554,7 +571,9 @@ fn ste_installation_and_replacement() -> TestResult {
 
     // 2. live bypass -> stage 2 (the domain's tables).
     let s2 = try_ok!(stage2_ste(&cfg, info.vmid, info.root));
-    try_ok!(smmu.write_ste(sid, &s2));
+    // SAFETY: `sid` is in bypass, attached to no domain and in no group;
+    // the STE points at the domain's tables, which outlive the test.
+    try_ok!(unsafe { smmu.write_ste_unchecked(sid, &s2) });
     let ste = try_ok!(smmu.ste(sid));
     check_eq!(
         (ste.is_valid(), ste.config(), ste.vmid()),
@@ -624,7 +643,11 @@ fn ste_installation_and_replacement() -> TestResult {
     };
     check_eq!(smmu.ste(0x1_0000), Err(out));
     check_eq!(smmu.set_bypass(0x1_0000), Err(out));
-    check_eq!(smmu.write_ste(0x1_0000, &Ste::abort()), Err(out));
+    // SAFETY: out of range: refused before anything is written.
+    check_eq!(
+        unsafe { smmu.write_ste_unchecked(0x1_0000, &Ste::abort()) },
+        Err(out)
+    );
     check_eq!(smmu.check_sid(0xFFFF), Ok(()));
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
@@ -646,7 +669,8 @@ fn command_batches() -> TestResult {
     // 100 commands: one PROD write, one SYNC.
     let cmds: Vec<Command> = (0..100).map(harmless).collect();
     let s0 = smmu.stats();
-    try_ok!(smmu.submit(&cmds));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&cmds) });
     let s1 = smmu.stats();
     check_eq!(s1.cmdq.prod_writes - s0.cmdq.prod_writes, 1);
     check_eq!(s1.cmdq.syncs - s0.cmdq.syncs, 1);
@@ -657,7 +681,8 @@ fn command_batches() -> TestResult {
     // 600 commands + SYNC in a 256-entry queue: three PROD writes (QEMU
     // consumes synchronously, so each write can fill the whole queue).
     let cmds: Vec<Command> = (0..600).map(harmless).collect();
-    try_ok!(smmu.submit(&cmds));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&cmds) });
     let s2 = smmu.stats();
     check_eq!(s2.cmdq.prod_writes - s1.cmdq.prod_writes, 3);
     check_eq!(s2.cmdq.syncs - s1.cmdq.syncs, 1);
@@ -670,7 +695,8 @@ fn command_batches() -> TestResult {
     let mut wrap = prod2 & entries;
     for round in 0..60 {
         let cmds: Vec<Command> = (0..20).map(|i| harmless(i + round)).collect();
-        try_ok!(smmu.submit(&cmds));
+        // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+        try_ok!(unsafe { smmu.submit_unchecked(&cmds) });
         let (p, c) = cmdq_positions(&smmu);
         check_eq!((round, c), (round, p));
         if p & entries != wrap {
@@ -696,7 +722,10 @@ fn command_error_recovery() -> TestResult {
     // In a batch with a SYNC: the submitter recovers and reports.
     let (prod0, _) = cmdq_positions(&smmu);
     let s0 = smmu.stats();
-    let r = smmu.submit(&[Command::cfgi_ste(sid), illegal, Command::cfgi_ste(sid)]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_unchecked(&[Command::cfgi_ste(sid), illegal, Command::cfgi_ste(sid)])
+    };
     check_eq!(
         r,
         Err(Error::CommandError {
@@ -710,17 +739,21 @@ fn command_error_recovery() -> TestResult {
     check_eq!(cons, prod);
     check_eq!(smmu.stats().cmdq.errors - s0.cmdq.errors, 1);
     // The next batch with a SYNC works, and so does the stream table.
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll, Command::cfgi_all()]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll, Command::cfgi_all()]) });
     try_ok!(smmu.set_bypass(sid));
     check_round_trip(&e, 0x61)?;
 
     // Illegal opcode 0x00 too, not first in the batch.
     let (prod0, _) = cmdq_positions(&smmu);
-    let r = smmu.submit(&[
-        Command::TlbiNsnhAll,
-        Command::TlbiNsnhAll,
-        Command::Raw([0, 0]),
-    ]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_unchecked(&[
+            Command::TlbiNsnhAll,
+            Command::TlbiNsnhAll,
+            Command::Raw([0, 0]),
+        ])
+    };
     check_eq!(
         r,
         Err(Error::CommandError {
@@ -739,7 +772,8 @@ fn command_error_recovery() -> TestResult {
     let s0 = smmu.stats();
     let mut cmds: Vec<Command> = (0..600).map(|_| Command::cfgi_ste(sid)).collect();
     cmds[300] = illegal;
-    let r = smmu.submit(&cmds);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe { smmu.submit_unchecked(&cmds) };
     check_eq!(
         r,
         Err(Error::CommandError {
@@ -760,7 +794,9 @@ fn command_error_recovery() -> TestResult {
         (1, 1)
     );
     let (prod0, _) = cmdq_positions(&smmu);
-    let r = smmu.submit(&[illegal, Command::TlbiNsnhAll, Command::Raw([0x07, 1])]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r =
+        unsafe { smmu.submit_unchecked(&[illegal, Command::TlbiNsnhAll, Command::Raw([0x07, 1])]) };
     check_eq!(
         r,
         Err(Error::CommandError {
@@ -771,14 +807,16 @@ fn command_error_recovery() -> TestResult {
     );
     check_eq!(smmu.stats().cmdq.errors - s1.cmdq.errors, 2);
     check_eq!(active_gerrors(&smmu), 0);
-    try_ok!(smmu.submit(&[]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[]) });
     check_round_trip(&e, 0x62)?;
 
     // Without a SYNC: the submitter finds the stopped queue before returning (QEMU raises
     // the error inside the PROD write), recovers it and reports it.
     let (prod0, _) = cmdq_positions(&smmu);
     let s1 = smmu.stats();
-    let r = smmu.submit_batch(&[illegal], false);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe { smmu.submit_batch_unchecked(&[illegal], false) };
     check_eq!(
         r,
         Err(Error::CommandError {
@@ -788,7 +826,11 @@ fn command_error_recovery() -> TestResult {
         })
     );
     check_eq!(active_gerrors(&smmu), 0);
-    check_eq!(smmu.mmio().p0().cmdq_cons.get() >> 24 & 0x7F, 1); // CERROR_ILL seen
+    // SAFETY: register reads only (plus GERRORN acks the driver reports anyway).
+    check_eq!(
+        unsafe { smmu.registers() }.p0().cmdq_cons.get() >> 24 & 0x7F,
+        1
+    ); // CERROR_ILL seen
     // Nothing is left for the GERROR handler.
     let report = try_ok!(smmu.handle_gerror());
     check_eq!(report.active, 0);
@@ -796,7 +838,8 @@ fn command_error_recovery() -> TestResult {
     let s2 = smmu.stats();
     check_eq!(s2.cmdq.errors - s1.cmdq.errors, 1);
     // The queue moved on past the replaced command; the next SYNC completes.
-    try_ok!(smmu.submit(&[Command::cfgi_ste(sid)]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::cfgi_ste(sid)]) });
     let (prod, cons) = cmdq_positions(&smmu);
     check_eq!(cons, prod);
     // Nothing left to handle.
@@ -852,7 +895,8 @@ fn two_domains_isolate_two_edus() -> TestResult {
     // trace shows the IOTLB hit and nothing else. Dropping the cached entry
     // first forces a walk, which records F_PERMISSION.)
     let before: Vec<u8> = bytes(&src_a)[..LEN].to_vec();
-    try_ok!(smmu.submit(&[Command::TlbiS12Vmall { vmid: va }]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiS12Vmall { vmid: va }]) });
     drain(&smmu);
     try_ok!(e0.dma_to_ram(0, IOVA + 0x1000, 16));
     check_eq!(&bytes(&src_a)[..LEN], &before[..]);
@@ -1046,7 +1090,11 @@ fn enable_disable_reenable() -> TestResult {
     check_eq!(gbpa(&smmu) & GBPA_ABORT, GBPA_ABORT);
     // Global abort: even the bypass STE does not let DMA through.
     check_write_blocked(&e)?;
-    check_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    check_eq!(
+        unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) },
+        Err(Error::NotEnabled)
+    );
     // The STE is kept.
     check_eq!(try_ok!(smmu.ste(sid)).config(), SteConfig::Bypass);
 
@@ -1054,7 +1102,8 @@ fn enable_disable_reenable() -> TestResult {
     check_eq!(smmu.state(), State::Enabled);
     check_eq!(cr0(&smmu), (CR0_ON, CR0_ON));
     check_round_trip(&e, 0x72)?;
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) });
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
 }
@@ -1083,7 +1132,8 @@ fn take_over_an_enabled_smmu() -> TestResult {
     check_write_blocked(&e)?;
     try_ok!(smmu.set_bypass(sid));
     check_round_trip(&e, 0x82)?;
-    try_ok!(smmu.submit(&[Command::TlbiNsnhAll]));
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    try_ok!(unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) });
     check_eq!(active_gerrors(&smmu), 0);
     Ok(())
 }
@@ -1136,7 +1186,10 @@ fn vmid_allocator_exhaustion() -> TestResult {
     let mut opts = DomainOptions::new(cfg);
     opts.vmid = Some(5);
     check!(
-        matches!(smmu.create_domain(opts), Err(Error::InvalidArgument(_))),
+        matches!(
+            smmu.create_domain(opts),
+            Err(Error::Invalid(Invalid::IdInUse(5)))
+        ),
         "VMID 5 given twice"
     );
     opts.vmid = Some(4000);
@@ -1162,7 +1215,7 @@ fn stream_table_memory() -> TestResult {
     };
     // bytes_needed counts the 2 KiB of level 1; the image's allocator hands
     // out whole pages, so the table really occupies 2 KiB more.
-    let needed = strtab::bytes_needed(Format::TwoLevel, 16, &sids);
+    let needed = smmuv3::expert::bytes_needed(Format::TwoLevel, 16, &sids);
     check_eq!(two_level, needed - 2048 + 4096);
     let linear = {
         let smmu = driver(Config {

@@ -23,13 +23,13 @@ use image::console::println;
 use image::demo::{self, CANARY, Driver, PAGE, Page, WINDOW};
 use image::edu::{self, Edu};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
-use smmuv3::cd::{CD_0, Cd};
 use smmuv3::domain::{DomainId, DomainOptions, Stage, StagePolicy};
 use smmuv3::event::EventType;
+use smmuv3::expert::SteConfig;
+use smmuv3::expert::{CD_0, Cd};
 use smmuv3::fault::FaultSummary;
 use smmuv3::smmu::Config;
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::ste::SteConfig;
 use tock_registers::LocalRegisterCopy;
 
 fn main() -> ! {

@@ -47,16 +47,51 @@ pub struct Batch<'a, H: Hal> {
     detach: Vec<u32>,
     attach: Vec<(DomainId, u32)>,
     tables: Vec<(DomainId, u64, u64, TableOp)>,
+    /// A change could not be recorded (out of memory): `commit` refuses
+    /// the whole batch with [`Error::NoMemory`] before changing anything.
+    no_memory: bool,
+}
+
+/// Appends `x` to `v` unless the allocator has no room; returns whether it
+/// did.
+fn try_push<T>(v: &mut Vec<T>, x: T) -> bool {
+    if v.try_reserve(1).is_err() {
+        return false;
+    }
+    v.push(x);
+    true
 }
 
 impl<H: Hal> Smmu<H> {
     /// Starts a [`Batch`] of domain changes.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// let model = SmmuModel::default();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let smmu = unsafe { smmuv3::Smmu::<HostHal>::new(model.base(), smmuv3::Config::default()) }?;
+    /// smmu.enable()?;
+    /// use smmuv3::{DomainOptions, Granule, Perm, Stage2Config};
+    /// let cfg = Stage2Config::new(Granule::K4, 40, 48)?;
+    /// let (a, b) = (smmu.create_domain(DomainOptions::new(cfg))?, smmu.create_domain(DomainOptions::new(cfg))?);
+    /// smmu.map(a, 0, 0x8000_0000, 0x10_0000, Perm::ReadWrite)?;
+    /// smmu.attach(a, 8)?;
+    /// // Move StreamID 8 from VM a to VM b and take a's memory back, with
+    /// // one round of invalidations.
+    /// let syncs = smmu.stats().cmdq.syncs;
+    /// smmu.batch().detach(8).attach(b, 8).unmap(a, 0, 0x10_0000).commit(&mut |_| {})?;
+    /// assert_eq!(smmu.domain_of(8), Some(b));
+    /// assert!(smmu.stats().cmdq.syncs - syncs <= 4);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn batch(&self) -> Batch<'_, H> {
         Batch {
             smmu: self,
             detach: Vec::new(),
             attach: Vec::new(),
             tables: Vec::new(),
+            no_memory: false,
         }
     }
 }
@@ -64,26 +99,26 @@ impl<H: Hal> Smmu<H> {
 impl<'a, H: Hal> Batch<'a, H> {
     /// Returns `sid` to abort (as [`Smmu::detach`]).
     pub fn detach(mut self, sid: u32) -> Self {
-        self.detach.push(sid);
+        self.no_memory |= !try_push(&mut self.detach, sid);
         self
     }
 
     /// Points `sid` at domain `id` (as [`Smmu::attach`]).
     pub fn attach(mut self, id: DomainId, sid: u32) -> Self {
-        self.attach.push((id, sid));
+        self.no_memory |= !try_push(&mut self.attach, (id, sid));
         self
     }
 
     /// Unmaps `[ipa, ipa + len)` of domain `id` (as [`Smmu::unmap`]).
     pub fn unmap(mut self, id: DomainId, ipa: u64, len: u64) -> Self {
-        self.tables.push((id, ipa, len, TableOp::Unmap));
+        self.no_memory |= !try_push(&mut self.tables, (id, ipa, len, TableOp::Unmap));
         self
     }
 
     /// Changes the permission of `[ipa, ipa + len)` of domain `id` (as
     /// [`Smmu::protect`]).
     pub fn protect(mut self, id: DomainId, ipa: u64, len: u64, perm: Perm) -> Self {
-        self.tables.push((id, ipa, len, TableOp::Protect(perm)));
+        self.no_memory |= !try_push(&mut self.tables, (id, ipa, len, TableOp::Protect(perm)));
         self
     }
 
@@ -93,6 +128,9 @@ impl<'a, H: Hal> Batch<'a, H> {
     /// ([`Error::SidInGroup`]): use [`Smmu::attach_group`] /
     /// [`Smmu::detach_group`].
     pub fn commit(self, cpu: &mut dyn FnMut(&CpuInvalidation)) -> Result<()> {
+        if self.no_memory {
+            return Err(Error::NoMemory);
+        }
         let smmu = self.smmu;
         // Lock order: groups -> domains -> stream table -> cmdq.
         let groups = smmu.groups.lock();
@@ -128,21 +166,37 @@ impl<'a, H: Hal> Batch<'a, H> {
             updates.retain(|(s, _)| *s != sid);
             updates.push((sid, ste));
         }
+        // Room for the bookkeeping first: once the STEs are written it
+        // cannot fail.
+        domains.attached.reserve(self.attach.len())?;
+        for &(id, _) in &self.attach {
+            let n = self.attach.iter().filter(|(d, _)| *d == id).count();
+            domains
+                .get_mut(id)?
+                .sids
+                .try_reserve(n)
+                .map_err(|_| Error::NoMemory)?;
+        }
+        let mut cd_cfgis: Vec<Command> = Vec::new();
+        cd_cfgis
+            .try_reserve_exact(2 * self.detach.len())
+            .map_err(|_| Error::NoMemory)?;
         smmu.write_stes(&updates)?;
         // A stage-1 stream's CD may still be cached after its CFGI_STE.
-        let mut cd_cfgis: Vec<Command> = self
-            .detach
-            .iter()
-            .filter(|sid| {
-                domains
-                    .attached
-                    .get(sid)
-                    .and_then(|id| domains.get(*id).ok())
-                    .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
-                    || domains.nested.contains_key(sid)
-            })
-            .map(|&sid| Command::CfgiCdAll { sid })
-            .collect();
+        // (Within the capacity reserved above: no allocation.)
+        cd_cfgis.extend(
+            self.detach
+                .iter()
+                .filter(|sid| {
+                    domains
+                        .attached
+                        .get(sid)
+                        .and_then(|id| domains.get(*id).ok())
+                        .is_some_and(|d| matches!(d.tables, super::Tables::Stage1(_)))
+                        || domains.nested.contains_key(sid)
+                })
+                .map(|&sid| Command::CfgiCdAll { sid }),
+        );
         // A guest's nested stream leaves stage-1 entries under its VM's
         // VMID and its ASID, which it gives up below.
         for sid in &self.detach {

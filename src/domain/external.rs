@@ -46,7 +46,8 @@ impl<H: Hal> Smmu<H> {
     /// beyond the SMMU's IAS/OAS or granules ([`Error::Unsupported`]); a
     /// root not aligned to the start table ([`Error::Misaligned`]) or
     /// beyond the output size; a VMID already in use or reserved
-    /// ([`Error::InvalidArgument`]).
+    /// ([`Error::Invalid`] with [`crate::Invalid::IdInUse`] or
+    /// [`crate::Invalid::IdReserved`]).
     pub fn create_external_domain(&self, ext: ExternalStage2) -> Result<DomainId> {
         let f = self.features();
         if !f.stage2 {
@@ -69,6 +70,7 @@ impl<H: Hal> Smmu<H> {
             return Err(Error::Unsupported(Unsupported::AddressSize));
         }
         let mut domains = self.domains.lock();
+        domains.reserve()?;
         let vmid = match ext.vmid {
             Some(v) => domains.vmids.alloc_specific(v)?,
             None => domains.vmids.alloc()?,

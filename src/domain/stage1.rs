@@ -31,7 +31,7 @@ use tock_registers::LocalRegisterCopy;
 use crate::cd::{self, Cd, Stage1Cd};
 use crate::cmd::{self, Command, InvalidationHints};
 use crate::entry_plan::UpdateStep;
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Invalid, Result, Unsupported};
 use crate::hal::{Dma, Hal};
 use crate::pgtable::format::s1::MAIR;
 use crate::pgtable::{Format, Geometry, Stage1, Stage1Table};
@@ -95,13 +95,12 @@ impl<H: Hal> Smmu<H> {
         let table = Stage1Table::<H>::new(geo, f.coherent)?;
         let cd_mem = Dma::<H>::new(CD_BYTES, CD_BYTES, f.coherent)?;
         let mut domains = self.domains.lock();
+        domains.reserve()?;
         let (vmid, owns_vmid) = match (f.stage2, options.vmid) {
             (true, Some(v)) => (domains.vmids.alloc_specific(v)?, true),
             (true, None) => (domains.vmids.alloc()?, true),
             (false, Some(_)) => {
-                return Err(Error::InvalidArgument(
-                    "no VMIDs on an SMMU without stage 2",
-                ));
+                return Err(Error::Invalid(Invalid::VmidWithoutStage2));
             }
             (false, None) => (0, false),
         };
@@ -162,14 +161,14 @@ impl<H: Hal> Smmu<H> {
         for (i, w) in current.0.iter_mut().enumerate() {
             *w = mem.read_u64(i);
         }
-        let cfgi: Vec<Command> = sids
-            .iter()
-            .map(|&sid| Command::CfgiCd {
-                sid,
-                ssid: 0,
-                leaf: true,
-            })
-            .collect();
+        let mut cfgi: Vec<Command> = Vec::new();
+        cfgi.try_reserve_exact(sids.len())
+            .map_err(|_| Error::NoMemory)?;
+        cfgi.extend(sids.iter().map(|&sid| Command::CfgiCd {
+            sid,
+            ssid: 0,
+            leaf: true,
+        }));
         for step in cd::plan_update(&current, target)?.iter().copied() {
             match step {
                 UpdateStep::Write { dword, value } => mem.write_u64(dword, value),
@@ -211,7 +210,7 @@ impl<H: Hal> Smmu<H> {
         }
         let vmid = d.vmid;
         let Tables::Stage1(s1) = &d.tables else {
-            return Err(Error::InvalidArgument("not a stage-1 domain"));
+            return Err(Error::Invalid(Invalid::NotStage1));
         };
         let (asid, owns_vmid) = (s1.asid, s1.owns_vmid);
         if self.is_live() {
@@ -317,11 +316,11 @@ impl<H: Hal> Smmu<H> {
 }
 
 /// The stage-1 state of `d` (a stage-2 domain reaching stage-1 code would
-/// be a driver bug, reported as `InvalidArgument`).
+/// be a driver bug, reported as [`Invalid::NotStage1`]).
 fn s1<H: Hal>(d: &mut Domain<H>) -> Result<&mut Stage1Ctx<H>> {
     match &mut d.tables {
         Tables::Stage1(s) => Ok(s),
-        _ => Err(Error::InvalidArgument("not a stage-1 domain")),
+        _ => Err(Error::Invalid(Invalid::NotStage1)),
     }
 }
 

@@ -4,11 +4,11 @@
 
 use alloc::vec::Vec;
 
-use smmuv3::cmd::{self, Command};
 use smmuv3::domain::{DomainOptions, StagePolicy};
+use smmuv3::expert::Format;
+use smmuv3::expert::{self, Command};
 use smmuv3::smmu::{Config, StreamTableChoice};
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::strtab::{self, Format};
 
 use super::console::println;
 use super::cpu;
@@ -50,7 +50,8 @@ fn batches() -> Result<(), smmuv3::Error> {
             })
             .collect();
         let before = smmu.stats();
-        smmu.submit(&cmds)?;
+        // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+        unsafe { smmu.submit_unchecked(&cmds) }?;
         let after = smmu.stats();
         println!(
             "bench:   {:>5} {:>12} {:>16} {:>10}",
@@ -69,8 +70,8 @@ fn stream_tables(pci: &[PciFunction]) -> Result<(), smmuv3::Error> {
         .iter()
         .filter_map(|f| f.stream_id.as_ref().ok().copied())
         .collect();
-    let linear = strtab::bytes_needed(Format::Linear, 16, &sids);
-    let two_level = strtab::bytes_needed(Format::TwoLevel, 16, &sids);
+    let linear = smmuv3::expert::bytes_needed(Format::Linear, 16, &sids);
+    let two_level = smmuv3::expert::bytes_needed(Format::TwoLevel, 16, &sids);
     // Measure the real thing too: install bypass STEs for every SID in use.
     let smmu = new_smmu(Config {
         stream_table: StreamTableChoice::TwoLevel,
@@ -105,7 +106,7 @@ fn stage2() -> Result<(), smmuv3::Error> {
     let before = smmu.stats().cmdq;
     smmu.unmap(dom, ipa, two_mib)?;
     let after = smmu.stats().cmdq;
-    let no_ril = cmd::s2_invalidation(1, ipa, two_mib, 12, false, usize::MAX)
+    let no_ril = expert::s2_invalidation(1, ipa, two_mib, 12, false, usize::MAX)
         .commands()
         .len();
     println!(

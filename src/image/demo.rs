@@ -702,14 +702,17 @@ fn vm_pages_untouched(vm: &Vm, before: &[Vec<u8>; 3]) -> Result<(), String> {
 /// Injects an illegal command into a batch: the driver reports it, replaces
 /// it with CMD_SYNC, and the queue carries on.
 pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
-    use smmuv3::cmd::Command;
     use smmuv3::error::{CmdqError, Error};
+    use smmuv3::expert::Command;
     let before = smmu.stats().cmdq;
-    let r = smmu.submit(&[
-        Command::TlbiNsnhAll,
-        Command::Raw([0x07, 0]),
-        Command::cfgi_all(),
-    ]);
+    // SAFETY: invalidations, CMD_SYNC without MSI, and deliberately illegal opcodes only: nothing names memory.
+    let r = unsafe {
+        smmu.submit_unchecked(&[
+            Command::TlbiNsnhAll,
+            Command::Raw([0x07, 0]),
+            Command::cfgi_all(),
+        ])
+    };
     let Err(Error::CommandError {
         error: CmdqError::Illegal,
         index,
@@ -724,7 +727,8 @@ pub fn command_error_recovery(smmu: &Driver) -> Result<String, String> {
     // Recovery acknowledged the error: the next batch runs (the queue
     // executes nothing while GERROR.CMDQ_ERR is active) and finds no
     // error left over (no register read spent on checking GERROR here).
-    smmu.submit(&[Command::TlbiNsnhAll])
+    // SAFETY: an invalidation only: nothing names memory.
+    unsafe { smmu.submit_unchecked(&[Command::TlbiNsnhAll]) }
         .map_err(|e| format!("next batch: {e}"))?;
     let after = smmu.stats().cmdq;
     if after.errors - before.errors != 1 {

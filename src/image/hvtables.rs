@@ -147,7 +147,7 @@ impl HvStage2 {
             NORMAL | ap,
             Constraints::NO_BLOCK_MAPPINGS,
         )?;
-        smmuv3::barrier::dsb_st();
+        smmuv3::expert::dsb_st();
         Ok(())
     }
 
@@ -161,7 +161,7 @@ impl HvStage2 {
             what.attributes(),
             Constraints::NO_BLOCK_MAPPINGS,
         )?;
-        smmuv3::barrier::dsb_st();
+        smmuv3::expert::dsb_st();
         Ok(())
     }
 
@@ -228,7 +228,7 @@ impl HvStage2 {
             S2::empty(),
             Constraints::NO_BLOCK_MAPPINGS,
         )?;
-        smmuv3::barrier::dsb_st();
+        smmuv3::expert::dsb_st();
         Ok(())
     }
 

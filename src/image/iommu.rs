@@ -3,9 +3,9 @@
 
 use core::ptr::NonNull;
 
-use smmuv3::regs::MMIO_SIZE;
+use smmuv3::MMIO_SIZE;
 use smmuv3::smmu::{Config, Smmu};
-use smmuv3::{Error, Result};
+use smmuv3::{Error, Invalid, Result};
 
 use super::dma::ImageHal;
 
@@ -15,11 +15,9 @@ use super::dma::ImageHal;
 pub fn new_smmu(config: Config) -> Result<Smmu<ImageHal>> {
     let reg = super::boot().platform.smmu.reg;
     if reg.size < MMIO_SIZE as u64 {
-        return Err(Error::InvalidArgument(
-            "DTB SMMU region is smaller than pages 0 and 1",
-        ));
+        return Err(Error::Invalid(Invalid::RegisterRegion));
     }
-    let base = NonNull::new(reg.base as *mut u8).ok_or(Error::InvalidArgument("SMMU base is 0"))?;
+    let base = NonNull::new(reg.base as *mut u8).ok_or(Error::Invalid(Invalid::RegisterRegion))?;
     // SAFETY: the MMU maps the DTB's SMMU region (both pages) as device
     // memory, identity mapped, for the life of the image; callers keep at
     // most one driver instance alive at a time.

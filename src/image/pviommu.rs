@@ -431,7 +431,7 @@ fn hostile(vm: &Vm) -> Result<String, String> {
 fn detached(smmu: &Driver, vm: &Vm) -> Result<String, String> {
     says(vm, hvc::check::NESTED_DETACH)?;
     let ste = smmu.ste(vm.sid).map_err(|e| format!("{e}"))?;
-    if ste.config() != smmuv3::ste::SteConfig::Stage2 || smmu.nested_of(vm.sid).is_some() {
+    if ste.config() != smmuv3::expert::SteConfig::Stage2 || smmu.nested_of(vm.sid).is_some() {
         return Err(format!(
             "STE config {:#x} after PV_DETACH",
             (ste.0[0] >> 1) & 7

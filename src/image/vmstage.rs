@@ -18,7 +18,7 @@ use alloc::format;
 use alloc::string::String;
 
 use smmuv3::domain::{DomainId, DomainOptions, Stage, StagePolicy};
-use smmuv3::ste::SteConfig;
+use smmuv3::expert::SteConfig;
 
 use super::demo::Driver;
 use super::guest::{self, CODE_IPA, RAM_IPA, RAM_SIZE};
@@ -141,7 +141,7 @@ pub fn identity(smmu: &Driver, vm: &Vm) -> Result<String, String> {
 }
 
 /// The first two dwords of the CD at `pa` (V, ASID, TTB0 live there).
-fn read_cd(pa: u64) -> smmuv3::cd::Cd {
+fn read_cd(pa: u64) -> smmuv3::expert::Cd {
     super::cpu::dcache_clean_invalidate(pa as usize, 16);
     // SAFETY: `pa` is a stage-1 domain's CD: a live, 64-byte aligned,
     // identity-mapped driver allocation of 64 bytes; the domain is idle
@@ -150,5 +150,5 @@ fn read_cd(pa: u64) -> smmuv3::cd::Cd {
         let p = pa as *const u64;
         (p.read_volatile(), p.add(1).read_volatile())
     };
-    smmuv3::cd::Cd([d0, d1, 0, 0, 0, 0, 0, 0])
+    smmuv3::expert::Cd([d0, d1, 0, 0, 0, 0, 0, 0])
 }
