@@ -114,7 +114,10 @@ pub fn check() {
         stacks().end - stacks().start,
         MAX_CPUS * (2 * GUARD_SIZE + EXC_STACK_SIZE + STACK_SIZE),
     );
-    assert!(have == want, "layout: stacks {have:#x} bytes, expected {want:#x}");
+    assert!(
+        have == want,
+        "layout: stacks {have:#x} bytes, expected {want:#x}"
+    );
     for r in [text(), rodata(), data(), stacks(), heap()] {
         assert!(
             r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0,
