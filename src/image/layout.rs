@@ -108,9 +108,15 @@ pub fn cpu_stacks(cpu: usize) -> CpuStacks {
 /// Checks that the linker script and these constants agree (the entry code
 /// relies on them to find the exception stack).
 pub fn check() {
-    assert_eq!(
+    // `assert!`, not `assert_eq!`: no `Debug` for `usize` and no
+    // `assert_failed` in the image.
+    let (have, want) = (
         stacks().end - stacks().start,
-        MAX_CPUS * (2 * GUARD_SIZE + EXC_STACK_SIZE + STACK_SIZE)
+        MAX_CPUS * (2 * GUARD_SIZE + EXC_STACK_SIZE + STACK_SIZE),
+    );
+    assert!(
+        have == want,
+        "layout: stacks {have:#x} bytes, expected {want:#x}"
     );
     for r in [text(), rodata(), data(), stacks(), heap()] {
         assert!(

@@ -407,14 +407,16 @@ fn hostile(vm: &Vm) -> Result<String, String> {
         .iter()
         .map(|r| {
             format!(
-                "{} ({:x?})",
+                "{} ({})",
                 hvc::answer_name(r.ret),
-                r.error
-                    .map(|e| match e {
-                        Error::Nested(n) => n,
-                        _ => NestedError::CdNotValid,
-                    })
-                    .unwrap_or(NestedError::CdNotValid)
+                nested_hex_debug(
+                    r.error
+                        .map(|e| match e {
+                            Error::Nested(n) => n,
+                            _ => NestedError::CdNotValid,
+                        })
+                        .unwrap_or(NestedError::CdNotValid)
+                )
             )
         })
         .collect();
@@ -426,6 +428,43 @@ fn hostile(vm: &Vm) -> Result<String, String> {
         refused.len(),
         names.join(", ")
     ))
+}
+
+/// `e` as `{:x?}` prints it (`CdOutsideGuestRam(8000000)`,
+/// `BadRange { va: 1000, len: 2000 }`), without the derived `Debug` and
+/// core's `DebugStruct`/`PadAdapter` machinery it pulls in.
+fn nested_hex_debug(e: NestedError) -> String {
+    use NestedError as N;
+    let (name, v): (&str, Option<u64>) = match e {
+        N::NotStage2Domain(d) => ("NotStage2Domain", Some(u64::from(d))),
+        N::SidNotInDomain(s) => ("SidNotInDomain", Some(u64::from(s))),
+        N::NotNested(s) => ("NotNested", Some(u64::from(s))),
+        N::CdMisaligned(a) => ("CdMisaligned", Some(a)),
+        N::CdOutsideGuestRam(a) => ("CdOutsideGuestRam", Some(a)),
+        N::GuestReadFailed(a) => ("GuestReadFailed", Some(a)),
+        N::CdNotValid => ("CdNotValid", None),
+        N::NotAarch64 => ("NotAarch64", None),
+        N::AbortDisabled => ("AbortDisabled", None),
+        N::Stall => ("Stall", None),
+        N::BigEndian => ("BigEndian", None),
+        N::HardwareUpdate => ("HardwareUpdate", None),
+        N::Ttb1Enabled => ("Ttb1Enabled", None),
+        N::BadT0sz(v) => ("BadT0sz", Some(u64::from(v))),
+        N::BadTg0(v) => ("BadTg0", Some(u64::from(v))),
+        N::GranuleUnsupported(v) => ("GranuleUnsupported", Some(u64::from(v))),
+        N::BadIps(v) => ("BadIps", Some(u64::from(v))),
+        N::Ttb0Misaligned(a) => ("Ttb0Misaligned", Some(a)),
+        N::Ttb0OutsideGuestRam(a) => ("Ttb0OutsideGuestRam", Some(a)),
+        N::BadAsid(a) => ("BadAsid", Some(u64::from(a))),
+        N::AsidDriverOwned(a) => ("AsidDriverOwned", Some(u64::from(a))),
+        N::AsidOtherVm(a) => ("AsidOtherVm", Some(u64::from(a))),
+        N::AsidNotOwned(a) => ("AsidNotOwned", Some(u64::from(a))),
+        N::BadRange { va, len } => return format!("BadRange {{ va: {va:x}, len: {len:x} }}"),
+    };
+    match v {
+        Some(v) => format!("{name}({v:x})"),
+        None => String::from(name),
+    }
 }
 
 fn detached(smmu: &Driver, vm: &Vm) -> Result<String, String> {

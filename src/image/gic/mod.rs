@@ -152,7 +152,22 @@ impl fmt::Display for GicError {
                 write!(f, "no GIC redistributor for the CPU with MPIDR {mpidr:#x}")
             }
             Self::InvalidIntId(n) => write!(f, "INTID {n} is not an SGI, PPI or SPI"),
-            Self::WrongKind(id) => write!(f, "{id:?} is the wrong kind of interrupt here"),
+            Self::WrongKind(id) => {
+                // As arm-gic's `Debug` for `IntId` names it (`SPI 3`), without
+                // pulling that `Debug` in.
+                let n = u32::from(*id);
+                let (kind, base) = match n {
+                    0..16 => ("SGI", 0),
+                    16..32 => ("PPI", 16),
+                    32..1020 => ("SPI", 32),
+                    1020..1024 => ("Special IntId", 0),
+                    1056..1120 => ("EPPI", 1056),
+                    4096..5120 => ("ESPI", 4096),
+                    8192.. => ("LPI", 8192),
+                    _ => ("Reserved IntId", 0),
+                };
+                write!(f, "{kind} {} is the wrong kind of interrupt here", n - base)
+            }
             Self::SgiTargetOutOfRange(m) => {
                 write!(f, "SGI target MPIDR {m:#x} has Aff0 >= 16")
             }
