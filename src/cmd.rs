@@ -702,14 +702,15 @@ impl InvalidationPlan {
     }
 }
 
-/// Computes the (page count, range) pieces covering `pages` consecutive pages
-/// with as few range commands as possible: each command covers
-/// `(NUM + 1) * 2^SCALE` pages, so `pages` is cut into 5-bit windows of its
-/// binary representation, from the lowest set bit upwards.
-fn range_pieces(mut pages: u64, tg: u8, max: usize) -> Option<Vec<(u64, TlbiRange)>> {
-    let mut out = Vec::new();
+/// Counts the range commands covering `pages` consecutive pages with as
+/// few commands as possible: each covers `(NUM + 1) * 2^SCALE` pages, so
+/// `pages` is cut into 5-bit windows of its binary representation, from the
+/// lowest set bit upwards. `None` past `max` commands, or when a piece would
+/// need SCALE > 31.
+fn range_piece_count(mut pages: u64, max: usize) -> Option<usize> {
+    let mut n = 0;
     while pages != 0 {
-        if out.len() >= max {
+        if n >= max {
             return None;
         }
         let scale = pages.trailing_zeros();
@@ -720,19 +721,39 @@ fn range_pieces(mut pages: u64, tg: u8, max: usize) -> Option<Vec<(u64, TlbiRang
             return None;
         }
         let num = (pages >> scale) & 0x1F;
-        let count = num << scale;
-        out.push((
-            count,
-            TlbiRange {
-                num: (num - 1) as u8,
-                scale: scale as u8,
-                tg,
-                ttl: 0,
-            },
-        ));
-        pages -= count;
+        pages -= num << scale;
+        n += 1;
     }
-    Some(out)
+    Some(n)
+}
+
+/// Piece `i` of [`range_piece_count`]'s cut of `pages`: the number of
+/// pages before it, and its range (TTL 0). `None` past the last piece.
+fn range_piece(mut pages: u64, tg: u8, i: usize) -> Option<(u64, TlbiRange)> {
+    let mut before = 0u64;
+    for _ in 0..i {
+        if pages == 0 {
+            return None;
+        }
+        let scale = pages.trailing_zeros();
+        let count = ((pages >> scale) & 0x1F) << scale;
+        pages -= count;
+        before += count;
+    }
+    if pages == 0 {
+        return None;
+    }
+    let scale = pages.trailing_zeros();
+    let num = (pages >> scale) & 0x1F;
+    Some((
+        before,
+        TlbiRange {
+            num: (num - 1) as u8,
+            scale: scale as u8,
+            tg,
+            ttl: 0,
+        },
+    ))
 }
 
 /// How a planner may cut a range.
@@ -744,57 +765,156 @@ struct Shape {
     limit: Option<u64>,
 }
 
-/// Shared planner: `make(addr, range)` builds one precise command.
-fn plan(
-    addr: u64,
-    len: u64,
-    shape: Shape,
-    fallback: Command,
-    make: impl Fn(u64, Option<TlbiRange>) -> Command,
-) -> InvalidationPlan {
-    let Shape {
-        granule_shift,
-        ril,
-        max_commands,
-        limit,
-    } = shape;
-    if len == 0 {
-        return InvalidationPlan::Precise(Vec::new());
-    }
-    let Some(tg) = TlbiRange::tg_for_shift(granule_shift) else {
-        return InvalidationPlan::Fallback(fallback);
-    };
-    let Some(end) = addr.checked_add(len) else {
-        return InvalidationPlan::Fallback(fallback);
-    };
-    if limit.is_some_and(|l| end > l) {
-        return InvalidationPlan::Fallback(fallback);
-    }
-    // Round out to whole granules.
-    let first = addr >> granule_shift;
-    let last = (end - 1) >> granule_shift;
-    let pages = last - first + 1;
-    let base = first << granule_shift;
+/// The precise command a plan is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// TLBI_S2_IPA.
+    S2 { vmid: u16 },
+    /// TLBI_NH_VA.
+    Nh { vmid: u16, asid: u16 },
+}
 
-    if ril {
-        let Some(pieces) = range_pieces(pages, tg, max_commands) else {
-            return InvalidationPlan::Fallback(fallback);
+/// An [`InvalidationPlan`] that produces its commands by index instead of
+/// holding them: planning and issuing it allocate nothing, so a change
+/// that already happened can always be invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RangePlan {
+    /// The broader command; the whole plan when `precise` is `None`.
+    fallback: Command,
+    precise: Option<Precise>,
+}
+
+/// The precise commands of a [`RangePlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Precise {
+    /// Address of the first granule.
+    base: u64,
+    granule_shift: u32,
+    /// Granules covered.
+    pages: u64,
+    /// Commands.
+    count: usize,
+    /// The range commands' TG (RIL), or `None`: one command per granule.
+    tg: Option<u8>,
+    target: Target,
+    leaf: bool,
+    ttl: u8,
+}
+
+impl RangePlan {
+    /// The plan of `[addr, addr + len)`: precise commands as `shape`
+    /// allows, else `fallback`.
+    fn new(addr: u64, len: u64, shape: Shape, fallback: Command, target: Target, hints: InvalidationHints) -> Self {
+        let Shape {
+            granule_shift,
+            ril,
+            max_commands,
+            limit,
+        } = shape;
+        let fallback_only = RangePlan {
+            fallback,
+            precise: None,
         };
-        let mut cmds = Vec::with_capacity(pieces.len());
-        let mut page = base;
-        for (count, range) in pieces {
-            cmds.push(make(page, Some(range)));
-            page = page.wrapping_add(count << granule_shift);
+        let precise = |base, pages, count, tg| RangePlan {
+            fallback,
+            precise: Some(Precise {
+                base,
+                granule_shift,
+                pages,
+                count,
+                tg,
+                target,
+                leaf: hints.leaf,
+                ttl: if hints.leaf { hints.ttl } else { 0 },
+            }),
+        };
+        if len == 0 {
+            return precise(addr, 0, 0, None);
         }
-        InvalidationPlan::Precise(cmds)
-    } else {
-        if pages > max_commands as u64 {
-            return InvalidationPlan::Fallback(fallback);
+        let Some(tg) = TlbiRange::tg_for_shift(granule_shift) else {
+            return fallback_only;
+        };
+        let Some(end) = addr.checked_add(len) else {
+            return fallback_only;
+        };
+        if limit.is_some_and(|l| end > l) {
+            return fallback_only;
         }
-        let cmds = (0..pages)
-            .map(|i| make(base + (i << granule_shift), None))
-            .collect();
-        InvalidationPlan::Precise(cmds)
+        // Round out to whole granules.
+        let first = addr >> granule_shift;
+        let last = (end - 1) >> granule_shift;
+        let pages = last - first + 1;
+        let base = first << granule_shift;
+        if ril {
+            match range_piece_count(pages, max_commands) {
+                Some(count) => precise(base, pages, count, Some(tg)),
+                None => fallback_only,
+            }
+        } else if pages > max_commands as u64 {
+            fallback_only
+        } else {
+            precise(base, pages, pages as usize, None)
+        }
+    }
+
+    /// The plan of just `fallback` (e.g. TLBI_S12_VMALL after an
+    /// invalidation failed).
+    pub(crate) fn broad(fallback: Command) -> Self {
+        RangePlan {
+            fallback,
+            precise: None,
+        }
+    }
+
+    /// The plan's commands.
+    pub(crate) fn len(&self) -> usize {
+        self.precise.map_or(1, |p| p.count)
+    }
+
+    /// Whether the plan is the broader command.
+    pub(crate) fn is_fallback(&self) -> bool {
+        self.precise.is_none()
+    }
+
+    /// Command `i` (`i < len()`; past the end, the broader command, which
+    /// is always safe).
+    pub(crate) fn get(&self, i: usize) -> Command {
+        let Some(p) = self.precise.filter(|p| i < p.count) else {
+            return self.fallback;
+        };
+        let (addr, range) = match p.tg {
+            None => (p.base.wrapping_add((i as u64) << p.granule_shift), None),
+            Some(tg) => match range_piece(p.pages, tg, i) {
+                Some((before, r)) => (
+                    p.base.wrapping_add(before << p.granule_shift),
+                    Some(TlbiRange { ttl: p.ttl, ..r }),
+                ),
+                None => return self.fallback,
+            },
+        };
+        match p.target {
+            Target::S2 { vmid } => Command::TlbiS2Ipa {
+                vmid,
+                addr,
+                leaf: p.leaf,
+                range,
+            },
+            Target::Nh { vmid, asid } => Command::TlbiNhVa {
+                vmid,
+                asid,
+                addr,
+                leaf: p.leaf,
+                range,
+            },
+        }
+    }
+
+    /// The plan as a vector of commands.
+    fn to_plan(self) -> InvalidationPlan {
+        match self.precise {
+            None => InvalidationPlan::Fallback(self.fallback),
+            Some(p) => InvalidationPlan::Precise((0..p.count).map(|i| self.get(i)).collect()),
+        }
     }
 }
 
@@ -872,8 +992,20 @@ pub fn s2_invalidation_hinted(
     max_commands: usize,
     hints: InvalidationHints,
 ) -> InvalidationPlan {
-    let ttl = if hints.leaf { hints.ttl } else { 0 };
-    plan(
+    s2_range_plan(vmid, ipa, len, granule_shift, ril, max_commands, hints).to_plan()
+}
+
+/// [`s2_invalidation_hinted`] as a [`RangePlan`] (allocates nothing).
+pub(crate) fn s2_range_plan(
+    vmid: u16,
+    ipa: u64,
+    len: u64,
+    granule_shift: u32,
+    ril: bool,
+    max_commands: usize,
+    hints: InvalidationHints,
+) -> RangePlan {
+    RangePlan::new(
         ipa,
         len,
         Shape {
@@ -883,12 +1015,8 @@ pub fn s2_invalidation_hinted(
             limit: Some(IPA_LIMIT),
         },
         Command::TlbiS12Vmall { vmid },
-        |addr, range| Command::TlbiS2Ipa {
-            vmid,
-            addr,
-            leaf: hints.leaf,
-            range: range.map(|r| TlbiRange { ttl, ..r }),
-        },
+        Target::S2 { vmid },
+        hints,
     )
 }
 
@@ -928,8 +1056,22 @@ pub fn nh_invalidation_hinted(
     max_commands: usize,
     hints: InvalidationHints,
 ) -> InvalidationPlan {
-    let ttl = if hints.leaf { hints.ttl } else { 0 };
-    plan(
+    nh_range_plan(vmid, asid, va, len, granule_shift, ril, max_commands, hints).to_plan()
+}
+
+/// [`nh_invalidation_hinted`] as a [`RangePlan`] (allocates nothing).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn nh_range_plan(
+    vmid: u16,
+    asid: u16,
+    va: u64,
+    len: u64,
+    granule_shift: u32,
+    ril: bool,
+    max_commands: usize,
+    hints: InvalidationHints,
+) -> RangePlan {
+    RangePlan::new(
         va,
         len,
         Shape {
@@ -939,13 +1081,8 @@ pub fn nh_invalidation_hinted(
             limit: None,
         },
         Command::TlbiNhAsid { vmid, asid },
-        |addr, range| Command::TlbiNhVa {
-            vmid,
-            asid,
-            addr,
-            leaf: hints.leaf,
-            range: range.map(|r| TlbiRange { ttl, ..r }),
-        },
+        Target::Nh { vmid, asid },
+        hints,
     )
 }
 
@@ -1493,7 +1630,7 @@ mod tests {
             }
         }
         for n in 1..=N {
-            let got = range_pieces(n as u64, 1, usize::MAX).unwrap().len();
+            let got = range_piece_count(n as u64, usize::MAX).unwrap();
             assert_eq!(got, best[n], "{n} pages");
         }
     }

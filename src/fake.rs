@@ -450,6 +450,31 @@ pub fn uncounted<R>(f: impl FnOnce() -> R) -> R {
 }
 
 #[cfg(test)]
+thread_local! {
+    static FAIL_RESERVATIONS_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes the driver's fallible reservations ([`crate::fallible`]) fail
+/// after `n` more successes on this thread (`None`: never).
+#[cfg(test)]
+pub fn fail_reservations_after(n: Option<usize>) {
+    FAIL_RESERVATIONS_AFTER.with(|c| c.set(n));
+}
+
+/// Whether the next fallible reservation fails (counting it down).
+#[cfg(test)]
+pub fn reservation_fails() -> bool {
+    FAIL_RESERVATIONS_AFTER.with(|c| match c.get() {
+        Some(0) => true,
+        Some(n) => {
+            c.set(Some(n - 1));
+            false
+        }
+        None => false,
+    })
+}
+
+#[cfg(test)]
 struct CountingAlloc;
 
 #[cfg(test)]

@@ -156,6 +156,7 @@ pub(crate) mod cd;
 pub(crate) mod cmd;
 pub(crate) mod cmdq;
 pub(crate) mod entry_plan;
+pub(crate) mod fallible;
 // The event queue and the page-table engine are other branches' files:
 // their test-only helpers are allowed here rather than edited there.
 #[allow(dead_code, rustdoc::private_intra_doc_links)]

@@ -800,6 +800,27 @@ impl<H: Hal> Smmu<H> {
         self.with_cmdq(|q| q.submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), sync))
     }
 
+    /// Submits the `count` commands `command(0..count)` as one batch; with
+    /// `sync`, appends a CMD_SYNC and waits. Allocates nothing: the
+    /// invalidation after a change goes out even when memory ran out.
+    pub(crate) fn submit_generated(
+        &self,
+        count: usize,
+        command: impl Fn(usize) -> Command,
+        sync: bool,
+    ) -> Result<()> {
+        if !self.commands_live() {
+            return Err(Error::NotEnabled);
+        }
+        self.with_cmdq(|q| q.submit_with(&self.mmio, count, |i| command(i).encode(), sync))
+    }
+
+    /// Submits the commands of `plan` and one CMD_SYNC, and waits for it
+    /// (allocates nothing).
+    pub(crate) fn submit_plan(&self, plan: &crate::cmd::RangePlan) -> Result<()> {
+        self.submit_generated(plan.len(), |i| plan.get(i), true)
+    }
+
     /// Runs `f` on the locked command queue, then refreshes the lock-free
     /// copy of its counters.
     fn with_cmdq<R>(&self, f: impl FnOnce(&mut CommandQueue<H>) -> R) -> R {
