@@ -14,10 +14,15 @@ use crate::smmu::{Config, Smmu};
 use crate::stage2::{Granule, Perm, Stage2Config};
 
 fn enabled() -> (Box<FakeRegs>, Smmu<FakeHal>) {
+    enabled_idr3(0x0000_1404)
+}
+
+/// QEMU virt's ID registers with IDR3 = `idr3` (bit 10: RIL).
+fn enabled_idr3(idr3: u32) -> (Box<FakeRegs>, Smmu<FakeHal>) {
     let regs = Box::new(FakeRegs::new());
     regs.set32(0x00, 0x0D44_101B);
     regs.set32(0x04, 0x0273_0010);
-    regs.set32(0x0C, 0x0000_1404);
+    regs.set32(0x0C, idr3);
     regs.set32(0x14, 0x0000_0075);
     regs.set32(0x1C, 1);
     regs.respond();
@@ -124,10 +129,8 @@ fn batch_out_of_memory_never_skips_the_invalidation() {
 #[test]
 fn unmap_and_protect_allocate_nothing() {
     for ril in [false, true] {
-        let (regs, smmu) = enabled();
-        if !ril {
-            regs.set32(0x0C, 0x0000_1004);
-        }
+        let (regs, smmu) = enabled_idr3(if ril { 0x1404 } else { 0x1004 });
+        assert_eq!(smmu.features().ril, ril);
         let id = domain(&smmu);
         smmu.map(id, 0, 0x8000_0000, 0x10000, Perm::ReadWrite).unwrap();
         let before = allocations();
