@@ -1629,9 +1629,9 @@ mod tests {
                 }
             }
         }
-        for n in 1..=N {
+        for (n, &best) in best.iter().enumerate().skip(1) {
             let got = range_piece_count(n as u64, usize::MAX).unwrap();
-            assert_eq!(got, best[n], "{n} pages");
+            assert_eq!(got, best, "{n} pages");
         }
     }
 

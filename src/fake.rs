@@ -254,9 +254,12 @@ fn with_model<R>(base: usize, f: impl FnOnce(&mut ModelState) -> R) -> Option<R>
     models.iter_mut().find(|m| m.base == base).map(f)
 }
 
+/// A pause point: the trace label that triggers it and what runs there.
+type Pause = (&'static str, Box<dyn FnMut()>);
+
 thread_local! {
     static TRACE: RefCell<Option<Vec<Trace>>> = const { RefCell::new(None) };
-    static PAUSE: RefCell<Option<(&'static str, Box<dyn FnMut()>)>> = const { RefCell::new(None) };
+    static PAUSE: RefCell<Option<Pause>> = const { RefCell::new(None) };
 }
 
 /// Starts (or restarts) recording a [`Trace`] on this thread.
