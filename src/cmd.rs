@@ -673,11 +673,11 @@ impl Command {
 
 mod plan;
 
-pub(crate) use plan::{RangePlan, nh_range_plan, s2_range_plan};
 pub use plan::{
     InvalidationHints, InvalidationPlan, nh_invalidation, nh_invalidation_hinted, s2_invalidation,
     s2_invalidation_hinted,
 };
+pub(crate) use plan::{RangePlan, nh_range_plan, s2_range_plan};
 
 #[cfg(test)]
 mod tests;

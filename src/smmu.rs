@@ -68,17 +68,17 @@ use crate::regs::{CR0, CR1, CR2, GBPA, GERROR, IRQ_CFG0, IRQ_CFG2, IRQ_CTRL};
 use crate::ste::{Ste, SteConfig, UpdateStep, plan_update};
 use crate::strtab::{self, Format, StreamTable};
 
-mod quarantine;
 mod config;
 mod enable;
+mod quarantine;
 mod service;
 mod ste_writes;
 
-pub use quarantine::{MAX_PENDING_QUARANTINES, MAX_QUARANTINED, Quarantine};
 pub use config::{
     Config, GerrorReport, MSI_MEMATTR_DEVICE_NGNRE, MsiConfig, MsiTarget, State, Stats,
     StreamTableChoice, WalkAttributes,
 };
+pub use quarantine::{MAX_PENDING_QUARANTINES, MAX_QUARANTINED, Quarantine};
 
 /// Event records [`Smmu::service`] copies out of the queue per round and
 /// hands to its callback with the queue unlocked (an array of this many
@@ -432,7 +432,6 @@ impl<H: Hal> Smmu<H> {
         self.counters.store_cmdq(q.stats());
         r
     }
-
 }
 
 impl<H: Hal> Drop for Smmu<H> {

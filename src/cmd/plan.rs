@@ -137,7 +137,14 @@ struct Precise {
 impl RangePlan {
     /// The plan of `[addr, addr + len)`: precise commands as `shape`
     /// allows, else `fallback`.
-    fn new(addr: u64, len: u64, shape: Shape, fallback: Command, target: Target, hints: InvalidationHints) -> Self {
+    fn new(
+        addr: u64,
+        len: u64,
+        shape: Shape,
+        fallback: Command,
+        target: Target,
+        hints: InvalidationHints,
+    ) -> Self {
         let Shape {
             granule_shift,
             ril,
@@ -418,7 +425,6 @@ pub(crate) fn nh_range_plan(
         hints,
     )
 }
-
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]

@@ -134,7 +134,6 @@ fn invalidation_hints_pin_leaf_and_ttl() {
     assert_eq!(r.ttl, 3);
 }
 
-
 /// Expands a precise plan into the set of granule pages it invalidates.
 fn pages_of(plan: &InvalidationPlan, shift: u32) -> BTreeSet<u64> {
     let mut set = BTreeSet::new();

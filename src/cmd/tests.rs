@@ -267,8 +267,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|(sid, ssid, leaf)| Command::CfgiCd { sid, ssid, leaf }),
         any::<u32>().prop_map(|sid| Command::CfgiCdAll { sid }),
         any::<u16>().prop_map(|vmid| Command::TlbiNhAll { vmid }),
-        (any::<u16>(), any::<u16>())
-            .prop_map(|(vmid, asid)| Command::TlbiNhAsid { vmid, asid }),
+        (any::<u16>(), any::<u16>()).prop_map(|(vmid, asid)| Command::TlbiNhAsid { vmid, asid }),
         (
             any::<u16>(),
             any::<u16>(),
@@ -283,24 +282,24 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 leaf,
                 range
             }),
-        (any::<u16>(), page, any::<bool>(), arb_range()).prop_map(
-            |(vmid, addr, leaf, range)| Command::TlbiNhVaa {
+        (any::<u16>(), page, any::<bool>(), arb_range()).prop_map(|(vmid, addr, leaf, range)| {
+            Command::TlbiNhVaa {
                 vmid,
                 addr,
                 leaf,
-                range
+                range,
             }
-        ),
+        }),
         Just(Command::TlbiEl2All),
         any::<u16>().prop_map(|vmid| Command::TlbiS12Vmall { vmid }),
-        (any::<u16>(), ipa, any::<bool>(), arb_range()).prop_map(
-            |(vmid, addr, leaf, range)| Command::TlbiS2Ipa {
+        (any::<u16>(), ipa, any::<bool>(), arb_range()).prop_map(|(vmid, addr, leaf, range)| {
+            Command::TlbiS2Ipa {
                 vmid,
                 addr,
                 leaf,
-                range
+                range,
             }
-        ),
+        }),
         Just(Command::TlbiNsnhAll),
         (0u8..3, any::<u64>(), any::<u32>()).prop_map(|(cs, a, msi_data)| Command::Sync {
             cs: [SyncCs::None, SyncCs::Irq, SyncCs::Sev][cs as usize],

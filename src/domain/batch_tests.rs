@@ -80,7 +80,8 @@ fn batch_out_of_memory_never_skips_the_invalidation() {
         let (regs, smmu) = enabled();
         let id = domain(&smmu);
         let vmid = smmu.domain_info(id).unwrap().vmid;
-        smmu.map(id, 0, 0x8000_0000, 0x10000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0, 0x8000_0000, 0x10000, Perm::ReadWrite)
+            .unwrap();
         let (gone, ro) = (0x1000, 0x3000);
         let before = regs.commands().len();
         fail_reservations_after(Some(n));
@@ -132,7 +133,8 @@ fn unmap_and_protect_allocate_nothing() {
         let (regs, smmu) = enabled_idr3(if ril { 0x1404 } else { 0x1004 });
         assert_eq!(smmu.features().ril, ril);
         let id = domain(&smmu);
-        smmu.map(id, 0, 0x8000_0000, 0x10000, Perm::ReadWrite).unwrap();
+        smmu.map(id, 0, 0x8000_0000, 0x10000, Perm::ReadWrite)
+            .unwrap();
         let before = allocations();
         smmu.unmap(id, 0x1000, 0x2000).unwrap();
         smmu.protect(id, 0x4000, 0x3000, Perm::Read).unwrap();

@@ -557,7 +557,16 @@ impl<H: Hal> Smmu<H> {
             .max_commands_per_sync()
             .map_or(MAX_RANGE_COMMANDS, |m| m.min(MAX_RANGE_COMMANDS));
         let ril = self.features().ril;
-        let plan = cmd::nh_range_plan(vmid, asid, va, len, shift, ril, max, InvalidationHints::NONE);
+        let plan = cmd::nh_range_plan(
+            vmid,
+            asid,
+            va,
+            len,
+            shift,
+            ril,
+            max,
+            InvalidationHints::NONE,
+        );
         self.submit_plan(&plan)?;
         Ok(plan.len())
     }

@@ -103,7 +103,11 @@ impl<H: Hal> Smmu<H> {
         r
     }
 
-    pub(super) fn write_stes_locked(&self, strtab: &mut StreamTable<H>, updates: &[(u32, Ste)]) -> Result<()> {
+    pub(super) fn write_stes_locked(
+        &self,
+        strtab: &mut StreamTable<H>,
+        updates: &[(u32, Ste)],
+    ) -> Result<()> {
         let mut kept = alloc::vec::Vec::new();
         kept.try_reserve_exact(updates.len())
             .map_err(|_| Error::NoMemory)?;
