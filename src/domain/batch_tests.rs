@@ -164,3 +164,44 @@ fn stage1_domain_without_memory_for_its_context() {
     drop(smmu);
     drop(regs);
 }
+
+/// The TLBIs a batch issues by index are those the vector-built list gave:
+/// in change order, one TLBI_S12_VMALL per VMID however many changes fall
+/// back to it, then one CMD_SYNC (a guard for the allocation-free
+/// rewrite).
+#[test]
+fn batch_tlbis_in_order_with_one_vmall_per_vmid() {
+    let (regs, smmu) = enabled_idr3(0x1004); // no RIL: one TLBI per page
+    let (a, b) = (domain(&smmu), domain(&smmu));
+    let va = smmu.domain_info(a).unwrap().vmid;
+    let vb = smmu.domain_info(b).unwrap().vmid;
+    smmu.map(a, 0, 0x8000_0000, 0x10_0000, Perm::ReadWrite)
+        .unwrap();
+    smmu.map(b, 0, 0x9000_0000, 0x10000, Perm::ReadWrite)
+        .unwrap();
+    let before = regs.commands().len();
+    // 128 and 80 pages: past MAX_RANGE_COMMANDS (64), both fall back.
+    smmu.batch()
+        .unmap(a, 0, 0x1000)
+        .unmap(b, 0x1000, 0x1000)
+        .unmap(a, 0x10000, 0x80000)
+        .protect(a, 0x90000, 0x50000, Perm::Read)
+        .commit(&mut |_| {})
+        .unwrap();
+    let got: Vec<(u8, u16, u64)> = regs.commands()[before..]
+        .iter()
+        .map(|&w| match Command::decode(w) {
+            Command::TlbiS2Ipa { vmid, addr, .. } => (1, vmid, addr),
+            Command::TlbiS12Vmall { vmid } => (2, vmid, 0),
+            Command::Sync { .. } => (3, 0, 0),
+            c => panic!("unexpected {c:?}"),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(1, va, 0), (1, vb, 0x1000), (2, va, 0), (3, 0, 0)],
+        "{got:x?}"
+    );
+    drop(smmu);
+    drop(regs);
+}
