@@ -337,12 +337,15 @@ impl<H: Hal> CommandQueue<H> {
     }
 
     /// If the command queue stopped on an error, repairs it and lets it
-    /// resume. Returns what was wrong.
+    /// resume. Returns what was wrong. (The driver recovers through
+    /// `recover_seen`, with what it already read.)
+    #[cfg(test)]
     pub fn recover(&mut self, mmio: &Mmio) -> Option<CmdqFault> {
         self.recover_seen(mmio, None, None)
     }
 
-    /// [`CommandQueue::recover`] with what the caller already read:
+    /// Recovers a command queue stopped on an error, with what the caller
+    /// already read:
     /// `seen`, a GERROR value (else GERROR is read), and `cons`, a raw
     /// CMDQ_CONS read after `seen` was (else CONS is read, after GERROR:
     /// CONS.ERR is valid once GERROR.CMDQ_ERR is seen active). Only the
@@ -456,7 +459,7 @@ mod tests {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
         let smmu = std::thread::spawn(move || {
-            // SAFETY (test): `regs` outlives the thread (joined below).
+            // SAFETY: (test) `regs` outlives the thread (joined below).
             let regs = unsafe { &*(base as *const FakeRegs) };
             while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
                 let prod = regs.get32(CMDQ_PROD);

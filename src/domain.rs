@@ -432,11 +432,15 @@ impl<H: Hal> Smmu<H> {
             // CFGI_STE (leaf) dropped the STE only: the CD it pointed at
             // may still be cached for this StreamID (and a guest's
             // stage-1 entries under its ASID).
-            let mut cmds = alloc::vec![Command::CfgiCdAll { sid }];
-            if let Some(asid) = guest_asid {
-                cmds.push(Command::TlbiNhAsid { vmid: d.vmid, asid });
-            }
-            self.submit(&cmds)?;
+            // (No allocation: the STE already changed.)
+            let cmds = [
+                Command::CfgiCdAll { sid },
+                Command::TlbiNhAsid {
+                    vmid: d.vmid,
+                    asid: guest_asid.unwrap_or(0),
+                },
+            ];
+            self.submit(&cmds[..1 + usize::from(guest_asid.is_some())])?;
         }
         domains.attached.remove(&sid);
         domains.get_mut(id)?.sids.retain(|&s| s != sid);

@@ -57,7 +57,7 @@ pub enum Unsupported {
 }
 
 /// Why a translation-table geometry or edit was refused
-/// ([`Error::Table`]): the page-table engine ([`crate::pgtable`]) and the
+/// ([`Error::Table`]): the page-table engine (`crate::pgtable`) and the
 /// stage-2 configuration ([`crate::stage2::Stage2Config`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableError {

@@ -254,9 +254,12 @@ fn with_model<R>(base: usize, f: impl FnOnce(&mut ModelState) -> R) -> Option<R>
     models.iter_mut().find(|m| m.base == base).map(f)
 }
 
+/// A pause point: the trace label that triggers it and what runs there.
+type Pause = (&'static str, Box<dyn FnMut()>);
+
 thread_local! {
     static TRACE: RefCell<Option<Vec<Trace>>> = const { RefCell::new(None) };
-    static PAUSE: RefCell<Option<(&'static str, Box<dyn FnMut()>)>> = const { RefCell::new(None) };
+    static PAUSE: RefCell<Option<Pause>> = const { RefCell::new(None) };
 }
 
 /// Starts (or restarts) recording a [`Trace`] on this thread.
@@ -447,6 +450,31 @@ pub fn uncounted<R>(f: impl FnOnce() -> R) -> R {
     }
     #[cfg(not(test))]
     f()
+}
+
+#[cfg(test)]
+thread_local! {
+    static FAIL_RESERVATIONS_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Makes the driver's fallible reservations ([`crate::fallible`]) fail
+/// after `n` more successes on this thread (`None`: never).
+#[cfg(test)]
+pub fn fail_reservations_after(n: Option<usize>) {
+    FAIL_RESERVATIONS_AFTER.with(|c| c.set(n));
+}
+
+/// Whether the next fallible reservation fails (counting it down).
+#[cfg(test)]
+pub fn reservation_fails() -> bool {
+    FAIL_RESERVATIONS_AFTER.with(|c| match c.get() {
+        Some(0) => true,
+        Some(n) => {
+            c.set(Some(n - 1));
+            false
+        }
+        None => false,
+    })
 }
 
 #[cfg(test)]

@@ -105,18 +105,29 @@
 //! - **The driver's own bookkeeping** uses `alloc` (the global allocator):
 //!   the domain and group maps (sorted vectors), each domain's StreamID
 //!   list, the VMID and ASID bitmaps (8 KiB each with 16-bit IDs, at
-//!   [`Smmu::new`]), the list of level-2 table slots, and, per call, the
-//!   plans of [`Batch::commit`], of an STE update of several StreamIDs and
-//!   of a range invalidation (at most [`MAX_RANGE_COMMANDS`] commands).
+//!   [`Smmu::new`]), the list of level-2 table slots, the table engine's
+//!   slab of tables, and, per call, the records of [`Batch::commit`] and
+//!   the plan of an STE update of several StreamIDs (a range invalidation,
+//!   at most [`MAX_RANGE_COMMANDS`] commands, needs none).
 //!   These reserve with `try_reserve` before anything changes, so running
-//!   out is [`Error::NoMemory`] and leaves the driver as it was. What still
-//!   aborts on exhaustion, as `alloc` does: the box of a stage-1 domain's
-//!   context, the range-invalidation plan of an unmap or protect (built
-//!   after the tables changed, when giving up would skip the TLBI), the
-//!   TLBI list of a [`Batch`] likewise, the stage-2 table engine's own
-//!   bookkeeping ([`stage2`]), and the vectors returned by diagnostics
-//!   ([`Smmu::stream_table_snapshot`], [`Smmu::stage2_snapshot`],
-//!   [`Smmu::group_sids`], [`Smmu::domain_info`], [`fault::coalesce`]).
+//!   out is [`Error::NoMemory`] and leaves the driver as it was; so does
+//!   the box of a stage-1 domain's context (allocated fallibly, its ASID
+//!   and VMID given back on failure).
+//!
+//! Once a call changed a table, an STE or a CD, nothing allocates before
+//! its invalidation (TLBI or CFGI, then CMD_SYNC) has gone out: the range
+//! invalidations of `unmap`, `protect`, a block split's break-before-make
+//! and [`Batch::commit`] are planned and issued by index, without a vector
+//! (a batch's per-change records live in a vector reserved before its
+//! first change), and `detach`, `attach_nested` and the other STE paths
+//! reserve their bookkeeping before the STE write. What may still abort
+//! on exhaustion, as `alloc` does: the table engine's slab bookkeeping
+//! (both stages), which grows when `map` or a split links a new table (after
+//! a break-before-make split's invalidation, so a translation can be
+//! missing then, never stale; unmaps never allocate), and the vectors
+//! returned by diagnostics ([`Smmu::stream_table_snapshot`],
+//! [`Smmu::stage2_snapshot`], [`Smmu::group_sids`], [`Smmu::domain_info`],
+//! [`fault::coalesce`]).
 //!
 //! Nothing allocates in the command queue (submitting a batch, waiting
 //! for room or for a CMD_SYNC, recovering a command error: the path every
@@ -156,6 +167,7 @@ pub(crate) mod cd;
 pub(crate) mod cmd;
 pub(crate) mod cmdq;
 pub(crate) mod entry_plan;
+pub(crate) mod fallible;
 // The event queue and the page-table engine are other branches' files:
 // their test-only helpers are allowed here rather than edited there.
 #[allow(dead_code, rustdoc::private_intra_doc_links)]

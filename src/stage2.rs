@@ -10,10 +10,10 @@
 //! IPA space as its CPU.
 //!
 //! The tables themselves are built by the page-table engine shared with
-//! stage 1 ([`crate::pgtable`]): [`Stage2Table`] is
-//! [`crate::pgtable::Table`] with the stage-2 leaf format. This module
+//! stage 1 (`crate::pgtable`): [`Stage2Table`] is
+//! `crate::pgtable::Table` with the stage-2 leaf format. This module
 //! re-exports the types stage-2 users name ([`Perm`], [`MapOptions`],
-//! [`Memory`], [`Granule`], [`Translation`], ...); see [`crate::pgtable`]
+//! [`Memory`], [`Granule`], [`Translation`], ...); see `crate::pgtable`
 //! for what the tables do and do not do (invalidation is the caller's).
 
 use tock_registers::{LocalRegisterCopy, register_bitfields};
@@ -134,11 +134,11 @@ pub struct S2SteFields {
 }
 
 /// The geometry of a stage-2 translation regime: granule, IPA size, start
-/// level and concatenation, output size (a [`Geometry`]), and walk
+/// level and concatenation, output size (a `Geometry`), and walk
 /// attributes.
 ///
 /// Always valid: every constructor checks the combination against the
-/// architecture's rules for VTCR_EL2 ([`Geometry::stage2`]: start level
+/// architecture's rules for VTCR_EL2 (`Geometry::stage2`: start level
 /// permitted for the granule and output size, at most 16 concatenated
 /// start tables, IPA no larger than the output size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl Stage2Config {
     /// [`Error::Table`]: [`TableError::VtcrFields`] (NSW/NSA, HWU, ...),
     /// [`TableError::ReservedGranule`], [`TableError::StartLevelEncoding`]
     /// (FEAT_TTST SL0 values), [`TableError::ReservedShareability`],
-    /// [`TableError::ReservedOutputSize`], and what [`Geometry::stage2`]
+    /// [`TableError::ReservedOutputSize`], and what `Geometry::stage2`
     /// refuses. `from_vtcr(c.vtcr()) == c` for every configuration `c`.
     pub fn from_vtcr(vtcr: u64) -> Result<Self> {
         let v = LocalRegisterCopy::<u64, VTCR::Register>::new(vtcr);

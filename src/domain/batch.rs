@@ -23,8 +23,11 @@
 
 use alloc::vec::Vec;
 
-use crate::cmd::{self, Command, InvalidationHints, InvalidationPlan};
+use core::cell::Cell;
+
+use crate::cmd::{self, Command, InvalidationHints, RangePlan};
 use crate::error::{Error, Result};
+use crate::fallible;
 use crate::hal::Hal;
 use crate::smmu::Smmu;
 use crate::stage2::Perm;
@@ -37,6 +40,37 @@ use super::{DomainId, MAX_RANGE_COMMANDS};
 enum TableOp {
     Unmap,
     Protect(Perm),
+}
+
+/// A table change a commit made, and its invalidation.
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    id: DomainId,
+    ipa: u64,
+    len: u64,
+    hints: InvalidationHints,
+    vmid: u16,
+    /// The TLBIs (`None`: an earlier change's TLBI_S12_VMALL of the same
+    /// VMID covers this one).
+    plan: Option<RangePlan>,
+    /// A TLBI_NH_ALL of the VMID follows.
+    nh_all: bool,
+}
+
+impl Changed {
+    /// Commands this change issues.
+    fn commands(&self) -> usize {
+        self.plan.map_or(0, |p| p.len()) + usize::from(self.nh_all)
+    }
+
+    /// Command `i` of [`Changed::commands`].
+    fn command(&self, i: usize) -> Command {
+        match self.plan {
+            Some(p) if i < p.len() => p.get(i),
+            _ if self.nh_all => Command::TlbiNhAll { vmid: self.vmid },
+            _ => Command::TlbiS12Vmall { vmid: self.vmid },
+        }
+    }
 }
 
 /// Domain changes to commit together ([`Smmu::batch`]).
@@ -55,7 +89,7 @@ pub struct Batch<'a, H: Hal> {
 /// Appends `x` to `v` unless the allocator has no room; returns whether it
 /// did.
 fn try_push<T>(v: &mut Vec<T>, x: T) -> bool {
-    if v.try_reserve(1).is_err() {
+    if crate::fallible::try_reserve(v, 1).is_err() {
         return false;
     }
     v.push(x);
@@ -138,9 +172,7 @@ impl<'a, H: Hal> Batch<'a, H> {
 
         // 1. STEs. Everything is checked before any entry changes.
         let mut updates = Vec::new();
-        updates
-            .try_reserve_exact(self.detach.len() + self.attach.len())
-            .map_err(|_| Error::NoMemory)?;
+        fallible::try_reserve_exact(&mut updates, self.detach.len() + self.attach.len())?;
         for &sid in self.detach.iter().chain(self.attach.iter().map(|(_, s)| s)) {
             smmu.check_sid(sid)?;
             if let Some(group) = groups.shared_group_of(sid) {
@@ -171,16 +203,10 @@ impl<'a, H: Hal> Batch<'a, H> {
         domains.attached.reserve(self.attach.len())?;
         for &(id, _) in &self.attach {
             let n = self.attach.iter().filter(|(d, _)| *d == id).count();
-            domains
-                .get_mut(id)?
-                .sids
-                .try_reserve(n)
-                .map_err(|_| Error::NoMemory)?;
+            fallible::try_reserve(&mut domains.get_mut(id)?.sids, n)?;
         }
         let mut cd_cfgis: Vec<Command> = Vec::new();
-        cd_cfgis
-            .try_reserve_exact(2 * self.detach.len())
-            .map_err(|_| Error::NoMemory)?;
+        fallible::try_reserve_exact(&mut cd_cfgis, 2 * self.detach.len())?;
         smmu.write_stes(&updates)?;
         // A stage-1 stream's CD may still be cached after its CFGI_STE.
         // (Within the capacity reserved above: no allocation.)
@@ -228,11 +254,12 @@ impl<'a, H: Hal> Batch<'a, H> {
             domains.get_mut(id)?.sids.push(sid);
         }
 
-        // 2. Table changes, each validated before it is made.
-        let mut changed: Vec<(DomainId, u64, u64, InvalidationHints)> = Vec::new();
-        changed
-            .try_reserve_exact(self.tables.len())
-            .map_err(|_| Error::NoMemory)?;
+        // 2. Table changes, each validated before it is made. Everything
+        // after the first change is within this reservation: nothing from
+        // here on allocates, so the invalidation of what changed always
+        // goes out.
+        let mut changed: Vec<Changed> = Vec::new();
+        fallible::try_reserve_exact(&mut changed, self.tables.len())?;
         let mut refused = None;
         for &(id, ipa, len, op) in &self.tables {
             let r = (|| {
@@ -253,7 +280,15 @@ impl<'a, H: Hal> Batch<'a, H> {
                 Ok::<_, Error>((id, ipa, len, hints))
             })();
             match r {
-                Ok(c) => changed.push(c),
+                Ok((id, ipa, len, hints)) => changed.push(Changed {
+                    id,
+                    ipa,
+                    len,
+                    hints,
+                    vmid: 0,
+                    plan: None,
+                    nh_all: false,
+                }),
                 Err(e) => {
                     refused = Some(e);
                     break;
@@ -261,59 +296,84 @@ impl<'a, H: Hal> Batch<'a, H> {
             }
         }
 
-        // 3. One batch of TLBIs and one CMD_SYNC for everything changed.
-        let mut cmds: Vec<Command> = Vec::new();
-        for &(id, ipa, len, hints) in &changed {
+        // 3. One batch of TLBIs and one CMD_SYNC for everything changed,
+        // planned in place and issued by index (no allocation).
+        let f = smmu.features();
+        let max = f
+            .max_commands_per_sync()
+            .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
+        for i in 0..changed.len() {
+            let Changed {
+                id,
+                ipa,
+                len,
+                hints,
+                ..
+            } = changed[i];
             let d = domains.get(id)?;
-            if d.tlb_unknown {
-                cmds.push(Command::TlbiS12Vmall { vmid: d.vmid });
-                continue;
-            }
-            let f = smmu.features();
-            let max = f
-                .max_commands_per_sync()
-                .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
-            let shift = d.tables.config().granule().shift();
-            match cmd::s2_invalidation_hinted(d.vmid, ipa, len, shift, f.ril, max, hints) {
-                InvalidationPlan::Precise(c) => {
-                    cmds.try_reserve(c.len()).map_err(|_| Error::NoMemory)?;
-                    cmds.extend(c);
-                }
-                InvalidationPlan::Fallback(c) => cmds.push(c),
-            }
+            let plan = if d.tlb_unknown {
+                RangePlan::broad(Command::TlbiS12Vmall { vmid: d.vmid })
+            } else {
+                let shift = d.tables.config().granule().shift();
+                cmd::s2_range_plan(d.vmid, ipa, len, shift, f.ril, max, hints)
+            };
+            let earlier = &changed[..i];
+            // One TLBI_S12_VMALL per VMID is enough.
+            let plan = (!(plan.is_fallback()
+                && earlier
+                    .iter()
+                    .any(|e| e.vmid == d.vmid && e.plan.is_some_and(|p| p.is_fallback()))))
+            .then_some(plan);
             // Combined stage-1+2 entries of nested streams (see
-            // `Domain::nested_streams`).
-            if d.nested_streams > 0 && !cmds.contains(&Command::TlbiNhAll { vmid: d.vmid }) {
-                cmds.push(Command::TlbiNhAll { vmid: d.vmid });
-            }
+            // `Domain::nested_streams`), once per VMID.
+            let nh_all = !d.tlb_unknown
+                && d.nested_streams > 0
+                && !earlier.iter().any(|e| e.vmid == d.vmid && e.nh_all);
+            changed[i].vmid = d.vmid;
+            changed[i].plan = plan;
+            changed[i].nh_all = nh_all;
         }
-        // One TLBI_S12_VMALL per VMID is enough.
-        let mut seen_vmall: Vec<u16> = Vec::new();
-        cmds.retain(|c| match c {
-            Command::TlbiS12Vmall { vmid } if seen_vmall.contains(vmid) => false,
-            Command::TlbiS12Vmall { vmid } => {
-                seen_vmall.push(*vmid);
-                true
-            }
-            _ => true,
-        });
-        let r = if smmu.is_live() && !cmds.is_empty() {
-            smmu.submit(&cmds)
+        let total: usize = changed.iter().map(Changed::commands).sum();
+        let r = if smmu.is_live() && total > 0 {
+            // `submit_with` asks for the commands in order: resume from the
+            // entry of the previous one.
+            let cursor = Cell::new((0usize, 0usize));
+            smmu.submit_generated(
+                total,
+                |i| {
+                    let (mut e, mut first) = cursor.get();
+                    if i < first {
+                        (e, first) = (0, 0);
+                    }
+                    while let Some(c) = changed.get(e) {
+                        if i < first + c.commands() {
+                            cursor.set((e, first));
+                            return c.command(i - first);
+                        }
+                        first += c.commands();
+                        e += 1;
+                    }
+                    // Past the end (never asked): a VMALL is always safe.
+                    Command::TlbiS12Vmall {
+                        vmid: changed.last().map_or(0, |c| c.vmid),
+                    }
+                },
+                true,
+            )
         } else {
             Ok(())
         };
-        for &(id, ipa, len, _) in &changed {
-            let vmid = domains.get(id)?.vmid;
+        for c in &changed {
             cpu(&CpuInvalidation {
-                domain: id,
-                vmid,
-                ipa,
-                len,
+                domain: c.id,
+                vmid: c.vmid,
+                ipa: c.ipa,
+                len: c.len,
             });
         }
         // 4. Free tables, only if the invalidation completed.
-        for &(id, ..) in &changed {
-            let d = domains.get_mut(id)?;
+        for c in &changed {
+            let d = domains.get_mut(c.id)?;
             d.tlb_unknown = r.is_err();
             if r.is_ok() {
                 d.owned_mut()?.release_retired();
@@ -326,3 +386,7 @@ impl<'a, H: Hal> Batch<'a, H> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod tests;

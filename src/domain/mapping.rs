@@ -339,8 +339,9 @@ impl<H: Hal> Smmu<H> {
             .max_commands_per_sync()
             .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
         let ril = self.features().ril;
-        let plan = cmd::s2_invalidation_hinted(vmid, ipa, len, granule_shift, ril, max, hints);
-        self.submit(plan.commands())
+        // Planned and issued without allocating: the tables already changed.
+        let plan = cmd::s2_range_plan(vmid, ipa, len, granule_shift, ril, max, hints);
+        self.submit_plan(&plan)
     }
 }
 

@@ -54,7 +54,7 @@ use core::ops::Range;
 use tock_registers::LocalRegisterCopy;
 
 use crate::cd::{CD_0, CD_1};
-use crate::cmd::{self, Command};
+use crate::cmd::{self, Command, InvalidationHints};
 use crate::error::{Error, Result, Unsupported};
 use crate::features::{Features, Httu, TtEndian};
 use crate::hal::Hal;
@@ -388,6 +388,9 @@ impl<H: Hal> Smmu<H> {
         let d = domains.get(req.domain)?;
         let target = self.nested_ste(d, req.cd_ipa)?;
         let vmid = d.vmid;
+        // Room for the bookkeeping first: once the STE is written it
+        // cannot fail.
+        domains.nested.reserve(1)?;
         if !held {
             domains
                 .asids
@@ -412,18 +415,21 @@ impl<H: Hal> Smmu<H> {
                 cd,
             },
         );
-        let mut cmds = alloc::vec![Command::CfgiCdAll { sid: req.sid }];
+        // (No allocation: the STE already changed.)
+        let mut cmds = [Command::CfgiCdAll { sid: req.sid }; 2];
+        let mut n = 1;
         if let Some(o) = old.filter(|o| o.cd.asid != cd.asid) {
-            cmds.push(Command::TlbiNhAsid {
+            cmds[1] = Command::TlbiNhAsid {
                 vmid,
                 asid: o.cd.asid,
-            });
+            };
+            n = 2;
             if !domains.asid_held(req.domain, o.cd.asid, u32::MAX) {
                 let _ = domains.asids.free(o.cd.asid);
             }
         }
         if self.is_live() {
-            self.submit(&cmds)?;
+            self.submit(&cmds[..n])?;
         }
         Ok(cd)
     }
@@ -550,9 +556,19 @@ impl<H: Hal> Smmu<H> {
             .features()
             .max_commands_per_sync()
             .map_or(MAX_RANGE_COMMANDS, |m| m.min(MAX_RANGE_COMMANDS));
-        let plan = cmd::nh_invalidation(vmid, asid, va, len, shift, self.features().ril, max);
-        self.submit(plan.commands())?;
-        Ok(plan.commands().len())
+        let ril = self.features().ril;
+        let plan = cmd::nh_range_plan(
+            vmid,
+            asid,
+            va,
+            len,
+            shift,
+            ril,
+            max,
+            InvalidationHints::NONE,
+        );
+        self.submit_plan(&plan)?;
+        Ok(plan.len())
     }
 }
 

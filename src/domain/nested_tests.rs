@@ -381,12 +381,15 @@ fn hostile_requests_change_nothing() {
     let driver_asid = smmu.domain_info(s1).unwrap().asid.unwrap();
     let good = good_cd(0x42);
     let nested_err = |e| Err::<GuestCd, _>(Error::Nested(e));
-    let cases: Vec<(
-        &str,
+    /// What the case is, the request, the CD words the guest holds, the
+    /// outcome.
+    type Case = (
+        &'static str,
         NestedRequest<'static>,
         [u64; 8],
         core::result::Result<GuestCd, Error>,
-    )> = alloc::vec![
+    );
+    let cases: Vec<Case> = alloc::vec![
         (
             "another VM's StreamID",
             req(a, OTHER_SID, CD_IPA),
@@ -561,9 +564,10 @@ proptest! {
     ) {
         let mut f = features_cached();
         f.oas_bits = 44;
-        let ram = [start..start.saturating_add(len)];
-        let _ = validate_cd_ipa(cd_ipa, &ram);
-        if let Ok(g) = validate_cd(&words, &f, &ram) {
+        let range = start..start.saturating_add(len);
+        let ram = core::slice::from_ref(&range);
+        let _ = validate_cd_ipa(cd_ipa, ram);
+        if let Ok(g) = validate_cd(&words, &f, ram) {
             prop_assert!(g.asid != 0);
             prop_assert!((25..=48).contains(&g.va_bits));
             prop_assert!(g.ips_bits <= f.oas_bits);

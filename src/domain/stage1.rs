@@ -23,7 +23,6 @@
 //! splits follow the stage-2 rules (break before make unless both sides
 //! have BBML2).
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use tock_registers::LocalRegisterCopy;
@@ -136,18 +135,30 @@ impl<H: Hal> Smmu<H> {
             return Err(e);
         }
         let split_without_break = options.cpu_bbml2 && f.bbml >= 2;
+        // Fallible: without memory the IDs go back (the CD is in memory no
+        // STE points at yet).
+        let ctx = match crate::fallible::try_box(Stage1Ctx {
+            cfg,
+            table,
+            cd: cd_mem,
+            asid,
+            owns_vmid,
+        }) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let _ = domains.asids.free(asid);
+                if owns_vmid {
+                    let _ = domains.vmids.free(vmid);
+                }
+                return Err(e);
+            }
+        };
         Ok(domains.insert(|id| Domain {
             id,
             vmid,
             affd: false,
             split_without_break,
-            tables: Tables::Stage1(Box::new(Stage1Ctx {
-                cfg,
-                table,
-                cd: cd_mem,
-                asid,
-                owns_vmid,
-            })),
+            tables: Tables::Stage1(ctx),
             sids: Vec::new(),
             tlb_unknown: false,
             nested_streams: 0,
@@ -309,9 +320,19 @@ impl<H: Hal> Smmu<H> {
             .features()
             .max_commands_per_sync()
             .map_or(MAX_RANGE_COMMANDS, |n| n.min(MAX_RANGE_COMMANDS));
-        let plan =
-            cmd::nh_invalidation(vmid, asid, va, len, granule_shift, self.features().ril, max);
-        self.submit(plan.commands())
+        // Planned and issued without allocating: the tables already changed.
+        let ril = self.features().ril;
+        let plan = cmd::nh_range_plan(
+            vmid,
+            asid,
+            va,
+            len,
+            granule_shift,
+            ril,
+            max,
+            InvalidationHints::NONE,
+        );
+        self.submit_plan(&plan)
     }
 }
 

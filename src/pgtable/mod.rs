@@ -88,7 +88,7 @@ pub enum Memory {
     Device,
 }
 
-/// How [`Table::map_with`] maps a range.
+/// How `Table::map_with` maps a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MapOptions {
     /// Access permission.
@@ -107,7 +107,7 @@ pub struct MapOptions {
 
 impl MapOptions {
     /// Normal memory with `perm`, executable, blocks allowed: what
-    /// [`Table::map`] uses.
+    /// `Table::map` uses.
     pub const fn normal(perm: Perm) -> MapOptions {
         MapOptions {
             perm,

@@ -32,7 +32,7 @@ pub struct PartialBlock {
 }
 
 /// A next-level table equivalent to a block, built by
-/// [`Table::prepare_split`] and not yet linked.
+/// `Table::prepare_split` and not yet linked.
 #[derive(Debug)]
 pub struct SplitTable<H: Hal> {
     dma: Dma<H>,
@@ -40,7 +40,7 @@ pub struct SplitTable<H: Hal> {
 }
 
 /// Tables allocated up front for every split a range needs
-/// ([`Table::reserve_splits`]), so that a range's splits either all get
+/// (`Table::reserve_splits`), so that a range's splits either all get
 /// their memory or none starts.
 #[derive(Debug)]
 pub struct SplitReserve<H: Hal> {

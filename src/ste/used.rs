@@ -192,8 +192,8 @@ mod tests {
         // stage-1 entries without S1DSS = bypass.
         let s1 = Ste::stage1(&Stage1Ste::new(0x4000_0040, 3)).unwrap();
         let u = ste_used(&s1.0);
-        for i in 0..8 {
-            let extra = s1.0[i] & !u[i];
+        for (i, (&w, &used)) in s1.0.iter().zip(u.iter()).enumerate() {
+            let extra = w & !used;
             let allowed = if i == 1 { bits(STE_1::SHCFG) } else { 0 };
             assert_eq!(extra & !allowed, 0, "dword {i}");
         }

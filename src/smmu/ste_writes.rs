@@ -1,0 +1,261 @@
+//! Stream table entries: reading, the safe update order for one or many
+//! StreamIDs (CFGI_STE + CMD_SYNC after each visible step), bypass and
+//! abort for StreamIDs no domain owns, and the stream table's geometry.
+
+use super::*;
+
+impl<H: Hal> Smmu<H> {
+    /// Reads the STE of `sid` (decoded with [`crate::expert::Ste`]).
+    pub fn ste(&self, sid: u32) -> Result<Ste> {
+        Ok(Ste(self.strtab.lock().read(sid)?))
+    }
+
+    /// Installs `target` as the STE of `sid`, following the safe update
+    /// order (body first, dword 0 last; a live entry that changes in more
+    /// than one dword goes through abort), with CFGI_STE + CMD_SYNC after
+    /// each visible step.
+    ///
+    /// An expert call: the normal surface installs STEs through domains
+    /// ([`Smmu::attach`]), [`Smmu::set_bypass`] and [`Smmu::set_abort`],
+    /// which keep the driver's bookkeeping in step.
+    ///
+    /// # Safety
+    ///
+    /// `sid` is attached to no domain and belongs to no declared group of
+    /// several StreamIDs (or the caller restores the domain's STE before any
+    /// other driver call for it), and `target` points the SMMU only at
+    /// memory that stays valid, and reserved for the SMMU, for as long as
+    /// the entry is installed (stage-2 or CD tables the caller owns).
+    pub unsafe fn write_ste_unchecked(&self, sid: u32, target: &Ste) -> Result<()> {
+        self.write_ste(sid, target)
+    }
+
+    /// Installs `target` as the STE of `sid` (see
+    /// [`Smmu::write_ste_unchecked`]).
+    ///
+    /// A quarantined StreamID ([`Smmu::quarantine`]) keeps its abort STE:
+    /// an abort `target` is recorded as what [`Smmu::release`] restores
+    /// (nothing is written), any other is refused with
+    /// [`Error::Quarantined`].
+    pub(crate) fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
+        let mut strtab = self.strtab.lock();
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        let r = match self.quarantined.lock().redirect(sid, target) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.write_ste_with(&mut strtab, sid, target, &mut |c| self.submit_locked(c))
+            }
+            Err(e) => Err(e),
+        };
+        // Quarantines asked for (from an interrupt) while this call held the
+        // stream table.
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        r
+    }
+
+    /// [`Smmu::write_ste`] with the stream table locked by the caller and
+    /// commands submitted through `submit` (which appends a CMD_SYNC and
+    /// waits), without the quarantine check.
+    pub(super) fn write_ste_with(
+        &self,
+        strtab: &mut StreamTable<H>,
+        sid: u32,
+        target: &Ste,
+        submit: &mut dyn FnMut(&[Command]) -> Result<()>,
+    ) -> Result<()> {
+        if strtab.ensure(sid)? && self.commands_live() {
+            // A new level-2 table: drop anything cached for its range
+            // (2^(7+1) = 256 StreamIDs).
+            let first = sid & !((1 << strtab::SPLIT) - 1);
+            submit(&[Command::CfgiSteRange {
+                sid: first,
+                range: strtab::SPLIT as u8 - 1,
+            }])?;
+        }
+        let current = Ste(strtab.read(sid)?);
+        for step in plan_update(&current, target)?.iter().copied() {
+            match step {
+                UpdateStep::Write { dword, value } => strtab.write_dword(sid, dword, value)?,
+                UpdateStep::Publish => strtab.publish(sid)?,
+                UpdateStep::Sync => {
+                    if self.commands_live() {
+                        submit(&[Command::CfgiSte { sid, leaf: true }])?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs several STEs at once, with the safe update order of
+    /// [`Smmu::write_ste`] for each, but sharing invalidations: the plans
+    /// advance in lock step, and every round of CFGI_STEs (one per entry
+    /// that reached a `Sync`) ends with one CMD_SYNC. So N entries cost as
+    /// many CMD_SYNCs as the longest single plan (at most 3), not N times
+    /// that.
+    /// Quarantined StreamIDs are handled as in [`Smmu::write_ste`]; a
+    /// refused entry refuses the whole call before anything changes.
+    pub(crate) fn write_stes(&self, updates: &[(u32, Ste)]) -> Result<()> {
+        let mut strtab = self.strtab.lock();
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        let r = self.write_stes_locked(&mut strtab, updates);
+        self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
+        r
+    }
+
+    pub(super) fn write_stes_locked(
+        &self,
+        strtab: &mut StreamTable<H>,
+        updates: &[(u32, Ste)],
+    ) -> Result<()> {
+        let mut kept = alloc::vec::Vec::new();
+        kept.try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        {
+            let quarantined = self.quarantined.lock();
+            for (sid, target) in updates {
+                quarantined.check(*sid, target)?;
+                if !quarantined.contains(*sid) {
+                    kept.push((*sid, *target));
+                }
+            }
+        }
+        self.write_stes_unchecked(strtab, &kept)?;
+        // Only once every write is made: the aborts asked for quarantined
+        // StreamIDs become what `release` restores.
+        let mut quarantined = self.quarantined.lock();
+        for (sid, target) in updates {
+            quarantined.redirect(*sid, target)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn write_stes_unchecked(
+        &self,
+        strtab: &mut StreamTable<H>,
+        updates: &[(u32, Ste)],
+    ) -> Result<()> {
+        let live = self.commands_live();
+        let mut fresh = alloc::vec::Vec::new();
+        fresh
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        for &(sid, _) in updates {
+            if strtab.ensure(sid)? {
+                fresh.push(Command::CfgiSteRange {
+                    sid: sid & !((1 << strtab::SPLIT) - 1),
+                    range: strtab::SPLIT as u8 - 1,
+                });
+            }
+        }
+        if live && !fresh.is_empty() {
+            self.submit_locked(&fresh)?;
+        }
+        let mut plans = alloc::vec::Vec::new();
+        plans
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        for &(sid, target) in updates {
+            plans.push((sid, plan_update(&Ste(strtab.read(sid)?), &target)?, 0usize));
+        }
+        let mut cfgis = alloc::vec::Vec::new();
+        cfgis
+            .try_reserve_exact(updates.len())
+            .map_err(|_| Error::NoMemory)?;
+        loop {
+            cfgis.clear();
+            for (sid, plan, next) in plans.iter_mut() {
+                let steps = plan.as_slice();
+                while let Some(step) = steps.get(*next).copied() {
+                    *next += 1;
+                    match step {
+                        UpdateStep::Write { dword, value } => {
+                            strtab.write_dword(*sid, dword, value)?
+                        }
+                        UpdateStep::Publish => strtab.publish(*sid)?,
+                        UpdateStep::Sync => {
+                            cfgis.push(Command::CfgiSte {
+                                sid: *sid,
+                                leaf: true,
+                            });
+                            break;
+                        }
+                    }
+                }
+            }
+            if cfgis.is_empty() {
+                return Ok(());
+            }
+            if live {
+                self.submit_locked(&cfgis)?;
+            }
+        }
+    }
+
+    /// Submits with the caller already holding the stream table lock.
+    pub(super) fn submit_locked(&self, cmds: &[Command]) -> Result<()> {
+        self.with_cmdq(|q| q.submit_with(&self.mmio, cmds.len(), |i| cmds[i].encode(), true))
+    }
+
+    /// Makes `sid` bypass translation (a deliberate, per-stream choice).
+    /// A StreamID attached to a domain must be detached first, one of a
+    /// declared group of several StreamIDs is refused
+    /// ([`Error::SidInGroup`]): its group-mates would reach memory through
+    /// it, and so is a quarantined one ([`Error::Quarantined`]).
+    pub fn set_bypass(&self, sid: u32) -> Result<()> {
+        // Lock order: groups -> domains -> stream table -> cmdq.
+        let groups = self.groups.lock();
+        if let Some(group) = groups.shared_group_of(sid) {
+            return Err(Error::SidInGroup { sid, group });
+        }
+        let r = self.write_unmanaged_ste(sid, &Ste::bypass());
+        drop(groups);
+        r
+    }
+
+    /// Makes `sid` abort all its traffic. A StreamID attached to a domain
+    /// is detached with [`Smmu::detach`] instead. For a quarantined
+    /// StreamID this only changes what [`Smmu::release`] restores.
+    pub fn set_abort(&self, sid: u32) -> Result<()> {
+        self.write_unmanaged_ste(sid, &Ste::abort())
+    }
+
+    /// Writes the STE of a StreamID that no domain owns. The domain lock is
+    /// held from the check to the end of the write (taken before the stream
+    /// table lock, as `attach` does), so a concurrent `attach` either
+    /// completes first (and this call fails with [`Error::SidAttached`]) or
+    /// starts after (and sees this entry).
+    pub(super) fn write_unmanaged_ste(&self, sid: u32, ste: &Ste) -> Result<()> {
+        let domains = self.domains.lock();
+        self.check_sid(sid)?;
+        if domains.is_attached(sid) {
+            return Err(Error::SidAttached(sid));
+        }
+        #[cfg(test)]
+        crate::fake::pause_point("write_unmanaged_ste");
+        let r = self.write_ste(sid, ste);
+        drop(domains);
+        r
+    }
+
+    /// Number of StreamIDs the stream table covers.
+    pub fn sid_limit(&self) -> u64 {
+        self.strtab.lock().limit()
+    }
+
+    /// Stream table format in use.
+    pub fn stream_table_format(&self) -> Format {
+        self.strtab.lock().format()
+    }
+
+    /// Bytes of stream table memory in use.
+    pub fn stream_table_bytes(&self) -> usize {
+        self.strtab.lock().bytes()
+    }
+
+    /// A copy of all stream table words (for tests that prove a rejected
+    /// call left the table unchanged).
+    pub fn stream_table_snapshot(&self) -> alloc::vec::Vec<u64> {
+        self.strtab.lock().snapshot()
+    }
+}
