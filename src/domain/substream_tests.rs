@@ -436,3 +436,27 @@ proptest! {
         }
     }
 }
+
+/// A batch refuses to detach a stream with substreams, frees the table of
+/// one it detaches, and attaches with one CD (no table).
+#[test]
+fn batches_and_cd_tables() {
+    let (_r, smmu) = enabled(IDR0_S1_ONLY | CD2L, 8);
+    let a = s1_domain(&smmu);
+    let b = s1_domain(&smmu);
+    smmu.attach(a, SID).unwrap();
+    smmu.attach_ssid(b, SID, 1).unwrap();
+    assert_eq!(
+        smmu.batch().detach(SID).commit(&mut |_| {}),
+        Err(Error::Substream(SubstreamError::SubstreamsAttached(SID)))
+    );
+    smmu.detach_ssid(SID, 1).unwrap();
+    smmu.batch().detach(SID).commit(&mut |_| {}).unwrap();
+    assert!(!smmu.domains.lock().cd_tables.contains_key(&SID));
+    smmu.batch().attach(a, SID).commit(&mut |_| {}).unwrap();
+    assert_eq!(ste_fields(&smmu, SID).1, 0);
+    assert_eq!(
+        smmu.attach_ssid(b, SID, 1),
+        Err(Error::Substream(SubstreamError::NoCdTable(SID)))
+    );
+}
