@@ -14,7 +14,9 @@
 //!   one context descriptor (EPD1 = 1, T0SZ = 64 - IPA bits, IPS = the
 //!   output size, MAIR = [`crate::pgtable::format::s1::MAIR`]), which every
 //!   attached STE points at (S1Fmt linear, S1CDMax = 0: one CD per stream,
-//!   the only layout QEMU models).
+//!   the only layout QEMU models); on an SMMU with substreams each
+//!   attached stream instead gets a CD table with a copy of the CD at
+//!   SSID 0 (`src/domain/substream.rs`).
 //!
 //! The CD is written through [`cd::plan_update`], whose `Sync` steps issue
 //! CFGI_CD for every attached StreamID and a CMD_SYNC. Unmap and protect

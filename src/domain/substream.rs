@@ -110,6 +110,34 @@ impl<H: Hal> Smmu<H> {
     /// [`crate::Error::NoMemory`]. A failed command after the leaf is
     /// published leaves the leaf (empty) and, if the CD was being written,
     /// the SSID recorded, so that [`Smmu::detach_ssid`] can clear it.
+    ///
+    #[cfg_attr(feature = "testing", doc = "```")]
+    #[cfg_attr(not(feature = "testing"), doc = "```ignore")]
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// use smmuv3::{Config, DomainOptions, Error, Granule, Smmu, Stage2Config, StagePolicy};
+    /// use smmuv3::SubstreamError;
+    ///
+    /// // A stage-1-only SMMU with 8 SSID bits and two-level CD tables.
+    /// let model = SmmuModel::builder().stage2(false).ssid_bits(8).cd2l(true).build();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
+    /// smmu.enable()?;
+    /// let options = DomainOptions {
+    ///     stage: StagePolicy::Stage1,
+    ///     ..DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?)
+    /// };
+    /// let (a, b) = (smmu.create_domain(options)?, smmu.create_domain(options)?);
+    /// smmu.attach(a, 0x10)?; // `a` at SSID 0 (and for traffic without SSID)
+    /// smmu.attach_ssid(b, 0x10, 200)?; // allocates the leaf of SSIDs 192..=255
+    /// assert_eq!(smmu.domain_of_ssid(0x10, 200), Some(b));
+    /// assert_eq!(
+    ///     smmu.attach_ssid(b, 0x10, 256),
+    ///     Err(Error::Substream(SubstreamError::SsidOutOfRange { ssid: 256, s1cdmax: 8 }))
+    /// );
+    /// smmu.detach_ssid(0x10, 200)?;
+    /// smmu.detach(0x10)?;
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn attach_ssid(&self, domain: DomainId, sid: u32, ssid: u32) -> Result<()> {
         let mut guard = self.domains.lock();
         self.check_sid(sid)?;
