@@ -209,6 +209,11 @@ pub fn l1cd_leaf(desc: u64) -> Option<u64> {
         .then(|| r.read(L1CD::L2PTR) << L2PTR_SHIFT)
 }
 
+/// Whether `sid`'s CD table has domains on SSIDs other than 0.
+pub(crate) fn has_substreams<H: Hal>(tables: &VecMap<u32, CdTable<H>>, sid: u32) -> bool {
+    tables.get(&sid).is_some_and(|t| t.users.len() > 1)
+}
+
 /// The CD table of one StreamID, and which domain uses each SSID.
 #[derive(Debug)]
 pub(crate) struct CdTable<H: Hal> {
@@ -240,7 +245,11 @@ impl<H: Hal> CdTable<H> {
     /// S1CDMax and the format for an SMMU with `ssid_size` SSID bits
     /// (IDR1.SSIDSIZE) and `cd2l` (IDR0.CD2L), under `policy`. `None` when
     /// there are no substreams (S1CDMax would be 0).
-    pub(crate) fn layout(ssid_size: u8, cd2l: bool, policy: CdTablePolicy) -> Option<(CdFormat, u8)> {
+    pub(crate) fn layout(
+        ssid_size: u8,
+        cd2l: bool,
+        policy: CdTablePolicy,
+    ) -> Option<(CdFormat, u8)> {
         let s1cdmax = ssid_size.min(policy.ssid_bits).min(MAX_SSID_BITS);
         if s1cdmax == 0 {
             return None;
@@ -373,7 +382,9 @@ impl<H: Hal> CdTable<H> {
     /// that require a refused call to change nothing.
     #[cfg(test)]
     pub(crate) fn snapshot(&self) -> std::vec::Vec<u64> {
-        let mut v: std::vec::Vec<u64> = (0..self.root.len_u64()).map(|i| self.root.read_u64(i)).collect();
+        let mut v: std::vec::Vec<u64> = (0..self.root.len_u64())
+            .map(|i| self.root.read_u64(i))
+            .collect();
         for (k, m) in self.leaves.iter() {
             v.push(u64::from(*k));
             v.extend((0..m.len_u64()).map(|i| m.read_u64(i)));

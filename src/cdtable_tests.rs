@@ -137,7 +137,10 @@ fn a_failed_leaf_allocation_changes_nothing() {
 fn l1cd_encoding() {
     // V [0], L2Ptr [51:12].
     assert_eq!(l1cd(0x0008_1234_5678_9000), 0x0008_1234_5678_9001);
-    assert_eq!(l1cd_leaf(0x0008_1234_5678_9001), Some(0x0008_1234_5678_9000));
+    assert_eq!(
+        l1cd_leaf(0x0008_1234_5678_9001),
+        Some(0x0008_1234_5678_9000)
+    );
     assert_eq!(l1cd_leaf(0x0008_1234_5678_9000), None);
 }
 

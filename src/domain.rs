@@ -442,7 +442,7 @@ impl<H: Hal> Smmu<H> {
             .attached
             .get(&sid)
             .ok_or(Error::SidNotAttached(sid))?;
-        if domains.cd_tables.get(&sid).is_some_and(|t| t.users.len() > 1) {
+        if crate::cdtable::has_substreams(&domains.cd_tables, sid) {
             return Err(crate::cdtable::SubstreamError::SubstreamsAttached(sid).into());
         }
         self.write_ste(sid, &Ste::abort())?;

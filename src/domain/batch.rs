@@ -151,7 +151,7 @@ impl<'a, H: Hal> Batch<'a, H> {
             if !domains.is_attached(sid) {
                 return Err(Error::SidNotAttached(sid));
             }
-            if domains.cd_tables.get(&sid).is_some_and(|t| t.users.len() > 1) {
+            if crate::cdtable::has_substreams(&domains.cd_tables, sid) {
                 return Err(crate::cdtable::SubstreamError::SubstreamsAttached(sid).into());
             }
             updates.push((sid, Ste::abort()));

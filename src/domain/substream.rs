@@ -150,7 +150,10 @@ impl<H: Hal> Smmu<H> {
             .cd_tables
             .get_mut(&sid)
             .ok_or(SubstreamError::NoCdTable(sid))?;
-        let d = ds.domains.get(&domain).ok_or(crate::Error::UnknownDomain(domain))?;
+        let d = ds
+            .domains
+            .get(&domain)
+            .ok_or(crate::Error::UnknownDomain(domain))?;
         let Tables::Stage1(s1) = &d.tables else {
             return Err(SubstreamError::NotStage1(domain).into());
         };
@@ -164,10 +167,7 @@ impl<H: Hal> Smmu<H> {
         if table.users.contains_key(&ssid) {
             return Err(SubstreamError::SsidInUse { sid, ssid }.into());
         }
-        let stream_vmid = ds
-            .domains
-            .get(&primary)
-            .map_or(d.vmid, |p| p.vmid);
+        let stream_vmid = ds.domains.get(&primary).map_or(d.vmid, |p| p.vmid);
         if self.features().stage2 && stream_vmid != d.vmid {
             return Err(SubstreamError::VmidMismatch {
                 stream: stream_vmid,

@@ -73,7 +73,9 @@ fn read_cd(addr: u64) -> Cd {
     let p = addr as *const u64;
     // SAFETY: FakeHal memory (paddr == vaddr): a CD inside a table the
     // driver owns, alive while the stream is attached.
-    Cd(core::array::from_fn(|i| unsafe { p.add(i).read_volatile() }))
+    Cd(core::array::from_fn(|i| unsafe {
+        p.add(i).read_volatile()
+    }))
 }
 
 fn read_u64(addr: u64) -> u64 {
@@ -204,7 +206,12 @@ fn two_level_4k_leaves_and_commands() {
             }
         );
     }
-    assert!(cmds.iter().skip(1).step_by(2).all(|c| matches!(c, Command::Sync { .. })));
+    assert!(
+        cmds.iter()
+            .skip(1)
+            .step_by(2)
+            .all(|c| matches!(c, Command::Sync { .. }))
+    );
     // Detaching a substream keeps its leaf; detaching the stream frees
     // the table once nothing else is on it.
     smmu.detach_ssid(SID, 200).unwrap();
@@ -276,7 +283,7 @@ fn cd_writes_follow_the_planner() {
     let log = seen.clone();
     regs.fault_commands(Box::new(move |c| {
         if let Command::CfgiCd { ssid: 7, .. } = Command::decode(*c) {
-            log.lock().unwrap().push(read_cd(addr as u64).0);
+            log.lock().unwrap().push(read_cd(addr).0);
         }
         None
     }));
@@ -404,11 +411,11 @@ proptest! {
                 Op::Attach(d, ssid) => {
                     let want = if ssid >= 256 {
                         Err(SubstreamError::SsidOutOfRange { ssid, s1cdmax: 8 }.into())
-                    } else if model.contains_key(&ssid) {
-                        Err(SubstreamError::SsidInUse { sid: SID, ssid }.into())
-                    } else {
-                        model.insert(ssid, ds[d]);
+                    } else if let std::collections::btree_map::Entry::Vacant(e) = model.entry(ssid) {
+                        e.insert(ds[d]);
                         Ok(())
+                    } else {
+                        Err(SubstreamError::SsidInUse { sid: SID, ssid }.into())
                     };
                     prop_assert_eq!(smmu.attach_ssid(ds[d], SID, ssid), want);
                 }
