@@ -385,7 +385,14 @@ impl<H: Hal> Smmu<H> {
             .sids
             .try_reserve(1)
             .map_err(|_| Error::NoMemory)?;
-        self.write_ste(sid, &ste)?;
+        if let Err(e) = self.write_ste(sid, &ste) {
+            // The STE may point at the table already: keep it (reserved
+            // above) rather than free memory the SMMU can reach.
+            if let Some(t) = table {
+                domains.cd_tables.insert(sid, t);
+            }
+            return Err(e);
+        }
         domains.attached.insert(sid, id);
         if let Some(t) = table {
             domains.cd_tables.insert(sid, t);

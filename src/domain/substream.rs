@@ -18,6 +18,13 @@
 //! cached L1CD on the path to it (an SMMU may cache an invalid L1CD).
 //! Before the STE points at the table (attach), nothing is invalidated:
 //! the SMMU cannot have read it.
+//!
+//! The CDs in a table are copies of each domain's own CD, which never
+//! changes while the domain exists (it is written at creation and cleared
+//! at destruction, and a domain on a stream or substream cannot be
+//! destroyed). If the STE write of an attach fails, the new table is kept
+//! (unattached) so that memory the SMMU may reach is never freed; a later
+//! attach or detach of the StreamID releases it.
 
 use crate::cd::{self, Cd};
 use crate::cdtable::{CdTable, CdTablePolicy, SubstreamError};

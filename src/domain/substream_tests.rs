@@ -467,3 +467,25 @@ fn batches_and_cd_tables() {
         Err(Error::Substream(SubstreamError::NoCdTable(SID)))
     );
 }
+
+/// An attach whose STE write fails (CMD_SYNC refused) keeps the new CD
+/// table alive: the STE may already point at it.
+#[test]
+fn a_failed_attach_keeps_the_table() {
+    let (regs, smmu) = enabled(IDR0_S1_ONLY | CD2L, 8);
+    let a = s1_domain(&smmu);
+    // The first CFGI_STE (opcode 3) is illegal: the write reports it.
+    let mut once = true;
+    regs.fault_commands(Box::new(move |c| {
+        (c[0] & 0xFF == 3 && std::mem::take(&mut once)).then_some(1)
+    }));
+    assert!(smmu.attach(a, SID).is_err());
+    regs.fault_commands(Box::new(|_| None));
+    assert_eq!(smmu.domain_of(SID), None);
+    let kept = smmu.domains.lock().cd_tables.get(&SID).map(|t| t.base());
+    let ptr = smmu.ste(SID).unwrap().cd_paddr();
+    assert!(kept.is_some());
+    if ptr != 0 {
+        assert_eq!(Some(ptr), kept);
+    }
+}
