@@ -1,8 +1,9 @@
 //! Context descriptors (64 bytes, eight little-endian dwords): the stage-1
 //! translation context of a stream.
 //!
-//! This driver encodes one CD per stream (STE.S1Fmt = linear, S1CDMax = 0)
-//! with only TTB0. The SMMU may read a CD's dwords in any order and cache
+//! This driver encodes CDs with only TTB0: one per stream (STE.S1Fmt =
+//! linear, S1CDMax = 0), or, on an SMMU with substreams, one per SSID in
+//! the stream's CD table ([`crate::cdtable`]). The SMMU may read a CD's dwords in any order and cache
 //! it partially, like an STE, and a CD can be live (V = 1 behind a live
 //! stage-1 STE) when it changes: so CDs are updated through the same
 //! planner as STEs, [`plan_update`] (with `Sync` = CFGI_CD + CMD_SYNC).

@@ -34,6 +34,7 @@ mod external;
 mod mapping;
 mod nested;
 mod stage1;
+mod substream;
 
 pub use batch::Batch;
 pub use nested::{
@@ -204,6 +205,11 @@ pub(crate) struct Domains<H: Hal> {
     /// Streams with a guest-owned stage 1 (`src/domain/nested.rs`), by
     /// StreamID.
     pub(crate) nested: VecMap<u32, nested::NestedStream>,
+    /// Driver-owned CD tables of streams attached to stage-1 domains on
+    /// an SMMU with substreams (`src/domain/substream.rs`), by StreamID.
+    pub(crate) cd_tables: VecMap<u32, crate::cdtable::CdTable<H>>,
+    /// How new CD tables are built.
+    pub(crate) cd_policy: crate::cdtable::CdTablePolicy,
 }
 
 impl<H: Hal> Domains<H> {
@@ -218,6 +224,8 @@ impl<H: Hal> Domains<H> {
             vmids: IdAllocator::new(vmid_bits, true, IdKind::Vmid)?,
             asids: IdAllocator::new(asid_bits, true, IdKind::Asid)?,
             nested: VecMap::new(),
+            cd_tables: VecMap::new(),
+            cd_policy: crate::cdtable::CdTablePolicy::default(),
         })
     }
 
@@ -363,16 +371,32 @@ impl<H: Hal> Smmu<H> {
             // Configured outside the domain API (e.g. bypass).
             return Err(Error::SidAttached(sid));
         }
-        let ste = self.domain_ste(d)?;
+        // A stage-1 stream on an SMMU with substreams gets its own CD table.
+        let table = self.new_cd_table(d, domains.cd_policy)?;
+        let ste = match &table {
+            Some(t) => self.stage1_table_ste(d, t)?,
+            None => self.domain_ste(d)?,
+        };
         // Room first: once the STE is written, the bookkeeping cannot fail.
         domains.attached.reserve(1)?;
+        domains.cd_tables.reserve(usize::from(table.is_some()))?;
         domains
             .get_mut(id)?
             .sids
             .try_reserve(1)
             .map_err(|_| Error::NoMemory)?;
-        self.write_ste(sid, &ste)?;
+        if let Err(e) = self.write_ste(sid, &ste) {
+            // The STE may point at the table already: keep it (reserved
+            // above) rather than free memory the SMMU can reach.
+            if let Some(t) = table {
+                domains.cd_tables.insert(sid, t);
+            }
+            return Err(e);
+        }
         domains.attached.insert(sid, id);
+        if let Some(t) = table {
+            domains.cd_tables.insert(sid, t);
+        }
         domains.get_mut(id)?.sids.push(sid);
         Ok(())
     }
@@ -425,6 +449,9 @@ impl<H: Hal> Smmu<H> {
             .attached
             .get(&sid)
             .ok_or(Error::SidNotAttached(sid))?;
+        if crate::cdtable::has_substreams(&domains.cd_tables, sid) {
+            return Err(crate::cdtable::SubstreamError::SubstreamsAttached(sid).into());
+        }
         self.write_ste(sid, &Ste::abort())?;
         let guest_asid = Self::forget_nested_locked(&mut domains, sid);
         let d = domains.get(id)?;
@@ -443,6 +470,9 @@ impl<H: Hal> Smmu<H> {
             self.submit(&cmds[..1 + usize::from(guest_asid.is_some())])?;
         }
         domains.attached.remove(&sid);
+        // The STE no longer points at the table and CFGI_CD_ALL + SYNC
+        // completed above: its leaves and CDs can go.
+        domains.cd_tables.remove(&sid);
         domains.get_mut(id)?.sids.retain(|&s| s != sid);
         Ok(())
     }

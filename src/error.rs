@@ -507,6 +507,9 @@ pub enum Error {
     /// A guest's nested-translation request was refused; nothing changed
     /// (`src/domain/nested.rs`).
     Nested(crate::domain::NestedError),
+    /// A substream (CD table) call was refused; nothing changed
+    /// (`src/cdtable.rs`, `src/domain/substream.rs`).
+    Substream(crate::cdtable::SubstreamError),
 }
 
 impl fmt::Display for Error {
@@ -591,6 +594,7 @@ impl fmt::Display for Error {
             Error::NotQuarantined(sid) => write!(f, "StreamID {sid:#x} is not quarantined"),
             Error::QuarantineFull => write!(f, "too many quarantined StreamIDs"),
             Error::Nested(e) => write!(f, "nested translation refused: {e}"),
+            Error::Substream(e) => write!(f, "substream refused: {e}"),
         }
     }
 }

@@ -164,6 +164,7 @@ pub mod topology;
 // its tests need of them is re-exported in [`expert`].
 pub(crate) mod barrier;
 pub(crate) mod cd;
+pub mod cdtable;
 pub(crate) mod cmd;
 pub(crate) mod cmdq;
 pub(crate) mod entry_plan;
@@ -186,6 +187,7 @@ pub(crate) mod ste;
 pub(crate) mod strtab;
 mod vecmap;
 
+pub use cdtable::{CdLeaf, CdTablePolicy, SubstreamError};
 pub use cmdq::{CmdqFault, CmdqStats};
 pub use domain::{
     Batch, CpuInvalidation, DomainId, DomainInfo, DomainOptions, ExternalStage2,

@@ -138,6 +138,18 @@ impl ModelBuilder {
         self
     }
 
+    /// IDR0.CD2L: two-level context-descriptor tables.
+    pub fn cd2l(mut self, on: bool) -> Self {
+        self.idr0 = Self::bit(self.idr0, 19, on);
+        self
+    }
+
+    /// IDR1.SSIDSIZE: SubstreamID bits (0 = no substreams, as QEMU).
+    pub fn ssid_bits(mut self, bits: u8) -> Self {
+        self.idr1 = Self::field(self.idr1, 6, 5, u32::from(bits));
+        self
+    }
+
     /// IDR0.ST_LEVEL: two-level stream tables.
     pub fn two_level_strtab(mut self, on: bool) -> Self {
         self.idr0 = Self::field(self.idr0, 27, 2, u32::from(on));

@@ -183,6 +183,9 @@ impl<'a, H: Hal> Batch<'a, H> {
             if !domains.is_attached(sid) {
                 return Err(Error::SidNotAttached(sid));
             }
+            if crate::cdtable::has_substreams(&domains.cd_tables, sid) {
+                return Err(crate::cdtable::SubstreamError::SubstreamsAttached(sid).into());
+            }
             updates.push((sid, Ste::abort()));
         }
         for &(id, sid) in &self.attach {
@@ -245,6 +248,8 @@ impl<'a, H: Hal> Batch<'a, H> {
         for &sid in &self.detach {
             // A guest's nested stream gives up its ASID.
             Smmu::<H>::forget_nested_locked(&mut domains, sid);
+            // Its CD table (if any) is unreachable now (CFGI_CD_ALL above).
+            domains.cd_tables.remove(&sid);
             if let Some(id) = domains.attached.remove(&sid) {
                 domains.get_mut(id)?.sids.retain(|&s| s != sid);
             }

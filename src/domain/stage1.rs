@@ -14,7 +14,9 @@
 //!   one context descriptor (EPD1 = 1, T0SZ = 64 - IPA bits, IPS = the
 //!   output size, MAIR = [`crate::pgtable::format::s1::MAIR`]), which every
 //!   attached STE points at (S1Fmt linear, S1CDMax = 0: one CD per stream,
-//!   the only layout QEMU models).
+//!   the only layout QEMU models); on an SMMU with substreams each
+//!   attached stream instead gets a CD table with a copy of the CD at
+//!   SSID 0 (`src/domain/substream.rs`).
 //!
 //! The CD is written through [`cd::plan_update`], whose `Sync` steps issue
 //! CFGI_CD for every attached StreamID and a CMD_SYNC. Unmap and protect
@@ -36,7 +38,7 @@ use crate::pgtable::format::s1::MAIR;
 use crate::pgtable::{Format, Geometry, Stage1, Stage1Table};
 use crate::smmu::Smmu;
 use crate::stage2::{Granule, Perm, Stage2Config};
-use crate::ste::{STE_1, Stage1Ste, Ste};
+use crate::ste::{STE_0, STE_1, Stage1Ste, Ste};
 
 use super::{CpuInvalidation, Domain, DomainId, DomainOptions, MAX_RANGE_COMMANDS, Tables};
 
@@ -211,12 +213,43 @@ impl<H: Hal> Smmu<H> {
         Ok(ste)
     }
 
+    /// The STE of a StreamID attached to stage-1 domain `d` through the CD
+    /// table `t` (`src/domain/substream.rs`): [`Smmu::stage1_ste`] pointing
+    /// at the table, with its S1Fmt and S1CDMax, S1DSS = substream 0.
+    pub(crate) fn stage1_table_ste(
+        &self,
+        d: &Domain<H>,
+        t: &crate::cdtable::CdTable<H>,
+    ) -> Result<Ste> {
+        let w = self.walk_attributes();
+        let mut ste = Ste::stage1(&Stage1Ste {
+            cir: w.inner,
+            cor: w.outer,
+            csh: w.shareability,
+            s1cdmax: t.s1cdmax(),
+            s1dss: STE_1::S1DSS::Ssid0.value as u8,
+            ..Stage1Ste::new(t.base(), d.vmid)
+        })?;
+        let mut d0 = LocalRegisterCopy::<u64, STE_0::Register>::new(ste.0[0]);
+        d0.modify(STE_0::S1FMT.val(u64::from(t.format().s1fmt())));
+        ste.0[0] = d0.get();
+        let mut d1 = LocalRegisterCopy::<u64, STE_1::Register>::new(ste.0[1]);
+        d1.modify(STE_1::PRIVCFG.val(PRIVCFG_PRIVILEGED) + STE_1::INSTCFG.val(INSTCFG_DATA));
+        ste.0[1] = d1.get();
+        Ok(ste)
+    }
+
     /// Destroys stage-1 domain `id` (no streams attached): TLBI_NH_ASID +
     /// CMD_SYNC, the CD made invalid, ASID and VMID freed, tables freed.
     pub(crate) fn destroy_stage1_domain(&self, id: DomainId) -> Result<()> {
         let mut domains = self.domains.lock();
         let d = domains.get(id)?;
-        if !d.sids.is_empty() {
+        // Attached to a stream, or to a substream of one.
+        let on_substream = domains
+            .cd_tables
+            .iter()
+            .any(|(_, t)| t.users.iter().any(|(_, &u)| u == id));
+        if !d.sids.is_empty() || on_substream {
             return Err(Error::DomainBusy(id));
         }
         let vmid = d.vmid;
