@@ -249,7 +249,11 @@ impl<H: Hal, F: Format> Table<H, F> {
         let end = self.check_ipa_only(ipa, len)?;
         self.changed_levels = 0;
         let mut path = Path::default();
-        if let Some(leaf) = self.leaf_table(ipa, end, &mut path)? {
+        // A range covering a whole level-3 table takes the walk from the
+        // root, which unlinks the table without clearing its descriptors.
+        if end - ipa != 1u64 << self.levels[2].0
+            && let Some(leaf) = self.leaf_table(ipa, end, &mut path)?
+        {
             // Inside one level-3 table: what the walk from the root does,
             // without walking the levels above again.
             self.check_pages_mapped(leaf, ipa, end)?;

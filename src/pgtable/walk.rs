@@ -391,6 +391,19 @@ impl<H: Hal, F: Format> Table<H, F> {
                 match self.entry(table, level, idx)? {
                     Entry::Invalid => continue,
                     Entry::Leaf { .. } => self.changed_levels |= 1 << level,
+                    Entry::Table(t) if next - cur == 1u64 << self.levels[level as usize & 3].0 => {
+                        // The range covers the whole table (validated as
+                        // mapped): unlink it with one store and retire its
+                        // subtree as it is. Once unlinked nothing reaches its
+                        // entries, and it is freed only by `release_retired`,
+                        // after the caller's (non-leaf) invalidation.
+                        self.write(table, idx, 0)?;
+                        self.set_child(table, idx, NO_CHILD as usize)?;
+                        self.retire_subtree(t, level + 1)?;
+                        removed += 1;
+                        span = extend(span, idx);
+                        continue;
+                    }
                     Entry::Table(t) => {
                         self.unmap_range(t, level + 1, cur, next)?;
                         if self.node(t)?.live != 0 {
@@ -419,6 +432,27 @@ impl<H: Hal, F: Format> Table<H, F> {
         self.publish(table, span)?;
         let node = self.node_mut(table)?;
         node.live = node.live.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Takes the unlinked table `t` (at `level`) and every table below it
+    /// out of the slab and onto the retired list, without touching their
+    /// descriptors; records the levels of the leaves they hold (a table
+    /// with more valid descriptors than child tables holds leaves).
+    fn retire_subtree(&mut self, t: NodeId, level: u32) -> Result<()> {
+        let node = self.remove_node(t).ok_or(TableError::Corrupt)?;
+        let mut tables = 0;
+        for &c in &node.children {
+            if c != NO_CHILD {
+                tables += 1;
+                self.retire_subtree(c as usize, level + 1)?;
+            }
+        }
+        if node.live > tables {
+            self.changed_levels |= 1 << level;
+        }
+        // `insert_node` reserved a slot for every linked table: no allocation.
+        self.retired.push(node.dma);
         Ok(())
     }
 
