@@ -63,7 +63,7 @@ impl<H: Hal> Node<H> {
 
 /// The table descriptors from the start table down to a level-3 table:
 /// (table, index) per level above 3.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(super) struct Path {
     steps: [(NodeId, usize); 3],
     len: usize,
@@ -145,6 +145,8 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Takes table `id` out of the slab (its descriptor already cleared).
     pub(super) fn remove_node(&mut self, id: NodeId) -> Option<Node<H>> {
         let node = self.nodes.get_mut(id)?.take()?;
+        // The cursor may name this table or one below it.
+        self.cursor = None;
         self.linked -= 1;
         self.free.push(id as u32);
         Some(node)

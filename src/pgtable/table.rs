@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
+use super::cursor::Cursor;
 use super::format::Format;
 use super::node::{Entry, Node, Path, ROOT};
 use super::walk::alloc_table;
@@ -50,6 +51,8 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) start_level: u32,
     pub(super) oa_mask: u64,
     pub(super) oa_hi: bool,
+    /// The last level-3 table a map or unmap reached (`cursor.rs`).
+    pub(super) cursor: Option<Cursor>,
     format: PhantomData<F>,
 }
 
@@ -100,6 +103,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             start_level: start,
             oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
             oa_hi: geo.oas_bits() == 52,
+            cursor: None,
             format: PhantomData,
         })
     }
@@ -194,14 +198,16 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// and block use of `opts`.
     pub fn map_with(&mut self, ipa: u64, pa: u64, len: u64, opts: &MapOptions) -> Result<()> {
         // A combination the format cannot express is refused first.
-        F::leaf_attributes(opts)?;
-        let g = self.geo.granule_size();
+        let attrs = F::leaf_attributes(opts)?;
+        let g = 1u64 << self.page_shift;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        for addr in [ipa, pa, len] {
-            if !addr.is_multiple_of(g) {
-                return Err(Error::Misaligned { addr, align: g });
+        if (ipa | pa | len) & (g - 1) != 0 {
+            for addr in [ipa, pa, len] {
+                if !addr.is_multiple_of(g) {
+                    return Err(Error::Misaligned { addr, align: g });
+                }
             }
         }
         let end = self.check_ipa_range(ipa, len)?;
@@ -209,9 +215,12 @@ impl<H: Hal, F: Format> Table<H, F> {
             Some(pa_end) if pa_end <= self.geo.oa_limit() => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
-        if let Some(leaf) = self.leaf_table(ipa, end, &mut ())? {
+        if let Some(leaf) = self.leaf_cached(ipa, end)? {
             // Inside one existing level-3 table: validation is that its
             // descriptors are invalid, and no table is needed.
+            if len == g {
+                return self.map_page(leaf, ipa, pa, attrs);
+            }
             if let Some(addr) = self.find_mapped_page(leaf, ipa, end)? {
                 return Err(Error::Overlap { addr });
             }
@@ -248,17 +257,19 @@ impl<H: Hal, F: Format> Table<H, F> {
     pub fn unmap(&mut self, ipa: u64, len: u64) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
         self.changed_levels = 0;
-        let mut path = Path::default();
         // A range covering a whole level-3 table takes the walk from the
         // root, which unlinks the table without clearing its descriptors.
         if end - ipa != 1u64 << self.levels[2].0
-            && let Some(leaf) = self.leaf_table(ipa, end, &mut path)?
+            && let Some(leaf) = self.leaf_cached(ipa, end)?
         {
             // Inside one level-3 table: what the walk from the root does,
             // without walking the levels above again.
+            if len == 1u64 << self.page_shift {
+                return self.unmap_page(leaf, ipa);
+            }
             self.check_pages_mapped(leaf, ipa, end)?;
             self.unmap_range(leaf, 3, ipa, end)?;
-            return self.unlink_empty(leaf, &path);
+            return self.unlink_if_empty(leaf);
         }
         let level = self.geo.start_level();
         self.check_mapped(ROOT, level, ipa, end, true)?;
@@ -330,13 +341,15 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Zero length, alignment of ipa and len, and the input range; returns
     /// the end of the range.
     pub(super) fn check_ipa_only(&self, ipa: u64, len: u64) -> Result<u64> {
-        let g = self.geo.granule_size();
+        let g = 1u64 << self.page_shift;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        for addr in [ipa, len] {
-            if !addr.is_multiple_of(g) {
-                return Err(Error::Misaligned { addr, align: g });
+        if (ipa | len) & (g - 1) != 0 {
+            for addr in [ipa, len] {
+                if !addr.is_multiple_of(g) {
+                    return Err(Error::Misaligned { addr, align: g });
+                }
             }
         }
         self.check_ipa_range(ipa, len)

@@ -1,0 +1,106 @@
+//! The walk cursor and the single-page fast path.
+//!
+//! A map or unmap inside one level-3 table remembers that table and the
+//! table descriptors leading to it ([`Cursor`]). The next call in the same
+//! region (the same 2 MiB with the 4K granule) starts there instead of
+//! descending from the root again: consecutive 4K calls do one descriptor
+//! read and one store each.
+//!
+//! The cursor holds slab indices, never pointers, and is dropped whenever
+//! a table leaves the slab (`remove_node`: unlinked by an unmap, emptied,
+//! or retired with its subtree), which is the only way a table's slot can
+//! be freed or reused, and the only way a table descriptor on its path can
+//! change (maps only fill invalid descriptors; a split replaces a block,
+//! never a table). So a cursor that exists names the live level-3 table
+//! that a descent from the root would reach.
+
+use super::Table;
+use super::format::Format;
+use super::node::{NodeId, Path};
+use super::walk::is_page;
+use crate::error::{Error, Result};
+use crate::hal::Hal;
+
+/// The last level-3 table a walk reached.
+#[derive(Clone, Copy)]
+pub(super) struct Cursor {
+    /// The region the table covers: `ipa >> shift` of level 2.
+    region: u64,
+    leaf: NodeId,
+    /// The table descriptors from the start table down to `leaf`.
+    path: Path,
+}
+
+impl<H: Hal, F: Format> Table<H, F> {
+    /// The level-3 table holding `[ipa, end)` when it exists (as
+    /// `leaf_table`): the cursor's when it covers the range, else found by
+    /// a descent from the root, which then becomes the cursor.
+    #[inline]
+    pub(super) fn leaf_cached(&mut self, ipa: u64, end: u64) -> Result<Option<NodeId>> {
+        let shift = self.levels[2].0;
+        let region = ipa >> shift;
+        if let Some(c) = &self.cursor
+            && c.region == region
+            && (end - 1) >> shift == region
+        {
+            return Ok(Some(c.leaf));
+        }
+        let mut path = Path::default();
+        let leaf = self.leaf_table(ipa, end, &mut path)?;
+        if let Some(leaf) = leaf {
+            self.cursor = Some(Cursor { region, leaf, path });
+        }
+        Ok(leaf)
+    }
+
+    /// After an unmap in the cursor's level-3 table `leaf`: unlinks it,
+    /// and the tables above that become empty, when it became empty.
+    pub(super) fn unlink_if_empty(&mut self, leaf: NodeId) -> Result<()> {
+        if self.node(leaf)?.live != 0 {
+            return Ok(());
+        }
+        let path = match &self.cursor {
+            Some(c) if c.leaf == leaf => c.path,
+            _ => return Err(crate::error::TableError::Corrupt.into()),
+        };
+        self.unlink_empty(leaf, &path)
+    }
+
+    /// Maps the one page at `ipa` (validated) in level-3 table `leaf` with
+    /// leaf attributes `attrs`, unless it is mapped already.
+    #[inline]
+    pub(super) fn map_page(&mut self, leaf: NodeId, ipa: u64, pa: u64, attrs: u64) -> Result<()> {
+        let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
+        // VALID and TYPE = page, as `leaf_desc(3, ..)` writes them.
+        let desc = attrs | 0b11 | self.encode_oa(pa).value;
+        let node = self.node_mut(leaf)?;
+        if is_page(node.dma.read_u64(idx)) {
+            return Err(Error::Overlap { addr: ipa });
+        }
+        node.dma.write_u64(idx, desc);
+        node.dma.publish(idx, 1);
+        node.live += 1;
+        Ok(())
+    }
+
+    /// Unmaps the one page at `ipa` (validated) in the cursor's level-3
+    /// table `leaf`, refused when it is not mapped; unlinks the tables it
+    /// empties.
+    #[inline]
+    pub(super) fn unmap_page(&mut self, leaf: NodeId, ipa: u64) -> Result<()> {
+        let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
+        let node = self.node_mut(leaf)?;
+        if !is_page(node.dma.read_u64(idx)) {
+            return Err(Error::NotMapped { addr: ipa });
+        }
+        node.dma.write_u64(idx, 0);
+        node.dma.publish(idx, 1);
+        node.live = node.live.saturating_sub(1);
+        let empty = node.live == 0;
+        self.changed_levels = 1 << 3;
+        if empty {
+            return self.unlink_if_empty(leaf);
+        }
+        Ok(())
+    }
+}
