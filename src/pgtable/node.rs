@@ -44,6 +44,10 @@ pub(super) struct Node<H: Hal> {
     /// One slot per descriptor for tables above level 3 (`NO_CHILD` unless
     /// the descriptor is a table descriptor); empty at level 3.
     pub(super) children: Vec<u32>,
+    /// The table descriptor that links this table into its parent
+    /// (`table_desc` of its address; set by `insert_node`), which a descent
+    /// compares with the descriptor it read.
+    pub(super) link: u64,
 }
 
 impl<H: Hal> Node<H> {
@@ -57,6 +61,7 @@ impl<H: Hal> Node<H> {
             dma,
             live,
             children,
+            link: 0,
         }
     }
 }
@@ -122,7 +127,8 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Also reserves what a later unlink of this table needs (a slot in
     /// `free` and in `retired`), so that `unmap` never allocates: the heap
     /// grows only here, when a table is added.
-    pub(super) fn insert_node(&mut self, node: Node<H>) -> NodeId {
+    pub(super) fn insert_node(&mut self, mut node: Node<H>) -> NodeId {
+        node.link = self.table_desc(node.dma.paddr());
         self.linked += 1;
         let id = match self.free.pop() {
             Some(id) => {

@@ -51,6 +51,9 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) start_level: u32,
     pub(super) oa_mask: u64,
     pub(super) oa_hi: bool,
+    /// The bits of a table descriptor that `table_desc` writes (type and
+    /// address).
+    pub(super) link_mask: u64,
     /// The last level-3 table a map or unmap reached (`cursor.rs`).
     pub(super) cursor: Option<Cursor>,
     format: PhantomData<F>,
@@ -89,7 +92,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             };
             (geo.level_shift(l), (1u64 << bits) - 1)
         });
-        Ok(Self {
+        let mut t = Self {
             cfg,
             geo,
             coherent,
@@ -103,9 +106,13 @@ impl<H: Hal, F: Format> Table<H, F> {
             start_level: start,
             oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
             oa_hi: geo.oas_bits() == 52,
+            link_mask: 0,
             cursor: None,
             format: PhantomData,
-        })
+        };
+        // Every address bit (ADDR, and OA_HI with 52 bits), VALID and TYPE.
+        t.link_mask = t.table_desc(!0);
+        Ok(t)
     }
 
     /// The linked tables other than the start table, in address order.

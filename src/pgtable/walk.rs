@@ -79,21 +79,26 @@ impl<H: Hal, F: Format> Table<H, F> {
         path: &mut impl Steps,
     ) -> Result<Option<NodeId>> {
         let mut table = ROOT;
+        let mut node = self.node(ROOT)?;
         for level in self.start_level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
             if ipa >> shift != (end - 1) >> shift {
                 return Ok(None);
             }
             let idx = ((ipa >> shift) & mask) as usize;
-            let node = self.node(table)?;
             let raw = node.dma.read_u64(idx);
             // Above level 3, valid with bit 1 set is a table descriptor.
             if raw & 0b11 != 0b11 {
                 return Ok(None);
             }
-            let d = LocalRegisterCopy::<u64, DESC::Register>::new(raw);
             path.push(table, idx);
-            table = self.child_of(node, idx, self.decode_oa(&d))?;
+            // The slab's next table, checked against the descriptor (its
+            // type and address bits), as `child_of` does.
+            let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
+            match self.nodes.get(c).and_then(Option::as_ref) {
+                Some(n) if raw & self.link_mask == n.link => (table, node) = (c, n),
+                _ => return Err(TableError::Corrupt.into()),
+            }
         }
         Ok(Some(table))
     }
