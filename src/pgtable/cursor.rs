@@ -1,7 +1,7 @@
 //! The walk cursor and the single-page fast path.
 //!
-//! A map or unmap inside one level-3 table remembers that table and the
-//! table descriptors leading to it ([`Cursor`]). The next call in the same
+//! A map or unmap inside one level-3 table remembers that table
+//! ([`Cursor`]). The next call in the same
 //! region (the same 2 MiB with the 4K granule) starts there instead of
 //! descending from the root again: consecutive 4K calls do one descriptor
 //! read and one store each.
@@ -18,7 +18,7 @@ use super::Table;
 use super::format::Format;
 use super::node::{NodeId, Path};
 use super::walk::is_page;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TableError};
 use crate::hal::Hal;
 
 /// The last level-3 table a walk reached.
@@ -27,8 +27,6 @@ pub(super) struct Cursor {
     /// The region the table covers: `ipa >> shift` of level 2.
     region: u64,
     leaf: NodeId,
-    /// The table descriptors from the start table down to `leaf`.
-    path: Path,
 }
 
 impl<H: Hal, F: Format> Table<H, F> {
@@ -45,24 +43,24 @@ impl<H: Hal, F: Format> Table<H, F> {
         {
             return Ok(Some(c.leaf));
         }
-        let mut path = Path::default();
-        let leaf = self.leaf_table(ipa, end, &mut path)?;
+        let leaf = self.leaf_table(ipa, end, &mut ())?;
         if let Some(leaf) = leaf {
-            self.cursor = Some(Cursor { region, leaf, path });
+            self.cursor = Some(Cursor { region, leaf });
         }
         Ok(leaf)
     }
 
-    /// After an unmap in the cursor's level-3 table `leaf`: unlinks it,
-    /// and the tables above that become empty, when it became empty.
-    pub(super) fn unlink_if_empty(&mut self, leaf: NodeId) -> Result<()> {
+    /// After an unmap at `ipa` in level-3 table `leaf`: unlinks it, and
+    /// the tables above that become empty, when it became empty. The path
+    /// from the root is found again (rarely needed, so not kept).
+    pub(super) fn unlink_if_empty(&mut self, leaf: NodeId, ipa: u64) -> Result<()> {
         if self.node(leaf)?.live != 0 {
             return Ok(());
         }
-        let path = match &self.cursor {
-            Some(c) if c.leaf == leaf => c.path,
-            _ => return Err(crate::error::TableError::Corrupt.into()),
-        };
+        let mut path = Path::default();
+        if self.leaf_table(ipa, ipa + 1, &mut path)? != Some(leaf) {
+            return Err(TableError::Corrupt.into());
+        }
         self.unlink_empty(leaf, &path)
     }
 
@@ -99,7 +97,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         let empty = node.live == 0;
         self.changed_levels = 1 << 3;
         if empty {
-            return self.unlink_if_empty(leaf);
+            return self.unlink_if_empty(leaf, ipa);
         }
         Ok(())
     }

@@ -276,7 +276,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             }
             self.check_pages_mapped(leaf, ipa, end)?;
             self.unmap_range(leaf, 3, ipa, end)?;
-            return self.unlink_if_empty(leaf);
+            return self.unlink_if_empty(leaf, ipa);
         }
         let level = self.geo.start_level();
         self.check_mapped(ROOT, level, ipa, end, true)?;
