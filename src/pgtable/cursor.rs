@@ -33,7 +33,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// The level-3 table holding `[ipa, end)` when it exists (as
     /// `leaf_table`): the cursor's when it covers the range, else found by
     /// a descent from the root, which then becomes the cursor.
-    #[inline]
+    #[inline(always)]
     pub(super) fn leaf_cached(&mut self, ipa: u64, end: u64) -> Result<Option<NodeId>> {
         let shift = self.levels[2].0;
         let region = ipa >> shift;
@@ -66,7 +66,7 @@ impl<H: Hal, F: Format> Table<H, F> {
 
     /// Maps the one page at `ipa` (validated) in level-3 table `leaf` with
     /// leaf attributes `attrs`, unless it is mapped already.
-    #[inline]
+    #[inline(always)]
     pub(super) fn map_page(&mut self, leaf: NodeId, ipa: u64, pa: u64, attrs: u64) -> Result<()> {
         let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
         // VALID and TYPE = page, as `leaf_desc(3, ..)` writes them.
@@ -84,7 +84,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Unmaps the one page at `ipa` (validated) in the cursor's level-3
     /// table `leaf`, refused when it is not mapped; unlinks the tables it
     /// empties.
-    #[inline]
+    #[inline(always)]
     pub(super) fn unmap_page(&mut self, leaf: NodeId, ipa: u64) -> Result<()> {
         let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
         let node = self.node_mut(leaf)?;

@@ -233,6 +233,15 @@ impl<H: Hal, F: Format> Table<H, F> {
             }
             return self.map_pages(leaf, ipa, pa, end, opts, false);
         }
+        self.map_from_root(ipa, pa, end, opts)
+    }
+
+    /// `map_with` (validated) by a walk from the root, allocating every
+    /// table the range needs before writing. Kept out of line: the
+    /// single-page path above stays small.
+    #[inline(never)]
+    fn map_from_root(&mut self, ipa: u64, pa: u64, end: u64, opts: &MapOptions) -> Result<()> {
+        let g = self.geo.granule_size();
         let level = self.geo.start_level();
         if let Some(addr) = self.find_mapped(ROOT, level, ipa, end)? {
             return Err(Error::Overlap { addr });
@@ -278,6 +287,12 @@ impl<H: Hal, F: Format> Table<H, F> {
             self.unmap_range(leaf, 3, ipa, end)?;
             return self.unlink_if_empty(leaf, ipa);
         }
+        self.unmap_from_root(ipa, end)
+    }
+
+    /// `unmap` (validated arguments) by a walk from the root.
+    #[inline(never)]
+    fn unmap_from_root(&mut self, ipa: u64, end: u64) -> Result<()> {
         let level = self.geo.start_level();
         self.check_mapped(ROOT, level, ipa, end, true)?;
         self.changed_levels = 0;
