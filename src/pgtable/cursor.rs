@@ -16,17 +16,32 @@
 
 use super::Table;
 use super::format::Format;
-use super::node::{NodeId, Path};
+use super::node::{NodeId, Path, ROOT, Steps};
 use super::walk::is_page;
 use crate::error::{Error, Result, TableError};
 use crate::hal::Hal;
 
-/// The last level-3 table a walk reached.
+/// The last level-3 table a walk reached, and the table above it.
 #[derive(Clone, Copy)]
 pub(super) struct Cursor {
-    /// The region the table covers: `ipa >> shift` of level 2.
+    /// The region the level-3 table covers: `ipa >> shift` of level 2.
     region: u64,
     leaf: NodeId,
+    /// The region of `upper`'s descriptor at level 1 (`ipa >> shift` of
+    /// level 1), and the level-2 table the walk passed (the start table
+    /// when the walk starts at level 2).
+    upper_region: u64,
+    upper: NodeId,
+}
+
+/// Records the last table a walk passes: the level-2 table.
+struct Upper(NodeId);
+
+impl Steps for Upper {
+    #[inline(always)]
+    fn push(&mut self, table: NodeId, _idx: usize) {
+        self.0 = table;
+    }
 }
 
 impl<H: Hal, F: Format> Table<H, F> {
@@ -43,9 +58,36 @@ impl<H: Hal, F: Format> Table<H, F> {
         {
             return Ok(Some(c.leaf));
         }
-        let leaf = self.leaf_table(ipa, end, &mut ())?;
+        // Another level-3 table under the same level-2 table: one level
+        // down from there.
+        let up_shift = self.levels[1].0;
+        let upper_region = ipa >> up_shift;
+        if let Some(c) = &self.cursor
+            && c.upper_region == upper_region
+            && (end - 1) >> up_shift == upper_region
+            && self.start_level <= 2
+        {
+            let upper = c.upper;
+            let leaf = self.descend(upper, 2, ipa, end, &mut ())?;
+            if let Some(leaf) = leaf {
+                self.cursor = Some(Cursor {
+                    region,
+                    leaf,
+                    upper_region,
+                    upper,
+                });
+            }
+            return Ok(leaf);
+        }
+        let mut upper = Upper(ROOT);
+        let leaf = self.leaf_table(ipa, end, &mut upper)?;
         if let Some(leaf) = leaf {
-            self.cursor = Some(Cursor { region, leaf });
+            self.cursor = Some(Cursor {
+                region,
+                leaf,
+                upper_region,
+                upper: upper.0,
+            });
         }
         Ok(leaf)
     }

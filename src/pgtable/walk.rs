@@ -78,9 +78,21 @@ impl<H: Hal, F: Format> Table<H, F> {
         end: u64,
         path: &mut impl Steps,
     ) -> Result<Option<NodeId>> {
-        let mut table = ROOT;
-        let mut node = self.node(ROOT)?;
-        for level in self.start_level..3 {
+        self.descend(ROOT, self.start_level, ipa, end, path)
+    }
+
+    /// `leaf_table` from `table` at `level` (which must hold `ipa`).
+    #[inline(always)]
+    pub(super) fn descend(
+        &self,
+        mut table: NodeId,
+        level: u32,
+        ipa: u64,
+        end: u64,
+        path: &mut impl Steps,
+    ) -> Result<Option<NodeId>> {
+        let mut node = self.node(table)?;
+        for level in level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
             if ipa >> shift != (end - 1) >> shift {
                 return Ok(None);
