@@ -296,3 +296,29 @@ fn cursor_is_dropped_with_its_table() {
         t.release_retired();
     }
 }
+
+/// As above for the level-2 table the cursor keeps: once unlinked and its
+/// slot reused by the level-2 table of another GiB, a call in the old GiB
+/// walks from the root instead of descending from the new table.
+#[test]
+fn cursor_drops_its_level_2_table_too() {
+    let mut t = table(Granule::K4, 39);
+    let (a, b) = (0x4000_0000u64, 0x8000_0000u64);
+    t.map(a, 0x1_0000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    t.unmap(a, 0x1000).unwrap();
+    assert_eq!((t.tables(), t.retired_tables()), (1, 2));
+    // b's level-2 and level-3 tables take the freed slots; the second
+    // 2 MiB of b has a level-3 table too.
+    t.map(b + M2, 0x2_0000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    t.map(b, 0x2_0010_0000, 0x1000, Perm::ReadWrite).unwrap();
+    // In a's GiB, the second 2 MiB: not mapped in a, so tables are made.
+    t.map(a + M2 + 0x1000, 0x1_0000_1000, 0x1000, Perm::Read)
+        .unwrap();
+    assert_eq!(t.tables(), 1 + 2 + 2 + 1);
+    assert_eq!(t.query(a + M2 + 0x1000).unwrap().pa, 0x1_0000_1000);
+    assert_eq!(t.query(b + M2 + 0x1000), None);
+    assert_eq!(
+        leaf(&t, a + M2 + 0x1000).1 & 0x0000_FFFF_FFFF_F000,
+        0x1_0000_1000
+    );
+}
