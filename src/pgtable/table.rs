@@ -54,6 +54,12 @@ pub struct Table<H: Hal, F: Format> {
     /// The bits of a table descriptor that `table_desc` writes (type and
     /// address).
     pub(super) link_mask: u64,
+    /// First input address beyond the tables, and first output address
+    /// beyond the output size (hot-path copies of the geometry's).
+    pub(super) in_limit: u64,
+    pub(super) oa_limit: u64,
+    /// The last options `map_with` encoded, and their leaf attributes.
+    pub(super) last_attrs: (MapOptions, u64),
     /// The last level-3 table a map or unmap reached (`cursor.rs`).
     pub(super) cursor: Option<Cursor>,
     format: PhantomData<F>,
@@ -107,11 +113,15 @@ impl<H: Hal, F: Format> Table<H, F> {
             oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
             oa_hi: geo.oas_bits() == 52,
             link_mask: 0,
+            in_limit: geo.in_limit(),
+            oa_limit: geo.oa_limit(),
+            last_attrs: (MapOptions::normal(Perm::ReadWrite), 0),
             cursor: None,
             format: PhantomData,
         };
         // Every address bit (ADDR, and OA_HI with 52 bits), VALID and TYPE.
         t.link_mask = t.table_desc(!0);
+        t.last_attrs.1 = F::leaf_attributes(&t.last_attrs.0)?;
         Ok(t)
     }
 
@@ -204,8 +214,16 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Like [`Table::map`], with the memory type, execute permission
     /// and block use of `opts`.
     pub fn map_with(&mut self, ipa: u64, pa: u64, len: u64, opts: &MapOptions) -> Result<()> {
-        // A combination the format cannot express is refused first.
-        let attrs = F::leaf_attributes(opts)?;
+        // A combination the format cannot express is refused first (the
+        // last options' attributes are kept: calls repeat them).
+        let attrs = match self.last_attrs {
+            (o, a) if o == *opts => a,
+            _ => {
+                let a = F::leaf_attributes(opts)?;
+                self.last_attrs = (*opts, a);
+                a
+            }
+        };
         let g = 1u64 << self.page_shift;
         if len == 0 {
             return Err(Error::ZeroLength);
@@ -219,7 +237,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         }
         let end = self.check_ipa_range(ipa, len)?;
         match pa.checked_add(len) {
-            Some(pa_end) if pa_end <= self.geo.oa_limit() => {}
+            Some(pa_end) if pa_end <= self.oa_limit => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
         if let Some(leaf) = self.leaf_cached(ipa, end)? {
@@ -379,7 +397,7 @@ impl<H: Hal, F: Format> Table<H, F> {
 
     fn check_ipa_range(&self, ipa: u64, len: u64) -> Result<u64> {
         match ipa.checked_add(len) {
-            Some(end) if end <= self.geo.in_limit() => Ok(end),
+            Some(end) if end <= self.in_limit => Ok(end),
             _ => Err(Error::RangeOverflow { addr: ipa, len }),
         }
     }
