@@ -189,6 +189,23 @@ impl<H: Hal, F: Format> Table<H, F> {
         }
     }
 
+    /// The node of the table that descriptor `idx` of `node` (`raw`, a
+    /// table descriptor) links, checked against `raw`'s type and address
+    /// bits (the child's recorded `link`).
+    #[inline(always)]
+    pub(super) fn linked_child(
+        &self,
+        node: &Node<H>,
+        idx: usize,
+        raw: u64,
+    ) -> Result<(NodeId, &Node<H>)> {
+        let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
+        match self.nodes.get(c).and_then(Option::as_ref) {
+            Some(n) if raw & self.link_mask == n.link => Ok((c, n)),
+            _ => Err(TableError::Corrupt.into()),
+        }
+    }
+
     // ---- descriptor access ----
 
     /// Index of `ipa`'s descriptor in its table at `level`.

@@ -362,15 +362,22 @@ impl<H: Hal, F: Format> Table<H, F> {
             return self.check_pages_mapped(table, start, end);
         }
         let size = 1u64 << self.geo.level_shift(level);
+        let node = self.node(table)?;
         for (cur, next, idx) in self.chunks(level, start, end) {
-            match self.entry(table, level, idx)? {
-                Entry::Invalid => return Err(Error::NotMapped { addr: cur }),
-                Entry::Leaf { .. } => {
-                    if whole_blocks && (!cur.is_multiple_of(size) || next - cur != size) {
-                        return Err(TableError::SplitsBlock { addr: cur }.into());
-                    }
+            let raw = node.dma.read_u64(idx);
+            // Above level 3, valid with bit 1 set is a table descriptor.
+            if raw & 0b11 == 0b11 {
+                let (t, _) = self.linked_child(node, idx, raw)?;
+                if level + 1 == 3 {
+                    self.check_pages_mapped(t, cur, next)?;
+                } else {
+                    self.check_mapped(t, level + 1, cur, next, whole_blocks)?;
                 }
-                Entry::Table(t) => self.check_mapped(t, level + 1, cur, next, whole_blocks)?,
+            } else if raw & 0b1 == 0 {
+                return Err(Error::NotMapped { addr: cur });
+            } else if whole_blocks && (!cur.is_multiple_of(size) || next - cur != size) {
+                // A block.
+                return Err(TableError::SplitsBlock { addr: cur }.into());
             }
         }
         Ok(())
