@@ -321,6 +321,19 @@ impl<H: Hal, F: Format> Table<H, F> {
         let g = 1u64 << self.page_shift;
         let template = self.leaf_desc(3, 0, opts)?;
         let node = self.node(table)?;
+        if fresh && !self.oa_hi && first + n <= node.dma.len_u64() {
+            // A new table is all invalid: only stores, the address field
+            // being the output address's bits [47:granule] in place.
+            for i in 0..n {
+                let off = i as u64 * g;
+                node.dma
+                    .write_u64(first + i, template | ((pa + off) & self.oa_mask));
+            }
+            let span = (n > 0).then(|| (first, first + n - 1));
+            self.finish_batch(table, span, fresh)?;
+            self.node_mut(table)?.live += n;
+            return Ok(());
+        }
         for i in 0..n {
             let off = i as u64 * g;
             if is_page(node.dma.read_u64(first + i)) {
