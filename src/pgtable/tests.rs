@@ -309,7 +309,8 @@ fn cursor_drops_its_level_2_table_too() {
     assert_eq!((t.tables(), t.retired_tables()), (1, 2));
     // b's level-2 and level-3 tables take the freed slots; the second
     // 2 MiB of b has a level-3 table too.
-    t.map(b + M2, 0x2_0000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    t.map(b + M2, 0x2_0000_0000, 0x1000, Perm::ReadWrite)
+        .unwrap();
     t.map(b, 0x2_0010_0000, 0x1000, Perm::ReadWrite).unwrap();
     // In a's GiB, the second 2 MiB: not mapped in a, so tables are made.
     t.map(a + M2 + 0x1000, 0x1_0000_1000, 0x1000, Perm::Read)
