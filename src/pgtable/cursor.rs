@@ -24,14 +24,14 @@ use crate::hal::Hal;
 /// The last level-3 table a walk reached, and the table above it.
 #[derive(Clone, Copy)]
 pub(super) struct Cursor {
-    /// The region the level-3 table covers: `ipa >> shift` of level 2.
+    /// The region the level-3 table covers: `ipa >> shift` of level 2
+    /// (its region at level 1, `upper`'s, follows from it).
     region: u64,
-    leaf: NodeId,
-    /// The region of `upper`'s descriptor at level 1 (`ipa >> shift` of
-    /// level 1), and the level-2 table the walk passed (the start table
-    /// when the walk starts at level 2).
-    upper_region: u64,
-    upper: NodeId,
+    /// The level-3 table, and the level-2 table the walk passed (the start
+    /// table when the walk starts at level 2); slab indices, which are
+    /// `u32` like `Node::children`.
+    leaf: u32,
+    upper: u32,
 }
 
 /// Records the last table a walk passes: the level-2 table.
@@ -56,24 +56,23 @@ impl<H: Hal, F: Format> Table<H, F> {
             && c.region == region
             && (end - 1) >> shift == region
         {
-            return Ok(Some(c.leaf));
+            return Ok(Some(c.leaf as NodeId));
         }
         // Another level-3 table under the same level-2 table: one level
         // down from there.
         let up_shift = self.levels[1].0;
         let upper_region = ipa >> up_shift;
         if let Some(c) = &self.cursor
-            && c.upper_region == upper_region
+            && c.region >> (up_shift - shift) == upper_region
             && (end - 1) >> up_shift == upper_region
             && self.start_level <= 2
         {
             let upper = c.upper;
-            let leaf = self.descend(upper, 2, ipa, end, &mut ())?;
+            let leaf = self.descend(upper as NodeId, 2, ipa, end, &mut ())?;
             if let Some(leaf) = leaf {
                 self.cursor = Some(Cursor {
                     region,
-                    leaf,
-                    upper_region,
+                    leaf: leaf as u32,
                     upper,
                 });
             }
@@ -84,9 +83,8 @@ impl<H: Hal, F: Format> Table<H, F> {
         if let Some(leaf) = leaf {
             self.cursor = Some(Cursor {
                 region,
-                leaf,
-                upper_region,
-                upper: upper.0,
+                leaf: leaf as u32,
+                upper: upper.0 as u32,
             });
         }
         Ok(leaf)
@@ -110,7 +108,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// leaf attributes `attrs`, unless it is mapped already.
     #[inline(always)]
     pub(super) fn map_page(&mut self, leaf: NodeId, ipa: u64, pa: u64, attrs: u64) -> Result<()> {
-        let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
+        let idx = ((ipa >> self.page_shift) & u64::from(self.levels[3].1)) as usize;
         // VALID and TYPE = page, as `leaf_desc(3, ..)` writes them.
         let desc = attrs | 0b11 | self.encode_oa(pa).value;
         let node = self.node_mut(leaf)?;
@@ -128,7 +126,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// empties.
     #[inline(always)]
     pub(super) fn unmap_page(&mut self, leaf: NodeId, ipa: u64) -> Result<()> {
-        let idx = ((ipa >> self.page_shift) & self.levels[3].1) as usize;
+        let idx = ((ipa >> self.page_shift) & u64::from(self.levels[3].1)) as usize;
         let node = self.node_mut(leaf)?;
         if !is_page(node.dma.read_u64(idx)) {
             return Err(Error::NotMapped { addr: ipa });

@@ -189,6 +189,13 @@ impl<H: Hal, F: Format> Table<H, F> {
         }
     }
 
+    /// The bits of a table descriptor that `table_desc` writes: VALID,
+    /// TYPE and the address (ADDR, and OA_HI with a 52-bit output).
+    #[inline(always)]
+    pub(super) fn link_mask(&self) -> u64 {
+        self.oa_mask | if self.oa_hi { 0xF003 } else { 0b11 }
+    }
+
     /// The node of the table that descriptor `idx` of `node` (`raw`, a
     /// table descriptor) links, checked against `raw`'s type and address
     /// bits (the child's recorded `link`).
@@ -201,7 +208,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     ) -> Result<(NodeId, &Node<H>)> {
         let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
         match self.nodes.get(c).and_then(Option::as_ref) {
-            Some(n) if raw & self.link_mask == n.link => Ok((c, n)),
+            Some(n) if raw & self.link_mask() == n.link => Ok((c, n)),
             _ => Err(TableError::Corrupt.into()),
         }
     }
@@ -211,7 +218,7 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Index of `ipa`'s descriptor in its table at `level`.
     pub(super) fn index(&self, level: u32, ipa: u64) -> usize {
         let (shift, mask) = self.levels[level as usize & 3];
-        ((ipa >> shift) & mask) as usize
+        ((ipa >> shift) & u64::from(mask)) as usize
     }
 
     pub(super) fn entry(&self, table: NodeId, level: u32, idx: usize) -> Result<Entry> {

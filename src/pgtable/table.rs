@@ -38,7 +38,7 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) linked: usize,
     /// Per level: the shift of the address bits a table at that level
     /// resolves and the mask of its index (derived from the geometry).
-    pub(super) levels: [(u32, u64); 4],
+    pub(super) levels: [(u32, u32); 4],
     /// Tables unlinked by `unmap` that the SMMU may still hold in its walk
     /// caches until the caller's invalidation completes.
     pub(super) retired: Vec<Dma<H>>,
@@ -51,9 +51,6 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) start_level: u32,
     pub(super) oa_mask: u64,
     pub(super) oa_hi: bool,
-    /// The bits of a table descriptor that `table_desc` writes (type and
-    /// address).
-    pub(super) link_mask: u64,
     /// First input address beyond the tables, and first output address
     /// beyond the output size (hot-path copies of the geometry's).
     pub(super) in_limit: u64,
@@ -96,7 +93,8 @@ impl<H: Hal, F: Format> Table<H, F> {
             } else {
                 geo.stride()
             };
-            (geo.level_shift(l), (1u64 << bits) - 1)
+            // At most 16 concatenated 64K tables: 17 index bits.
+            (geo.level_shift(l), (1u32 << bits) - 1)
         });
         let mut t = Self {
             cfg,
@@ -112,15 +110,12 @@ impl<H: Hal, F: Format> Table<H, F> {
             start_level: start,
             oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
             oa_hi: geo.oas_bits() == 52,
-            link_mask: 0,
             in_limit: geo.in_limit(),
             oa_limit: geo.oa_limit(),
             last_attrs: (MapOptions::normal(Perm::ReadWrite), 0),
             cursor: None,
             format: PhantomData,
         };
-        // Every address bit (ADDR, and OA_HI with 52 bits), VALID and TYPE.
-        t.link_mask = t.table_desc(!0);
         t.last_attrs.1 = F::leaf_attributes(&t.last_attrs.0)?;
         Ok(t)
     }

@@ -97,7 +97,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             if ipa >> shift != (end - 1) >> shift {
                 return Ok(None);
             }
-            let idx = ((ipa >> shift) & mask) as usize;
+            let idx = ((ipa >> shift) & u64::from(mask)) as usize;
             let raw = node.dma.read_u64(idx);
             // Above level 3, valid with bit 1 set is a table descriptor.
             if raw & 0b11 != 0b11 {
@@ -108,7 +108,7 @@ impl<H: Hal, F: Format> Table<H, F> {
             // type and address bits), as `child_of` does.
             let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
             match self.nodes.get(c).and_then(Option::as_ref) {
-                Some(n) if raw & self.link_mask == n.link => (table, node) = (c, n),
+                Some(n) if raw & self.link_mask() == n.link => (table, node) = (c, n),
                 _ => return Err(TableError::Corrupt.into()),
             }
         }
@@ -142,7 +142,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         let (shift, mask) = self.levels[level as usize & 3];
         Chunks {
             shift,
-            mask,
+            mask: u64::from(mask),
             cur: start,
             end,
         }
