@@ -44,6 +44,7 @@
 
 #[cfg(test)]
 mod alloc_tests;
+mod cursor;
 pub mod format;
 mod geometry;
 mod node;

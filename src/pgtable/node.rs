@@ -44,6 +44,10 @@ pub(super) struct Node<H: Hal> {
     /// One slot per descriptor for tables above level 3 (`NO_CHILD` unless
     /// the descriptor is a table descriptor); empty at level 3.
     pub(super) children: Vec<u32>,
+    /// The table descriptor that links this table into its parent
+    /// (`table_desc` of its address; set by `insert_node`), which a descent
+    /// compares with the descriptor it read.
+    pub(super) link: u64,
 }
 
 impl<H: Hal> Node<H> {
@@ -57,13 +61,14 @@ impl<H: Hal> Node<H> {
             dma,
             live,
             children,
+            link: 0,
         }
     }
 }
 
 /// The table descriptors from the start table down to a level-3 table:
 /// (table, index) per level above 3.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub(super) struct Path {
     steps: [(NodeId, usize); 3],
     len: usize,
@@ -122,7 +127,8 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Also reserves what a later unlink of this table needs (a slot in
     /// `free` and in `retired`), so that `unmap` never allocates: the heap
     /// grows only here, when a table is added.
-    pub(super) fn insert_node(&mut self, node: Node<H>) -> NodeId {
+    pub(super) fn insert_node(&mut self, mut node: Node<H>) -> NodeId {
+        node.link = self.table_desc(node.dma.paddr());
         self.linked += 1;
         let id = match self.free.pop() {
             Some(id) => {
@@ -145,6 +151,8 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Takes table `id` out of the slab (its descriptor already cleared).
     pub(super) fn remove_node(&mut self, id: NodeId) -> Option<Node<H>> {
         let node = self.nodes.get_mut(id)?.take()?;
+        // The cursor may name this table or one below it.
+        self.cursor = None;
         self.linked -= 1;
         self.free.push(id as u32);
         Some(node)
@@ -181,12 +189,36 @@ impl<H: Hal, F: Format> Table<H, F> {
         }
     }
 
+    /// The bits of a table descriptor that `table_desc` writes: VALID,
+    /// TYPE and the address (ADDR, and OA_HI with a 52-bit output).
+    #[inline(always)]
+    pub(super) fn link_mask(&self) -> u64 {
+        self.oa_mask | if self.oa_hi { 0xF003 } else { 0b11 }
+    }
+
+    /// The node of the table that descriptor `idx` of `node` (`raw`, a
+    /// table descriptor) links, checked against `raw`'s type and address
+    /// bits (the child's recorded `link`).
+    #[inline(always)]
+    pub(super) fn linked_child(
+        &self,
+        node: &Node<H>,
+        idx: usize,
+        raw: u64,
+    ) -> Result<(NodeId, &Node<H>)> {
+        let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
+        match self.nodes.get(c).and_then(Option::as_ref) {
+            Some(n) if raw & self.link_mask() == n.link => Ok((c, n)),
+            _ => Err(TableError::Corrupt.into()),
+        }
+    }
+
     // ---- descriptor access ----
 
     /// Index of `ipa`'s descriptor in its table at `level`.
     pub(super) fn index(&self, level: u32, ipa: u64) -> usize {
         let (shift, mask) = self.levels[level as usize & 3];
-        ((ipa >> shift) & mask) as usize
+        ((ipa >> shift) & u64::from(mask)) as usize
     }
 
     pub(super) fn entry(&self, table: NodeId, level: u32, idx: usize) -> Result<Entry> {

@@ -569,3 +569,56 @@ fn split_reserve_covers_every_split_or_nothing() {
         assert_eq!(t.query(ipa), None);
     }
 }
+
+/// Valid descriptors left in the retired (unlinked, not yet freed) tables.
+fn retired_valid(t: &Table) -> usize {
+    let valid = |d: &Dma<FakeHal>| (0..d.len_u64()).filter(|&i| d.read_u64(i) & 1 != 0).count();
+    t.retired.iter().map(valid).sum()
+}
+
+#[test]
+fn unmap_of_whole_tables_unlinks_them_without_clearing() {
+    let pages = MapOptions {
+        blocks: false,
+        ..MapOptions::normal(Perm::ReadWrite)
+    };
+    let mut t = Table::new(cfg4k(40), true).unwrap();
+    // 1 GiB of 4K pages: one level-2 table over 512 level-3 tables.
+    t.map_with(G, G + 4 * K, G, &pages).unwrap();
+    // One level-3 table's worth of pages in another GiB.
+    t.map_with(2 * G, 0, 2 * M, &pages).unwrap();
+    assert_eq!(t.tables(), 1 + 1 + 512 + 1 + 1);
+
+    // A whole level-3 table: unlinked with one store, its pages kept; its
+    // level-2 table, emptied, is unlinked after it.
+    t.unmap(2 * G, 2 * M).unwrap();
+    assert_eq!((t.tables(), t.retired_tables()), (1 + 1 + 512, 2));
+    assert_eq!(retired_valid(&t), 512);
+    assert_eq!(t.changed_leaf_level(), Some(3));
+    assert_eq!(t.query(2 * G), None);
+
+    // The whole GiB: one store in the start table, 513 tables retired as
+    // they are, and the TTL hint still names the leaves' level.
+    let root = snapshot(&t)[0].1.clone();
+    t.unmap(G, G).unwrap();
+    let after = snapshot(&t)[0].1.clone();
+    let changed: Vec<usize> = (0..root.len()).filter(|&i| root[i] != after[i]).collect();
+    assert_eq!(changed, [1], "only the descriptor of the GiB changed");
+    assert_eq!(after[1], 0);
+    assert_eq!((t.tables(), t.retired_tables()), (1, 2 + 513));
+    assert_eq!(retired_valid(&t), 512 + 512 + 512 * 512);
+    assert_eq!(t.changed_leaf_level(), Some(3));
+    assert_eq!(t.query(G), None);
+    assert_eq!(t.query(2 * G - 4 * K), None);
+    assert_eq!(t.release_retired(), 515);
+
+    // Leaves at two levels under one retired table: no single level.
+    t.map_with(2 * G, 0, 2 * M, &pages).unwrap();
+    t.map(2 * G + 2 * M, 2 * M, G - 2 * M, Perm::Read).unwrap();
+    assert_eq!(t.tables(), 3);
+    t.unmap(2 * G, G).unwrap();
+    assert_eq!(t.changed_levels, 1 << 2 | 1 << 3);
+    assert_eq!(t.changed_leaf_level(), None);
+    assert_eq!((t.tables(), t.release_retired()), (1, 2));
+    assert!(snapshot(&t)[0].1.iter().all(|&d| d == 0));
+}

@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
+use super::cursor::Cursor;
 use super::format::Format;
 use super::node::{Entry, Node, Path, ROOT};
 use super::walk::alloc_table;
@@ -37,7 +38,7 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) linked: usize,
     /// Per level: the shift of the address bits a table at that level
     /// resolves and the mask of its index (derived from the geometry).
-    pub(super) levels: [(u32, u64); 4],
+    pub(super) levels: [(u32, u32); 4],
     /// Tables unlinked by `unmap` that the SMMU may still hold in its walk
     /// caches until the caller's invalidation completes.
     pub(super) retired: Vec<Dma<H>>,
@@ -50,6 +51,14 @@ pub struct Table<H: Hal, F: Format> {
     pub(super) start_level: u32,
     pub(super) oa_mask: u64,
     pub(super) oa_hi: bool,
+    /// First input address beyond the tables, and first output address
+    /// beyond the output size (hot-path copies of the geometry's).
+    pub(super) in_limit: u64,
+    pub(super) oa_limit: u64,
+    /// The last options `map_with` encoded, and their leaf attributes.
+    pub(super) last_attrs: (MapOptions, u64),
+    /// The last level-3 table a map or unmap reached (`cursor.rs`).
+    pub(super) cursor: Option<Cursor>,
     format: PhantomData<F>,
 }
 
@@ -84,9 +93,10 @@ impl<H: Hal, F: Format> Table<H, F> {
             } else {
                 geo.stride()
             };
-            (geo.level_shift(l), (1u64 << bits) - 1)
+            // At most 16 concatenated 64K tables: 17 index bits.
+            (geo.level_shift(l), (1u32 << bits) - 1)
         });
-        Ok(Self {
+        let mut t = Self {
             cfg,
             geo,
             coherent,
@@ -100,8 +110,14 @@ impl<H: Hal, F: Format> Table<H, F> {
             start_level: start,
             oa_mask: ((1 << 48) - 1) & !(geo.granule_size() - 1),
             oa_hi: geo.oas_bits() == 52,
+            in_limit: geo.in_limit(),
+            oa_limit: geo.oa_limit(),
+            last_attrs: (MapOptions::normal(Perm::ReadWrite), 0),
+            cursor: None,
             format: PhantomData,
-        })
+        };
+        t.last_attrs.1 = F::leaf_attributes(&t.last_attrs.0)?;
+        Ok(t)
     }
 
     /// The linked tables other than the start table, in address order.
@@ -193,30 +209,52 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Like [`Table::map`], with the memory type, execute permission
     /// and block use of `opts`.
     pub fn map_with(&mut self, ipa: u64, pa: u64, len: u64, opts: &MapOptions) -> Result<()> {
-        // A combination the format cannot express is refused first.
-        F::leaf_attributes(opts)?;
-        let g = self.geo.granule_size();
+        // A combination the format cannot express is refused first (the
+        // last options' attributes are kept: calls repeat them).
+        let attrs = match self.last_attrs {
+            (o, a) if o == *opts => a,
+            _ => {
+                let a = F::leaf_attributes(opts)?;
+                self.last_attrs = (*opts, a);
+                a
+            }
+        };
+        let g = 1u64 << self.page_shift;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        for addr in [ipa, pa, len] {
-            if !addr.is_multiple_of(g) {
-                return Err(Error::Misaligned { addr, align: g });
+        if (ipa | pa | len) & (g - 1) != 0 {
+            for addr in [ipa, pa, len] {
+                if !addr.is_multiple_of(g) {
+                    return Err(Error::Misaligned { addr, align: g });
+                }
             }
         }
         let end = self.check_ipa_range(ipa, len)?;
         match pa.checked_add(len) {
-            Some(pa_end) if pa_end <= self.geo.oa_limit() => {}
+            Some(pa_end) if pa_end <= self.oa_limit => {}
             _ => return Err(Error::RangeOverflow { addr: pa, len }),
         }
-        if let Some(leaf) = self.leaf_table(ipa, end, &mut ())? {
+        if let Some(leaf) = self.leaf_cached(ipa, end)? {
             // Inside one existing level-3 table: validation is that its
             // descriptors are invalid, and no table is needed.
+            if len == g {
+                return self.map_page(leaf, ipa, pa, attrs);
+            }
             if let Some(addr) = self.find_mapped_page(leaf, ipa, end)? {
                 return Err(Error::Overlap { addr });
             }
             return self.map_pages(leaf, ipa, pa, end, opts, false);
         }
+        self.map_from_root(ipa, pa, end, opts)
+    }
+
+    /// `map_with` (validated) by a walk from the root, allocating every
+    /// table the range needs before writing. Kept out of line: the
+    /// single-page path above stays small.
+    #[inline(never)]
+    fn map_from_root(&mut self, ipa: u64, pa: u64, end: u64, opts: &MapOptions) -> Result<()> {
+        let g = self.geo.granule_size();
         let level = self.geo.start_level();
         if let Some(addr) = self.find_mapped(ROOT, level, ipa, end)? {
             return Err(Error::Overlap { addr });
@@ -248,14 +286,26 @@ impl<H: Hal, F: Format> Table<H, F> {
     pub fn unmap(&mut self, ipa: u64, len: u64) -> Result<()> {
         let end = self.check_ipa_only(ipa, len)?;
         self.changed_levels = 0;
-        let mut path = Path::default();
-        if let Some(leaf) = self.leaf_table(ipa, end, &mut path)? {
+        // A range covering a whole level-3 table takes the walk from the
+        // root, which unlinks the table without clearing its descriptors.
+        if end - ipa != 1u64 << self.levels[2].0
+            && let Some(leaf) = self.leaf_cached(ipa, end)?
+        {
             // Inside one level-3 table: what the walk from the root does,
             // without walking the levels above again.
+            if len == 1u64 << self.page_shift {
+                return self.unmap_page(leaf, ipa);
+            }
             self.check_pages_mapped(leaf, ipa, end)?;
             self.unmap_range(leaf, 3, ipa, end)?;
-            return self.unlink_empty(leaf, &path);
+            return self.unlink_if_empty(leaf, ipa);
         }
+        self.unmap_from_root(ipa, end)
+    }
+
+    /// `unmap` (validated arguments) by a walk from the root.
+    #[inline(never)]
+    fn unmap_from_root(&mut self, ipa: u64, end: u64) -> Result<()> {
         let level = self.geo.start_level();
         self.check_mapped(ROOT, level, ipa, end, true)?;
         self.changed_levels = 0;
@@ -326,13 +376,15 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// Zero length, alignment of ipa and len, and the input range; returns
     /// the end of the range.
     pub(super) fn check_ipa_only(&self, ipa: u64, len: u64) -> Result<u64> {
-        let g = self.geo.granule_size();
+        let g = 1u64 << self.page_shift;
         if len == 0 {
             return Err(Error::ZeroLength);
         }
-        for addr in [ipa, len] {
-            if !addr.is_multiple_of(g) {
-                return Err(Error::Misaligned { addr, align: g });
+        if (ipa | len) & (g - 1) != 0 {
+            for addr in [ipa, len] {
+                if !addr.is_multiple_of(g) {
+                    return Err(Error::Misaligned { addr, align: g });
+                }
             }
         }
         self.check_ipa_range(ipa, len)
@@ -340,7 +392,7 @@ impl<H: Hal, F: Format> Table<H, F> {
 
     fn check_ipa_range(&self, ipa: u64, len: u64) -> Result<u64> {
         match ipa.checked_add(len) {
-            Some(end) if end <= self.geo.in_limit() => Ok(end),
+            Some(end) if end <= self.in_limit => Ok(end),
             _ => Err(Error::RangeOverflow { addr: ipa, len }),
         }
     }

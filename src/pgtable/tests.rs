@@ -249,3 +249,77 @@ fn refusals_change_nothing() {
     );
     assert_eq!(t.snapshot(), before);
 }
+
+/// The walk cursor never outlives the level-3 table it names: once that
+/// table is unlinked (emptied page by page, or retired whole) and its slab
+/// slot reused by a table in another region, a call in the old region
+/// descends from the root again instead of writing into the new table.
+#[test]
+fn cursor_is_dropped_with_its_table() {
+    let pages = MapOptions {
+        blocks: false,
+        ..MapOptions::normal(Perm::ReadWrite)
+    };
+    for whole in [false, true] {
+        let mut t = table(Granule::K4, 39);
+        let (r, s) = (0x4000_0000u64, 0x4000_0000u64 + 2 * M2);
+        if whole {
+            t.map_with(r, 0x8000_0000, M2, &pages).unwrap();
+            // A single-page call sets the cursor on r's level-3 table.
+            t.unmap(r, 0x1000).unwrap();
+            t.map(r, 0x8000_0000, 0x1000, Perm::ReadWrite).unwrap();
+            // The whole table: retired with its level-2 table.
+            t.unmap(r, M2).unwrap();
+        } else {
+            t.map(r, 0x8000_0000, 0x1000, Perm::ReadWrite).unwrap();
+            t.map(r + 0x1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+                .unwrap();
+            t.unmap(r, 0x1000).unwrap();
+            t.unmap(r + 0x1000, 0x1000).unwrap();
+        }
+        assert_eq!((t.tables(), t.retired_tables()), (1, 2));
+        // The freed slots go to s's new tables.
+        t.map(s, 0x9000_0000, 0x1000, Perm::ReadWrite).unwrap();
+        t.map(r + 0x2000, 0x8000_2000, 0x1000, Perm::Read).unwrap();
+        assert_eq!(t.tables(), 4, "r needed a level-3 table of its own");
+        assert_eq!(t.query(r + 0x2000).unwrap().pa, 0x8000_2000);
+        assert_eq!(t.query(s + 0x2000), None);
+        assert_eq!(leaf(&t, r + 0x2000).0, 3);
+        assert_eq!(leaf(&t, s).1 & 0x0000_FFFF_FFFF_F000, 0x9000_0000);
+        // Consecutive calls then use the cursor and find the same tables.
+        t.map(r + 0x3000, 0x8000_3000, 0x1000, Perm::Read).unwrap();
+        assert_eq!(leaf(&t, r + 0x3000).1 & 0x0000_FFFF_FFFF_F000, 0x8000_3000);
+        assert_eq!(
+            t.map(r + 0x3000, 0, 0x1000, Perm::Read),
+            Err(Error::Overlap { addr: r + 0x3000 })
+        );
+        t.release_retired();
+    }
+}
+
+/// As above for the level-2 table the cursor keeps: once unlinked and its
+/// slot reused by the level-2 table of another GiB, a call in the old GiB
+/// walks from the root instead of descending from the new table.
+#[test]
+fn cursor_drops_its_level_2_table_too() {
+    let mut t = table(Granule::K4, 39);
+    let (a, b) = (0x4000_0000u64, 0x8000_0000u64);
+    t.map(a, 0x1_0000_0000, 0x1000, Perm::ReadWrite).unwrap();
+    t.unmap(a, 0x1000).unwrap();
+    assert_eq!((t.tables(), t.retired_tables()), (1, 2));
+    // b's level-2 and level-3 tables take the freed slots; the second
+    // 2 MiB of b has a level-3 table too.
+    t.map(b + M2, 0x2_0000_0000, 0x1000, Perm::ReadWrite)
+        .unwrap();
+    t.map(b, 0x2_0010_0000, 0x1000, Perm::ReadWrite).unwrap();
+    // In a's GiB, the second 2 MiB: not mapped in a, so tables are made.
+    t.map(a + M2 + 0x1000, 0x1_0000_1000, 0x1000, Perm::Read)
+        .unwrap();
+    assert_eq!(t.tables(), 1 + 2 + 2 + 1);
+    assert_eq!(t.query(a + M2 + 0x1000).unwrap().pa, 0x1_0000_1000);
+    assert_eq!(t.query(b + M2 + 0x1000), None);
+    assert_eq!(
+        leaf(&t, a + M2 + 0x1000).1 & 0x0000_FFFF_FFFF_F000,
+        0x1_0000_1000
+    );
+}

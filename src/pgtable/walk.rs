@@ -78,22 +78,39 @@ impl<H: Hal, F: Format> Table<H, F> {
         end: u64,
         path: &mut impl Steps,
     ) -> Result<Option<NodeId>> {
-        let mut table = ROOT;
-        for level in self.start_level..3 {
+        self.descend(ROOT, self.start_level, ipa, end, path)
+    }
+
+    /// `leaf_table` from `table` at `level` (which must hold `ipa`).
+    #[inline(always)]
+    pub(super) fn descend(
+        &self,
+        mut table: NodeId,
+        level: u32,
+        ipa: u64,
+        end: u64,
+        path: &mut impl Steps,
+    ) -> Result<Option<NodeId>> {
+        let mut node = self.node(table)?;
+        for level in level..3 {
             let (shift, mask) = self.levels[level as usize & 3];
             if ipa >> shift != (end - 1) >> shift {
                 return Ok(None);
             }
-            let idx = ((ipa >> shift) & mask) as usize;
-            let node = self.node(table)?;
+            let idx = ((ipa >> shift) & u64::from(mask)) as usize;
             let raw = node.dma.read_u64(idx);
             // Above level 3, valid with bit 1 set is a table descriptor.
             if raw & 0b11 != 0b11 {
                 return Ok(None);
             }
-            let d = LocalRegisterCopy::<u64, DESC::Register>::new(raw);
             path.push(table, idx);
-            table = self.child_of(node, idx, self.decode_oa(&d))?;
+            // The slab's next table, checked against the descriptor (its
+            // type and address bits), as `child_of` does.
+            let c = *node.children.get(idx).ok_or(TableError::Corrupt)? as usize;
+            match self.nodes.get(c).and_then(Option::as_ref) {
+                Some(n) if raw & self.link_mask() == n.link => (table, node) = (c, n),
+                _ => return Err(TableError::Corrupt.into()),
+            }
         }
         Ok(Some(table))
     }
@@ -125,7 +142,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         let (shift, mask) = self.levels[level as usize & 3];
         Chunks {
             shift,
-            mask,
+            mask: u64::from(mask),
             cur: start,
             end,
         }
@@ -304,6 +321,19 @@ impl<H: Hal, F: Format> Table<H, F> {
         let g = 1u64 << self.page_shift;
         let template = self.leaf_desc(3, 0, opts)?;
         let node = self.node(table)?;
+        if fresh && !self.oa_hi && first + n <= node.dma.len_u64() {
+            // A new table is all invalid: only stores, the address field
+            // being the output address's bits [47:granule] in place.
+            for i in 0..n {
+                let off = i as u64 * g;
+                node.dma
+                    .write_u64(first + i, template | ((pa + off) & self.oa_mask));
+            }
+            let span = (n > 0).then(|| (first, first + n - 1));
+            self.finish_batch(table, span, fresh)?;
+            self.node_mut(table)?.live += n;
+            return Ok(());
+        }
         for i in 0..n {
             let off = i as u64 * g;
             if is_page(node.dma.read_u64(first + i)) {
@@ -345,15 +375,22 @@ impl<H: Hal, F: Format> Table<H, F> {
             return self.check_pages_mapped(table, start, end);
         }
         let size = 1u64 << self.geo.level_shift(level);
+        let node = self.node(table)?;
         for (cur, next, idx) in self.chunks(level, start, end) {
-            match self.entry(table, level, idx)? {
-                Entry::Invalid => return Err(Error::NotMapped { addr: cur }),
-                Entry::Leaf { .. } => {
-                    if whole_blocks && (!cur.is_multiple_of(size) || next - cur != size) {
-                        return Err(TableError::SplitsBlock { addr: cur }.into());
-                    }
+            let raw = node.dma.read_u64(idx);
+            // Above level 3, valid with bit 1 set is a table descriptor.
+            if raw & 0b11 == 0b11 {
+                let (t, _) = self.linked_child(node, idx, raw)?;
+                if level + 1 == 3 {
+                    self.check_pages_mapped(t, cur, next)?;
+                } else {
+                    self.check_mapped(t, level + 1, cur, next, whole_blocks)?;
                 }
-                Entry::Table(t) => self.check_mapped(t, level + 1, cur, next, whole_blocks)?,
+            } else if raw & 0b1 == 0 {
+                return Err(Error::NotMapped { addr: cur });
+            } else if whole_blocks && (!cur.is_multiple_of(size) || next - cur != size) {
+                // A block.
+                return Err(TableError::SplitsBlock { addr: cur }.into());
             }
         }
         Ok(())
@@ -391,6 +428,19 @@ impl<H: Hal, F: Format> Table<H, F> {
                 match self.entry(table, level, idx)? {
                     Entry::Invalid => continue,
                     Entry::Leaf { .. } => self.changed_levels |= 1 << level,
+                    Entry::Table(t) if next - cur == 1u64 << self.levels[level as usize & 3].0 => {
+                        // The range covers the whole table (validated as
+                        // mapped): unlink it with one store and retire its
+                        // subtree as it is. Once unlinked nothing reaches its
+                        // entries, and it is freed only by `release_retired`,
+                        // after the caller's (non-leaf) invalidation.
+                        self.write(table, idx, 0)?;
+                        self.set_child(table, idx, NO_CHILD as usize)?;
+                        self.retire_subtree(t, level + 1)?;
+                        removed += 1;
+                        span = extend(span, idx);
+                        continue;
+                    }
                     Entry::Table(t) => {
                         self.unmap_range(t, level + 1, cur, next)?;
                         if self.node(t)?.live != 0 {
@@ -419,6 +469,27 @@ impl<H: Hal, F: Format> Table<H, F> {
         self.publish(table, span)?;
         let node = self.node_mut(table)?;
         node.live = node.live.saturating_sub(removed);
+        Ok(())
+    }
+
+    /// Takes the unlinked table `t` (at `level`) and every table below it
+    /// out of the slab and onto the retired list, without touching their
+    /// descriptors; records the levels of the leaves they hold (a table
+    /// with more valid descriptors than child tables holds leaves).
+    fn retire_subtree(&mut self, t: NodeId, level: u32) -> Result<()> {
+        let node = self.remove_node(t).ok_or(TableError::Corrupt)?;
+        let mut tables = 0;
+        for &c in &node.children {
+            if c != NO_CHILD {
+                tables += 1;
+                self.retire_subtree(c as usize, level + 1)?;
+            }
+        }
+        if node.live > tables {
+            self.changed_levels |= 1 << level;
+        }
+        // `insert_node` reserved a slot for every linked table: no allocation.
+        self.retired.push(node.dma);
         Ok(())
     }
 
