@@ -151,7 +151,9 @@ pub struct Smmu<H: Hal> {
     drain_again: AtomicBool,
     /// Quarantined StreamIDs (src/smmu/quarantine.rs): locked only while
     /// the stream table lock is held, so it is never contended.
-    quarantined: Mutex<quarantine::Table>,
+    /// Boxed: 64 STEs inline would make `Smmu` several KiB, copied on
+    /// the caller's stack at every move in unoptimised builds.
+    quarantined: Mutex<alloc::boxed::Box<quarantine::Table>>,
     /// Quarantines asked for while the stream table or command queue was
     /// busy (lock-free, for interrupt context).
     pending: quarantine::Pending,
@@ -296,7 +298,7 @@ impl<H: Hal> Smmu<H> {
             eventq_entries,
             draining: AtomicBool::new(false),
             drain_again: AtomicBool::new(false),
-            quarantined: Mutex::new(quarantine::Table::default()),
+            quarantined: Mutex::new(crate::fallible::try_box(quarantine::Table::default())?),
             pending: quarantine::Pending::default(),
         })
     }

@@ -356,3 +356,14 @@ fn bad_hal_memory_is_refused() {
     crate::fake::FakeHal::misalign_next(false);
     assert!(matches!(r, Err(Error::BadHalMemory { .. })), "{r:?}");
 }
+
+/// The driver object stays small: hypervisors keep it in a static or move
+/// it by value, and an unoptimised build copies it on the stack at every
+/// move (an `Smmu` that grew to several KiB overflowed the image's 64 KiB
+/// stack in the on-target `smmu` suite, which holds two at once).
+#[test]
+fn the_driver_object_is_small() {
+    let size = core::mem::size_of::<Smmu<FakeHal>>();
+    assert!(size <= 2048, "Smmu is {size} bytes");
+    eprintln!("size_of::<Smmu<FakeHal>>() = {size}");
+}
