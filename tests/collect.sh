@@ -92,6 +92,23 @@ else
     echo "test example_minimal_hypervisor ... FAILED" | tee -a "$logs/target.txt"
 fi
 
+# The public API is documented (issue 11): rustdoc with missing docs and
+# every rustdoc warning (broken links, private links) as errors, for the
+# bare-metal library as published (no default features) and for the host
+# with the `testing` model. Each is one counted test.
+echo "collect: rustdoc -D missing_docs -D warnings"
+for cfg in "bare-metal:--no-default-features" \
+    "host-testing:--no-default-features --features testing --target $host"; do
+    name=${cfg%%:*}
+    # shellcheck disable=SC2086 # the flags are meant to split
+    if RUSTDOCFLAGS="-D missing_docs -D warnings" cargo doc --no-deps ${cfg#*:} >"$logs/doc-$name.txt" 2>&1; then
+        echo "test rustdoc_missing_docs/$name ... ok" | tee -a "$logs/target.txt"
+    else
+        grep -E '^(error|warning)' -A4 "$logs/doc-$name.txt" | head -n 30
+        echo "test rustdoc_missing_docs/$name ... FAILED" | tee -a "$logs/target.txt"
+    fi
+done
+
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(
     awk '/^test result: / { for (i = 1; i <= NF; i++) {
