@@ -6,7 +6,9 @@
 //! virt-9.1"`, tests/collect.sh names them `virt91/...`), where
 //! `StagePolicy::Auto` would pick these domains too: there a stage-1
 //! domain has no VMID (STE.S2VMID = 0) and only the ASIDs tell domains
-//! apart; on the nested SMMU each also owns a VMID.
+//! apart; on the nested SMMU too, every stage-1 domain uses VMID 0 (the
+//! VMID reserved for non-stage-2 streams) and the ASIDs alone separate
+//! them.
 
 #![no_std]
 #![no_main]
@@ -73,12 +75,6 @@ fn up() -> Result<Driver, Failure> {
     try_ok!(smmu.enable());
     check!(smmu.features().stage1, "the SMMU has stage 1");
     Ok(smmu)
-}
-
-/// Whether the SMMU also has stage 2 (nested, the default machine): then a
-/// stage-1 domain owns a VMID (STE.S2VMID tags its TLB entries).
-fn nested(smmu: &Driver) -> bool {
-    smmu.features().stage2
 }
 
 fn edu_ok(r: Result<(), edu::EduError>) -> Result<(), Failure> {
@@ -160,11 +156,7 @@ fn ste_and_cd_read_back() -> TestResult {
     let info = try_ok!(smmu.domain_info(vm.domain));
     check_eq!(info.stage, Stage::Stage1);
     check_eq!(info.shared_vttbr(), None);
-    check!(
-        (info.vmid != 0) == nested(&smmu),
-        "a stage-1 domain owns a VMID on a nested SMMU, none without stage 2 (VMID {})",
-        info.vmid
-    );
+    check_eq!(info.vmid, 0); // shared by stage-1 domains, with or without stage 2
     let asid = info.asid.ok_or(Failure::new("an ASID"))?;
     let ste = try_ok!(smmu.ste(vm.sid));
     check_eq!((ste.config(), ste.vmid()), (SteConfig::Stage1, info.vmid));
@@ -294,15 +286,12 @@ fn two_domains_same_ipa_no_crossing() -> TestResult {
         try_ok!(smmu.domain_info(b.domain)),
     );
     check!(ia.asid != ib.asid, "ASIDs {:?} / {:?}", ia.asid, ib.asid);
-    if nested(&smmu) {
-        check!(ia.vmid != ib.vmid, "VMIDs {} / {}", ia.vmid, ib.vmid);
-        check!(
-            try_ok!(smmu.ste(a.sid)).vmid() != try_ok!(smmu.ste(b.sid)).vmid(),
-            "STE.S2VMIDs differ"
-        );
-    } else {
-        check_eq!((ia.vmid, ib.vmid), (0, 0));
-    }
+    // One VMID for both (0): only the ASIDs keep their TLB entries apart.
+    check_eq!((ia.vmid, ib.vmid), (0, 0));
+    check_eq!(
+        (try_ok!(smmu.ste(a.sid)).vmid(), try_ok!(smmu.ste(b.sid)).vmid()),
+        (0, 0)
+    );
     for (e, vm, other) in [(&edus[0], &a, &b), (&edus[1], &b, &a)] {
         vm.data.fill(CANARY);
         other.data.fill(CANARY);

@@ -7,9 +7,13 @@
 //! Underneath, each domain owns:
 //!
 //! - an ASID (from the SMMU's 8- or 16-bit ASID space, IDR0.ASID16);
-//! - a VMID when the SMMU implements stage 2: STE.S2VMID tags stage-1 TLB
-//!   entries there, so each domain needs its own and its TLBI_NH_* commands
-//!   name it; 0 on a stage-1-only SMMU;
+//! - VMID 0, the VMID reserved for streams without stage 2: on an SMMU
+//!   that implements stage 2, STE.S2VMID tags stage-1 TLB entries too, and
+//!   every driver-owned stage-1 domain shares VMID 0 (as Linux does), told
+//!   apart by its ASID; TLBI_NH_* commands name VMID 0 and the ASID. So
+//!   stage-1 domains can share one stream's CD table on substreams
+//!   ([`Smmu::attach_ssid`] needs the stream's VMID). `DomainOptions::vmid`
+//!   still gives a domain a VMID of its own (allocated, freed with it);
 //! - stage-1 tables ([`crate::pgtable::format::s1`]) walked through TTB0 of
 //!   one context descriptor (EPD1 = 1, T0SZ = 64 - IPA bits, IPS = the
 //!   output size, MAIR = [`crate::pgtable::format::s1::MAIR`]), which every
@@ -65,8 +69,8 @@ pub(crate) struct Stage1Ctx<H: Hal> {
     pub(crate) cd: Dma<H>,
     /// The domain's ASID.
     pub(crate) asid: u16,
-    /// Whether the domain's VMID came from the allocator (SMMU with
-    /// stage 2) and must be freed with it.
+    /// Whether the domain's VMID came from the allocator (asked for with
+    /// `DomainOptions::vmid`) and must be freed with it.
     pub(crate) owns_vmid: bool,
 }
 
@@ -99,7 +103,9 @@ impl<H: Hal> Smmu<H> {
         domains.reserve()?;
         let (vmid, owns_vmid) = match (f.stage2, options.vmid) {
             (true, Some(v)) => (domains.vmids.alloc_specific(v)?, true),
-            (true, None) => (domains.vmids.alloc()?, true),
+            // VMID 0: reserved in the allocator for non-stage-2 streams;
+            // shared by every stage-1 domain, which its ASID tells apart.
+            (true, None) => (0, false),
             (false, Some(_)) => {
                 return Err(Error::Invalid(Invalid::VmidWithoutStage2));
             }

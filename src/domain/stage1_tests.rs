@@ -104,9 +104,10 @@ fn ste_and_cd_read_back() {
     let (_r, smmu) = enabled(IDR0_NESTED, 0);
     let id = smmu.create_domain(stage1_opts()).unwrap();
     let info = smmu.domain_info(id).unwrap();
-    assert_ne!(
-        info.vmid, 0,
-        "a stage-1 domain owns a VMID on a nested SMMU"
+    assert_eq!(
+        (info.vmid, smmu.vmids_in_use()),
+        (0, 0),
+        "stage-1 domains share VMID 0 (reserved for non-stage-2 streams)"
     );
     smmu.attach(id, 0x10).unwrap();
     let ste = smmu.ste(0x10).unwrap();
@@ -147,25 +148,39 @@ fn ste_and_cd_read_back() {
 }
 
 #[test]
-fn asids_and_vmids_are_distinct_and_freed() {
+fn asids_are_distinct_vmid_shared_unless_asked_for_and_freed() {
     let (regs, smmu) = enabled(IDR0_NESTED, 0);
     let a = smmu.create_domain(stage1_opts()).unwrap();
     let b = smmu.create_domain(stage1_opts()).unwrap();
-    let (ia, ib) = (smmu.domain_info(a).unwrap(), smmu.domain_info(b).unwrap());
+    let c = smmu
+        .create_domain(DomainOptions {
+            vmid: Some(9),
+            ..stage1_opts()
+        })
+        .unwrap();
+    let (ia, ib, ic) = (
+        smmu.domain_info(a).unwrap(),
+        smmu.domain_info(b).unwrap(),
+        smmu.domain_info(c).unwrap(),
+    );
     assert_ne!(ia.asid, ib.asid);
-    assert_ne!(ia.vmid, ib.vmid);
-    assert_eq!((smmu.asids_in_use(), smmu.vmids_in_use()), (2, 2));
+    // VMID 0 (reserved for non-stage-2 streams) for both; only the domain
+    // that asked for a VMID holds one.
+    assert_eq!((ia.vmid, ib.vmid, ic.vmid), (0, 0, 9));
+    assert_eq!((smmu.asids_in_use(), smmu.vmids_in_use()), (3, 1));
     let before = regs.commands().len();
     smmu.destroy_domain(a).unwrap();
     let cmds = decoded(&regs, before);
     assert_eq!(
         cmds[0],
         Command::TlbiNhAsid {
-            vmid: ia.vmid,
+            vmid: 0,
             asid: ia.asid.unwrap()
         }
     );
-    assert_eq!((smmu.asids_in_use(), smmu.vmids_in_use()), (1, 1));
+    assert_eq!((smmu.asids_in_use(), smmu.vmids_in_use()), (2, 1));
+    smmu.destroy_domain(c).unwrap();
+    assert_eq!((smmu.asids_in_use(), smmu.vmids_in_use()), (1, 0));
     smmu.destroy_domain(b).unwrap();
     assert_eq!(smmu.asids_in_use(), 0);
     drop(smmu);

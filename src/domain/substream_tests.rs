@@ -350,7 +350,14 @@ fn refused_calls_change_nothing() {
 fn stage2_smmu_checks_stage_and_vmid() {
     let (_r, smmu) = enabled(IDR0_NESTED | CD2L, 8);
     let a = s1_domain(&smmu);
-    let b = s1_domain(&smmu);
+    // Stage-1 domains share VMID 0 unless one asks for its own.
+    let b = smmu
+        .create_domain(DomainOptions {
+            stage: StagePolicy::Stage1,
+            vmid: Some(7),
+            ..DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48).unwrap())
+        })
+        .unwrap();
     let s2 = smmu
         .create_domain(DomainOptions::new(
             Stage2Config::new(Granule::K4, 40, 48).unwrap(),
@@ -373,6 +380,12 @@ fn stage2_smmu_checks_stage_and_vmid() {
             domain: vb
         }))
     );
+    // Stage-1 domains share VMID 0 by default: a second one takes a
+    // substream of the same stream on an SMMU with stage 2.
+    let c = s1_domain(&smmu);
+    assert_eq!(smmu.domain_info(c).unwrap().vmid, va);
+    smmu.attach_ssid(c, SID, 1).unwrap();
+    assert_eq!(smmu.domain_of_ssid(SID, 1), Some(c));
     // A stage-2 domain's stream has no CD table.
     smmu.attach(s2, 4).unwrap();
     assert_eq!(
