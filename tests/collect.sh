@@ -109,6 +109,16 @@ for cfg in "bare-metal:--no-default-features" \
     fi
 done
 
+# `make bench`'s image (feature `bench`) is built, not run (the benchmark
+# prints figures, it does not judge them): a merge that breaks it fails here.
+echo "collect: make bench's image builds (cargo build --release --features bench)"
+if cargo build --release --features bench >"$logs/bench-build.txt" 2>&1; then
+    echo "test bench_image_builds ... ok" | tee -a "$logs/target.txt"
+else
+    grep -E '^error' -A6 "$logs/bench-build.txt" | head -n 30
+    echo "test bench_image_builds ... FAILED" | tee -a "$logs/target.txt"
+fi
+
 # Host: sum cargo's "test result: ok. 3 passed; 1 failed; ..." lines.
 read -r host_pass host_fail host_results < <(
     awk '/^test result: / { for (i = 1; i <= NF; i++) {

@@ -16,6 +16,12 @@ use smmuv3::fault::{self, FaultSummary};
 
 use super::*;
 
+/// How long DMA_FAULTS waits for a VM's fault records that another CPU may
+/// still be handing over (see the call's handler).
+const DMA_FAULTS_WAIT_NS: u64 = 20_000_000;
+/// How often it looks again meanwhile.
+const DMA_FAULTS_POLL_NS: u64 = 500_000;
+
 impl Vm {
     /// The HCR_EL2 value while this VM runs: stage 2 on (VM), EL1 is
     /// AArch64 (RW), SMC trapped (TSC), HVC enabled (HCD = 0), physical
@@ -251,7 +257,18 @@ impl Vm {
             }),
             Ok(Call::Done { status }) => stop = Some(Stop::Done(status)),
             Ok(Call::DmaFaults) => {
-                let new = self.collect_faults(smmu);
+                // The guest asks right after a DMA it expects to fault. Its
+                // records are in the event queue, or in flight: drained by
+                // another CPU's interrupt handler (or turned away because
+                // one was draining) and not yet in the inbox. Wait for them,
+                // bounded: an answer of "none" must mean none arrived within
+                // DMA_FAULTS_WAIT_NS, not that they were still on their way.
+                let mut new = self.collect_faults(smmu);
+                let deadline = cpu::now_ns().saturating_add(DMA_FAULTS_WAIT_NS);
+                while new.is_empty() && cpu::now_ns() < deadline {
+                    cpu::delay_ns(DMA_FAULTS_POLL_NS);
+                    new = self.collect_faults(smmu);
+                }
                 out = match new.first() {
                     Some(f) => [
                         new.len() as u64,
