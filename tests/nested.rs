@@ -23,13 +23,13 @@ use image::demo::{self, Driver, PAGE, WINDOW};
 use image::dma::ImageHal;
 use image::edu::{self, Edu};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
-use smmuv3::expert::{CD_0, CD_1};
 use smmuv3::domain::{DomainId, DomainOptions, NestedError, NestedRequest, StagePolicy};
 use smmuv3::event::EventType;
+use smmuv3::expert::SteConfig;
+use smmuv3::expert::{CD_0, CD_1};
 use smmuv3::fault::FaultSummary;
 use smmuv3::smmu::Config;
 use smmuv3::stage2::{Granule, Perm, Stage2Config};
-use smmuv3::expert::SteConfig;
 use smmuv3::{Dma, Error};
 use tock_registers::LocalRegisterCopy;
 

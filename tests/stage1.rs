@@ -289,7 +289,10 @@ fn two_domains_same_ipa_no_crossing() -> TestResult {
     // One VMID for both (0): only the ASIDs keep their TLB entries apart.
     check_eq!((ia.vmid, ib.vmid), (0, 0));
     check_eq!(
-        (try_ok!(smmu.ste(a.sid)).vmid(), try_ok!(smmu.ste(b.sid)).vmid()),
+        (
+            try_ok!(smmu.ste(a.sid)).vmid(),
+            try_ok!(smmu.ste(b.sid)).vmid()
+        ),
         (0, 0)
     );
     for (e, vm, other) in [(&edus[0], &a, &b), (&edus[1], &b, &a)] {
