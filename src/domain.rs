@@ -706,7 +706,10 @@ mod tests {
     const M2: u64 = 2 << 20;
 
     /// An enabled SMMU whose IDR3.BBML is `bbml`, and a domain on it.
-    fn with_bbml(bbml: u32, cpu_bbml2: bool) -> (Box<FakeRegs>, Smmu<FakeHal>, DomainId) {
+    pub(super) fn with_bbml(
+        bbml: u32,
+        cpu_bbml2: bool,
+    ) -> (Box<FakeRegs>, Smmu<FakeHal>, DomainId) {
         let (regs, smmu) = enabled(None);
         drop(smmu);
         regs.set32(0x0C, (regs.get32(0x0C) & !(3 << 11)) | bbml << 11);

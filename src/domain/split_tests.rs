@@ -3,43 +3,15 @@
 //! changes nothing (no descriptor, no command).
 
 use super::*;
-use crate::domain::DomainOptions;
-use crate::fake::{FakeHal, FakeRegs};
-use crate::smmu::Config;
-use crate::stage2::{Granule, Stage2Config};
+use crate::fake::FakeHal;
 
 const M: u64 = 1 << 20;
 const G: u64 = 1 << 30;
 
 /// An enabled driver on QEMU virt's ID registers with IDR3.BBML = `bbml`,
-/// and one 4K, 40-bit stage-2 domain (`cpu_bbml2`: the CPU allows
-/// splits without break too).
-fn setup(bbml: u32, cpu_bbml2: bool) -> (Box<FakeRegs>, Smmu<FakeHal>, DomainId) {
-    let regs = Box::new(FakeRegs::new());
-    regs.set32(0x00, 0x0D44_101B);
-    regs.set32(0x04, 0x0273_0010);
-    regs.set32(0x0C, 0x0000_1404 | bbml << 11);
-    // OAS 48 bits: host heap addresses stand in for physical ones.
-    regs.set32(0x14, 0x0000_0075);
-    regs.set32(0x1C, 1);
-    regs.respond();
-    let config = Config {
-        timeout_ns: 1_000_000,
-        ..Config::default()
-    };
-    // SAFETY: the block is MMIO_SIZE bytes and outlives the driver (each
-    // test drops the driver first).
-    let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
-    smmu.enable().unwrap();
-    let cfg = Stage2Config::new(Granule::K4, 40, 48).unwrap();
-    let id = smmu
-        .create_domain(DomainOptions {
-            cpu_bbml2,
-            ..DomainOptions::new(cfg)
-        })
-        .unwrap();
-    (regs, smmu, id)
-}
+/// and one 4K, 40-bit stage-2 domain (`cpu_bbml2`: the CPU allows splits
+/// without break too): the domain tests' own setup.
+use crate::domain::tests::with_bbml as setup;
 
 /// Unmap and protect ranges needing two splits (two 2M blocks partly
 /// covered; a 1G block split down to pages), with the HAL failing the
