@@ -25,7 +25,7 @@ use alloc::vec::Vec;
 
 use image::console::println;
 use image::demo::Driver;
-use image::edu::{self, Edu};
+use image::edu::find_at_least as edus_at_least;
 use image::guest::{self, BALLOON_PAGE_IPA, CODE_IPA, RAM_IPA, RAM_SIZE, phase};
 use image::guests;
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
@@ -59,17 +59,6 @@ fn main() -> ! {
 
 // ---------------------------------------------------------------------------
 // Helpers.
-
-#[track_caller]
-fn edus_at_least(min: usize) -> Result<Vec<Edu>, Failure> {
-    let e = edu::find_all(&image::boot().pci);
-    if e.len() < min {
-        let mut f = Failure::new(format!("at least {min} edu device(s)"));
-        f.actual = Some(format!("{} found", e.len()));
-        return Err(f);
-    }
-    Ok(e)
-}
 
 fn up() -> Result<Driver, Failure> {
     let smmu = try_ok!(image::iommu::new_smmu(Config::default()));

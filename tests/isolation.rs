@@ -27,7 +27,7 @@ use image::console::println;
 use image::demo::{
     self, CANARY, Driver, IPA_DATA, IPA_SCRATCH, IPA_SOURCE, IPA_UNMAPPED, PAGE, Page, Vm, WINDOW,
 };
-use image::edu::{self, Edu};
+use image::edu::{self, Edu, find_at_least as edus_at_least};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2, MAX_RANGE_COMMANDS};
 use smmuv3::event::EventType;
@@ -83,22 +83,6 @@ fn main() -> ! {
 
 // ---------------------------------------------------------------------------
 // Helpers.
-
-fn edus() -> Vec<Edu> {
-    edu::find_all(&image::boot().pci)
-}
-
-/// Every edu; at least `min` of them, else the test fails.
-#[track_caller]
-fn edus_at_least(min: usize) -> Result<Vec<Edu>, Failure> {
-    let e = edus();
-    if e.len() < min {
-        let mut f = Failure::new(format!("at least {min} edu device(s)"));
-        f.actual = Some(format!("{} found", e.len()));
-        return Err(f);
-    }
-    Ok(e)
-}
 
 fn sid(edu: &Edu) -> Result<u32, Failure> {
     edu.stream_id

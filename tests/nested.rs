@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use image::console::println;
 use image::demo::{self, Driver, PAGE, WINDOW};
 use image::dma::ImageHal;
-use image::edu::{self, Edu};
+use image::edu::{self, Edu, find_at_least as edus_at_least};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use smmuv3::domain::{DomainId, DomainOptions, NestedError, NestedRequest, StagePolicy};
 use smmuv3::event::EventType;
@@ -74,16 +74,6 @@ const PTE_RO: u64 = PTE_RW | 0b10 << 6;
 
 fn ipa(page: u64) -> u64 {
     G + page * PAGE
-}
-
-fn edus_at_least(min: usize) -> Result<Vec<Edu>, Failure> {
-    let e = edu::find_all(&image::boot().pci);
-    if e.len() < min {
-        let mut f = Failure::new(format!("at least {min} edu device(s)"));
-        f.actual = Some(format!("{} found", e.len()));
-        return Err(f);
-    }
-    Ok(e)
 }
 
 fn up() -> Result<Driver, Failure> {

@@ -19,11 +19,10 @@ extern crate alloc;
 mod image;
 
 use alloc::format;
-use alloc::vec::Vec;
 
 use image::console::println;
 use image::demo::{self, CANARY, Driver, PAGE, Page, WINDOW};
-use image::edu::{self, Edu};
+use image::edu::{self, Edu, find_at_least as edus_at_least};
 use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use smmuv3::domain::{DomainId, DomainOptions, Stage, StagePolicy};
 use smmuv3::event::EventType;
@@ -54,16 +53,6 @@ fn main() -> ! {
 const IPA_DATA: u64 = WINDOW;
 const IPA_SOURCE: u64 = WINDOW + PAGE;
 const IPA_UNMAPPED: u64 = WINDOW + 8 * PAGE;
-
-fn edus_at_least(min: usize) -> Result<Vec<Edu>, Failure> {
-    let e = edu::find_all(&image::boot().pci);
-    if e.len() < min {
-        let mut f = Failure::new(format!("at least {min} edu device(s)"));
-        f.actual = Some(format!("{} found", e.len()));
-        return Err(f);
-    }
-    Ok(e)
-}
 
 fn sid(edu: &Edu) -> Result<u32, Failure> {
     edu.stream_id

@@ -102,6 +102,19 @@ pub struct Edu {
     pub group: Option<usize>,
 }
 
+/// Every `edu` the boot found, or a test failure naming how many a test
+/// needs when there are fewer (the on-target suites' common precondition).
+#[track_caller]
+pub fn find_at_least(min: usize) -> Result<Vec<Edu>, super::harness::Failure> {
+    let e = find_all(&super::boot().pci);
+    if e.len() < min {
+        let mut f = super::harness::Failure::new(alloc::format!("at least {min} edu device(s)"));
+        f.actual = Some(alloc::format!("{} found", e.len()));
+        return Err(f);
+    }
+    Ok(e)
+}
+
 /// Every edu function in `functions` (in enumeration order).
 pub fn find_all(functions: &[PciFunction]) -> Vec<Edu> {
     functions
