@@ -295,6 +295,44 @@ fn a_nested_service_call_is_turned_away_body() {
     drop(smmu);
 }
 
+/// A caller turned away while another is draining must not lose its
+/// records. The window: the drainer has looked at the queue for the last
+/// time (empty) but not yet let go; a fault arrives and the eventq
+/// interrupt's `drain_events` is turned away (`None`, "the drainer goes
+/// round again"). On the code before this test the drainer did not go
+/// round: the record stayed in the queue, with no interrupt left to
+/// fetch it.
+#[test]
+fn a_caller_turned_away_just_before_the_drainer_lets_go_loses_nothing() {
+    let (regs, smmu) = enabled(11);
+    let (regs, smmu) = (Arc::new(regs), Arc::new(smmu));
+    record_faults(&regs, &smmu, 0x10, 3, 0);
+    let turned_away = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (regs, smmu, turned_away) = (regs.clone(), smmu.clone(), turned_away.clone());
+        super::service::BEFORE_DRAIN_RELEASE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                record_faults(&regs, &smmu, 0x10, 1, 0x100);
+                *turned_away.lock().unwrap() = Some(smmu.drain_events(|_| {}).is_none());
+            }))
+        });
+    }
+    let mut addrs = Vec::new();
+    let drained = smmu.drain_events(|e| addrs.push(e.raw[2])).unwrap();
+    assert_eq!(
+        *turned_away.lock().unwrap(),
+        Some(true),
+        "the second caller was not turned away"
+    );
+    assert_eq!(
+        addrs,
+        [0, 1, 2, 0x100],
+        "the turned-away caller's record was left in the queue"
+    );
+    assert_eq!(drained.records, 4);
+    assert_eq!(regs.get32(EVENTQ_CONS), regs.get32(EVENTQ_PROD));
+}
+
 const CFGI_STE: u64 = 0x03;
 const CMD_SYNC: u64 = 0x46;
 

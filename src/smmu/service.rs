@@ -14,65 +14,84 @@ impl<H: Hal> Smmu<H> {
     /// call ([`Drained::left_in_queue`]).
     ///
     /// Returns what was drained; `None` if another CPU (or the interrupted
-    /// code, or `each` itself, calling again) is draining: that caller goes
-    /// round once more before it returns, so nothing is left behind, or
-    /// if `enable`/`disable` holds the queue.
+    /// code, or `each` itself, calling again) is draining: the drainer goes
+    /// round once more for this call before it returns (even when the call
+    /// comes just as it is letting go), so nothing is left behind, unless
+    /// it is out of budget; or `None` if `enable`/`disable` holds the queue.
     pub fn drain_events(&self, mut each: impl FnMut(Event)) -> Option<Drained> {
-        if self.draining.swap(true, Ordering::Acquire) {
-            self.drain_again.store(true, Ordering::Release);
-            return None;
-        }
+        // Ask first, then try to become the drainer. Whoever drains sees the
+        // request: in its loop, or in its last look after letting go. All
+        // four accesses are SeqCst (a store then a load on each side), so a
+        // request made while the drainer is letting go is never missed by
+        // both: either this call's swap below finds `draining` clear, or the
+        // drainer's last load finds `drain_again` set and it goes round.
+        self.drain_again.store(true, Ordering::SeqCst);
         let budget = self.eventq_entries;
         let mut total: Option<Drained> = None;
-        'again: loop {
-            self.drain_again.store(false, Ordering::Relaxed);
-            loop {
-                let done = total.map_or(0, |t| t.records);
-                let max = (EVENT_CHUNK as u32).min(budget - done);
-                if max == 0 {
-                    break 'again;
-                }
-                let mut chunk = [[0u64; crate::eventq::EVT_DWORDS]; EVENT_CHUNK];
-                let mut n = 0;
-                let Some(mut evtq) = self.evtq.try_lock() else {
-                    break 'again;
-                };
-                let d = evtq.drain_up_to(&self.mmio, max, |raw| {
-                    // At most `max` <= EVENT_CHUNK records come.
-                    if let Some(slot) = chunk.get_mut(n) {
-                        *slot = raw;
-                        n += 1;
+        let mut owned = false;
+        loop {
+            if self.draining.swap(true, Ordering::SeqCst) {
+                // The drainer goes round for this request.
+                break;
+            }
+            owned = true;
+            'pass: while self.drain_again.swap(false, Ordering::SeqCst) {
+                loop {
+                    let done = total.map_or(0, |t| t.records);
+                    let max = (EVENT_CHUNK as u32).min(budget - done);
+                    if max == 0 {
+                        break 'pass;
                     }
-                });
-                drop(evtq);
-                self.counters
-                    .events
-                    .fetch_add(u64::from(d.records), Ordering::Relaxed);
-                if d.overflow {
+                    let mut chunk = [[0u64; crate::eventq::EVT_DWORDS]; EVENT_CHUNK];
+                    let mut n = 0;
+                    // `enable`/`disable` hold the queue: they reset it.
+                    let Some(mut evtq) = self.evtq.try_lock() else {
+                        break 'pass;
+                    };
+                    let d = evtq.drain_up_to(&self.mmio, max, |raw| {
+                        // At most `max` <= EVENT_CHUNK records come.
+                        if let Some(slot) = chunk.get_mut(n) {
+                            *slot = raw;
+                            n += 1;
+                        }
+                    });
+                    drop(evtq);
                     self.counters
-                        .eventq_overflows
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                let t = total.get_or_insert_default();
-                t.records += d.records;
-                t.overflow |= d.overflow;
-                t.left_in_queue = d.left_in_queue;
-                for raw in &chunk[..n] {
-                    each(Event::decode(*raw));
-                }
-                if !d.left_in_queue {
-                    break;
+                        .events
+                        .fetch_add(u64::from(d.records), Ordering::Relaxed);
+                    if d.overflow {
+                        self.counters
+                            .eventq_overflows
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let t = total.get_or_insert_default();
+                    t.records += d.records;
+                    t.overflow |= d.overflow;
+                    t.left_in_queue = d.left_in_queue;
+                    for raw in &chunk[..n] {
+                        each(Event::decode(*raw));
+                    }
+                    if !d.left_in_queue {
+                        break;
+                    }
                 }
             }
-            // Someone was turned away meanwhile: their records may have
-            // arrived after this call last read EVENTQ_PROD.
-            if !self.drain_again.load(Ordering::Acquire) {
+            #[cfg(test)]
+            before_drain_release();
+            self.draining.store(false, Ordering::SeqCst);
+            // A request made after this call's last pass began (by another
+            // CPU, an interrupt, or `each`) whose caller was turned away.
+            // Out of budget: the records stay for the next call
+            // (`left_in_queue`), as documented.
+            let out_of_budget = total.is_some_and(|t| t.records >= budget);
+            if out_of_budget || !self.drain_again.load(Ordering::SeqCst) {
                 break;
             }
         }
-        self.draining.store(false, Ordering::Release);
-        // Quarantines `each` asked for while a lock was held.
-        self.try_apply_pending_quarantines();
+        if owned {
+            // Quarantines `each` asked for while a lock was held.
+            self.try_apply_pending_quarantines();
+        }
         total
     }
 
@@ -179,5 +198,21 @@ impl<H: Hal> Smmu<H> {
             msi_aborts: c.msi_aborts.load(Ordering::Relaxed),
             gerrors: c.gerrors.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+std::thread_local! {
+    /// Test hook: runs once, on this thread, just before `drain_events`
+    /// lets go of the drain (the window in which another caller is turned
+    /// away after the drainer's last look at the queue).
+    pub(crate) static BEFORE_DRAIN_RELEASE: core::cell::RefCell<Option<alloc::boxed::Box<dyn FnOnce()>>> =
+        core::cell::RefCell::new(None);
+}
+
+#[cfg(test)]
+fn before_drain_release() {
+    if let Some(f) = BEFORE_DRAIN_RELEASE.with(|h| h.borrow_mut().take()) {
+        f();
     }
 }
