@@ -322,13 +322,13 @@ impl<H: Hal, F: Format> Table<H, F> {
         let template = self.leaf_desc(3, 0, opts)?;
         let node = self.node(table)?;
         if fresh && !self.oa_hi && first + n <= node.dma.len_u64() {
-            // A new table is all invalid: only stores, the address field
-            // being the output address's bits [47:granule] in place.
-            for i in 0..n {
-                let off = i as u64 * g;
-                node.dma
-                    .write_u64(first + i, template | ((pa + off) & self.oa_mask));
-            }
+            // A new table is all invalid: only stores, one run whose
+            // address field (the output address's bits [47:granule] in
+            // place) advances by a page per descriptor. `pa + n * g` is
+            // within the output size (validated, at most 48 bits here), so
+            // the field never carries into the attributes above it.
+            node.dma
+                .write_run(first, n, template | (pa & self.oa_mask), g);
             let span = (n > 0).then(|| (first, first + n - 1));
             self.finish_batch(table, span, fresh)?;
             self.node_mut(table)?.live += n;
