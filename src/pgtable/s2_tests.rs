@@ -705,3 +705,39 @@ fn unmap_of_whole_tables_unlinks_them_without_clearing() {
     assert_eq!((t.tables(), t.release_retired()), (1, 2));
     assert!(snapshot(&t)[0].1.iter().all(|&d| d == 0));
 }
+
+/// A range covering whole level-3 tables is checked table by table from
+/// their live counts; one page missing anywhere still refuses the unmap,
+/// with nothing changed. Once refilled, the GiB goes in one call and its
+/// slab slots are reused.
+#[test]
+fn unmap_refuses_whole_tables_with_a_page_missing() {
+    let pages = MapOptions {
+        blocks: false,
+        ..MapOptions::normal(Perm::ReadWrite)
+    };
+    let mut t = Table::new(cfg4k(40), true).unwrap();
+    t.map_with(G, G + 4 * K, G, &pages).unwrap();
+    let hole = G + 300 * 2 * M + 17 * 4 * K;
+    t.unmap(hole, 4 * K).unwrap();
+    let before = snapshot(&t);
+    for (ipa, len) in [(G, G), (G + 300 * 2 * M, 2 * M), (G + 299 * 2 * M, 4 * M)] {
+        assert_eq!(t.unmap(ipa, len), Err(Error::NotMapped { addr: hole }));
+        assert_eq!(snapshot(&t), before);
+        assert_eq!((t.tables(), t.retired_tables()), (1 + 1 + 512, 0));
+    }
+    t.map_with(hole, hole + 4 * K, 4 * K, &pages).unwrap();
+    t.unmap(G, G).unwrap();
+    assert_eq!((t.tables(), t.release_retired()), (1, 513));
+    t.map_with(G, G + 4 * K, G, &pages).unwrap();
+    assert_eq!((t.tables(), t.nodes.len()), (1 + 513, 1 + 513));
+    assert_eq!(t.query(2 * G - 4 * K).unwrap().pa, 2 * G);
+}
+
+/// A slab entry is one 64-byte line (`Node`'s layout).
+#[test]
+fn slab_entries_are_one_cache_line() {
+    use super::node::Node;
+    assert_eq!(core::mem::size_of::<Option<Node<FakeHal>>>(), 64);
+    assert_eq!(core::mem::align_of::<Option<Node<FakeHal>>>(), 64);
+}

@@ -380,8 +380,14 @@ impl<H: Hal, F: Format> Table<H, F> {
             let raw = node.dma.read_u64(idx);
             // Above level 3, valid with bit 1 set is a table descriptor.
             if raw & 0b11 == 0b11 {
-                let (t, _) = self.linked_child(node, idx, raw)?;
+                let (t, n) = self.linked_child(node, idx, raw)?;
                 if level + 1 == 3 {
+                    // A whole level-3 table whose every descriptor is
+                    // counted live is all pages (as in `check_pages_mapped`,
+                    // without finding the table again).
+                    if next - cur == size && n.live == n.dma.len_u64() {
+                        continue;
+                    }
                     self.check_pages_mapped(t, cur, next)?;
                 } else {
                     self.check_mapped(t, level + 1, cur, next, whole_blocks)?;
@@ -479,10 +485,37 @@ impl<H: Hal, F: Format> Table<H, F> {
     fn retire_subtree(&mut self, t: NodeId, level: u32) -> Result<()> {
         let node = self.remove_node(t).ok_or(TableError::Corrupt)?;
         let mut tables = 0;
-        for &c in &node.children {
-            if c != NO_CHILD {
+        if level + 1 == 3 {
+            // Its children are level-3 tables (no children of their own):
+            // what `remove_node` does for each, in one loop (the cursor
+            // was dropped above).
+            let mut pages = false;
+            for &c in &node.children {
+                if c == NO_CHILD {
+                    continue;
+                }
+                let child = self
+                    .nodes
+                    .get_mut(c as usize)
+                    .and_then(Option::take)
+                    .ok_or(TableError::Corrupt)?;
                 tables += 1;
-                self.retire_subtree(c as usize, level + 1)?;
+                pages |= child.live > 0;
+                // `insert_node` reserved a slot in both for every linked
+                // table: no allocation.
+                self.free.push(c);
+                self.retired.push(child.dma);
+            }
+            self.linked -= tables;
+            if pages {
+                self.changed_levels |= 1 << 3;
+            }
+        } else {
+            for &c in &node.children {
+                if c != NO_CHILD {
+                    tables += 1;
+                    self.retire_subtree(c as usize, level + 1)?;
+                }
             }
         }
         if node.live > tables {
