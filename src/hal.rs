@@ -199,7 +199,7 @@ impl<H: Hal> Dma<H> {
     /// 64-bit store, as with [`Dma::write_u64`], but the range is checked
     /// once for the run. Not published: call [`Dma::publish`] over the run
     /// (or more) afterwards.
-    pub fn write_run(&self, first: usize, count: usize, value: u64, step: u64) {
+    pub(crate) fn write_run(&self, first: usize, count: usize, value: u64, step: u64) {
         assert!(first <= self.len_u64() && count <= self.len_u64() - first);
         // SAFETY: `first` is at most the word count, so the pointer stays
         // inside (or one past) the region.
