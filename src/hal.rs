@@ -193,6 +193,27 @@ impl<H: Hal> Dma<H> {
         unsafe { self.vaddr().cast::<u64>().add(i).write_volatile(value) }
     }
 
+    /// Writes words `[first, first + count)` with `value`, `value + step`,
+    /// `value + 2 * step`, ... (wrapping): a run of descriptors whose
+    /// address field advances by a fixed size. Each word is one volatile
+    /// 64-bit store, as with [`Dma::write_u64`], but the range is checked
+    /// once for the run. Not published: call [`Dma::publish`] over the run
+    /// (or more) afterwards.
+    pub(crate) fn write_run(&self, first: usize, count: usize, value: u64, step: u64) {
+        assert!(first <= self.len_u64() && count <= self.len_u64() - first);
+        // SAFETY: `first` is at most the word count, so the pointer stays
+        // inside (or one past) the region.
+        let base = unsafe { self.vaddr().cast::<u64>().add(first) };
+        let mut v = value;
+        for i in 0..count {
+            // SAFETY: `first + i < first + count <= len_u64()` (checked
+            // above), 8-byte aligned, owned by this guard; volatile and
+            // 64-bit for the same reason as in `write_u64`.
+            unsafe { base.add(i).write_volatile(v) };
+            v = v.wrapping_add(step);
+        }
+    }
+
     /// Makes SMMU writes to words `[first, first + count)` visible to the CPU:
     /// a cache invalidate when the SMMU is not coherent. Call after reading
     /// the producer index that covers them.
@@ -269,5 +290,41 @@ pub(crate) fn wait_for<H: Hal>(
             };
         }
         core::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dma;
+    use crate::fake::FakeHal;
+
+    /// `write_run` writes `value + i * step` to each word of the run and
+    /// nothing outside it.
+    #[test]
+    fn write_run_writes_the_run_only() {
+        let d = Dma::<FakeHal>::new(4096, 4096, true).unwrap();
+        d.write_run(3, 5, 0x4000_0743, 0x1000);
+        for i in 0..d.len_u64() {
+            let want = match i {
+                3..=7 => 0x4000_0743 + (i as u64 - 3) * 0x1000,
+                _ => 0,
+            };
+            assert_eq!(d.read_u64(i), want, "word {i}");
+        }
+        // An empty run at the very end writes nothing; a run up to the
+        // last word is in range.
+        d.write_run(d.len_u64(), 0, 1, 1);
+        d.write_run(510, 2, 7, 2);
+        assert_eq!(
+            (d.read_u64(509), d.read_u64(510), d.read_u64(511)),
+            (0, 7, 9)
+        );
+    }
+
+    #[test]
+    #[should_panic]
+    fn write_run_past_the_end_is_refused() {
+        let d = Dma::<FakeHal>::new(4096, 4096, true).unwrap();
+        d.write_run(500, 13, 1, 1);
     }
 }

@@ -2,6 +2,7 @@
 //! valid descriptors and, above level 3, the slab index of each next-level
 //! table), and descriptor access and encoding shared by both stages.
 
+use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -38,30 +39,37 @@ pub(super) const NO_CHILD: u32 = u32::MAX;
 /// One translation table, its count of valid descriptors, and (above the
 /// last level) the node of each table descriptor, so that a walk finds the
 /// next table in O(1) instead of by a search on its physical address.
+///
+/// One cache line each: a single-page map or unmap reads a level-3 table's
+/// node twice (its `link` in the descent, then `dma` and `live`), and with
+/// 64-byte aligned 64-byte entries that is one line, never two, whatever
+/// the slab's address (the fields are laid out in this order, `children`,
+/// which level-3 tables never read, last).
+#[repr(C, align(64))]
 pub(super) struct Node<H: Hal> {
     pub(super) dma: Dma<H>,
     pub(super) live: usize,
-    /// One slot per descriptor for tables above level 3 (`NO_CHILD` unless
-    /// the descriptor is a table descriptor); empty at level 3.
-    pub(super) children: Vec<u32>,
     /// The table descriptor that links this table into its parent
     /// (`table_desc` of its address; set by `insert_node`), which a descent
     /// compares with the descriptor it read.
     pub(super) link: u64,
+    /// One slot per descriptor for tables above level 3 (`NO_CHILD` unless
+    /// the descriptor is a table descriptor); empty at level 3.
+    pub(super) children: Box<[u32]>,
 }
 
 impl<H: Hal> Node<H> {
     pub(super) fn new(dma: Dma<H>, live: usize, level: u32) -> Self {
         let children = if level < 3 {
-            vec![NO_CHILD; dma.len_u64()]
+            vec![NO_CHILD; dma.len_u64()].into_boxed_slice()
         } else {
-            Vec::new()
+            Box::default()
         };
         Node {
             dma,
             live,
-            children,
             link: 0,
+            children,
         }
     }
 }

@@ -322,13 +322,13 @@ impl<H: Hal, F: Format> Table<H, F> {
         let template = self.leaf_desc(3, 0, opts)?;
         let node = self.node(table)?;
         if fresh && !self.oa_hi && first + n <= node.dma.len_u64() {
-            // A new table is all invalid: only stores, the address field
-            // being the output address's bits [47:granule] in place.
-            for i in 0..n {
-                let off = i as u64 * g;
-                node.dma
-                    .write_u64(first + i, template | ((pa + off) & self.oa_mask));
-            }
+            // A new table is all invalid: only stores, one run whose
+            // address field (the output address's bits [47:granule] in
+            // place) advances by a page per descriptor. `pa + n * g` is
+            // within the output size (validated, at most 48 bits here), so
+            // the field never carries into the attributes above it.
+            node.dma
+                .write_run(first, n, template | (pa & self.oa_mask), g);
             let span = (n > 0).then(|| (first, first + n - 1));
             self.finish_batch(table, span, fresh)?;
             self.node_mut(table)?.live += n;
@@ -380,8 +380,14 @@ impl<H: Hal, F: Format> Table<H, F> {
             let raw = node.dma.read_u64(idx);
             // Above level 3, valid with bit 1 set is a table descriptor.
             if raw & 0b11 == 0b11 {
-                let (t, _) = self.linked_child(node, idx, raw)?;
+                let (t, n) = self.linked_child(node, idx, raw)?;
                 if level + 1 == 3 {
+                    // A whole level-3 table whose every descriptor is
+                    // counted live is all pages (as in `check_pages_mapped`,
+                    // without finding the table again).
+                    if next - cur == size && n.live == n.dma.len_u64() {
+                        continue;
+                    }
                     self.check_pages_mapped(t, cur, next)?;
                 } else {
                     self.check_mapped(t, level + 1, cur, next, whole_blocks)?;
@@ -479,10 +485,37 @@ impl<H: Hal, F: Format> Table<H, F> {
     fn retire_subtree(&mut self, t: NodeId, level: u32) -> Result<()> {
         let node = self.remove_node(t).ok_or(TableError::Corrupt)?;
         let mut tables = 0;
-        for &c in &node.children {
-            if c != NO_CHILD {
+        if level + 1 == 3 {
+            // Its children are level-3 tables (no children of their own):
+            // what `remove_node` does for each, in one loop (the cursor
+            // was dropped above).
+            let mut pages = false;
+            for &c in &node.children {
+                if c == NO_CHILD {
+                    continue;
+                }
+                let child = self
+                    .nodes
+                    .get_mut(c as usize)
+                    .and_then(Option::take)
+                    .ok_or(TableError::Corrupt)?;
                 tables += 1;
-                self.retire_subtree(c as usize, level + 1)?;
+                pages |= child.live > 0;
+                // `insert_node` reserved a slot in both for every linked
+                // table: no allocation.
+                self.free.push(c);
+                self.retired.push(child.dma);
+            }
+            self.linked -= tables;
+            if pages {
+                self.changed_levels |= 1 << 3;
+            }
+        } else {
+            for &c in &node.children {
+                if c != NO_CHILD {
+                    tables += 1;
+                    self.retire_subtree(c as usize, level + 1)?;
+                }
             }
         }
         if node.live > tables {
