@@ -110,23 +110,27 @@ impl<H: Hal> Smmu<H> {
         if crate::cdtable::has_substreams(&domains.cd_tables, sid) {
             return Err(crate::cdtable::SubstreamError::SubstreamsAttached(sid).into());
         }
-        self.write_ste(sid, &Ste::abort())?;
-        let guest_asid = Self::forget_nested_locked(&mut domains, sid);
+        let guest_asid = domains.nested.get(&sid).map(|n| n.cd.asid);
         let d = domains.get(id)?;
-        if (matches!(d.tables, Tables::Stage1(_)) || guest_asid.is_some()) && self.is_live() {
-            // CFGI_STE (leaf) dropped the STE only: the CD it pointed at
-            // may still be cached for this StreamID (and a guest's
-            // stage-1 entries under its ASID).
-            // (No allocation: the STE already changed.)
-            let cmds = [
-                Command::CfgiCdAll { sid },
-                Command::TlbiNhAsid {
-                    vmid: d.vmid,
-                    asid: guest_asid.unwrap_or(0),
-                },
-            ];
-            self.submit(&cmds[..1 + usize::from(guest_asid.is_some())])?;
-        }
+        // CFGI_STE (leaf) drops the STE only: the CD it pointed at may
+        // still be cached for this StreamID (and a guest's stage-1 entries
+        // under its ASID). CFGI_CD_ALL (and TLBI_NH_ASID) ride with the
+        // update's last CFGI_STE, once the abort is live.
+        let after = [
+            Command::CfgiCdAll { sid },
+            Command::TlbiNhAsid {
+                vmid: d.vmid,
+                asid: guest_asid.unwrap_or(0),
+            },
+        ];
+        let after =
+            if (matches!(d.tables, Tables::Stage1(_)) || guest_asid.is_some()) && self.is_live() {
+                &after[..1 + usize::from(guest_asid.is_some())]
+            } else {
+                &[]
+            };
+        self.write_ste_then(sid, &Ste::abort(), after)?;
+        let _ = Self::forget_nested_locked(&mut domains, sid);
         domains.attached.remove(&sid);
         // The STE no longer points at the table and CFGI_CD_ALL + SYNC
         // completed above: its leaves and CDs can go.

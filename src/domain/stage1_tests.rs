@@ -11,7 +11,7 @@ use crate::error::{Error, TableError, Unsupported};
 use crate::fake::{FakeHal, FakeRegs};
 use crate::smmu::{Config, Smmu};
 use crate::stage2::{Granule, MapOptions, Perm, Stage2Config};
-use crate::ste::{STE_1, SteConfig};
+use crate::ste::{STE_1, Ste, SteConfig};
 
 const IDR0_NESTED: u32 = 0x0D44_101B;
 /// QEMU's IDR0 without S2P (bit 0): `-machine virt-9.1`.
@@ -238,6 +238,33 @@ fn unmap_and_protect_issue_tlbi_nh_va_with_vmid_and_asid() {
     let before = regs.commands().len();
     smmu.detach(8).unwrap();
     assert!(decoded(&regs, before).contains(&Command::CfgiCdAll { sid: 8 }));
+    drop(smmu);
+}
+
+/// Issue 12 (fewest syncs): a stage-1 detach costs the two CMD_SYNCs of
+/// the STE's hitless update, as Linux's KUnit expects of a CD table ->
+/// abort transition, not a third one for the CDs: CFGI_CD_ALL joins the
+/// last CFGI_STE's batch, after the CMD_SYNC that made the abort live (so
+/// no fetch through the old CD pointer can re-cache a CD after it). On
+/// the code before, the CFGI_CD_ALL had its own CMD_SYNC (3 in all).
+#[test]
+fn stage1_detach_takes_two_syncs_with_cfgi_cd_all_after_the_abort_is_live() {
+    let (regs, smmu) = enabled(IDR0_S1_ONLY, 0);
+    let id = smmu.create_domain(DomainOptions::new(cfg())).unwrap();
+    smmu.attach(id, 8).unwrap();
+    let before = regs.commands().len();
+    smmu.detach(8).unwrap();
+    let cmds = decoded(&regs, before);
+    let sync = |c: &Command| matches!(c, Command::Sync { .. });
+    assert_eq!(cmds.iter().filter(|c| sync(c)).count(), 2, "{cmds:x?}");
+    let first_sync = cmds.iter().position(sync).unwrap();
+    let cd_all = cmds
+        .iter()
+        .position(|c| *c == Command::CfgiCdAll { sid: 8 })
+        .expect("CFGI_CD_ALL");
+    assert!(cd_all > first_sync, "CFGI_CD_ALL before the abort was live: {cmds:x?}");
+    assert!(sync(cmds.last().unwrap()), "{cmds:x?}");
+    assert_eq!(smmu.ste(8).unwrap().0, Ste::abort().0);
     drop(smmu);
 }
 

@@ -211,7 +211,7 @@ impl<H: Hal> Smmu<H> {
         let mut table = self.quarantined.lock();
         let i = table.find(sid).ok_or(Error::NotQuarantined(sid))?;
         let (_, saved) = table.entries[i].ok_or(Error::NotQuarantined(sid))?;
-        self.write_ste_with(&mut strtab, sid, &saved, submit)?;
+        self.write_ste_with(&mut strtab, sid, &saved, &[], submit)?;
         table.entries[i] = None;
         Ok(())
     }
@@ -303,7 +303,7 @@ impl<H: Hal> Smmu<H> {
             // as abort): nothing to write, nothing cached to drop.
             return Ok(());
         }
-        self.write_ste_with(strtab, sid, &Ste::abort(), submit)?;
+        self.write_ste_with(strtab, sid, &Ste::abort(), &[], submit)?;
         if matches!(saved.config(), SteConfig::Stage1 | SteConfig::Nested) && self.commands_live() {
             // CFGI_STE dropped the STE; the CD it pointed at may still be
             // cached for this StreamID.

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Commands [`Smmu::write_ste_then`] can add to the last CFGI_STE's batch.
+pub(super) const MAX_AFTER: usize = 2;
+
 impl<H: Hal> Smmu<H> {
     /// Reads the STE of `sid` (decoded with [`crate::expert::Ste`]).
     pub fn ste(&self, sid: u32) -> Result<Ste> {
@@ -38,14 +41,30 @@ impl<H: Hal> Smmu<H> {
     /// (nothing is written), any other is refused with
     /// [`Error::Quarantined`].
     pub(crate) fn write_ste(&self, sid: u32, target: &Ste) -> Result<()> {
+        self.write_ste_then(sid, target, &[])
+    }
+
+    /// [`Smmu::write_ste`], then `after` (commands that must follow the
+    /// STE change, such as CFGI_CD_ALL for the CDs the old STE pointed at),
+    /// completed before it returns. They ride in the batch of the update's
+    /// last CFGI_STE, under its CMD_SYNC: by then an earlier CMD_SYNC has
+    /// completed the step that made the new configuration live, so nothing
+    /// can fetch through the old one any more. With no step to join (the
+    /// entry did not change, or is quarantined), they get their own
+    /// CMD_SYNC.
+    pub(crate) fn write_ste_then(&self, sid: u32, target: &Ste, after: &[Command]) -> Result<()> {
         let mut strtab = self.strtab.lock();
         self.apply_pending_quarantines(&mut strtab, &mut |c| self.submit_locked(c));
         let r = match self.quarantined.lock().redirect(sid, target) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.write_ste_with(&mut strtab, sid, target, &mut |c| self.submit_locked(c))
-            }
+            Ok(true) => Ok(false),
+            Ok(false) => self.write_ste_with(&mut strtab, sid, target, after, &mut |c| {
+                self.submit_locked(c)
+            }),
             Err(e) => Err(e),
+        };
+        let r = match r {
+            Ok(false) if !after.is_empty() && self.commands_live() => self.submit_locked(after),
+            r => r.map(|_| ()),
         };
         // Quarantines asked for (from an interrupt) while this call held the
         // stream table.
@@ -56,13 +75,17 @@ impl<H: Hal> Smmu<H> {
     /// [`Smmu::write_ste`] with the stream table locked by the caller and
     /// commands submitted through `submit` (which appends a CMD_SYNC and
     /// waits), without the quarantine check.
+    /// Returns whether `after` went out (with the last CFGI_STE); when it
+    /// did not (no step needed a CMD_SYNC, or more than
+    /// [`MAX_AFTER`] commands), the caller submits it.
     pub(super) fn write_ste_with(
         &self,
         strtab: &mut StreamTable<H>,
         sid: u32,
         target: &Ste,
+        after: &[Command],
         submit: &mut dyn FnMut(&[Command]) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if strtab.ensure(sid)? && self.commands_live() {
             // A new level-2 table: drop anything cached for its range
             // (2^(7+1) = 256 StreamIDs).
@@ -73,18 +96,47 @@ impl<H: Hal> Smmu<H> {
             }])?;
         }
         let current = Ste(strtab.read(sid)?);
-        for step in plan_update(&current, target)?.iter().copied() {
+        let plan = plan_update(&current, target)?;
+        // Dword 0 (V, Config, S1ContextPtr) as the last completed CMD_SYNC
+        // left it, and as the writes so far leave it.
+        let mut synced_dword0 = current.0[0];
+        let mut dword0 = current.0[0];
+        let last_sync = plan
+            .as_slice()
+            .iter()
+            .rposition(|s| matches!(s, UpdateStep::Sync));
+        let mut sent_after = false;
+        for (i, step) in plan.iter().copied().enumerate() {
             match step {
-                UpdateStep::Write { dword, value } => strtab.write_dword(sid, dword, value)?,
+                UpdateStep::Write { dword, value } => {
+                    strtab.write_dword(sid, dword, value)?;
+                    if dword == 0 {
+                        dword0 = value;
+                    }
+                }
                 UpdateStep::Publish => strtab.publish(sid)?,
                 UpdateStep::Sync => {
                     if self.commands_live() {
-                        submit(&[Command::CfgiSte { sid, leaf: true }])?;
+                        let mut batch = [Command::CfgiSte { sid, leaf: true }; 1 + MAX_AFTER];
+                        let mut n = 1;
+                        // Only once an earlier CMD_SYNC has completed with
+                        // the target's dword 0 in place: from then on the
+                        // SMMU cannot fetch through the old configuration.
+                        if Some(i) == last_sync
+                            && synced_dword0 == target.0[0]
+                            && after.len() <= MAX_AFTER
+                        {
+                            batch[1..=after.len()].copy_from_slice(after);
+                            n += after.len();
+                            sent_after = true;
+                        }
+                        submit(&batch[..n])?;
                     }
+                    synced_dword0 = dword0;
                 }
             }
         }
-        Ok(())
+        Ok(sent_after)
     }
 
     /// Installs several STEs at once, with the safe update order of
