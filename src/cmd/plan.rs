@@ -186,6 +186,16 @@ impl RangePlan {
         let pages = last - first + 1;
         let base = first << granule_shift;
         if ril {
+            // A first piece of one granule without a level hint would be
+            // TTL = NUM = SCALE = 0, which IHI 0070 §4.4.1.1 reserves
+            // (CERROR_ILL). As Linux does (`__arm_smmu_tlb_inv_range`), cover
+            // one more granule instead: the first piece becomes NUM = 1.
+            let ttl = if hints.leaf { hints.ttl } else { 0 };
+            let pages = if ttl == 0 && pages & 0x1F == 1 {
+                pages + 1
+            } else {
+                pages
+            };
             match range_piece_count(pages, max_commands) {
                 Some(count) => precise(base, pages, count, Some(tg)),
                 None => fallback_only,
@@ -293,8 +303,10 @@ impl InvalidationHints {
 ///
 /// `granule_shift` (12, 14 or 16) is the stage-2 granule; the range is
 /// rounded out to whole granules. With `ril`, the fewest TLBI_S2_IPA range
-/// commands that cover exactly those granules; without, one TLBI_S2_IPA per
-/// granule. Precise commands are non-leaf (they also drop walk-cache entries,
+/// commands that cover exactly those granules (plus the next granule when,
+/// without a TTL hint, their count is 1 modulo 32: the first piece would
+/// otherwise be the reserved TTL = NUM = SCALE = 0, IHI 0070 §4.4.1.1;
+/// Linux does the same); without, one TLBI_S2_IPA per granule. Precise commands are non-leaf (they also drop walk-cache entries,
 /// so the plan is safe after freeing tables). More than `max_commands`, a
 /// range reaching beyond 2^52, a range piece needing SCALE > 31 (with `ril`:
 /// 2^32 granules or more, e.g. 16 TiB of 4K pages), or an unknown granule

@@ -163,6 +163,18 @@ fn expected(addr: u64, len: u64, shift: u32) -> BTreeSet<u64> {
     ((addr >> shift)..=((addr + len - 1) >> shift)).collect()
 }
 
+/// What a RIL plan without a level hint covers: the granules of the range,
+/// plus the next one when their count is 1 modulo 32 (its first piece
+/// would otherwise be the reserved TTL = NUM = SCALE = 0; Linux does the
+/// same).
+fn expected_ril(addr: u64, len: u64, shift: u32) -> BTreeSet<u64> {
+    let mut set = expected(addr, len, shift);
+    if set.len() % 32 == 1 {
+        set.insert(((addr + len - 1) >> shift) + 1);
+    }
+    set
+}
+
 #[test]
 fn two_mib_with_ril_is_one_command() {
     let p = s2_invalidation(3, 0x4020_0000, 2 << 20, 12, true, 16);
@@ -207,15 +219,51 @@ fn odd_ranges_are_covered_exactly() {
     ] {
         let p = s2_invalidation(1, addr, len, shift, true, 64);
         assert!(!p.is_fallback(), "{addr:#x}+{len:#x}");
-        assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
+        assert_eq!(pages_of(&p, shift), expected_ril(addr, len, shift));
         let p = nh_invalidation(1, 2, addr, len, shift, true, 64);
+        assert_eq!(pages_of(&p, shift), expected_ril(addr, len, shift));
+        // With a level hint there is no reserved piece: exact.
+        let p = s2_invalidation_hinted(
+            1,
+            addr,
+            len,
+            shift,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3)),
+        );
         assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
     }
-    // 33 pages = 1 + 32: two commands (0b100001 needs two 5-bit windows).
+    // 33 pages = 1 + 32 would need two 5-bit windows, the first of them
+    // the reserved NUM = SCALE = TTL = 0; 34 pages (NUM 16, SCALE 1) is one
+    // command.
     assert_eq!(
-        s2_invalidation(1, 0, 33 << 12, 12, true, 64)
-            .commands()
-            .len(),
+        s2_invalidation(1, 0, 33 << 12, 12, true, 64).commands(),
+        &[Command::TlbiS2Ipa {
+            vmid: 1,
+            addr: 0,
+            leaf: false,
+            range: Some(TlbiRange {
+                num: 16,
+                scale: 1,
+                tg: 1,
+                ttl: 0
+            })
+        }]
+    );
+    // With TTL 3, exactly 33: NUM 0 SCALE 0 then NUM 0 SCALE 5.
+    assert_eq!(
+        s2_invalidation_hinted(
+            1,
+            0,
+            33 << 12,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3))
+        )
+        .commands()
+        .len(),
         2
     );
     // 1 GiB + 4K: 1 + 2^18 pages -> two commands.
@@ -322,6 +370,65 @@ proptest! {
         let len = pages << shift;
         let p = s2_invalidation(4, addr, len, shift, ril, 10_000);
         prop_assert!(!p.is_fallback());
-        prop_assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
+        let want = if ril {
+            expected_ril(addr, len, shift)
+        } else {
+            expected(addr, len, shift)
+        };
+        prop_assert_eq!(pages_of(&p, shift), want);
     }
+}
+
+/// IHI 0070 §4.4.1.1 (CMD_TLBI_* range fields): with TG != 0, a command
+/// whose TTL, NUM and SCALE are all 0 is reserved and fails with
+/// CERROR_ILL. The planners must never build one (a 1-page or 33-page
+/// non-leaf range used to be planned as TG = 1, TTL = 0, NUM = 0,
+/// SCALE = 0), and `validate` must refuse one.
+#[test]
+fn range_commands_are_never_the_reserved_encoding() {
+    let reserved = |c: &Command| match *c {
+        Command::TlbiS2Ipa { range: Some(r), .. } | Command::TlbiNhVa { range: Some(r), .. } => {
+            r.ttl == 0 && r.num == 0 && r.scale == 0
+        }
+        _ => false,
+    };
+    for pages in 1..=300u64 {
+        for hints in [
+            InvalidationHints::NONE,
+            InvalidationHints::leaves_at(None),
+            InvalidationHints::leaves_at(Some(3)),
+        ] {
+            for shift in [12u32, 14, 16] {
+                let len = pages << shift;
+                let base = 0x4000_0000u64;
+                for p in [
+                    s2_invalidation_hinted(7, base, len, shift, true, 64, hints),
+                    nh_invalidation_hinted(7, 9, base, len, shift, true, 64, hints),
+                ] {
+                    for c in p.commands() {
+                        assert!(!reserved(c), "{pages} pages, {hints:?}: {c:?}");
+                        c.validate().unwrap();
+                    }
+                    // Still covers every granule of the range.
+                    if !p.is_fallback() {
+                        let got = pages_of(&p, shift);
+                        for page in expected(base, len, shift) {
+                            assert!(got.contains(&page), "{pages} pages: {page:#x} missed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let r = TlbiRange {
+        num: 0,
+        scale: 0,
+        tg: 1,
+        ttl: 0,
+    };
+    assert!(Command::tlbi_s2_ipa(1, 0x1000, false, Some(r)).is_err());
+    assert!(Command::tlbi_nh_va(1, 2, 0x1000, true, Some(r)).is_err());
+    assert!(Command::tlbi_nh_vaa(1, 0x1000, false, Some(r)).is_err());
+    // With a level hint the same NUM/SCALE is a valid 1-page range.
+    assert!(Command::tlbi_s2_ipa(1, 0x1000, true, Some(TlbiRange { ttl: 3, ..r })).is_ok());
 }
