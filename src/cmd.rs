@@ -176,7 +176,7 @@ impl TlbiRange {
     /// for a range command (TG != 0): TTL, NUM and SCALE all 0. The SMMU
     /// refuses such a command with CERROR_ILL; a one-granule range needs a
     /// TTL, or the non-range form, or (as Linux and this driver's planners
-    /// do) one more granule: NUM = 1.
+    /// do) one more granule.
     pub const fn is_reserved(&self) -> bool {
         self.tg != 0 && self.ttl == 0 && self.num == 0 && self.scale == 0
     }

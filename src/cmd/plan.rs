@@ -189,7 +189,8 @@ impl RangePlan {
             // A first piece of one granule without a level hint would be
             // TTL = NUM = SCALE = 0, which IHI 0070 §4.4.1.1 reserves
             // (CERROR_ILL). As Linux does (`__arm_smmu_tlb_inv_range`), cover
-            // one more granule instead: the first piece becomes NUM = 1.
+            // one more granule instead: the first piece then
+            // has SCALE = 1.
             let ttl = if hints.leaf { hints.ttl } else { 0 };
             let pages = if ttl == 0 && pages & 0x1F == 1 {
                 pages + 1
