@@ -175,8 +175,8 @@ impl TlbiRange {
     /// Whether these fields are the combination IHI 0070 §4.4.1.1 reserves
     /// for a range command (TG != 0): TTL, NUM and SCALE all 0. The SMMU
     /// refuses such a command with CERROR_ILL; a one-granule range needs a
-    /// TTL, or the non-range form, or (as Linux and this driver's planners
-    /// do) one more granule.
+    /// TTL, or the non-range form (what this driver's planners send), or
+    /// one more granule (what Linux does).
     pub const fn is_reserved(&self) -> bool {
         self.tg != 0 && self.ttl == 0 && self.num == 0 && self.scale == 0
     }
