@@ -1082,3 +1082,70 @@ fn register_fields() {
     assert_eq!(Q_CONS::ERR::Illegal.value, 1 << 24);
     assert_eq!(Q_CONS::ERR::AtcInvSync.value, 3 << 24);
 }
+
+/// ID registers assembled from Linux's IDR masks, decoded as Linux's
+/// `arm_smmu_device_hw_probe` reads them.
+#[test]
+fn id_registers_decode_like_linux() {
+    use crate::features::{Features, IdRegs};
+    // IDR0: S2P 0 | S1P 1 | TTF [3:2] = AArch64 (2) | COHACC 4 | HYP 9 |
+    // ASID16 12 | MSI 13 | SEV 14 | VMID16 18 | CD2L 19 | TTENDIAN [22:21]
+    // = LE (2) | STALL_MODEL [25:24] = 0 | ST_LVL [28:27] = 2-level (1).
+    let idr0 = 1
+        | 1 << 1
+        | 2 << 2
+        | 1 << 4
+        | 1 << 9
+        | 1 << 12
+        | 1 << 13
+        | 1 << 14
+        | 1 << 18
+        | 1 << 19
+        | 2 << 21
+        | 1 << 27;
+    assert_eq!(idr0, 0x084C_721B);
+    // IDR1: SIDSIZE [5:0] = 20, SSIDSIZE [10:6] = 10, PRIQS [15:11] = 0,
+    // EVTQS [20:16] = 7, CMDQS [25:21] = 8.
+    let idr1 = 20 | 10 << 6 | 7 << 16 | 8 << 21;
+    assert_eq!(idr1, 0x0107_0294);
+    // IDR3: RIL bit 10. IDR5: OAS [2:0] = 48 bits (5), GRAN4K 4, GRAN16K 5,
+    // GRAN64K 6, VAX [11:10] = 0.
+    let f = Features::from_id_regs(&IdRegs {
+        idr0,
+        idr1,
+        idr3: 1 << 10,
+        idr5: 5 | 0x70,
+        iidr: 0,
+        aidr: 1,
+    })
+    .unwrap();
+    assert!(f.stage1 && f.stage2 && f.coherent && f.hyp && f.msi);
+    assert_eq!((f.asid_bits, f.vmid_bits), (16, 16));
+    assert!(f.two_level_strtab && f.cd2l && f.ril);
+    assert_eq!((f.sid_bits, f.ssid_bits), (20, 10));
+    assert_eq!((f.cmdq_max_log2, f.eventq_max_log2), (8, 7));
+    // IAS = OAS with AArch64-only tables.
+    assert_eq!((f.oas_bits, f.ias_bits), (48, 48));
+    assert!(f.granule_4k && f.granule_16k && f.granule_64k);
+}
+
+/// QEMU records the stall fields for F_WALK_EABT too (its `FullInfo`).
+#[test]
+fn events_walk_abort_stall() {
+    let raw = qemu_record(
+        0x0B,
+        1,
+        Some(0),
+        Some(0xBEEF),
+        (false, false, false),
+        false,
+        1,
+        0x2000,
+        0x8000_0008,
+    );
+    assert_eq!(raw[0], 0x0000_0001_0000_080B);
+    assert_eq!(raw[1], 0x0000_0100_8000_BEEF);
+    let e = Event::decode(raw);
+    assert_eq!((e.ssid, e.stall, e.stag), (Some(0), true, 0xBEEF));
+    assert_eq!(e.fetch_addr, Some(0x8000_0008));
+}
