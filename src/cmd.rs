@@ -172,6 +172,15 @@ impl TlbiRange {
         }
     }
 
+    /// Whether these fields are the combination IHI 0070 §4.4.1.1 reserves
+    /// for a range command (TG != 0): TTL, NUM and SCALE all 0. The SMMU
+    /// refuses such a command with CERROR_ILL; a one-granule range needs a
+    /// TTL, or the non-range form (what this driver's planners send), or
+    /// one more granule (what Linux does).
+    pub const fn is_reserved(&self) -> bool {
+        self.tg != 0 && self.ttl == 0 && self.num == 0 && self.scale == 0
+    }
+
     /// Number of granule pages the command covers: `(num + 1) * 2^scale`
     /// (saturating; the fields are masked to 5 bits).
     pub const fn pages(&self) -> u64 {
@@ -197,6 +206,13 @@ impl TlbiRange {
                 value: u64::from(self.tg),
             }));
         };
+        if self.is_reserved() {
+            // NUM = SCALE = 0: report the zero NUM.
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::TlbiRange,
+                value: 0,
+            }));
+        }
         let align = 1u64 << shift;
         if addr & (align - 1) != 0 {
             return Err(Error::Misaligned { addr, align });

@@ -225,10 +225,19 @@ impl RangePlan {
         let (addr, range) = match p.tg {
             None => (p.base.wrapping_add((i as u64) << p.granule_shift), None),
             Some(tg) => match range_piece(p.pages, tg, i) {
-                Some((before, r)) => (
-                    p.base.wrapping_add(before << p.granule_shift),
-                    Some(TlbiRange { ttl: p.ttl, ..r }),
-                ),
+                Some((before, r)) => {
+                    let r = TlbiRange { ttl: p.ttl, ..r };
+                    // A one-granule piece without a level hint would be
+                    // TG != 0 with TTL = NUM = SCALE = 0, which IHI 0070
+                    // §4.4.1.1 reserves (CERROR_ILL): send it as the
+                    // non-range command (TG = 0), which invalidates the
+                    // one translation holding the address, of any level.
+                    // (Linux instead covers one more granule.)
+                    (
+                        p.base.wrapping_add(before << p.granule_shift),
+                        (!r.is_reserved()).then_some(r),
+                    )
+                }
                 None => return self.fallback,
             },
         };
@@ -293,8 +302,10 @@ impl InvalidationHints {
 ///
 /// `granule_shift` (12, 14 or 16) is the stage-2 granule; the range is
 /// rounded out to whole granules. With `ril`, the fewest TLBI_S2_IPA range
-/// commands that cover exactly those granules; without, one TLBI_S2_IPA per
-/// granule. Precise commands are non-leaf (they also drop walk-cache entries,
+/// commands that cover exactly those granules (a one-granule piece without
+/// a TTL hint is sent in the non-range form: as a range it would be the
+/// reserved TTL = NUM = SCALE = 0, IHI 0070 §4.4.1.1); without, one
+/// TLBI_S2_IPA per granule. Precise commands are non-leaf (they also drop walk-cache entries,
 /// so the plan is safe after freeing tables). More than `max_commands`, a
 /// range reaching beyond 2^52, a range piece needing SCALE > 31 (with `ril`:
 /// 2^32 granules or more, e.g. 16 TiB of 4K pages), or an unknown granule

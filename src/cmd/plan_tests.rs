@@ -210,12 +210,56 @@ fn odd_ranges_are_covered_exactly() {
         assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
         let p = nh_invalidation(1, 2, addr, len, shift, true, 64);
         assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
+        // With a level hint there is no reserved piece: exact.
+        let p = s2_invalidation_hinted(
+            1,
+            addr,
+            len,
+            shift,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3)),
+        );
+        assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
     }
-    // 33 pages = 1 + 32: two commands (0b100001 needs two 5-bit windows).
+    // 33 pages = 1 + 32: two commands (0b100001 needs two 5-bit windows);
+    // the one-page piece is the non-range form, since as a range without
+    // TTL it would be the reserved NUM = SCALE = TTL = 0.
     assert_eq!(
-        s2_invalidation(1, 0, 33 << 12, 12, true, 64)
-            .commands()
-            .len(),
+        s2_invalidation(1, 0, 33 << 12, 12, true, 64).commands(),
+        &[
+            Command::TlbiS2Ipa {
+                vmid: 1,
+                addr: 0,
+                leaf: false,
+                range: None
+            },
+            Command::TlbiS2Ipa {
+                vmid: 1,
+                addr: 0x1000,
+                leaf: false,
+                range: Some(TlbiRange {
+                    num: 0,
+                    scale: 5,
+                    tg: 1,
+                    ttl: 0
+                })
+            }
+        ]
+    );
+    // With TTL 3, exactly 33: NUM 0 SCALE 0 then NUM 0 SCALE 5.
+    assert_eq!(
+        s2_invalidation_hinted(
+            1,
+            0,
+            33 << 12,
+            12,
+            true,
+            64,
+            InvalidationHints::leaves_at(Some(3))
+        )
+        .commands()
+        .len(),
         2
     );
     // 1 GiB + 4K: 1 + 2^18 pages -> two commands.
@@ -324,4 +368,55 @@ proptest! {
         prop_assert!(!p.is_fallback());
         prop_assert_eq!(pages_of(&p, shift), expected(addr, len, shift));
     }
+}
+
+/// IHI 0070 §4.4.1.1 (CMD_TLBI_* range fields): with TG != 0, a command
+/// whose TTL, NUM and SCALE are all 0 is reserved and fails with
+/// CERROR_ILL. The planners must never build one (a 1-page or 33-page
+/// non-leaf range used to be planned as TG = 1, TTL = 0, NUM = 0,
+/// SCALE = 0), and `validate` must refuse one.
+#[test]
+fn range_commands_are_never_the_reserved_encoding() {
+    let reserved = |c: &Command| match *c {
+        Command::TlbiS2Ipa { range: Some(r), .. } | Command::TlbiNhVa { range: Some(r), .. } => {
+            r.ttl == 0 && r.num == 0 && r.scale == 0
+        }
+        _ => false,
+    };
+    for pages in 1..=300u64 {
+        for hints in [
+            InvalidationHints::NONE,
+            InvalidationHints::leaves_at(None),
+            InvalidationHints::leaves_at(Some(3)),
+        ] {
+            for shift in [12u32, 14, 16] {
+                let len = pages << shift;
+                let base = 0x4000_0000u64;
+                for p in [
+                    s2_invalidation_hinted(7, base, len, shift, true, 64, hints),
+                    nh_invalidation_hinted(7, 9, base, len, shift, true, 64, hints),
+                ] {
+                    for c in p.commands() {
+                        assert!(!reserved(c), "{pages} pages, {hints:?}: {c:?}");
+                        c.validate().unwrap();
+                    }
+                    // Still covers exactly the granules of the range.
+                    if !p.is_fallback() {
+                        assert_eq!(pages_of(&p, shift), expected(base, len, shift));
+                    }
+                }
+            }
+        }
+    }
+    let r = TlbiRange {
+        num: 0,
+        scale: 0,
+        tg: 1,
+        ttl: 0,
+    };
+    assert!(Command::tlbi_s2_ipa(1, 0x1000, false, Some(r)).is_err());
+    assert!(Command::tlbi_nh_va(1, 2, 0x1000, true, Some(r)).is_err());
+    assert!(Command::tlbi_nh_vaa(1, 0x1000, false, Some(r)).is_err());
+    // With a level hint the same NUM/SCALE is a valid 1-page range.
+    assert!(Command::tlbi_s2_ipa(1, 0x1000, true, Some(TlbiRange { ttl: 3, ..r })).is_ok());
 }

@@ -200,7 +200,7 @@ fn validation() {
         num: 0,
         scale: 0,
         tg: 2,
-        ttl: 0,
+        ttl: 3,
     };
     assert_eq!(
         Command::tlbi_s2_ipa(1, 0x1000, false, Some(r16)),
@@ -210,6 +210,14 @@ fn validation() {
         })
     );
     assert!(Command::tlbi_s2_ipa(1, 0x4000, false, Some(r16)).is_ok());
+    // TTL = NUM = SCALE = 0 with TG != 0 is reserved (IHI 0070 §4.4.1.1).
+    assert_eq!(
+        Command::tlbi_s2_ipa(1, 0x4000, false, Some(TlbiRange { ttl: 0, ..r16 })),
+        Err(Error::Invalid(Invalid::Field {
+            field: Field::TlbiRange,
+            value: 0
+        }))
+    );
     let bad_tg = TlbiRange { tg: 0, ..r16 };
     assert_eq!(
         Command::tlbi_nh_vaa(1, 0, false, Some(bad_tg)),
@@ -248,7 +256,12 @@ fn validation() {
 fn arb_range() -> impl Strategy<Value = Option<TlbiRange>> {
     prop::option::of(
         (0u8..32, 0u8..32, 1u8..4, 0u8..4).prop_map(|(num, scale, tg, ttl)| TlbiRange {
-            num,
+            // Not the reserved TTL = NUM = SCALE = 0.
+            num: if ttl == 0 && scale == 0 && num == 0 {
+                1
+            } else {
+                num
+            },
             scale,
             tg,
             ttl,

@@ -311,6 +311,15 @@ fn transition_rows() -> Vec<Row> {
     let nest = Ste::nested(&s1(CD_A), &s2(1, TTB_A)).unwrap();
     let nest_cd = Ste::nested(&s1(CD_B), &s2(1, TTB_A)).unwrap();
     let nest_cd_vmid = Ste::nested(&s1(CD_B), &s2(2, TTB_A)).unwrap();
+    let nest_dss_bypass = Ste::nested(
+        &Stage1Ste {
+            s1cdmax: 8,
+            s1dss: 1,
+            ..s1(CD_A)
+        },
+        &s2(1, TTB_A),
+    )
+    .unwrap();
     let r = |name, from, to, linux, ours| Row {
         name,
         from,
@@ -380,6 +389,23 @@ fn transition_rows() -> Vec<Row> {
             s1a,
             Some((3, true)),
             (3, true),
+        ),
+        // Linux's nested cases: a nested STE whose CD table has S1DSS =
+        // bypass (Linux also sets EATS and MEV there, which this driver
+        // never sets: Linux needs a third sync to clear them).
+        r(
+            "nested s1dss bypass -> s2",
+            nest_dss_bypass,
+            s2a,
+            Some((3, true)),
+            (2, true),
+        ),
+        r(
+            "s2 -> nested s1dss bypass",
+            s2a,
+            nest_dss_bypass,
+            Some((2, true)),
+            (2, true),
         ),
         // Transitions Linux's test does not cover.
         r("invalid -> s2", Ste::invalid(), s2a, None, (2, true)),
