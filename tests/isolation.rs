@@ -32,7 +32,7 @@ use image::harness::{self, Failure, TestResult, check, check_eq, tests, try_ok};
 use smmuv3::domain::{DomainId, DomainOptions, ExternalStage2, MAX_RANGE_COMMANDS};
 use smmuv3::event::EventType;
 use smmuv3::expert::SteConfig;
-use smmuv3::expert::{self, Command, InvalidationPlan, TlbiRange};
+use smmuv3::expert::{self, Command, InvalidationPlan};
 use smmuv3::expert::{IdAllocator, IdKind};
 use smmuv3::fault::FaultSummary;
 use smmuv3::smmu::Config;
