@@ -74,8 +74,8 @@ mod fields {
         ],
         /// CD dword 2: TTB1 (unused by this driver: EPD1 = 1).
         pub CD_2 [
-            /// TTB1\[55:4\].
-            TTB1 OFFSET(4) NUMBITS(52) []
+            /// TTB1\[51:4\] (as TTB0; bits \[63:52\] are RES0).
+            TTB1 OFFSET(4) NUMBITS(48) []
         ],
         /// CD dword 3: memory attribute indirection.
         pub CD_3 [
@@ -431,9 +431,9 @@ mod tests {
         assert_eq!(Cd::invalid().used_bits(), [1 << 31, 0, 0, 0, 0, 0, 0, 0]);
         let c = cd(1, 0x1000);
         let u = c.used_bits();
-        // EPD1 = 1: T1SZ..SH1 [29:16] and TTB1 [55:4] are not read.
+        // EPD1 = 1: T1SZ..SH1 [29:16] and TTB1 [51:4] are not read.
         assert_eq!(u[0], !0x3FFF_0000);
-        assert_eq!(u[2], !0x00FF_FFFF_FFFF_FFF0);
+        assert_eq!(u[2], !0x000F_FFFF_FFFF_FFF0);
         assert_eq!(u[1], !0);
         assert_eq!(&u[3..], &[!0; 5]);
         // EPD1 = 0: everything.
