@@ -216,3 +216,5 @@ pub mod testing;
 
 #[cfg(test)]
 mod alloc_tests;
+#[cfg(test)]
+mod variants_tests;

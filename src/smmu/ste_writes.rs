@@ -63,6 +63,14 @@ impl<H: Hal> Smmu<H> {
         target: &Ste,
         submit: &mut dyn FnMut(&[Command]) -> Result<()>,
     ) -> Result<()> {
+        // The SMMU cannot fetch a CD or stage-2 table above 2^OAS.
+        let oa_limit = 1u64 << self.features.oas_bits;
+        let config = target.config();
+        let cd = matches!(config, SteConfig::Stage1 | SteConfig::Nested).then(|| target.cd_paddr());
+        let s2 = matches!(config, SteConfig::Stage2 | SteConfig::Nested).then(|| target.s2ttb());
+        if target.is_valid() && [cd, s2].into_iter().flatten().any(|a| a >= oa_limit) {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
         if strtab.ensure(sid)? && self.commands_live() {
             // A new level-2 table: drop anything cached for its range
             // (2^(7+1) = 256 StreamIDs).
