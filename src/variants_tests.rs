@@ -9,6 +9,7 @@ extern crate std;
 
 use std::format;
 use std::string::String;
+use std::vec::Vec;
 
 use proptest::prelude::*;
 
@@ -132,6 +133,16 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
     let f = *smmu.features();
     step!(Step::Enable, smmu.enable());
     check_enabled(model, &smmu);
+    // Events go round the event queue (1 entry with EVENTQS = 0) and come
+    // out in order, each once.
+    for i in 0..3u64 {
+        let addr = 0x8000_0000 + i * 0x1000;
+        assert!(model.inject_event(SmmuModel::translation_fault(7, addr, true)));
+        let mut seen = Vec::new();
+        smmu.service(|e| seen.push(e)).expect("service");
+        assert_eq!(seen.len(), 1, "event {i}");
+        assert_eq!((seen[0].sid, seen[0].input_addr), (7, Some(addr)));
+    }
 
     let Some(cfg) = stage2_for(&smmu) else {
         let e = smmu
@@ -256,6 +267,7 @@ fn check_tlbis(f: &crate::Features, cmds: &[[u64; 2]]) {
             if !f.ril {
                 assert_eq!(tg, 0, "range TLBI {c:x?} without IDR3.RIL");
                 assert_eq!(field(c[0], 12, 5) | field(c[0], 20, 5), 0);
+                assert_eq!(field(c[1], 8, 2), 0, "TTL hint {c:x?} without IDR3.RIL");
             }
         }
     }
@@ -287,6 +299,17 @@ fn check_ste(
     }
     // S1STALLD only where stalls exist; EATS never.
     assert_eq!(field(ste[1], 28, 2), 0, "EATS");
+    if f.stall_model != crate::features::StallModel::Stall {
+        assert_eq!(field(ste[1], 27, 1), 0, "S1STALLD without stalls");
+    }
+    // Walk attributes as CR1 says: WB/ISH coherent, NC/OSH otherwise.
+    let w = crate::smmu::WalkAttributes::for_coherency(f.coherent);
+    let attrs = |v: u64, at: u32| (field(v, at, 2), field(v, at + 2, 2), field(v, at + 4, 2));
+    let expected = (
+        u64::from(w.inner),
+        u64::from(w.outer),
+        u64::from(w.shareability),
+    );
     match info.stage {
         Stage::Stage2 => {
             assert_eq!(config, 0b110, "S2 translate");
@@ -305,6 +328,10 @@ fn check_ste(
             };
             assert!(f.supports_granule(g));
             assert_eq!(ste[3] & 0x000F_FFFF_FFFF_FFF0, info.root);
+            // S2AA64 = 1, S2ENDI = 0 (little-endian), S2S = 0.
+            assert_eq!(field(ste[2], 51, 2), 0b01, "S2AA64/S2ENDI");
+            assert_eq!(field(ste[2], 57, 1), 0, "S2S");
+            assert_eq!(attrs(ste[2], 40), expected, "S2IR0/S2OR0/S2SH0");
         }
         Stage::Stage1 => {
             assert_eq!(config, 0b101, "S1 translate");
@@ -319,6 +346,18 @@ fn check_ste(
             assert!(ips <= oas_encoding(f.oas_bits), "CD.IPS {ips}");
             assert_eq!(field(cd[0], 48, 16), u64::from(info.asid.unwrap()));
             assert_eq!(cd[1] & 0x000F_FFFF_FFFF_FFF0, info.root);
+            // AA64, little-endian, no TTB1 walks, no stall (S), HA/HD
+            // only with HTTU.
+            assert_eq!(field(cd[0], 41, 1), 1, "CD.AA64");
+            assert_eq!(field(cd[0], 15, 1), 0, "CD.ENDI");
+            assert_eq!(field(cd[0], 30, 1), 1, "CD.EPD1");
+            assert_eq!(field(cd[0], 44, 1), 0, "CD.S");
+            if f.httu == crate::features::Httu::None {
+                assert_eq!(field(cd[0], 42, 2), 0, "CD.HA/HD without HTTU");
+            }
+            assert_eq!(attrs(cd[0], 8), expected, "CD IR0/OR0/SH0");
+            // The CD fetch itself: S1CIR/S1COR/S1CSH.
+            assert_eq!(attrs(ste[1], 2), expected, "S1CIR/S1COR/S1CSH");
             if f.stage2 {
                 assert_eq!(field(ste[2], 0, 16), u64::from(info.vmid));
             }
@@ -805,6 +844,25 @@ fn substreams_and_two_level_cd_tables() {
     }
 }
 
+/// Implementations with errata keyed by IIDR: MMU-600 r0p0 (no SEV, no
+/// nesting), MMU-600 r2p0, MMU-700 (forced CMD_SYNCs, no BTM, no nesting).
+#[test]
+fn implementations_with_errata() {
+    for iidr in [
+        0x4830_043B,
+        0x4832_043B,
+        0x4871_143B,
+        0x0000_0000,
+        0x1234_5678,
+    ] {
+        for s1 in [false, true] {
+            let model = b().id_register(0x18, iidr).stage2(!s1).build();
+            let run = lifecycle(&model, Opts::default());
+            assert!(run.failed.is_none(), "IIDR {iidr:#x}: {:?}", run.failed);
+        }
+    }
+}
+
 // --- Every ID register value ------------------------------------------------
 
 /// `Smmu::new` + `enable` (+ a domain, when there is one to create) never
@@ -838,11 +896,44 @@ fn never_panics(idr0: u32, idr1: u32, idr3: u32, idr5: u32, iidr: u32, aidr: u32
     format!("{r:?}")
 }
 
+/// The whole lifecycle, with every check `lifecycle` makes, on arbitrary
+/// ID registers: it completes or stops with an error (any error a variant
+/// may meet is typed; the variant tests above pin which).
+fn lifecycle_on(idr: [u32; 6]) -> Run {
+    let model = b()
+        .id_register(0x00, idr[0])
+        .id_register(0x04, idr[1])
+        .id_register(0x0C, idr[2])
+        .id_register(0x14, idr[3])
+        .id_register(0x18, idr[4])
+        .id_register(0x1C, idr[5])
+        .build();
+    lifecycle(&model, Opts::default())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn any_id_registers(idr0: u32, idr1: u32, idr3: u32, idr5: u32, iidr: u32, aidr: u32) {
         let _ = never_panics(idr0, idr1, idr3, idr5, iidr, aidr);
+        let _ = lifecycle_on([idr0, idr1, idr3, idr5, iidr, aidr]);
+    }
+
+    /// Random ID registers that probe (a stage, AArch64 tables, not
+    /// big-endian only, no preset or relative bases, no forced stall, OAS
+    /// 48 or 52 so the host heap is reachable, at least one granule):
+    /// the lifecycle completes.
+    #[test]
+    fn drivable_id_registers_complete(idr0: u32, idr1: u32, idr3: u32, idr5: u32, iidr: u32, aidr in 0u32..4) {
+        let mut idr0 = idr0 | 1 << 3; // TTF: AArch64 (+ AArch32)
+        if idr0 & 3 == 0 { idr0 |= 1; }
+        if (idr0 >> 21) & 1 == 1 { idr0 &= !(3 << 21); } // TTENDIAN 0 or 2
+        if (idr0 >> 24) & 3 == 2 { idr0 &= !(3 << 24); }
+        let idr1 = idr1 & !(7 << 28);
+        let mut idr5 = (idr5 & !7) | 5 | (idr5 & 1) << 1;
+        if idr5 & 0x70 == 0 { idr5 |= 1 << 4; }
+        let run = lifecycle_on([idr0, idr1, idr3, idr5, iidr, aidr]);
+        prop_assert!(run.failed.is_none(), "{:x?}: {:?}", [idr0, idr1, idr3, idr5, iidr, aidr], run.failed);
     }
 
     /// Around the ID registers QEMU reports: one field at a time.
