@@ -791,6 +791,28 @@ fn architecture_versions() {
     }
 }
 
+/// OAS = 0b110 is 52 bits from SMMUv3.1 and reserved in SMMUv3.0: a
+/// 52-bit stage 2 (64K granule) is refused there, not programmed with
+/// S2PS = 52 bits.
+#[test]
+fn oas_52_needs_smmuv3_1() {
+    for (aidr, oas) in [(0, 48), (1, 52), (2, 52), (3, 52)] {
+        let model = b().oas(6).id_register(0x1C, aidr).build();
+        completes(b().oas(6).id_register(0x1C, aidr).build());
+        // SAFETY: the model outlives the driver; nothing else drives it.
+        let smmu = unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+        assert_eq!(smmu.features().oas_bits, oas, "SMMUv3.{aidr}");
+        smmu.enable().unwrap();
+        let big = DomainOptions::new(Stage2Config::new(Granule::K64, 52, 52).unwrap());
+        let r = smmu.create_domain(big);
+        if oas == 52 {
+            r.unwrap();
+        } else {
+            assert_eq!(r, Err(Error::Unsupported(Unsupported::AddressSize)));
+        }
+    }
+}
+
 #[test]
 fn range_invalidation_present_and_absent() {
     for ril in [false, true] {
