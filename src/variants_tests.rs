@@ -339,6 +339,10 @@ fn check_ste(
             assert_eq!(cd_ptr >> f.oas_bits, 0, "S1ContextPtr above OAS");
             let cdmax = field(ste[0], 59, 5);
             assert!(cdmax <= u64::from(f.ssid_bits), "S1CDMAX {cdmax}");
+            if cdmax > 0 {
+                // Traffic without a SubstreamID uses CD 0 (S1DSS = 0b10).
+                assert_eq!(field(ste[1], 0, 2), 0b10, "S1DSS");
+            }
             // The CD the STE points at (S1FMT linear / 2-level).
             let cd = read_cd(cd_ptr, field(ste[0], 4, 2), cdmax);
             assert_eq!(cd[0] >> 31 & 1, 1, "CD valid");
@@ -861,28 +865,67 @@ fn substreams_and_two_level_cd_tables() {
                     "SSIDSIZE {ssid} CD2L {cd2l} S2 {s2}: {:?}",
                     run.failed
                 );
+                substreams_on(&model, ssid);
             }
         }
     }
 }
 
-/// Implementations with errata keyed by IIDR: MMU-600 r0p0 (no SEV, no
-/// nesting), MMU-600 r2p0, MMU-700 (forced CMD_SYNCs, no BTM, no nesting).
-#[test]
-fn implementations_with_errata() {
-    for iidr in [
-        0x4830_043B,
-        0x4832_043B,
-        0x4871_143B,
-        0x0000_0000,
-        0x1234_5678,
-    ] {
-        for s1 in [false, true] {
-            let model = b().id_register(0x18, iidr).stage2(!s1).build();
-            let run = lifecycle(&model, Opts::default());
-            assert!(run.failed.is_none(), "IIDR {iidr:#x}: {:?}", run.failed);
-        }
+/// A second stage-1 domain on the highest SubstreamID the CD table has:
+/// its CD is found where the SMMU looks for it (linear or two-level).
+fn substreams_on(model: &SmmuModel, ssid_bits: u8) {
+    use crate::cdtable::SubstreamError;
+    // SAFETY: the model outlives the driver; nothing else drives it.
+    let smmu = unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+    smmu.enable().unwrap();
+    let options = DomainOptions {
+        stage: StagePolicy::Stage1,
+        ..DomainOptions::new(stage2_for(&smmu).unwrap())
+    };
+    let (a, b) = (
+        smmu.create_domain(options).unwrap(),
+        smmu.create_domain(options).unwrap(),
+    );
+    smmu.attach(a, 3).unwrap();
+    let ste = model.ste(3).unwrap().0;
+    let cdmax = field(ste[0], 59, 5) as u32;
+    assert_eq!(cdmax, u32::from(ssid_bits.min(8)));
+    let last = (1u32 << cdmax) - 1;
+    let r = smmu.attach_ssid(b, 3, last);
+    if cdmax == 0 {
+        // No substreams: the stream has a single CD, no CD table (the
+        // documented error for an SMMU without substreams).
+        assert_eq!(r, Err(SubstreamError::NoCdTable(3).into()));
+        return;
     }
+    r.unwrap();
+    let ste = model.ste(3).unwrap().0;
+    let table = ste[0] & 0x000F_FFFF_FFFF_FFC0;
+    let cd_addr = match field(ste[0], 4, 2) {
+        0 => table + u64::from(last) * 64,
+        fmt => {
+            let leaf_bits = if fmt == 1 { 6 } else { 10 };
+            // SAFETY: identity-mapped HostHal memory the STE points at.
+            let l1 = unsafe {
+                (table as usize as *const u64)
+                    .add((last >> leaf_bits) as usize)
+                    .read_volatile()
+            };
+            assert_eq!(l1 & 1, 1, "L1CD valid");
+            (l1 & 0x000F_FFFF_FFFF_F000) + u64::from(last & ((1 << leaf_bits) - 1)) * 64
+        }
+    };
+    // SAFETY: as above.
+    let cd0 = unsafe { (cd_addr as usize as *const u64).read_volatile() };
+    let info = smmu.domain_info(b).unwrap();
+    assert_eq!(cd0 >> 31 & 1, 1, "CD valid");
+    assert_eq!(field(cd0, 48, 16), u64::from(info.asid.unwrap()));
+    assert!(smmu.attach_ssid(b, 3, last + 1).is_err());
+    smmu.detach_ssid(3, last).unwrap();
+    smmu.detach(3).unwrap();
+    smmu.destroy_domain(a).unwrap();
+    smmu.destroy_domain(b).unwrap();
+    smmu.disable().unwrap();
 }
 
 // --- Every ID register value ------------------------------------------------
