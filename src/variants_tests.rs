@@ -835,8 +835,44 @@ fn break_before_make_levels() {
             let model = b().id_field(0x0C, 11, 2, bbml).stage2(!s1).build();
             let run = lifecycle(&model, Opts::default());
             assert!(run.failed.is_none(), "BBML {bbml}: {:?}", run.failed);
+            for cpu_bbml2 in [false, true] {
+                split_a_block(&model, cpu_bbml2);
+            }
         }
     }
+}
+
+/// Maps a block, unmaps one page in its middle (a split: in place with
+/// BBML2 on both sides, break-before-make otherwise) and checks what is
+/// left, for every granule the SMMU has.
+fn split_a_block(model: &SmmuModel, cpu_bbml2: bool) {
+    // SAFETY: the model outlives the driver; nothing else drives it.
+    let smmu = unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+    smmu.enable().unwrap();
+    let cfg = stage2_for(&smmu).unwrap();
+    let page = granule_bytes(cfg.granule());
+    // Level-2 block: 2 MiB (4K), 32 MiB (16K), 512 MiB (64K).
+    let block = page << (cfg.granule().shift() - 3);
+    let options = DomainOptions {
+        cpu_bbml2,
+        ..DomainOptions::new(cfg)
+    };
+    let id = smmu.create_domain(options).unwrap();
+    smmu.attach(id, 1).unwrap();
+    let (ipa, pa) = (block, 2 * block);
+    smmu.map(id, ipa, pa, block, Perm::ReadWrite).unwrap();
+    assert_eq!(smmu.translate(id, ipa).unwrap().unwrap().size, block);
+    smmu.unmap(id, ipa + page, page).unwrap();
+    assert_eq!(smmu.translate(id, ipa + page).unwrap(), None);
+    for at in [0, 2 * page, block - page] {
+        let t = smmu.translate(id, ipa + at).unwrap().expect("still mapped");
+        assert_eq!(t.pa, pa + at);
+    }
+    smmu.unmap(id, ipa, page).unwrap();
+    smmu.unmap(id, ipa + 2 * page, block - 2 * page).unwrap();
+    smmu.detach(1).unwrap();
+    smmu.destroy_domain(id).unwrap();
+    smmu.disable().unwrap();
 }
 
 #[test]
