@@ -511,6 +511,73 @@ fn two_level_stream_tables() {
     }
 }
 
+/// StreamTableChoice::Linear / TwoLevel / Auto on every ST_LEVEL and
+/// SIDSIZE: a table that covers min(SIDSIZE, 16 or 24) bits, or a typed
+/// refusal (two-level asked of a linear-only SMMU; two-level below SPLIT).
+#[test]
+fn stream_table_choices() {
+    use crate::StreamTableChoice;
+    use crate::strtab::Format;
+    for two_level in [false, true] {
+        for sid_bits in [0u8, 5, 8, 9, 16, 17, 24, 25, 32] {
+            for choice in [
+                StreamTableChoice::Auto,
+                StreamTableChoice::Linear,
+                StreamTableChoice::TwoLevel,
+            ] {
+                let model = b().two_level_strtab(two_level).sid_bits(sid_bits).build();
+                let config = Config {
+                    stream_table: choice,
+                    ..Opts::default().config
+                };
+                // SAFETY: the model outlives the driver; nothing else drives it.
+                let r = unsafe { Smmu::<FakeHal>::new(model.base(), config) };
+                let what = format!("ST_LEVEL {two_level} SIDSIZE {sid_bits} {choice:?}");
+                let smmu = match (choice, two_level, r) {
+                    (StreamTableChoice::TwoLevel, false, r) => {
+                        assert_eq!(
+                            r.err(),
+                            Some(Error::Unsupported(Unsupported::TwoLevelStreamTable)),
+                            "{what}"
+                        );
+                        continue;
+                    }
+                    (StreamTableChoice::TwoLevel, true, Err(e)) if sid_bits < 8 => {
+                        assert!(matches!(e, Error::Invalid(_)), "{what}: {e:?}");
+                        continue;
+                    }
+                    (_, _, r) => r.unwrap_or_else(|e| panic!("{what}: {e:?}")),
+                };
+                let max = match smmu.stream_table_format() {
+                    Format::Linear => 16,
+                    Format::TwoLevel => 24,
+                };
+                let bits = u32::from(sid_bits).min(max);
+                assert_eq!(smmu.sid_limit(), 1 << bits, "{what}");
+                smmu.enable().unwrap();
+                let last = ((1u64 << bits) - 1) as u32;
+                smmu.set_bypass(last).unwrap();
+                assert_eq!(model.ste(last).unwrap(), smmu.ste(last).unwrap());
+                assert_eq!(
+                    model.ste(last).unwrap().config(),
+                    crate::ste::SteConfig::Bypass
+                );
+                if bits < 32 {
+                    assert_eq!(
+                        smmu.set_bypass(last + 1),
+                        Err(Error::SidOutOfRange {
+                            sid: last + 1,
+                            limit: 1 << bits
+                        }),
+                        "{what}"
+                    );
+                }
+                smmu.disable().unwrap();
+            }
+        }
+    }
+}
+
 // --- Widths -----------------------------------------------------------------
 
 #[test]
