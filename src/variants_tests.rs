@@ -139,7 +139,26 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
         let addr = 0x8000_0000 + i * 0x1000;
         assert!(model.inject_event(SmmuModel::translation_fault(7, addr, true)));
         let mut seen = Vec::new();
+        start_trace();
         smmu.service(|e| seen.push(e)).expect("service");
+        let trace = take_trace();
+        if !f.coherent {
+            // The record is read from memory: its lines invalidated first.
+            let read = trace
+                .iter()
+                .position(|t| matches!(t, Trace::EntryRead { .. }))
+                .expect("a record read");
+            let Trace::EntryRead { addr } = trace[read] else {
+                unreachable!()
+            };
+            assert!(
+                trace[..read]
+                    .iter()
+                    .any(|t| matches!(t, Trace::Invalidate { addr: a, len }
+                    if *a <= addr && addr + 32 <= a + len)),
+                "event record read without invalidating it: {trace:?}"
+            );
+        }
         assert_eq!(seen.len(), 1, "event {i}");
         assert_eq!((seen[0].sid, seen[0].input_addr), (7, Some(addr)));
     }
@@ -155,10 +174,10 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
     };
     let stage = smmu.domain_stage(StagePolicy::Auto).expect("a stage");
     run.stage = Some(stage);
-    let id = step!(
-        Step::CreateDomain,
-        smmu.create_domain(DomainOptions::new(cfg))
-    );
+    start_trace();
+    let created = smmu.create_domain(DomainOptions::new(cfg));
+    let create_trace = take_trace();
+    let id = step!(Step::CreateDomain, created);
     let info = smmu.domain_info(id).unwrap();
     assert_eq!(info.stage, stage);
     if stage == Stage::Stage2 {
@@ -198,6 +217,25 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
     let ste = model.ste(sid).expect("the model finds the STE");
     assert_eq!(ste, smmu.ste(sid).unwrap());
     check_ste(model, &smmu, &info, cfg, sid, ste.0, &trace);
+    if !f.coherent && stage == Stage::Stage1 {
+        // The CD (written at creation, or copied at attach) was cleaned.
+        let cd = ste.cd_paddr();
+        let cdmax = field(ste.0[0], 59, 5);
+        let cd = if cdmax == 0 || field(ste.0[0], 4, 2) == 0 {
+            cd
+        } else {
+            // SAFETY: identity-mapped HostHal memory the STE points at.
+            unsafe { (cd as usize as *const u64).read_volatile() & 0x000F_FFFF_FFFF_F000 }
+        };
+        assert!(
+            create_trace
+                .iter()
+                .chain(&trace)
+                .any(|t| matches!(t, Trace::Clean { addr: a, len }
+                if (*a as u64) <= cd && cd + 64 <= *a as u64 + *len as u64)),
+            "CD of a non-coherent SMMU never cleaned"
+        );
+    }
     step!(Step::Detach, smmu.detach(sid));
     assert_eq!(
         model.ste(sid).unwrap().config(),
