@@ -394,6 +394,7 @@ fn check_ste(
             assert_eq!(field(cd[0], 15, 1), 0, "CD.ENDI");
             assert_eq!(field(cd[0], 30, 1), 1, "CD.EPD1");
             assert_eq!(field(cd[0], 44, 1), 0, "CD.S");
+            assert_eq!(field(cd[0], 45, 2), 0b11, "CD.R and CD.A");
             if f.httu == crate::features::Httu::None {
                 assert_eq!(field(cd[0], 42, 2), 0, "CD.HA/HD without HTTU");
             }
@@ -1067,6 +1068,65 @@ fn substreams_on(model: &SmmuModel, ssid_bits: u8) {
     smmu.destroy_domain(a).unwrap();
     smmu.destroy_domain(b).unwrap();
     smmu.disable().unwrap();
+}
+
+/// Implementations with errata keyed by IIDR: MMU-600 r0p0 (no SEV, no
+/// nesting), MMU-600 r2p0, MMU-700 (forced CMD_SYNCs, no BTM, no nesting).
+#[test]
+fn implementations_with_errata() {
+    for iidr in [
+        0x4830_043B,
+        0x4832_043B,
+        0x4871_143B,
+        0x0000_0000,
+        0x1234_5678,
+    ] {
+        for s1 in [false, true] {
+            let model = b().id_register(0x18, iidr).stage2(!s1).build();
+            let run = lifecycle(&model, Opts::default());
+            assert!(run.failed.is_none(), "IIDR {iidr:#x}: {:?}", run.failed);
+        }
+    }
+    // MMU-700 (erratum 2812531): at most 63 commands before a CMD_SYNC,
+    // also in an unmap of 100 pages without range invalidation.
+    for s1 in [false, true] {
+        let model = b()
+            .id_register(0x18, 0x4871_143B)
+            .ril(false)
+            .stage2(!s1)
+            .build();
+        // SAFETY: the model outlives the driver; nothing else drives it.
+        let smmu = unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+        smmu.enable().unwrap();
+        let id = smmu
+            .create_domain(DomainOptions::new(stage2_for(&smmu).unwrap()))
+            .unwrap();
+        smmu.map(id, 0x100_0000, 0x200_0000, 100 << 12, Perm::Read)
+            .unwrap();
+        let before = model.commands().len();
+        smmu.unmap(id, 0x100_0000, 100 << 12).unwrap();
+        let mut run = 0;
+        for c in &model.commands()[before..] {
+            if c[0] & 0xFF == 0x46 {
+                run = 0;
+            } else {
+                run += 1;
+                assert!(run <= 63, "{run} commands without a CMD_SYNC");
+            }
+        }
+        assert_eq!(run, 0, "ends with a CMD_SYNC");
+    }
+}
+
+/// IDR0.TERM_MODEL = 1: the SMMU cannot terminate with RAZ/WI, so every
+/// CD must abort (CD.A = 1) and record (CD.R = 1) faults.
+#[test]
+fn terminate_model() {
+    for s2 in [false, true] {
+        let model = idr0(b(), 26, 1, 1).stage2(s2).build();
+        let run = lifecycle(&model, Opts::default());
+        assert!(run.failed.is_none(), "{:?}", run.failed);
+    }
 }
 
 // --- Every ID register value ------------------------------------------------
