@@ -652,6 +652,44 @@ fn vmid_and_asid_widths() {
     }
 }
 
+/// 8-bit VMIDs and ASIDs run out after 255 domains (0 is reserved), with
+/// a typed error; a freed one is reused.
+#[test]
+fn eight_bit_identifiers_run_out_typed() {
+    for s1 in [false, true] {
+        let model = b().vmid16(false).asid16(false).stage2(!s1).build();
+        // SAFETY: the model outlives the driver; nothing else drives it.
+        let smmu = unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+        smmu.enable().unwrap();
+        let options = DomainOptions::new(stage2_for(&smmu).unwrap());
+        let mut ids = Vec::new();
+        let err = loop {
+            match smmu.create_domain(options) {
+                Ok(id) => ids.push(id),
+                Err(e) => break e,
+            }
+            assert!(ids.len() <= 256, "more domains than 8-bit identifiers");
+        };
+        assert_eq!(ids.len(), 255, "s1 {s1}: {err:?}");
+        let expected = if s1 {
+            Error::AsidExhausted
+        } else {
+            Error::VmidExhausted
+        };
+        assert_eq!(err, expected);
+        for id in &ids {
+            let info = smmu.domain_info(*id).unwrap();
+            let tag = if s1 { info.asid.unwrap() } else { info.vmid };
+            assert!(tag != 0 && tag < 256);
+        }
+        smmu.destroy_domain(ids.pop().unwrap()).unwrap();
+        ids.push(smmu.create_domain(options).unwrap());
+        for id in ids {
+            smmu.destroy_domain(id).unwrap();
+        }
+    }
+}
+
 // --- Table formats and endianness --------------------------------------------
 
 #[test]
@@ -816,6 +854,24 @@ fn non_coherent() {
         let run = lifecycle(&model, Opts::default());
         assert!(run.failed.is_none(), "{:?}", run.failed);
         assert!(FakeHal::cleaned_bytes() > cleaned);
+    }
+    // The firmware's word (dma-coherent, IORT CCA) overrides COHACC either
+    // way; `lifecycle` checks CR1, walk attributes and cleaning against it.
+    for (cohacc, firmware) in [(true, false), (false, true)] {
+        for s1 in [false, true] {
+            let model = b().coherent(cohacc).stage2(!s1).build();
+            let opts = Opts {
+                config: Config {
+                    firmware_coherent: Some(firmware),
+                    ..Opts::default().config
+                },
+                sid: None,
+            };
+            let run = lifecycle(&model, opts);
+            assert!(run.failed.is_none(), "{:?}", run.failed);
+            let cr1 = model.read32(CR1);
+            assert_eq!(cr1, if firmware { 0xD75 } else { 0x820 });
+        }
     }
 }
 
