@@ -204,6 +204,24 @@ impl ModelBuilder {
     /// Sets the `bits`-bit field at `shift` of the ID register at `offset`
     /// (as [`ModelBuilder::id_register`]) to `value`, for fields without
     /// their own setter (IDR0.TTF, TTENDIAN, STALL_MODEL, IDR3.BBML, ...).
+    ///
+    /// ```
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// use smmuv3::{Config, Error, Smmu, Unsupported};
+    ///
+    /// // IDR0.TTENDIAN (bits [22:21]) = 0b11: big-endian tables only.
+    /// let model = SmmuModel::builder().id_field(0x00, 21, 2, 0b11).build();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let r = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) };
+    /// assert_eq!(r.err(), Some(Error::Unsupported(Unsupported::BigEndianOnly)));
+    /// // A 16K-only SMMU (IDR5.GRAN16K) with 8-bit ASIDs.
+    /// let model = SmmuModel::builder().granules(1 << 5).asid16(false).build();
+    /// // SAFETY: as above.
+    /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
+    /// assert!(smmu.features().granule_16k && !smmu.features().granule_4k);
+    /// assert_eq!(smmu.features().asid_bits, 8);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
     pub fn id_field(self, offset: usize, shift: u32, bits: u32, value: u32) -> Self {
         let current = match offset {
             off::IDR0 => self.idr0,
