@@ -1298,6 +1298,15 @@ fn ste_pointers_above_oas_are_refused() {
         Ste::stage2(&s2).unwrap(),
         Ste::stage1(&Stage1Ste::new(1 << 48, 0)).unwrap(),
         Ste::nested(&Stage1Ste::new(0x1000, 1), &s2).unwrap(),
+        // Nested, S1ContextPtr is an IPA: at most IAS (48 bits here).
+        Ste::nested(
+            &Stage1Ste::new(1 << 48, 1),
+            &Stage2Ste {
+                ttb: 0x10_0000,
+                ..s2
+            },
+        )
+        .unwrap(),
     ] {
         // SAFETY: refused before anything is written.
         let r = unsafe { smmu.write_ste_unchecked(3, &ste) };
