@@ -192,6 +192,14 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
         assert!(u32::from(asid) < 1 << f.asid_bits, "ASID {asid}");
     }
     assert_eq!(info.root >> f.oas_bits, 0, "table root above OAS");
+    // VTCR_EL2 of the domain: PS within OAS, T0SZ within IAS (and OAS).
+    let ps = field(info.vtcr, 16, 3);
+    assert!(ps <= oas_encoding(f.oas_bits), "VTCR.PS {ps}");
+    let ipa = 64 - field(info.vtcr, 0, 6);
+    assert!(
+        ipa <= u64::from(f.ias_bits.min(f.oas_bits)),
+        "VTCR.T0SZ: {ipa} bits"
+    );
 
     let page = granule_bytes(cfg.granule());
     let (ipa, pa) = (0x10_0000u64, 0x20_0000u64);
