@@ -211,7 +211,33 @@ fn lifecycle(model: &SmmuModel, opts: Opts) -> Run {
     let t = smmu.translate(id, ipa + 8).unwrap().expect("mapped");
     assert_eq!(t.pa, pa + 8);
     let before = model.commands().len();
-    step!(Step::Unmap, smmu.unmap(id, ipa, page));
+    start_trace();
+    let unmapped = smmu.unmap(id, ipa, page);
+    let unmap_trace = take_trace();
+    step!(Step::Unmap, unmapped);
+    if !f.coherent {
+        // Every command published through CMDQ_PROD was cleaned first.
+        let base = model.read64(CMDQ_BASE);
+        let (q, log2) = ((base & 0x000F_FFFF_FFFF_FFE0) as usize, base & 0x1F);
+        let q_end = q + (16 << log2);
+        let mut cleaned = false;
+        let mut publishes = 0;
+        for t in &unmap_trace {
+            match *t {
+                Trace::Clean { addr, len } if addr >= q && addr + len <= q_end => cleaned = true,
+                Trace::Write { offset: 0x98, .. } => {
+                    assert!(
+                        cleaned,
+                        "CMDQ_PROD written before the commands were cleaned"
+                    );
+                    cleaned = false;
+                    publishes += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(publishes > 0);
+    }
     assert_eq!(smmu.translate(id, ipa).unwrap(), None);
     check_tlbis(&f, &model.commands()[before..]);
 
