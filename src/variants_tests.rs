@@ -651,6 +651,17 @@ fn stream_table_choices() {
     }
 }
 
+/// IDR0.ST_LEVEL = 0b10 / 0b11 (reserved) are read as linear only.
+#[test]
+fn reserved_stream_table_levels_are_linear() {
+    for level in [2, 3] {
+        let model = idr0(b(), 27, 2, level).sid_bits(20).build();
+        let run = lifecycle(&model, Opts::default());
+        assert!(run.failed.is_none(), "{:?}", run.failed);
+        assert_eq!(model.read32(STRTAB_BASE_CFG), 16, "linear, 16 bits");
+    }
+}
+
 // --- Widths -----------------------------------------------------------------
 
 #[test]
