@@ -347,7 +347,7 @@ fn check_tlbis(f: &crate::Features, cmds: &[[u64; 2]]) {
 
 /// The STE the model holds for an attached stream.
 fn check_ste(
-    _model: &SmmuModel,
+    model: &SmmuModel,
     smmu: &Smmu<FakeHal>,
     info: &crate::DomainInfo,
     cfg: Stage2Config,
@@ -360,7 +360,7 @@ fn check_ste(
     let config = field(ste[0], 1, 3);
     if !f.coherent {
         // The STE's 64 bytes were cleaned after being written.
-        let addr = ste_addr(_model, sid);
+        let addr = ste_addr(model, sid);
         assert!(
             trace
                 .iter()
@@ -870,6 +870,30 @@ fn small_queues() {
             );
             assert_eq!(model.read64(CMDQ_BASE) & 0x1F, u64::from(cmdqs));
             assert_eq!(model.read64(EVENTQ_BASE) & 0x1F, u64::from(eventqs));
+        }
+        // Batches longer than the queue: 16 per-page TLBIs (no RIL) and a
+        // CMD_SYNC through a queue of 2^CMDQS entries.
+        for s1 in [false, true] {
+            let model = b().queue_log2(cmdqs, 0).ril(false).stage2(!s1).build();
+            // SAFETY: the model outlives the driver; nothing else drives it.
+            let smmu =
+                unsafe { Smmu::<FakeHal>::new(model.base(), Opts::default().config) }.unwrap();
+            smmu.enable().unwrap();
+            let id = smmu
+                .create_domain(DomainOptions::new(stage2_for(&smmu).unwrap()))
+                .unwrap();
+            smmu.map(id, 0x10_0000, 0x20_0000, 0x1_0000, Perm::Read)
+                .unwrap();
+            let before = model.commands().len();
+            smmu.unmap(id, 0x10_0000, 0x1_0000).unwrap();
+            let cmds = &model.commands()[before..];
+            let tlbis = cmds
+                .iter()
+                .filter(|c| matches!(c[0] & 0xFF, 0x12 | 0x2A))
+                .count();
+            assert_eq!(tlbis, 16, "CMDQS {cmdqs} s1 {s1}: {cmds:x?}");
+            assert_eq!(cmds.last().unwrap()[0] & 0xFF, 0x46, "ends with CMD_SYNC");
+            smmu.destroy_domain(id).unwrap();
         }
     }
 }
