@@ -210,6 +210,12 @@ impl<H: Hal> Smmu<H> {
     /// Probes the SMMU at `base` and allocates its stream table and queues.
     /// The SMMU itself is not reprogrammed until [`Smmu::enable`].
     ///
+    /// Errors: what [`Features::from_id_regs`] refuses;
+    /// [`Unsupported::AddressSize`] when the HAL's memory for the stream
+    /// table or a queue lies above 2^OAS (IDR5.OAS), where the SMMU cannot
+    /// reach it (the base registers do not hold address bits above OAS);
+    /// [`Error::NoMemory`] and the HAL errors of [`crate::Dma::new`].
+    ///
     /// # Safety
     ///
     /// `base` is the virtual address of the SMMU's register pages 0 and 1
