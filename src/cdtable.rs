@@ -226,6 +226,9 @@ pub(crate) struct CdTable<H: Hal> {
     leaves: VecMap<u32, Dma<H>>,
     /// SSID -> domain using it.
     pub(crate) users: VecMap<u32, u32>,
+    /// The SMMU's output address limit, 2^OAS: the table and its leaves
+    /// must lie below it ([`CdTable::with_output_size`]).
+    oa_limit: u64,
 }
 
 /// Where one CD lives: the region and the index of its first dword.
@@ -282,7 +285,20 @@ impl<H: Hal> CdTable<H> {
             root,
             leaves: VecMap::new(),
             users: VecMap::new(),
+            oa_limit: u64::MAX,
         })
+    }
+
+    /// Limits the table's memory to the SMMU's output address size
+    /// (IDR5.OAS), which the SMMU cannot fetch CDs above: fails with
+    /// [`Error::Unsupported`]`(AddressSize)` when the HAL's memory for the
+    /// table (now, or a leaf later) lies above it.
+    pub(crate) fn with_output_size(mut self, oas_bits: u32) -> Result<Self> {
+        self.oa_limit = 1u64.checked_shl(oas_bits).unwrap_or(u64::MAX);
+        if !crate::strtab::reachable(self.root.paddr(), self.root.size(), self.oa_limit) {
+            return Err(Error::Unsupported(crate::error::Unsupported::AddressSize));
+        }
+        Ok(self)
     }
 
     /// The table's format.
@@ -357,6 +373,9 @@ impl<H: Hal> CdTable<H> {
         self.leaves.reserve(1)?;
         let bytes = CD_BYTES << leaf.bits();
         let mem = Dma::<H>::new(bytes, bytes, self.coherent)?;
+        if !crate::strtab::reachable(mem.paddr(), mem.size(), self.oa_limit) {
+            return Err(Error::Unsupported(crate::error::Unsupported::AddressSize));
+        }
         // The leaf (all CDs V = 0) is visible to the SMMU before the L1CD
         // that makes it reachable.
         mem.publish(0, mem.len_u64());

@@ -172,3 +172,23 @@ fn single_cd_to_table_ste_is_planned_safely() {
     }
     let _ = Cd::invalid();
 }
+
+/// A CD table (or leaf) the SMMU cannot reach, above 2^OAS, is refused.
+#[test]
+fn tables_above_the_output_size_are_refused() {
+    let t = CdTable::<FakeHal>::new(CdFormat::Linear, 4, true).unwrap();
+    // Host heap memory normally lies above 2^32.
+    let above = t.base() + (64 << 4) > 1 << 32;
+    let r = t.with_output_size(32);
+    if above {
+        assert_eq!(
+            r.err(),
+            Some(Error::Unsupported(crate::error::Unsupported::AddressSize))
+        );
+    } else {
+        assert!(r.is_ok());
+    }
+    let t = CdTable::<FakeHal>::new(CdFormat::TwoLevel(CdLeaf::K4), 8, true).unwrap();
+    let mut t = t.with_output_size(52).unwrap();
+    t.ensure_leaf(200).unwrap();
+}

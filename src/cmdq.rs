@@ -136,13 +136,17 @@ impl<H: Hal> CommandQueue<H> {
         self.queue.base_register()
     }
 
+    /// Address of the queue's memory.
+    pub fn paddr(&self) -> u64 {
+        self.queue.paddr()
+    }
+
     /// Index arithmetic of the queue.
     pub fn ring(&self) -> Ring {
         self.queue.ring()
     }
 
     /// Bytes of queue memory.
-    #[allow(dead_code)] // a diagnostics accessor
     pub fn bytes(&self) -> usize {
         self.queue.bytes()
     }

@@ -63,6 +63,11 @@ impl<H: Hal> EventQueue<H> {
         self.queue.ring()
     }
 
+    /// Address of the queue's memory.
+    pub fn paddr(&self) -> u64 {
+        self.queue.paddr()
+    }
+
     /// Bytes of queue memory.
     pub fn bytes(&self) -> usize {
         self.queue.bytes()

@@ -200,7 +200,9 @@ pub struct Features {
     /// log2 of the maximum PRI queue entries (IDR1.PRIQS), clamped to 19.
     pub priq_max_log2: u8,
     /// Output address size in bits (IDR5.OAS): 32, 36, 40, 42, 44, 48 or 52.
-    /// The reserved encoding 7 is read as 48 bits: every defined encoding
+    /// The reserved encoding 7 (56 bits from SMMUv3.4, which needs 128-bit
+    /// descriptors), and 6 on an SMMUv3.0, where it is reserved, are read
+    /// as 48 bits: every defined encoding
     /// above 48 is a superset of it, so the driver never programs an output
     /// address the SMMU cannot emit, and it does not fall back to a size so
     /// small that ordinary RAM above 4 GiB becomes unreachable.
@@ -317,9 +319,15 @@ impl Features {
             Some(IDR5::OAS::Value::Bits42) => 42,
             Some(IDR5::OAS::Value::Bits44) => 44,
             Some(IDR5::OAS::Value::Bits48) => 48,
-            Some(IDR5::OAS::Value::Bits52) => 52,
+            // 0b110 is reserved in SMMUv3.0 (52-bit addresses came with
+            // SMMUv3.1): read as 48 bits, as the reserved 0b111 is.
+            Some(IDR5::OAS::Value::Bits52)
+                if aidr.read(AIDR::ARCH_MAJOR_REV) > 0 || aidr.read(AIDR::ARCH_MINOR_REV) > 0 =>
+            {
+                52
+            }
             // Reserved: see the field's documentation.
-            None => 48,
+            Some(IDR5::OAS::Value::Bits52) | None => 48,
         };
         let ias_bits = match table_format {
             TableFormat::Aarch64 => oas_bits,
@@ -682,6 +690,12 @@ mod tests {
             [0, 1, 2, 3, 4, 5, 6, 7].map(oas),
             [32, 36, 40, 42, 44, 48, 52, 48]
         );
+        // 52 bits is reserved in SMMUv3.0.
+        let v30 = with(|r| {
+            r.aidr = 0;
+            r.idr5 |= 6;
+        });
+        assert_eq!(v30.unwrap().oas_bits, 48);
         // AArch32 tables too: IAS is at least 40.
         let f = with(|r| {
             r.idr0 |= 3 << 2;

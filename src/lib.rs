@@ -218,3 +218,5 @@ pub mod testing;
 mod alloc_tests;
 #[cfg(test)]
 mod peer_vectors_tests;
+#[cfg(test)]
+mod variants_tests;

@@ -210,6 +210,12 @@ impl<H: Hal> Smmu<H> {
     /// Probes the SMMU at `base` and allocates its stream table and queues.
     /// The SMMU itself is not reprogrammed until [`Smmu::enable`].
     ///
+    /// Errors: what [`Features::from_id_regs`] refuses;
+    /// [`Unsupported::AddressSize`] when the HAL's memory for the stream
+    /// table or a queue lies above 2^OAS (IDR5.OAS), where the SMMU cannot
+    /// reach it (the base registers do not hold address bits above OAS);
+    /// [`Error::NoMemory`] and the HAL errors of [`crate::Dma::new`].
+    ///
     /// # Safety
     ///
     /// `base` is the virtual address of the SMMU's register pages 0 and 1
@@ -266,7 +272,10 @@ impl<H: Hal> Smmu<H> {
             Format::Linear => sid_bits.min(strtab::MAX_LINEAR_SID_BITS),
             Format::TwoLevel => sid_bits.min(strtab::MAX_TWO_LEVEL_SID_BITS),
         };
-        let strtab = StreamTable::new(format, sid_bits, coherent)?;
+        // Tables and queues the SMMU cannot reach (above 2^OAS) are refused:
+        // the SMMU would fetch from another address.
+        let oas_bits = u32::from(features.oas_bits);
+        let strtab = StreamTable::new(format, sid_bits, coherent)?.with_output_size(oas_bits)?;
         let sync = Command::sync().encode();
         // An SMMU with smaller queues than asked for gets the largest it has.
         let cmdq_max = u32::from(features.cmdq_max_log2);
@@ -280,6 +289,12 @@ impl<H: Hal> Smmu<H> {
         )?
         .with_max_per_sync(features.max_commands_per_sync());
         let evtq = EventQueue::new(config.eventq_log2.min(eventq_max), eventq_max, coherent)?;
+        let oa_limit = 1u64 << oas_bits;
+        if !strtab::reachable(cmdq.paddr(), cmdq.bytes(), oa_limit)
+            || !strtab::reachable(evtq.paddr(), evtq.bytes(), oa_limit)
+        {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
         let (sid_limit, eventq_entries) = (strtab.limit(), evtq.ring().entries());
         let domains = Domains::new(u32::from(features.vmid_bits), u32::from(features.asid_bits))?;
         Ok(Self {

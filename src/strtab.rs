@@ -14,7 +14,7 @@
 use alloc::vec::Vec;
 use tock_registers::LocalRegisterCopy;
 
-use crate::error::{Error, Invalid, Result};
+use crate::error::{Error, Invalid, Result, Unsupported};
 use crate::hal::{Dma, Hal};
 use crate::regs::{STRTAB_BASE, STRTAB_BASE_CFG};
 
@@ -53,6 +53,16 @@ pub struct StreamTable<H: Hal> {
     top: Dma<H>,
     /// Two-level only: level-2 tables, allocated on first use.
     l2: Vec<Option<Dma<H>>>,
+    /// The SMMU's output address limit (2^OAS): table memory must end at
+    /// or below it ([`StreamTable::with_output_size`]).
+    oa_limit: u64,
+}
+
+/// Whether `[paddr, paddr + bytes)` lies below `oa_limit`.
+pub(crate) fn reachable(paddr: u64, bytes: usize, oa_limit: u64) -> bool {
+    paddr
+        .checked_add(bytes as u64)
+        .is_some_and(|end| end <= oa_limit)
 }
 
 impl<H: Hal> StreamTable<H> {
@@ -92,7 +102,20 @@ impl<H: Hal> StreamTable<H> {
             coherent,
             top,
             l2,
+            oa_limit: u64::MAX,
         })
+    }
+
+    /// Limits the table's memory to the SMMU's output address size
+    /// (IDR5.OAS): the SMMU cannot fetch STEs or level-2 tables above it.
+    /// Fails with [`Error::Unsupported`]`(AddressSize)` when the HAL's memory
+    /// for the table (now, or a level-2 table later) lies above it.
+    pub fn with_output_size(mut self, oas_bits: u32) -> Result<Self> {
+        self.oa_limit = 1u64.checked_shl(oas_bits).unwrap_or(u64::MAX);
+        if !reachable(self.top.paddr(), self.top.size(), self.oa_limit) {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
+        Ok(self)
     }
 
     /// The table's format.
@@ -156,6 +179,9 @@ impl<H: Hal> StreamTable<H> {
         }
         let bytes = STE_BYTES << SPLIT;
         let table = Dma::new(bytes, bytes, self.coherent)?;
+        if !reachable(table.paddr(), table.size(), self.oa_limit) {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
         fill_abort(&table);
         // Span = SPLIT + 1: a full level-2 table of 2^SPLIT STEs.
         let desc = crate::ste::l1_descriptor(table.paddr(), SPLIT as u8 + 1)?;

@@ -138,6 +138,12 @@ impl ModelBuilder {
         self
     }
 
+    /// IDR0.ASID16: 16-bit ASIDs (8-bit otherwise).
+    pub fn asid16(mut self, on: bool) -> Self {
+        self.idr0 = Self::bit(self.idr0, 12, on);
+        self
+    }
+
     /// IDR0.CD2L: two-level context-descriptor tables.
     pub fn cd2l(mut self, on: bool) -> Self {
         self.idr0 = Self::bit(self.idr0, 19, on);
@@ -180,6 +186,54 @@ impl ModelBuilder {
     pub fn oas(mut self, encoding: u8) -> Self {
         self.idr5 = Self::field(self.idr5, 0, 3, u32::from(encoding));
         self
+    }
+
+    /// IDR5.GRAN4K (bit 4), GRAN16K (bit 5) and GRAN64K (bit 6), as a
+    /// mask of those bits: `1 << 5` is a 16K-only SMMU.
+    pub fn granules(mut self, mask: u32) -> Self {
+        self.idr5 = Self::field(self.idr5, 4, 3, mask >> 4);
+        self
+    }
+
+    /// IDR1.PRIQS: log2 of the largest PRI queue.
+    pub fn priq_log2(mut self, log2: u8) -> Self {
+        self.idr1 = Self::field(self.idr1, 11, 5, u32::from(log2));
+        self
+    }
+
+    /// Sets the `bits`-bit field at `shift` of the ID register at `offset`
+    /// (as [`ModelBuilder::id_register`]) to `value`, for fields without
+    /// their own setter (IDR0.TTF, TTENDIAN, STALL_MODEL, IDR3.BBML, ...).
+    ///
+    /// ```
+    /// use smmuv3::testing::{HostHal, SmmuModel};
+    /// use smmuv3::{Config, Error, Smmu, Unsupported};
+    ///
+    /// // IDR0.TTENDIAN (bits [22:21]) = 0b11: big-endian tables only.
+    /// let model = SmmuModel::builder().id_field(0x00, 21, 2, 0b11).build();
+    /// // SAFETY: the model outlives the driver; nothing else drives it.
+    /// let r = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) };
+    /// assert_eq!(r.err(), Some(Error::Unsupported(Unsupported::BigEndianOnly)));
+    /// // A 16K-only SMMU (IDR5.GRAN16K) with 8-bit ASIDs.
+    /// let model = SmmuModel::builder().granules(1 << 5).asid16(false).build();
+    /// // SAFETY: as above.
+    /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
+    /// assert!(smmu.features().granule_16k && !smmu.features().granule_4k);
+    /// assert_eq!(smmu.features().asid_bits, 8);
+    /// # Ok::<(), smmuv3::Error>(())
+    /// ```
+    pub fn id_field(self, offset: usize, shift: u32, bits: u32, value: u32) -> Self {
+        let current = match offset {
+            off::IDR0 => self.idr0,
+            off::IDR1 => self.idr1,
+            off::IDR3 => self.idr3,
+            off::IDR5 => self.idr5,
+            off::IIDR => self.iidr,
+            off::AIDR => self.aidr,
+            _ => return self,
+        };
+        let mask = (((1u64 << bits) - 1) as u32) << shift;
+        self.id_register(offset, (current & !mask) | ((value << shift) & mask))
     }
 
     /// Sets a whole ID register by offset (0x00 IDR0, 0x04 IDR1, 0x0C IDR3,
@@ -404,6 +458,19 @@ impl SmmuModel {
     /// # Ok::<(), smmuv3::Error>(())
     /// ```
     pub fn ste(&self, sid: u32) -> Option<Ste> {
+        let ste_addr = self.ste_address(sid)?;
+        let mut ste = Ste([0; 8]);
+        for (i, word) in ste.0.iter_mut().enumerate() {
+            // SAFETY: the STE lies inside a table the driver allocated from
+            // HostHal (identity-mapped) and programmed into the SMMU.
+            *word = unsafe { (ste_addr as usize as *const u64).add(i).read_volatile() };
+        }
+        Some(ste)
+    }
+
+    /// The address the SMMU would fetch the STE of `sid` from (see
+    /// [`SmmuModel::ste`]): for checking what the driver cleaned.
+    pub fn ste_address(&self, sid: u32) -> Option<u64> {
         let base = self.regs.get64(off::STRTAB_BASE) & STRTAB_ADDR;
         let cfg = self.regs.get32(off::STRTAB_BASE_CFG);
         let log2size = cfg & 0x3F;
@@ -430,12 +497,6 @@ impl SmmuModel {
         } else {
             base + u64::from(sid) * 64
         };
-        let mut ste = Ste([0; 8]);
-        for (i, word) in ste.0.iter_mut().enumerate() {
-            // SAFETY: the STE lies inside a table the driver allocated from
-            // HostHal (identity-mapped) and programmed into the SMMU.
-            *word = unsafe { (ste_addr as usize as *const u64).add(i).read_volatile() };
-        }
-        Some(ste)
+        Some(ste_addr)
     }
 }

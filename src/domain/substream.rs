@@ -61,7 +61,8 @@ impl<H: Hal> Smmu<H> {
         let Some((format, s1cdmax)) = CdTable::<H>::layout(f.ssid_bits, f.cd2l, policy) else {
             return Ok(None);
         };
-        let mut table = CdTable::<H>::new(format, s1cdmax, f.coherent)?;
+        let mut table = CdTable::<H>::new(format, s1cdmax, f.coherent)?
+            .with_output_size(u32::from(f.oas_bits))?;
         table.users.reserve(1)?;
         table.ensure_leaf(0)?;
         let cd = read_cd(&s1.cd);

@@ -86,6 +86,19 @@ impl<H: Hal> Smmu<H> {
         after: &[Command],
         submit: &mut dyn FnMut(&[Command]) -> Result<()>,
     ) -> Result<bool> {
+        // The SMMU cannot fetch a CD or stage-2 table above 2^OAS. (Nested,
+        // S1ContextPtr is an IPA, translated by stage 2: bounded by IAS.)
+        let (oas, ias) = (self.features.oas_bits, self.features.ias_bits);
+        let bits_of = |bits: u8| 1u64.checked_shl(u32::from(bits)).unwrap_or(u64::MAX);
+        let pointers = match target.config() {
+            SteConfig::Stage1 => [Some((target.cd_paddr(), oas)), None],
+            SteConfig::Stage2 => [None, Some((target.s2ttb(), oas))],
+            SteConfig::Nested => [Some((target.cd_paddr(), ias)), Some((target.s2ttb(), oas))],
+            _ => [None, None],
+        };
+        if target.is_valid() && pointers.into_iter().flatten().any(|(a, b)| a >= bits_of(b)) {
+            return Err(Error::Unsupported(Unsupported::AddressSize));
+        }
         if strtab.ensure(sid)? && self.commands_live() {
             // A new level-2 table: drop anything cached for its range
             // (2^(7+1) = 256 StreamIDs).

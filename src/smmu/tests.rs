@@ -10,7 +10,9 @@ fn qemu_like() -> FakeRegs {
     regs.set32(0x00, 0x0D44_101B); // IDR0
     regs.set32(0x04, 0x0273_0010); // IDR1
     regs.set32(0x0C, 0x0000_1404); // IDR3: RIL, BBML2, HAD
-    regs.set32(0x14, 0x0000_0074); // IDR5
+    // IDR5: QEMU reports OAS 44 (0x74); 48 bits here, so that the host
+    // heap's addresses are reachable (the driver refuses memory above OAS).
+    regs.set32(0x14, 0x0000_0075);
     regs.set32(0x1C, 0x0000_0001); // AIDR: v3.1
     regs
 }
@@ -286,7 +288,7 @@ fn msi_configuration_is_programmed() {
             },
         ),
         (
-            MsiTarget::device(1 << 44, 0),
+            MsiTarget::device(1 << 48, 0), // beyond OAS (48 bits)
             Error::Unsupported(Unsupported::AddressSize),
         ),
         (
