@@ -3,7 +3,6 @@
 //! table), and descriptor access and encoding shared by both stages.
 
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use tock_registers::LocalRegisterCopy;
@@ -59,12 +58,26 @@ pub(super) struct Node<H: Hal> {
 }
 
 impl<H: Hal> Node<H> {
-    pub(super) fn new(dma: Dma<H>, live: usize, level: u32) -> Self {
+    /// The node of table `dma` at `level`: above level 3 with its
+    /// `children` slots, allocated here (fallibly: without memory,
+    /// [`crate::Error::NoMemory`] and `dma` is dropped).
+    pub(super) fn try_new(dma: Dma<H>, live: usize, level: u32) -> Result<Self> {
         let children = if level < 3 {
-            vec![NO_CHILD; dma.len_u64()].into_boxed_slice()
+            children_slots(dma.len_u64())?
         } else {
             Box::default()
         };
+        Ok(Node {
+            dma,
+            live,
+            link: 0,
+            children,
+        })
+    }
+
+    /// The node of table `dma` with `children` allocated beforehand
+    /// (empty at level 3).
+    pub(super) fn with_children(dma: Dma<H>, live: usize, children: Box<[u32]>) -> Self {
         Node {
             dma,
             live,
@@ -72,6 +85,15 @@ impl<H: Hal> Node<H> {
             children,
         }
     }
+}
+
+/// `n` child slots, all `NO_CHILD`, or [`crate::Error::NoMemory`].
+pub(super) fn children_slots(n: usize) -> Result<Box<[u32]>> {
+    let mut v = Vec::new();
+    crate::fallible::try_reserve_exact(&mut v, n)?;
+    // Within the capacity just reserved: neither call reallocates.
+    v.resize(n, NO_CHILD);
+    Ok(v.into_boxed_slice())
 }
 
 /// The table descriptors from the start table down to a level-3 table:
@@ -129,16 +151,42 @@ impl<H: Hal, F: Format> Table<H, F> {
             .ok_or(TableError::Corrupt)?)
     }
 
+    /// Reserves slab room for `n` more tables, and what their later unlink
+    /// needs (a slot in `free` and in `retired` each), so that the next `n`
+    /// [`Table::insert_node`] calls and every later `unmap` allocate
+    /// nothing. On [`crate::Error::NoMemory`] nothing changed (capacity
+    /// only).
+    pub(super) fn reserve_slab(&mut self, n: usize) -> Result<()> {
+        // Capacity for `total` elements, reserved only where it is not
+        // there yet (a reservation with the room already there cannot fail).
+        fn room<T>(v: &mut Vec<T>, total: usize) -> Result<()> {
+            if v.capacity() < total {
+                let additional = total - v.len();
+                crate::fallible::try_reserve(v, additional)?;
+            }
+            Ok(())
+        }
+        let reuse = n.min(self.free.len());
+        let slots = self.nodes.len() + (n - reuse);
+        room(&mut self.nodes, slots)?;
+        // Every slab slot but the root's may be on the free list, and every
+        // linked table may join those already retired.
+        room(&mut self.free, slots)?;
+        room(&mut self.retired, self.linked + n)?;
+        Ok(())
+    }
+
     /// Links `node` into the slab (not yet into the tree: the caller writes
     /// the descriptor and records it with `set_child`).
     ///
-    /// Also reserves what a later unlink of this table needs (a slot in
-    /// `free` and in `retired`), so that `unmap` never allocates: the heap
-    /// grows only here, when a table is added.
+    /// Every caller reserved room first ([`Table::reserve_slab`], with the
+    /// call's tables, before the call changed anything), so this never
+    /// allocates: the `free` and `retired` slots a later unlink of this
+    /// table needs are part of that reservation.
     pub(super) fn insert_node(&mut self, mut node: Node<H>) -> NodeId {
         node.link = self.table_desc(node.dma.paddr());
         self.linked += 1;
-        let id = match self.free.pop() {
+        match self.free.pop() {
             Some(id) => {
                 self.nodes[id as usize] = Some(node);
                 id as usize
@@ -147,13 +195,7 @@ impl<H: Hal, F: Format> Table<H, F> {
                 self.nodes.push(Some(node));
                 self.nodes.len() - 1
             }
-        };
-        // Every slab slot but the root's may be on the free list, and every
-        // linked table may join those already retired.
-        let slots = self.nodes.len();
-        self.free.reserve(slots.saturating_sub(self.free.len()));
-        self.retired.reserve(self.linked);
-        id
+        }
     }
 
     /// Takes table `id` out of the slab (its descriptor already cleared).

@@ -11,7 +11,7 @@ use tock_registers::LocalRegisterCopy;
 
 use super::Table;
 use super::format::{DESC, Format};
-use super::node::{Entry, Node, NodeId, ROOT};
+use super::node::{Entry, Node, NodeId, ROOT, children_slots};
 use super::walk::alloc_table;
 use crate::error::Result;
 use crate::hal::{Dma, Hal};
@@ -33,10 +33,19 @@ pub struct PartialBlock {
 
 /// A next-level table equivalent to a block, built by
 /// `Table::prepare_split` and not yet linked.
-#[derive(Debug)]
 pub struct SplitTable<H: Hal> {
-    dma: Dma<H>,
-    entries: usize,
+    /// The table and its slab node (child slots allocated when the new
+    /// table is above the last level).
+    node: Node<H>,
+}
+
+impl<H: Hal> core::fmt::Debug for SplitTable<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SplitTable")
+            .field("paddr", &self.node.dma.paddr())
+            .field("entries", &self.node.live)
+            .finish()
+    }
 }
 
 /// Tables allocated up front for every split a range needs
@@ -45,6 +54,9 @@ pub struct SplitTable<H: Hal> {
 #[derive(Debug)]
 pub struct SplitReserve<H: Hal> {
     tables: Vec<Dma<H>>,
+    /// Child slots for the splits whose new table is above the last level
+    /// (a 1 GiB block split into 2 MiB blocks).
+    children: Vec<alloc::boxed::Box<[u32]>>,
 }
 
 impl<H: Hal> SplitReserve<H> {
@@ -105,6 +117,12 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// and, below, each smaller block that the split leaves partly covered
     /// (a 1 GiB block split for a 4K range needs a 2 MiB split too).
     pub fn splits_needed(&self, ipa: u64, len: u64) -> Result<usize> {
+        Ok(self.split_counts(ipa, len)?.0)
+    }
+
+    /// [`Table::splits_needed`], and how many of those splits make a table
+    /// above the last level (a block split at level 1 or above).
+    fn split_counts(&self, ipa: u64, len: u64) -> Result<(usize, usize)> {
         let end = self.check_ipa_only(ipa, len)?;
         // At most two ends times three levels (4K: 1 -> 2 -> 3).
         let mut seen = [(0u32, 0u64); 6];
@@ -125,21 +143,33 @@ impl<H: Hal, F: Format> Table<H, F> {
                 }
             }
         }
-        Ok(n)
+        let upper = seen[..n].iter().filter(|(level, _)| level + 1 < 3).count();
+        Ok((n, upper))
     }
 
     /// Allocates the tables every split of `[ipa, ipa + len)` needs
     /// ([`Table::splits_needed`]). On [`crate::Error::NoMemory`] nothing
     /// changed, so a caller that reserves before its first split never
     /// leaves a range half split for lack of memory.
-    pub fn reserve_splits(&self, ipa: u64, len: u64) -> Result<SplitReserve<H>> {
-        let n = self.splits_needed(ipa, len)?;
+    pub fn reserve_splits(&mut self, ipa: u64, len: u64) -> Result<SplitReserve<H>> {
+        let (n, upper) = self.split_counts(ipa, len)?;
         let g = self.geo.granule_size() as usize;
-        let mut tables = Vec::with_capacity(n);
+        let mut r = SplitReserve {
+            tables: Vec::new(),
+            children: Vec::new(),
+        };
+        crate::fallible::try_reserve_exact(&mut r.tables, n)?;
+        crate::fallible::try_reserve_exact(&mut r.children, upper)?;
         for _ in 0..n {
-            tables.push(alloc_table::<H>(&self.geo, g, g, self.coherent)?);
+            r.tables
+                .push(alloc_table::<H>(&self.geo, g, g, self.coherent)?);
         }
-        Ok(SplitReserve { tables })
+        for _ in 0..upper {
+            r.children.push(children_slots(g / 8)?);
+        }
+        // Room in the slab for every table the splits link.
+        self.reserve_slab(n)?;
+        Ok(r)
     }
 
     /// Builds (but does not link) the next-level table equivalent to block
@@ -149,7 +179,12 @@ impl<H: Hal, F: Format> Table<H, F> {
     pub fn prepare_split(&self, b: &PartialBlock) -> Result<SplitTable<H>> {
         let g = self.geo.granule_size() as usize;
         let dma = alloc_table::<H>(&self.geo, g, g, self.coherent)?;
-        Ok(self.fill_split(b, dma))
+        let children = if b.level + 1 < 3 {
+            children_slots(dma.len_u64())?
+        } else {
+            alloc::boxed::Box::default()
+        };
+        Ok(self.fill_split(b, dma, children))
     }
 
     /// [`Table::prepare_split`] with a table from `reserve` (allocating
@@ -159,13 +194,33 @@ impl<H: Hal, F: Format> Table<H, F> {
         b: &PartialBlock,
         reserve: &mut SplitReserve<H>,
     ) -> Result<SplitTable<H>> {
-        match reserve.tables.pop() {
-            Some(dma) => Ok(self.fill_split(b, dma)),
-            None => self.prepare_split(b),
+        let children = if b.level + 1 < 3 {
+            reserve.children.pop()
+        } else {
+            Some(alloc::boxed::Box::default())
+        };
+        match (reserve.tables.pop(), children) {
+            (Some(dma), Some(children)) => Ok(self.fill_split(b, dma, children)),
+            (dma, children) => {
+                // Not reserved for this split (or the reserve is spent):
+                // hand back what was taken and allocate.
+                if let Some(d) = dma {
+                    reserve.tables.push(d);
+                }
+                if let Some(c) = children.filter(|c| !c.is_empty()) {
+                    reserve.children.push(c);
+                }
+                self.prepare_split(b)
+            }
         }
     }
 
-    fn fill_split(&self, b: &PartialBlock, dma: Dma<H>) -> SplitTable<H> {
+    fn fill_split(
+        &self,
+        b: &PartialBlock,
+        dma: Dma<H>,
+        children: alloc::boxed::Box<[u32]>,
+    ) -> SplitTable<H> {
         let child_level = b.level + 1;
         let child_size = 1u64 << self.geo.level_shift(child_level);
         let d = LocalRegisterCopy::<u64, DESC::Register>::new(b.raw);
@@ -184,7 +239,9 @@ impl<H: Hal, F: Format> Table<H, F> {
             dma.write_u64(i, c.get());
         }
         dma.publish(0, entries);
-        SplitTable { dma, entries }
+        SplitTable {
+            node: Node::with_children(dma, entries, children),
+        }
     }
 
     /// Break: makes block `b` invalid (published). The SMMU (and a CPU
@@ -210,8 +267,11 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// SMMU (IDR3.BBML = 2) and every CPU walking the tables allow a block
     /// to be replaced by a table without break.
     pub fn install_split(&mut self, b: &PartialBlock, split: SplitTable<H>) -> Result<()> {
-        let paddr = split.dma.paddr();
-        let child = self.insert_node(Node::new(split.dma, split.entries, b.level + 1));
+        let paddr = split.node.dma.paddr();
+        // Room reserved by `reserve_splits` (or here, before any change,
+        // for a split prepared on its own).
+        self.reserve_slab(1)?;
+        let child = self.insert_node(split.node);
         self.set_child(b.table, b.idx, child)?;
         self.write(b.table, b.idx, self.table_desc(paddr))?;
         self.publish(b.table, Some((b.idx, b.idx)))

@@ -11,7 +11,7 @@ use core::marker::PhantomData;
 use super::cursor::Cursor;
 use super::format::Format;
 use super::node::{Entry, Node, Path, ROOT};
-use super::walk::alloc_table;
+use super::walk::{NewTableCount, NewTables, alloc_table};
 use super::{Geometry, MapOptions, Perm, Translation};
 use crate::error::{Error, Result};
 use crate::hal::{Dma, Hal, PhysAddr};
@@ -100,7 +100,13 @@ impl<H: Hal, F: Format> Table<H, F> {
             cfg,
             geo,
             coherent,
-            nodes: vec![Some(Node::new(dma, 0, start))],
+            nodes: {
+                let root = Node::try_new(dma, 0, start)?;
+                let mut nodes = Vec::new();
+                crate::fallible::try_reserve(&mut nodes, 1)?;
+                nodes.push(Some(root));
+                nodes
+            },
             free: Vec::new(),
             linked: 0,
             levels,
@@ -262,19 +268,16 @@ impl<H: Hal, F: Format> Table<H, F> {
     /// single-page path above stays small.
     #[inline(never)]
     fn map_from_root(&mut self, ipa: u64, pa: u64, end: u64, opts: &MapOptions) -> Result<()> {
-        let g = self.geo.granule_size();
         let level = self.geo.start_level();
         if let Some(addr) = self.find_mapped(ROOT, level, ipa, end)? {
             return Err(Error::Overlap { addr });
         }
-        let needed = self.count_new_tables(Some(ROOT), level, ipa, pa, end, opts.blocks)?;
-        let mut pool = Vec::with_capacity(needed);
-        for _ in 0..needed {
-            // On failure `pool` is dropped and its tables freed: nothing was
-            // written yet.
-            let g = g as usize;
-            pool.push(alloc_table::<H>(&self.geo, g, g, self.coherent)?);
-        }
+        let mut count = NewTableCount::default();
+        self.count_new_tables(Some(ROOT), level, ipa, pa, end, opts.blocks, &mut count)?;
+        // On failure `pool` is dropped and its tables freed: nothing was
+        // written yet.
+        let mut pool = NewTables::<H>::alloc(&self.geo, self.coherent, count)?;
+        self.reserve_slab(pool.len())?;
         self.map_range(ROOT, level, ipa, pa, end, opts, &mut pool, false)
     }
 

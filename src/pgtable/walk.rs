@@ -62,6 +62,60 @@ pub(super) fn alloc_table<H: Hal>(
     }
 }
 
+/// How many tables a map will add: above the last level (with child
+/// slots) and at it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct NewTableCount {
+    pub(super) upper: usize,
+    pub(super) last: usize,
+}
+
+/// The tables a map adds, allocated (with their slab nodes) before it
+/// changes anything.
+pub(super) struct NewTables<H: Hal> {
+    upper: Vec<Node<H>>,
+    last: Vec<Node<H>>,
+}
+
+impl<H: Hal> NewTables<H> {
+    /// Allocates `count`'s tables; on [`Error::NoMemory`] (or a table the
+    /// SMMU could not reach) everything allocated so far is freed.
+    pub(super) fn alloc(geo: &Geometry, coherent: bool, count: NewTableCount) -> Result<Self> {
+        let g = geo.granule_size() as usize;
+        let mut pool = NewTables {
+            upper: Vec::new(),
+            last: Vec::new(),
+        };
+        crate::fallible::try_reserve_exact(&mut pool.upper, count.upper)?;
+        crate::fallible::try_reserve_exact(&mut pool.last, count.last)?;
+        for _ in 0..count.upper {
+            let dma = alloc_table::<H>(geo, g, g, coherent)?;
+            pool.upper.push(Node::try_new(dma, 0, 2)?);
+        }
+        for _ in 0..count.last {
+            let dma = alloc_table::<H>(geo, g, g, coherent)?;
+            pool.last.push(Node::try_new(dma, 0, 3)?);
+        }
+        Ok(pool)
+    }
+
+    /// A new table for `level` (the count was exact: running out is a bug,
+    /// reported as corruption rather than a panic).
+    fn take(&mut self, level: u32) -> Result<Node<H>> {
+        let pool = if level < 3 {
+            &mut self.upper
+        } else {
+            &mut self.last
+        };
+        Ok(pool.pop().ok_or(crate::error::TableError::Corrupt)?)
+    }
+
+    /// Tables in the pool.
+    pub(super) fn len(&self) -> usize {
+        self.upper.len() + self.last.len()
+    }
+}
+
 /// Extends a written span by `idx`.
 fn extend(span: Option<(usize, usize)>, idx: usize) -> Option<(usize, usize)> {
     Some(span.map_or((idx, idx), |(f, _)| (f, idx)))
@@ -224,6 +278,7 @@ impl<H: Hal, F: Format> Table<H, F> {
 
     /// Number of tables `map_range` will allocate; `table` is `None` for a
     /// table that does not exist yet (all invalid).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn count_new_tables(
         &self,
         table: Option<NodeId>,
@@ -232,12 +287,12 @@ impl<H: Hal, F: Format> Table<H, F> {
         pa: u64,
         end: u64,
         blocks: bool,
-    ) -> Result<usize> {
+        count: &mut NewTableCount,
+    ) -> Result<()> {
         if level == 3 {
             // Pages always fit: nothing below level 3.
-            return Ok(0);
+            return Ok(());
         }
-        let mut n = 0;
         for (cur, next, idx) in self.chunks(level, ipa, end) {
             let cur_pa = pa + (cur - ipa);
             let entry = match table {
@@ -247,13 +302,20 @@ impl<H: Hal, F: Format> Table<H, F> {
             match entry {
                 Entry::Invalid if self.leaf_fits(level, cur, cur_pa, next, blocks) => {}
                 Entry::Table(t) => {
-                    n += self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks)?
+                    self.count_new_tables(Some(t), level + 1, cur, cur_pa, next, blocks, count)?
                 }
                 // Invalid (or a leaf, which validation excluded): a new table.
-                _ => n += 1 + self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks)?,
+                _ => {
+                    if level + 1 < 3 {
+                        count.upper += 1;
+                    } else {
+                        count.last += 1;
+                    }
+                    self.count_new_tables(None, level + 1, cur, cur_pa, next, blocks, count)?
+                }
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Maps `[ipa, end)` into `table` at `level`, taking new tables from
@@ -268,7 +330,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         pa: u64,
         end: u64,
         opts: &MapOptions,
-        pool: &mut Vec<Dma<H>>,
+        pool: &mut NewTables<H>,
         fresh: bool,
     ) -> Result<()> {
         if level == 3 {
@@ -283,9 +345,9 @@ impl<H: Hal, F: Format> Table<H, F> {
                     self.leaf_desc(level, cur_pa, opts)?
                 }
                 Entry::Invalid => {
-                    let dma = pool.pop().ok_or(Error::NoMemory)?;
-                    let paddr = dma.paddr();
-                    let child = self.insert_node(Node::new(dma, 0, level + 1));
+                    let node = pool.take(level + 1)?;
+                    let paddr = node.dma.paddr();
+                    let child = self.insert_node(node);
                     self.map_range(child, level + 1, cur, cur_pa, next, opts, pool, true)?;
                     self.set_child(table, idx, child)?;
                     self.table_desc(paddr)
@@ -501,7 +563,7 @@ impl<H: Hal, F: Format> Table<H, F> {
                     .ok_or(TableError::Corrupt)?;
                 tables += 1;
                 pages |= child.live > 0;
-                // `insert_node` reserved a slot in both for every linked
+                // `reserve_slab` reserved a slot in both for every linked
                 // table: no allocation.
                 self.free.push(c);
                 self.retired.push(child.dma);
@@ -521,7 +583,7 @@ impl<H: Hal, F: Format> Table<H, F> {
         if node.live > tables {
             self.changed_levels |= 1 << level;
         }
-        // `insert_node` reserved a slot for every linked table: no allocation.
+        // `reserve_slab` reserved a slot for every linked table: no allocation.
         self.retired.push(node.dma);
         Ok(())
     }
