@@ -213,6 +213,17 @@ impl TlbiRange {
                 value: 0,
             }));
         }
+        if self.tg == 2 && self.ttl == 1 {
+            // 16K granule, TTL = level 1: reserved unless SMMU_IDR5.DS = 1
+            // (level-1 16K blocks need FEAT_LPA2, which this driver does not
+            // use); the SMMU treats it as TTL = 0 (IHI 0070 §4.4.1.1), so a
+            // one-granule range would be CERROR_ILL. No table of this
+            // driver has a 16K leaf at level 1.
+            return Err(Error::Invalid(Invalid::Field {
+                field: Field::TlbiRange,
+                value: 1,
+            }));
+        }
         let align = 1u64 << shift;
         if addr & (align - 1) != 0 {
             return Err(Error::Misaligned { addr, align });

@@ -210,6 +210,22 @@ fn validation() {
         })
     );
     assert!(Command::tlbi_s2_ipa(1, 0x4000, false, Some(r16)).is_ok());
+    // 16K granule with TTL = 1 (level 1) is reserved without
+    // SMMU_IDR5.DS (IHI 0070 §4.4.1.1); 4K and 64K have level-1 leaves.
+    assert_eq!(
+        Command::tlbi_s2_ipa(1, 0x4000, false, Some(TlbiRange { ttl: 1, ..r16 })),
+        Err(Error::Invalid(Invalid::Field {
+            field: Field::TlbiRange,
+            value: 1,
+        }))
+    );
+    for tg in [1, 3] {
+        let r = TlbiRange { tg, ttl: 1, ..r16 };
+        assert!(
+            Command::tlbi_s2_ipa(1, 1 << 30, false, Some(r)).is_ok(),
+            "TG {tg}"
+        );
+    }
     // TTL = NUM = SCALE = 0 with TG != 0 is reserved (IHI 0070 §4.4.1.1).
     assert_eq!(
         Command::tlbi_s2_ipa(1, 0x4000, false, Some(TlbiRange { ttl: 0, ..r16 })),
