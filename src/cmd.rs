@@ -224,7 +224,15 @@ impl TlbiRange {
                 value: 1,
             }));
         }
-        let align = 1u64 << shift;
+        // With a level hint, the range starts at a leaf of that level: an
+        // address below its alignment makes the invalidated range
+        // UNPREDICTABLE (IHI 0070 §4.4.1.1; e.g. 4K granule, TTL = 2: bits
+        // [20:12] zero). Level L of granule 2^g maps 2^(g + (3 - L)(g - 3)).
+        let level_shift = match self.ttl {
+            1..=3 => shift + (3 - u32::from(self.ttl)) * (shift - 3),
+            _ => shift,
+        };
+        let align = 1u64 << level_shift;
         if addr & (align - 1) != 0 {
             return Err(Error::Misaligned { addr, align });
         }

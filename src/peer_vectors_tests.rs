@@ -498,11 +498,12 @@ fn commands_tlbi() {
     // Every range field at once: NUM 31, SCALE 31, TG 3 (64K), TTL 2,
     // Leaf; QEMU CMD_NUM = word[0] 16:12, CMD_SCALE = word[0] 24:20,
     // CMD_TTL = word[2] 9:8, CMD_TG = word[2] 11:10, CMD_VMID = word[1]
-    // 15:0, CMD_ASID = word[1] 31:16.
+    // 15:0, CMD_ASID = word[1] 31:16. The address is a level-2 64K leaf
+    // (512 MiB), as TTL 2 requires (Address[28:12] zero).
     let c = Command::tlbi_nh_va(
         0x1234,
         0x5678,
-        0x1_0000,
+        0x2000_0000,
         true,
         Some(TlbiRange {
             num: 31,
@@ -513,7 +514,7 @@ fn commands_tlbi() {
     )
     .unwrap();
     let w = c.encode();
-    assert_eq!(w, [0x5678_1234_01F1_F012, 0x0000_0000_0001_0E01]);
+    assert_eq!(w, [0x5678_1234_01F1_F012, 0x0000_0000_2000_0E01]);
     let (lo, hi, w2) = (w[0] as u32, (w[0] >> 32) as u32, w[1] as u32);
     assert_eq!(
         (

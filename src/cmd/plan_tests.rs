@@ -420,3 +420,53 @@ fn range_commands_are_never_the_reserved_encoding() {
     // With a level hint the same NUM/SCALE is a valid 1-page range.
     assert!(Command::tlbi_s2_ipa(1, 0x1000, true, Some(TlbiRange { ttl: 3, ..r })).is_ok());
 }
+
+/// With a level hint (TTL = L), every range command must start at an
+/// address aligned to a level-L leaf, or the invalidated range is
+/// UNPREDICTABLE (IHI 0070 §4.4.1.1: 4K, TTL 2 needs Address[20:12] = 0;
+/// 64K, TTL 2 needs Address[28:12] = 0; ...). The planners meet it for any
+/// range that is a run of whole level-L leaves (what unmap, protect and a
+/// block break hint), and `validate` refuses a misaligned one.
+#[test]
+fn level_hinted_ranges_start_on_leaves_of_that_level() {
+    for shift in [12u32, 14, 16] {
+        for level in [2u32, 3] {
+            let leaf = 1u64 << (shift + (3 - level) * (shift - 3));
+            for leaves in 1..=40u64 {
+                for first in [0u64, 1, 3, 7] {
+                    let base = 0x40_0000_0000u64 + first * leaf;
+                    let len = leaves * leaf;
+                    let hints = InvalidationHints::leaves_at(Some(level));
+                    for p in [
+                        s2_invalidation_hinted(7, base, len, shift, true, 64, hints),
+                        nh_invalidation_hinted(7, 9, base, len, shift, true, 64, hints),
+                    ] {
+                        for c in p.commands() {
+                            c.validate().unwrap_or_else(|e| {
+                                panic!("granule 2^{shift}, level {level}, {leaves} leaves at {base:#x}: {c:?}: {e:?}")
+                            });
+                        }
+                        if !p.is_fallback() {
+                            assert_eq!(pages_of(&p, shift), expected(base, len, shift));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // 4K, TTL 2 (2 MiB leaves): an address inside a 2 MiB leaf is refused.
+    let r = TlbiRange {
+        num: 1,
+        scale: 0,
+        tg: 1,
+        ttl: 2,
+    };
+    assert_eq!(
+        Command::tlbi_s2_ipa(1, 0x4000_1000, true, Some(r)),
+        Err(crate::Error::Misaligned {
+            addr: 0x4000_1000,
+            align: 0x20_0000
+        })
+    );
+    assert!(Command::tlbi_s2_ipa(1, 0x4020_0000, true, Some(r)).is_ok());
+}

@@ -219,10 +219,11 @@ fn validation() {
             value: 1,
         }))
     );
-    for tg in [1, 3] {
+    // (Level-1 leaves: 1 GiB with 4K, 4 TiB with 64K.)
+    for (tg, addr) in [(1, 1 << 30), (3, 1 << 42)] {
         let r = TlbiRange { tg, ttl: 1, ..r16 };
         assert!(
-            Command::tlbi_s2_ipa(1, 1 << 30, false, Some(r)).is_ok(),
+            Command::tlbi_s2_ipa(1, addr, false, Some(r)).is_ok(),
             "TG {tg}"
         );
     }
@@ -269,6 +270,18 @@ fn validation() {
     );
 }
 
+/// An address aligned for `range`'s level hint (a leaf of level TTL, or
+/// its granule), as `validate` requires.
+fn hinted(addr: u64, range: Option<TlbiRange>) -> u64 {
+    let Some(r) = range else { return addr };
+    let g = r.granule_shift().unwrap_or(12);
+    let shift = match r.ttl {
+        1..=3 => g + (3 - u32::from(r.ttl)) * (g - 3),
+        _ => g,
+    };
+    addr & !((1u64 << shift) - 1)
+}
+
 fn arb_range() -> impl Strategy<Value = Option<TlbiRange>> {
     prop::option::of(
         (0u8..32, 0u8..32, 1u8..4, 0u8..4).prop_map(|(num, scale, tg, ttl)| TlbiRange {
@@ -280,7 +293,8 @@ fn arb_range() -> impl Strategy<Value = Option<TlbiRange>> {
             },
             scale,
             tg,
-            ttl,
+            // 16K with TTL 1 is reserved (no SMMU_IDR5.DS).
+            ttl: if tg == 2 && ttl == 1 { 2 } else { ttl },
         }),
     )
 }
@@ -307,14 +321,14 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|(vmid, asid, addr, leaf, range)| Command::TlbiNhVa {
                 vmid,
                 asid,
-                addr,
+                addr: hinted(addr, range),
                 leaf,
                 range
             }),
         (any::<u16>(), page, any::<bool>(), arb_range()).prop_map(|(vmid, addr, leaf, range)| {
             Command::TlbiNhVaa {
                 vmid,
-                addr,
+                addr: hinted(addr, range),
                 leaf,
                 range,
             }
@@ -324,7 +338,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (any::<u16>(), ipa, any::<bool>(), arb_range()).prop_map(|(vmid, addr, leaf, range)| {
             Command::TlbiS2Ipa {
                 vmid,
-                addr,
+                addr: hinted(addr, range),
                 leaf,
                 range,
             }
