@@ -110,7 +110,8 @@ impl PendingResumes {
         n
     }
 
-    fn clear(&self) {
+    /// Drops every parked command.
+    pub(crate) fn clear(&self) {
         for s in &self.slots {
             s.store(0, Ordering::Release);
         }
@@ -156,9 +157,10 @@ impl<H: Hal> Smmu<H> {
     /// by the next `drain`/`service` call; at most [`MAX_PENDING_RESUMES`]
     /// are parked, and while they fill up no more records are taken out
     /// of the queue (stall records wait in the queue: the SMMU never
-    /// discards them, §7.4). No transaction is left stalled by the driver:
-    /// events are the only way to learn of stalls, and every stall event
-    /// seen gets exactly one CMD_RESUME.
+    /// discards them, §7.4; a call that finds no room at all returns
+    /// `None`, as when another caller drains). No transaction is left
+    /// stalled by the driver: events are the only way to learn of stalls,
+    /// and every stall event seen gets exactly one CMD_RESUME.
     pub fn drain_events_with(
         &self,
         mut each: impl FnMut(Event) -> StallResponse,

@@ -342,3 +342,23 @@ fn nothing_changes_where_stalls_are_not_forced() {
     assert!(seen[0].stall);
     assert!(resumes(&decoded(&m, before)).is_empty());
 }
+
+/// `disable` (SMMUEN = 0 terminates every stall, §3.12.2) drops parked
+/// CMD_RESUMEs: after a re-enable their STAGs may name new stalls. Fails on
+/// the old code (refused at probe; nothing parked).
+#[test]
+fn disable_drops_parked_resumes() {
+    let m = model(0b10);
+    let smmu = enabled(&m);
+    assert!(m.inject_event(stalled_fault(SID, 9)));
+    {
+        let _held = smmu.cmdq.lock();
+        smmu.service(|_| {}).unwrap();
+    }
+    assert!(smmu.resumes.any());
+    let before = m.commands().len();
+    smmu.disable().unwrap();
+    assert!(!smmu.resumes.any());
+    smmu.enable().unwrap();
+    assert!(resumes(&decoded(&m, before)).is_empty());
+}
