@@ -227,6 +227,7 @@ impl<H: Hal> Smmu<H> {
                         // (CERROR_ILL there; a record cannot stall).
                         if let Some((sid, stag)) = stall
                             && self.features.stall_model != StallModel::NoStall
+                            && !self.stalls_ended(sid)
                             && let Some(slot) = resumes.get_mut(r)
                         {
                             *slot = Command::Resume {
@@ -262,6 +263,25 @@ impl<H: Hal> Smmu<H> {
         // CMD_RESUMEs parked while the command queue was busy.
         self.send_resumes(&[]);
         total
+    }
+
+    /// Whether the stalls of `sid` were already ended: its STE aborts (or
+    /// is invalid), and every change of a translating STE to that by this
+    /// driver is followed by CMD_STALL_TERM (`write_ste_with`,
+    /// `write_stes`). A stall record of such a stream predates the change;
+    /// IHI 0070 §4.7.2 (step 6 of its shutdown sequence) has software
+    /// discard those records, and §4.7.1 allows CMD_RESUME only for stalls
+    /// not already subject to CMD_STALL_TERM. `false` when the stream
+    /// table is busy (never waits): the CMD_RESUME then goes out, and
+    /// affects nothing if the stall was already terminated.
+    fn stalls_ended(&self, sid: u32) -> bool {
+        let Some(strtab) = self.strtab.try_lock() else {
+            return false;
+        };
+        strtab.read(sid).is_ok_and(|w| {
+            let ste = Ste(w);
+            !ste.is_valid() || matches!(ste.config(), SteConfig::Abort | SteConfig::AbortOther(_))
+        })
     }
 
     /// Sends `resumes` (and any parked earlier) in one batch + CMD_SYNC if
@@ -408,13 +428,15 @@ impl<H: Hal> Smmu<H> {
     ///
     /// ```
     /// use smmuv3::testing::{HostHal, SmmuModel};
-    /// use smmuv3::{Config, Smmu, StallResponse};
+    /// use smmuv3::{Config, DomainOptions, Granule, Smmu, Stage2Config, StallResponse};
     ///
     /// // IDR0.STALL_MODEL (bits [25:24]) = 0b10: stalls forced.
     /// let model = SmmuModel::builder().id_field(0x00, 24, 2, 0b10).build();
     /// // SAFETY: the model outlives the driver; nothing else drives it.
     /// let smmu = unsafe { Smmu::<HostHal>::new(model.base(), Config::default()) }?;
     /// smmu.enable()?;
+    /// let vm = smmu.create_domain(DomainOptions::new(Stage2Config::new(Granule::K4, 40, 48)?))?;
+    /// smmu.attach(vm, 8)?;
     /// let mut record = SmmuModel::translation_fault(8, 0x8000_0000, true);
     /// record[1] |= 1 << 31 | 0x1234; // Stall = 1, STAG = 0x1234
     /// assert!(model.inject_event(record));

@@ -198,6 +198,8 @@ fn the_callback_chooses_retry_per_record() {
 fn a_resume_waits_for_a_busy_command_queue_without_blocking() {
     let m = model(0b10);
     let smmu = enabled(&m);
+    let id = domain(&smmu, StagePolicy::Stage2);
+    smmu.attach(id, SID).unwrap();
     let before = m.commands().len();
     assert!(m.inject_event(stalled_fault(SID, 0x55)));
     {
@@ -350,6 +352,8 @@ fn nothing_changes_where_stalls_are_not_forced() {
 fn disable_drops_parked_resumes() {
     let m = model(0b10);
     let smmu = enabled(&m);
+    let id = domain(&smmu, StagePolicy::Stage2);
+    smmu.attach(id, SID).unwrap();
     assert!(m.inject_event(stalled_fault(SID, 9)));
     {
         let _held = smmu.cmdq.lock();
@@ -361,4 +365,37 @@ fn disable_drops_parked_resumes() {
     assert!(!smmu.resumes.any());
     smmu.enable().unwrap();
     assert!(resumes(&decoded(&m, before)).is_empty());
+}
+
+/// A stall record of a stream that was detached before it was drained
+/// (detach's CMD_STALL_TERM already ended the stall) gets no CMD_RESUME
+/// (IHI 0070 §4.7.2 step 6: such records are discarded; §4.7.1: no
+/// CMD_RESUME for a stall already subject to CMD_STALL_TERM); the callback
+/// still sees it. A stream attached again answers as usual. Fails on the
+/// old code (refused at probe).
+#[test]
+fn a_stall_record_of_a_detached_stream_gets_no_resume() {
+    let m = model(0b10);
+    let smmu = enabled(&m);
+    let id = domain(&smmu, StagePolicy::Stage2);
+    smmu.attach(id, SID).unwrap();
+    assert!(m.inject_event(stalled_fault(SID, 3)));
+    smmu.detach(SID).unwrap();
+    let before = m.commands().len();
+    let mut seen = Vec::new();
+    smmu.service(|e| seen.push(e)).unwrap();
+    assert!(seen[0].stall && seen[0].sid == SID);
+    assert!(resumes(&decoded(&m, before)).is_empty());
+    smmu.attach(id, SID).unwrap();
+    assert!(m.inject_event(stalled_fault(SID, 4)));
+    let before = m.commands().len();
+    smmu.service(|_| {}).unwrap();
+    assert_eq!(
+        resumes(&decoded(&m, before)),
+        [Command::Resume {
+            sid: SID,
+            stag: 4,
+            action: ResumeAction::Abort
+        }]
+    );
 }
