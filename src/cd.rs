@@ -57,7 +57,8 @@ mod fields {
             AA64 OFFSET(41) NUMBITS(1) [],
             HD OFFSET(42) NUMBITS(1) [],
             HA OFFSET(43) NUMBITS(1) [],
-            /// Stall faulting transactions. Always 0.
+            /// Stall faulting transactions: 1 only where the SMMU forces
+            /// stalls (`Cd::with_stall`).
             S OFFSET(44) NUMBITS(1) [],
             /// Record faults as events.
             R OFFSET(45) NUMBITS(1) [],
@@ -146,7 +147,7 @@ impl Cd {
     }
 
     /// Encodes a valid CD: AArch64, little-endian, TTB0 only (EPD1 = 1),
-    /// no stalls (S = 0), abort on termination (A = 1), no hardware
+    /// no stalls (S = 0; [`Cd::with_stall`] sets it), abort on termination (A = 1), no hardware
     /// access/dirty updates, no TBI/PAN/WXN, and ASET = 1 (non-shared ASID
     /// set: the driver invalidates with its own TLBI_NH_* commands, and the
     /// SMMU's ASIDs are independent of the CPUs' so broadcast TLB
@@ -198,6 +199,24 @@ impl Cd {
         let d1 = CD_1::TTB0.val(c.ttb0 >> TTB_SHIFT);
         let d3 = CD_3::MAIR.val(c.mair);
         Ok(Cd([d0.value, d1.value, 0, d3.value, 0, 0, 0, 0]))
+    }
+
+    /// This CD with CD.S = `stall` if it is valid (an invalid CD is
+    /// returned unchanged). An SMMU with IDR0.STALL_MODEL = 0b10 treats a
+    /// CD with S = 0 as ILLEGAL (C_BAD_CD), one with 0b01 a CD with S = 1
+    /// (IHI 0070 §5.5): see `Features::stall_forced`. [`Cd::new`] encodes 0.
+    pub fn with_stall(mut self, stall: bool) -> Cd {
+        if self.is_valid() {
+            let mut d0 = self.d0();
+            d0.modify(CD_0::S.val(u64::from(stall)));
+            self.0[0] = d0.get();
+        }
+        self
+    }
+
+    /// CD.S: stage-1 faults stall (with STE.S1STALLD = 0).
+    pub fn stall(&self) -> bool {
+        self.d0().is_set(CD_0::S)
     }
 
     fn d0(&self) -> LocalRegisterCopy<u64, CD_0::Register> {

@@ -62,6 +62,25 @@ register_bitfields! [u64,
         /// Address\[51:12\] (TLBI_S2_IPA).
         IPA OFFSET(12) NUMBITS(40) []
     ],
+    /// Dword 0 of CMD_RESUME (IHI 0070 §4.7.1; Linux CMDQ_RESUME_0_*) and
+    /// CMD_STALL_TERM (§4.7.2: Opcode, SSec, StreamID only).
+    pub RESUME_0 [
+        OPCODE OFFSET(0) NUMBITS(8) [],
+        /// Secure stream: always 0 (non-secure) in this driver.
+        SSEC OFFSET(10) NUMBITS(1) [],
+        /// Action: 1 = retry, 0 = terminate (as Ab says). Linux's
+        /// RESP field is \[13:12\] = {Ab, Ac}: TERM 0, RETRY 1, ABORT 2.
+        AC OFFSET(12) NUMBITS(1) [],
+        /// Abort: with Ac = 0, 1 = terminate with an abort, 0 = complete
+        /// with RAZ/WI. IGNORED with Ac = 1 (this driver encodes 0).
+        AB OFFSET(13) NUMBITS(1) [],
+        SID OFFSET(32) NUMBITS(32) []
+    ],
+    /// Dword 1 of CMD_RESUME.
+    pub RESUME_1 [
+        /// The stall tag of the event record being answered.
+        STAG OFFSET(0) NUMBITS(16) []
+    ],
     /// Dword 0 of CMD_SYNC.
     pub SYNC_0 [
         OPCODE OFFSET(0) NUMBITS(8) [],
@@ -108,8 +127,28 @@ pub mod opcode {
     pub const TLBI_S2_IPA: u8 = 0x2A;
     /// CMD_TLBI_NSNH_ALL.
     pub const TLBI_NSNH_ALL: u8 = 0x30;
+    /// CMD_RESUME.
+    pub const RESUME: u8 = 0x44;
+    /// CMD_STALL_TERM.
+    pub const STALL_TERM: u8 = 0x45;
     /// CMD_SYNC.
     pub const SYNC: u8 = 0x46;
+}
+
+/// What CMD_RESUME does with a stalled transaction (its Ac and Ab fields,
+/// IHI 0070 §4.7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeAction {
+    /// Ac = 1: retry the transaction as though it had just arrived (it may
+    /// fault and stall again). Ab = 0 (IGNORED).
+    Retry,
+    /// Ac = 0, Ab = 1: terminate it with an abort reported to the device
+    /// (Linux's CMDQ_RESUME_0_RESP_ABORT).
+    Abort,
+    /// Ac = 0, Ab = 0: terminate it, completing with RAZ/WI semantics
+    /// (an abort anyway when IDR0.TERM_MODEL = 1; Linux's
+    /// CMDQ_RESUME_0_RESP_TERM). Never issued by the driver itself.
+    RazWi,
 }
 
 /// Address bits below the VA/IPA fields of a TLBI (Address\[11:0\]).
@@ -333,6 +372,25 @@ pub enum Command {
     },
     /// CMD_TLBI_NSNH_ALL (0x30): all non-secure, non-hypervisor entries.
     TlbiNsnhAll,
+    /// CMD_RESUME (0x44): resume the stalled transaction of `sid` whose
+    /// event record carried `stag`, as `action` says. Raises CERROR_ILL
+    /// where IDR0.STALL_MODEL = 0b01.
+    Resume {
+        /// StreamID of the stall event record.
+        sid: u32,
+        /// STAG of the stall event record.
+        stag: u16,
+        /// Retry or terminate.
+        action: ResumeAction,
+    },
+    /// CMD_STALL_TERM (0x45): mark every stalled transaction of `sid` for
+    /// termination (abort). Only after the STE of `sid` aborts new traffic
+    /// and that change was invalidated and synchronized (IHI 0070 §4.7.2).
+    /// Raises CERROR_ILL where IDR0.STALL_MODEL = 0b01.
+    StallTerm {
+        /// StreamID.
+        sid: u32,
+    },
     /// CMD_SYNC (0x46).
     Sync {
         /// Completion signal.
@@ -529,6 +587,8 @@ impl Command {
             Command::TlbiS12Vmall { .. } => TLBI_S12_VMALL,
             Command::TlbiS2Ipa { .. } => TLBI_S2_IPA,
             Command::TlbiNsnhAll => TLBI_NSNH_ALL,
+            Command::Resume { .. } => RESUME,
+            Command::StallTerm { .. } => STALL_TERM,
             Command::Sync { .. } => SYNC,
             Command::Raw(w) => {
                 LocalRegisterCopy::<u64, CFGI_0::Register>::new(w[0]).read(CFGI_0::OPCODE) as u8
@@ -588,6 +648,22 @@ impl Command {
                 tlbi(op, vmid, 0, d1.value, &range)
             }
             Command::TlbiEl2All | Command::TlbiNsnhAll => tlbi(op, 0, 0, 0, &None),
+            Command::Resume { sid, stag, action } => {
+                let (ac, ab) = match action {
+                    ResumeAction::Retry => (1, 0),
+                    ResumeAction::Abort => (0, 1),
+                    ResumeAction::RazWi => (0, 0),
+                };
+                let d0 = RESUME_0::OPCODE.val(u64::from(op))
+                    + RESUME_0::AC.val(ac)
+                    + RESUME_0::AB.val(ab)
+                    + RESUME_0::SID.val(u64::from(sid));
+                [d0.value, RESUME_1::STAG.val(u64::from(stag)).value]
+            }
+            Command::StallTerm { sid } => [
+                (RESUME_0::OPCODE.val(u64::from(op)) + RESUME_0::SID.val(u64::from(sid))).value,
+                0,
+            ],
             Command::Sync {
                 cs,
                 msi_addr,
@@ -629,6 +705,7 @@ impl Command {
         let c1 = LocalRegisterCopy::<u64, CFGI_1::Register>::new(w[1]);
         let t0 = LocalRegisterCopy::<u64, TLBI_0::Register>::new(w[0]);
         let t1 = LocalRegisterCopy::<u64, TLBI_1::Register>::new(w[1]);
+        let r0 = LocalRegisterCopy::<u64, RESUME_0::Register>::new(w[0]);
         let s0 = LocalRegisterCopy::<u64, SYNC_0::Register>::new(w[0]);
         let s1 = LocalRegisterCopy::<u64, SYNC_1::Register>::new(w[1]);
 
@@ -688,6 +765,20 @@ impl Command {
                 range,
             },
             TLBI_NSNH_ALL => Command::TlbiNsnhAll,
+            RESUME => Command::Resume {
+                sid: r0.read(RESUME_0::SID) as u32,
+                stag: w[1] as u16,
+                // Ac = 1 with Ab = 1 is not canonical (Ab IGNORED): it
+                // re-encodes differently and decodes as Raw.
+                action: match (r0.is_set(RESUME_0::AC), r0.is_set(RESUME_0::AB)) {
+                    (true, _) => ResumeAction::Retry,
+                    (false, true) => ResumeAction::Abort,
+                    (false, false) => ResumeAction::RazWi,
+                },
+            },
+            STALL_TERM => Command::StallTerm {
+                sid: r0.read(RESUME_0::SID) as u32,
+            },
             SYNC => {
                 let cs = match s0.read_as_enum(SYNC_0::CS) {
                     Some(SYNC_0::CS::Value::None) => SyncCs::None,

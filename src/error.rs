@@ -49,8 +49,10 @@ pub enum Unsupported {
     Granule,
     /// An address size beyond the SMMU's OAS/IAS.
     AddressSize,
-    /// IDR0.STALL_MODEL = forced stall: the SMMU cannot terminate faulting
-    /// transactions, and this driver never stalls them.
+    /// IDR0.STALL_MODEL = forced stall. No longer returned: the driver
+    /// drives such an SMMU (STE.S2S = CD.S = 1, CMD_RESUME for every stall
+    /// event, CMD_STALL_TERM on detach; see `Features::stall_forced`). Kept
+    /// so that code matching on it still compiles.
     ForcedStall,
     /// MSI configuration was given and IDR0.MSI = 0.
     Msi,

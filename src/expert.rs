@@ -17,7 +17,7 @@
 pub use crate::barrier::{dmb_osh, dsb_ld, dsb_st};
 pub use crate::cd::{CD_0, CD_1, CD_2, CD_3, Cd, Stage1Cd};
 pub use crate::cmd::{
-    Command, InvalidationHints, InvalidationPlan, SyncCs, TlbiRange, nh_invalidation,
+    Command, InvalidationHints, InvalidationPlan, ResumeAction, SyncCs, TlbiRange, nh_invalidation,
     nh_invalidation_hinted, opcode, s2_invalidation, s2_invalidation_hinted,
 };
 pub use crate::entry_plan::{UpdatePlan, UpdateStep};

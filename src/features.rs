@@ -76,7 +76,11 @@ pub enum StallModel {
     Stall,
     /// Only the terminate model: faulting transactions are never stalled.
     NoStall,
-    /// Only the stall model: STE.S1STALLD and CD.S have restrictions.
+    /// Only the stall model (IDR0.STALL_MODEL = 0b10, "stall forced"):
+    /// STE.S2S = 0 in a stage-2 STE and CD.S = 0 are ILLEGAL (C_BAD_STE /
+    /// C_BAD_CD), and so is STE.S1STALLD = 1. Faulting transactions of
+    /// translation-related faults stall until software answers their event
+    /// with CMD_RESUME, or ends them with CMD_STALL_TERM.
     ForceStall,
 }
 
@@ -275,10 +279,13 @@ impl Features {
     /// - IDR1.TABLES_PRESET / QUEUES_PRESET / REL:
     ///   [`Unsupported::PresetTables`] / [`Unsupported::PresetQueues`] /
     ///   [`Unsupported::RelativeBase`];
-    /// - IDR0.STALL_MODEL = forced stall: every STE with S2S = 0 (and every
-    ///   CD with S = 0) is then ILLEGAL, and this driver never stalls DMA
-    ///   (a stalled passed-through device needs a fault handler the driver
-    ///   does not have): [`Unsupported::ForcedStall`].
+    ///
+    /// IDR0.STALL_MODEL = 0b10 (stall forced) is driven: the driver then
+    /// sets STE.S2S and CD.S (IHI 0070 §5.5: either at 0 is ILLEGAL on such
+    /// an SMMU), answers every stall event with CMD_RESUME
+    /// ([`crate::Smmu::service`]) and ends a stream's stalls with
+    /// CMD_STALL_TERM when it stops translating (see
+    /// [`Features::stall_forced`]).
     pub fn from_id_regs(regs: &IdRegs) -> Result<Features> {
         let idr0 = LocalRegisterCopy::<u32, IDR0::Register>::new(regs.idr0);
         let idr1 = LocalRegisterCopy::<u32, IDR1::Register>::new(regs.idr1);
@@ -344,9 +351,6 @@ impl Features {
             Some(IDR0::STALL_MODEL::Value::ForceStall) => StallModel::ForceStall,
             _ => StallModel::Stall,
         };
-        if stall_model == StallModel::ForceStall {
-            return Err(Error::Unsupported(Unsupported::ForcedStall));
-        }
         let bbml = match idr3.read_as_enum(IDR3::BBML) {
             Some(IDR3::BBML::Value::Level1) => 1,
             Some(IDR3::BBML::Value::Level2) => 2,
@@ -400,6 +404,16 @@ impl Features {
             implementation,
             errata,
         })
+    }
+
+    /// Whether the SMMU forces the stall model (IDR0.STALL_MODEL = 0b10):
+    /// the driver's STEs with stage 2 then carry S2S = 1 and its CDs S = 1
+    /// (both 0 otherwise: with STALL_MODEL = 0b01 a 1 is ILLEGAL, and with
+    /// 0b00 this driver chooses the terminate model), stall events are
+    /// answered with CMD_RESUME, and CMD_STALL_TERM follows every STE
+    /// change to abort. IHI 0070 §3.12.2, §4.7.1, §4.7.2, §5.5.
+    pub fn stall_forced(&self) -> bool {
+        self.stall_model == StallModel::ForceStall
     }
 
     /// The largest StreamID the SMMU accepts: `2^sid_bits - 1` (0 when the
@@ -537,7 +551,7 @@ impl fmt::Display for Features {
         let stall = match self.stall_model {
             StallModel::Stall => "stall + terminate",
             StallModel::NoStall => "terminate only",
-            StallModel::ForceStall => "stall only",
+            StallModel::ForceStall => "forced",
         };
         writeln!(f, "{:<W$} : {}", "stall model", stall)?;
         let endian = match self.tt_endian {
@@ -748,15 +762,20 @@ mod tests {
         assert_eq!(f.bbml, 0);
     }
 
-    /// Issue 8 item 7: forced stall makes every STE with S2S = 0 ILLEGAL.
+    /// STALL_MODEL = 0b10 (stall forced) is driven, and says so; 0 and 1
+    /// are not "forced".
     #[test]
-    fn forced_stall_is_refused() {
-        assert_eq!(
-            with(|r| r.idr0 = (r.idr0 & !(3 << 24)) | 2 << 24),
-            Err(Error::Unsupported(Unsupported::ForcedStall))
-        );
-        // Stall-capable (0) and terminate-only (1) SMMUs are driven.
-        assert!(with(|r| r.idr0 &= !(3 << 24)).is_ok());
+    fn forced_stall_is_driven() {
+        let f = with(|r| r.idr0 = (r.idr0 & !(3 << 24)) | 2 << 24).unwrap();
+        assert_eq!(f.stall_model, StallModel::ForceStall);
+        assert!(f.stall_forced());
+        let s = f.to_string();
+        assert!(s.lines().any(|l| l == "stall model        : forced"), "{s}");
+        // Stall-capable (0) and terminate-only (1) SMMUs: not forced.
+        let f = with(|r| r.idr0 &= !(3 << 24)).unwrap();
+        assert_eq!(f.stall_model, StallModel::Stall);
+        assert!(!f.stall_forced());
+        assert!(!Features::from_id_regs(&QEMU).unwrap().stall_forced());
     }
 
     /// Issue 8 item 9: errata keyed by IIDR.

@@ -202,8 +202,8 @@ pub use group::GroupId;
 pub use hal::{Dma, DmaRegion, Hal, PhysAddr};
 pub use regs::MMIO_SIZE;
 pub use smmu::{
-    Config, GerrorReport, MSI_MEMATTR_DEVICE_NGNRE, MsiConfig, MsiTarget, Smmu, State, Stats,
-    StreamTableChoice, WalkAttributes,
+    Config, GerrorReport, MAX_PENDING_RESUMES, MSI_MEMATTR_DEVICE_NGNRE, MsiConfig, MsiTarget,
+    Smmu, StallResponse, State, Stats, StreamTableChoice, WalkAttributes,
 };
 pub use stage2::{Granule, Stage2Config};
 

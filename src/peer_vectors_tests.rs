@@ -559,6 +559,44 @@ fn commands_sync() {
     assert_eq!((c.encode()[0] >> 12) & 3, 1);
 }
 
+/// Linux `arm_smmu_cmdq_build_cmd` for CMDQ_OP_RESUME (0x44): SID
+/// CMDQ_RESUME_0_SID [63:32], response CMDQ_RESUME_0_RESP [13:12] with
+/// CMDQ_RESUME_0_RESP_TERM 0, _RETRY 1, _ABORT 2; STAG
+/// CMDQ_RESUME_1_STAG [15:0]. The spec (IHI 0070 §4.7.1) names the two RESP
+/// bits Ac [12] (1 = retry) and Ab [13] (with Ac = 0: 1 = abort, 0 =
+/// RAZ/WI). CMD_STALL_TERM (0x45, §4.7.2): StreamID [63:32] only (Linux
+/// has no builder for it: it never issues one; QEMU treats both commands
+/// as unimplemented, as it models no stalls).
+#[test]
+fn commands_resume_and_stall_term() {
+    use crate::cmd::ResumeAction;
+    let resume = |action| {
+        Command::Resume {
+            sid: 0x0001_0042,
+            stag: 0x1234,
+            action,
+        }
+        .encode()
+    };
+    // RESP_ABORT (2) << 12 = 0x2000; SID 0x10042 << 32.
+    assert_eq!(resume(ResumeAction::Abort), [0x0001_0042_0000_2044, 0x1234]);
+    // RESP_RETRY (1) << 12 = 0x1000.
+    assert_eq!(resume(ResumeAction::Retry), [0x0001_0042_0000_1044, 0x1234]);
+    // RESP_TERM (0).
+    assert_eq!(resume(ResumeAction::RazWi), [0x0001_0042_0000_0044, 0x1234]);
+    assert_eq!(
+        Command::StallTerm { sid: 0x0001_0042 }.encode(),
+        [0x0001_0042_0000_0045, 0]
+    );
+    for w in [
+        resume(ResumeAction::Abort),
+        Command::StallTerm { sid: 7 }.encode(),
+    ] {
+        assert_eq!(Command::decode(w).encode(), w);
+        assert!(!matches!(Command::decode(w), Command::Raw(_)));
+    }
+}
+
 /// What Linux's `__arm_smmu_tlb_inv_range` builds for `num_pages` pages:
 /// (NUM, SCALE) per command, in order. Facts: for non-leaf invalidations
 /// (TTL = 0) a page count of 1 modulo 32 is bumped by one; then each

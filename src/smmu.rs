@@ -79,6 +79,7 @@ pub use config::{
     StreamTableChoice, WalkAttributes,
 };
 pub use quarantine::{MAX_PENDING_QUARANTINES, MAX_QUARANTINED, Quarantine};
+pub use service::{MAX_PENDING_RESUMES, StallResponse};
 
 /// Event records [`Smmu::service`] copies out of the queue per round and
 /// hands to its callback with the queue unlocked (an array of this many
@@ -157,6 +158,9 @@ pub struct Smmu<H: Hal> {
     /// Quarantines asked for while the stream table or command queue was
     /// busy (lock-free, for interrupt context).
     pending: quarantine::Pending,
+    /// CMD_RESUMEs for stall events, parked while the command queue was
+    /// busy (src/smmu/service.rs).
+    resumes: service::PendingResumes,
 }
 
 /// Checks MSI targets against what the SMMU can do.
@@ -315,6 +319,7 @@ impl<H: Hal> Smmu<H> {
             drain_again: AtomicBool::new(false),
             quarantined: Mutex::new(crate::fallible::try_box(quarantine::Table::default())?),
             pending: quarantine::Pending::default(),
+            resumes: service::PendingResumes::default(),
         })
     }
 
@@ -443,9 +448,14 @@ impl<H: Hal> Smmu<H> {
 
     /// Runs `f` on the locked command queue, then refreshes the lock-free
     /// copy of its counters.
+    /// Parked CMD_RESUMEs (stall events answered while the queue was
+    /// busy) go out before it is let go.
     fn with_cmdq<R>(&self, f: impl FnOnce(&mut CommandQueue<H>) -> R) -> R {
         let mut q = self.cmdq.lock();
         let r = f(&mut q);
+        if self.resumes.any() {
+            self.flush_resumes_locked(&mut q, &[]);
+        }
         self.counters.store_cmdq(q.stats());
         r
     }
@@ -480,3 +490,7 @@ mod events_tests;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "smmu/stall_tests.rs"]
+mod stall_tests;

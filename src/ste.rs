@@ -194,7 +194,8 @@ pub enum Strw {
 ///
 /// The STE is always programmed with AArch64 tables (S2AA64 = 1: QEMU
 /// crashes on 0 and this driver has no AArch32 tables), little-endian
-/// (S2ENDI = 0), no stalls (S2S = 0) and no hardware access/dirty updates.
+/// (S2ENDI = 0), no stalls (S2S = 0: [`Ste::with_s2_stall`] sets it where
+/// the SMMU forces stalls) and no hardware access/dirty updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage2Ste {
     /// VMID tagging the stream's TLB entries.
@@ -407,6 +408,25 @@ impl Ste {
         let (d0, d1) = s1.dwords(STE_0::CONFIG::Nested.value >> STE_0::CONFIG.shift)?;
         let (d2, d3) = s2.dwords()?;
         Ok(Ste([d0, d1, d2, d3, 0, 0, 0, 0]))
+    }
+
+    /// This STE with STE.S2S = `stall` when it translates at stage 2
+    /// (Config stage 2 or nested); any other STE unchanged. An SMMU with
+    /// IDR0.STALL_MODEL = 0b10 needs S2S = 1 in every STE with stage 2
+    /// (S2S = 0 is ILLEGAL there: C_BAD_STE), one with 0b01 needs 0 (IHI
+    /// 0070 §5.5): see `Features::stall_forced`. [`Stage2Ste`] encodes 0.
+    pub fn with_s2_stall(mut self, stall: bool) -> Ste {
+        if matches!(self.config(), SteConfig::Stage2 | SteConfig::Nested) {
+            let mut d2 = LocalRegisterCopy::<u64, STE_2::Register>::new(self.0[2]);
+            d2.modify(STE_2::S2S.val(u64::from(stall)));
+            self.0[2] = d2.get();
+        }
+        self
+    }
+
+    /// STE.S2S (dword 2 bit 57): stage-2 faults stall.
+    pub fn s2_stall(&self) -> bool {
+        LocalRegisterCopy::<u64, STE_2::Register>::new(self.0[2]).is_set(STE_2::S2S)
     }
 
     fn d0(&self) -> LocalRegisterCopy<u64, STE_0::Register> {

@@ -164,6 +164,35 @@ fn sync_encodings() {
     );
 }
 
+/// CMD_RESUME (IHI 0070 §4.7.1): Opcode 0x44 \[7:0\], SSec \[10\], Ac
+/// \[12\], Ab \[13\], StreamID \[63:32\]; STAG in dword 1 \[15:0\].
+/// CMD_STALL_TERM (§4.7.2): Opcode 0x45, SSec, StreamID \[63:32\] only.
+#[test]
+fn resume_and_stall_term_encodings() {
+    let r = |action| Command::Resume {
+        sid: 0x8000_0010,
+        stag: 0xBEEF,
+        action,
+    };
+    assert_eq!(enc(r(ResumeAction::Retry)), [0x8000_0010_0000_1044, 0xBEEF]);
+    assert_eq!(enc(r(ResumeAction::Abort)), [0x8000_0010_0000_2044, 0xBEEF]);
+    assert_eq!(enc(r(ResumeAction::RazWi)), [0x8000_0010_0000_0044, 0xBEEF]);
+    assert_eq!(
+        enc(Command::StallTerm { sid: 0x1234 }),
+        [0x0000_1234_0000_0045, 0]
+    );
+    // Ab is IGNORED with Ac = 1: {Ac, Ab} = {1, 1} is not canonical; SSec
+    // (Secure) and STAG bits above 15 are not modelled: all Raw.
+    for w in [
+        [0x10_0000_3044, 0],
+        [0x10_0000_0444, 0],
+        [0x10_0000_1044, 1 << 16],
+        [0x10_0000_0045, 1],
+    ] {
+        assert_eq!(Command::decode(w), Command::Raw(w), "{w:x?}");
+    }
+}
+
 #[test]
 fn raw_and_illegal() {
     let c = Command::Raw([0x07, 0]);
@@ -344,6 +373,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
             }
         }),
         Just(Command::TlbiNsnhAll),
+        (any::<u32>(), any::<u16>(), 0usize..3).prop_map(|(sid, stag, a)| Command::Resume {
+            sid,
+            stag,
+            action: [
+                ResumeAction::Retry,
+                ResumeAction::Abort,
+                ResumeAction::RazWi
+            ][a],
+        }),
+        any::<u32>().prop_map(|sid| Command::StallTerm { sid }),
         (0u8..3, any::<u64>(), any::<u32>()).prop_map(|(cs, a, msi_data)| Command::Sync {
             cs: [SyncCs::None, SyncCs::Irq, SyncCs::Sev][cs as usize],
             msi_addr: a & 0x000F_FFFF_FFFF_FFFC,

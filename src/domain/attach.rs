@@ -64,7 +64,8 @@ impl<H: Hal> Smmu<H> {
         if let Tables::Stage1(s1) = &d.tables {
             return self.stage1_ste(d, s1);
         }
-        Ste::stage2(&self.domain_s2(d)?)
+        // S2S = 1 where the SMMU forces stalls (S2S = 0 is ILLEGAL there).
+        Ok(Ste::stage2(&self.domain_s2(d)?)?.with_s2_stall(self.features().stall_forced()))
     }
 
     /// The stage-2 fields of a stage-2 domain's STEs (plain or nested).

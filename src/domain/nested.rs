@@ -19,7 +19,11 @@
 //! (IPA ranges the caller passes) and is read through a caller-supplied
 //! reader (e.g. the hypervisor's own view of the guest's stage 2); V = 1,
 //! AA64 = 1, A = 1, ENDI = 0 unless the SMMU has mixed-endian tables,
-//! S = 0 (this driver never stalls), HA = HD = 0 unless the SMMU
+//! S = 0, or S = 1 on an SMMU that forces stalls (IDR0.STALL_MODEL = 0b10,
+//! where S = 0 is ILLEGAL: the CD is the guest's, so S is required, not
+//! rewritten; the hypervisor should report the forced model in the
+//! guest's virtual IDR0, and the guest's stalls are answered by
+//! [`Smmu::service`] like any other), HA = HD = 0 unless the SMMU
 //! implements HTTU, EPD1 = 1 (TTB1 is not offered to guests), TG0 a
 //! granule IDR5 has, T0SZ between 16 and 39 (a 25..48-bit VA space; no
 //! 52-bit VA), IPS at most the SMMU's OAS and never 6/7 (52 bits or
@@ -97,7 +101,9 @@ pub enum NestedError {
     NotAarch64,
     /// CD.A = 0.
     AbortDisabled,
-    /// CD.S = 1: stalls are never used.
+    /// CD.S does not match the SMMU's stall model: S = 1 where stalls are
+    /// not forced (this driver offers guests no stalls), or S = 0 where
+    /// IDR0.STALL_MODEL = 0b10 forces them (ILLEGAL there: C_BAD_CD).
     Stall,
     /// CD.ENDI = 1 and the SMMU has little-endian tables only.
     BigEndian,
@@ -148,7 +154,7 @@ impl fmt::Display for NestedError {
             Self::CdNotValid => write!(f, "CD.V = 0"),
             Self::NotAarch64 => write!(f, "CD.AA64 = 0"),
             Self::AbortDisabled => write!(f, "CD.A = 0"),
-            Self::Stall => write!(f, "CD.S = 1 (stalls unsupported)"),
+            Self::Stall => write!(f, "CD.S does not match the SMMU's stall model"),
             Self::BigEndian => write!(f, "CD.ENDI = 1 on a little-endian SMMU"),
             Self::HardwareUpdate => write!(f, "CD.HA/HD without HTTU"),
             Self::Ttb1Enabled => write!(f, "CD.EPD1 = 0 (TTB1 not offered)"),
@@ -236,7 +242,12 @@ pub fn validate_cd(
     if !d0.is_set(CD_0::A) {
         return Err(NestedError::AbortDisabled);
     }
-    if d0.is_set(CD_0::S) {
+    // CD.S must be what the SMMU's stall model allows: 1 where stalls are
+    // forced (S = 0 is ILLEGAL there, C_BAD_CD), 0 otherwise (ILLEGAL with
+    // STALL_MODEL = 0b01; with 0b00 the driver offers guests no stalls).
+    // Required, not forced: the CD is in the guest's memory, which the
+    // SMMU reads directly; the driver does not rewrite it.
+    if d0.is_set(CD_0::S) != f.stall_forced() {
         return Err(NestedError::Stall);
     }
     if d0.is_set(CD_0::ENDI) && f.tt_endian != TtEndian::Mixed {
@@ -445,7 +456,9 @@ impl<H: Hal> Smmu<H> {
     fn nested_ste(&self, d: &super::Domain<H>, cd_ipa: u64) -> Result<Ste> {
         let w = self.walk_attributes();
         let s2 = self.domain_s2(d)?;
-        Ste::nested(
+        // S2S = 1 where the SMMU forces stalls (S2S = 0 is ILLEGAL there);
+        // S1STALLD stays 0 (1 is ILLEGAL unless STALL_MODEL = 0b00).
+        Ok(Ste::nested(
             &Stage1Ste {
                 cir: w.inner,
                 cor: w.outer,
@@ -453,7 +466,8 @@ impl<H: Hal> Smmu<H> {
                 ..Stage1Ste::new(cd_ipa, d.vmid)
             },
             &s2,
-        )
+        )?
+        .with_s2_stall(self.features().stall_forced()))
     }
 
     /// Returns nested stream `sid` of `domain` to the domain's plain

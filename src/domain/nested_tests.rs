@@ -615,3 +615,40 @@ fn stage2_unmap_under_a_nested_stream_adds_tlbi_nh_all() {
     smmu.unmap(id, RAM.start + 0x3000, 0x1000).unwrap();
     assert!(!decoded(&regs, from).contains(&Command::TlbiNhAll { vmid }));
 }
+
+/// IDR0.STALL_MODEL = 0b10 (stall forced): a guest CD with S = 0 is ILLEGAL
+/// to the SMMU (C_BAD_CD), so it is refused (the driver cannot rewrite the
+/// guest's memory, so S is required, not forced); one with S = 1 is
+/// accepted, and the nested STE carries S2S = 1 (S1STALLD = 0), as does the
+/// plain stage-2 STE the stream returns to. Before this change the SMMU was
+/// refused at probe, and S = 1 always refused.
+#[test]
+fn forced_stall_requires_guest_cd_s_and_sets_s2s() {
+    const FORCED: u32 = (IDR0_NESTED & !(3 << 24)) | 2 << 24;
+    let (_regs, smmu) = enabled(FORCED);
+    assert!(smmu.features().stall_forced());
+    let d = vm(&smmu, SID);
+    assert!(smmu.ste(SID).unwrap().s2_stall(), "stage-2 STE: S2S = 1");
+    let plain = good_cd(5);
+    assert_eq!(
+        smmu.attach_nested(&req(d, SID, CD_IPA), &mut reader(plain)),
+        Err(NestedError::Stall.into())
+    );
+    let stalling = with_d0(plain, |d0| d0.modify(CD_0::S::SET));
+    smmu.attach_nested(&req(d, SID, CD_IPA), &mut reader(stalling))
+        .unwrap();
+    let ste = smmu.ste(SID).unwrap();
+    assert_eq!(ste.config(), crate::ste::SteConfig::Nested);
+    assert!(ste.s2_stall(), "nested STE: S2S = 1");
+    assert_eq!(ste.0[1] >> 27 & 1, 0, "S1STALLD = 0 (1 is ILLEGAL here)");
+    smmu.detach_nested(d, SID).unwrap();
+    assert!(smmu.ste(SID).unwrap().s2_stall());
+    // Not forced (QEMU's 0b01): S2S = 0, and S = 1 is still refused.
+    let (_regs, smmu) = enabled(IDR0_NESTED);
+    let d = vm(&smmu, SID);
+    assert!(!smmu.ste(SID).unwrap().s2_stall());
+    assert_eq!(
+        smmu.attach_nested(&req(d, SID, CD_IPA), &mut reader(stalling)),
+        Err(NestedError::Stall.into())
+    );
+}

@@ -134,6 +134,8 @@ impl<H: Hal> Smmu<H> {
             record_faults: true,
             affd: false,
         })
+        // S = 1 where the SMMU forces stalls (S = 0 is ILLEGAL there).
+        .map(|cd| cd.with_stall(f.stall_forced()))
         .and_then(|target| self.write_cd(&cd_mem, &[], &target));
         if let Err(e) = target {
             let _ = domains.asids.free(asid);

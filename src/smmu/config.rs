@@ -178,7 +178,16 @@ pub struct GerrorReport {
     /// The command queue had an error but its lock was held: the submitter
     /// recovers it while waiting.
     pub cmdq_deferred: bool,
-    /// Records were lost to a full event queue.
+    /// GERROR.EVENTQ_ABT_ERR: an access to the event queue aborted, and
+    /// records may have been lost (IHI 0070 §7.2.2). On an SMMU that
+    /// stalls ([`crate::Features::stall_forced`]) stall records may be
+    /// among them: their transactions then stay stalled with no event to
+    /// answer. The driver cannot name them; ending them takes
+    /// [`crate::Smmu::detach`] or [`crate::Smmu::quarantine`] of the
+    /// streams that may have faulted (both send CMD_STALL_TERM) or
+    /// [`crate::Smmu::disable`] (SMMUEN = 0 terminates every stall). A
+    /// merely full queue loses no stall record: the SMMU holds it until
+    /// there is room (§3.5.2, §7.4).
     pub eventq_abort: bool,
     /// MSI writes aborted.
     pub msi_abort: bool,

@@ -197,6 +197,10 @@ impl<H: Hal> Smmu<H> {
         }
         self.write_irq_ctrl(0)?;
         self.write_cr0(0)?;
+        // SMMUEN = 0 terminated every stalled transaction (IHI 0070
+        // §3.12.2): CMD_RESUMEs still parked answer nothing any more, and
+        // their STAGs may be reused once the SMMU is enabled again.
+        self.resumes.clear();
         self.set_state(State::Disabled);
         Ok(())
     }

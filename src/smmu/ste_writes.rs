@@ -149,7 +149,32 @@ impl<H: Hal> Smmu<H> {
                 }
             }
         }
+        if self.ends_translation(&current, target) {
+            // IHI 0070 §4.7.2: CMD_STALL_TERM only once the STE aborts new
+            // traffic and that change was invalidated and synchronized
+            // (the plan's last CMD_SYNC, completed above). Its own batch.
+            submit(&[Command::StallTerm { sid }])?;
+        }
         Ok(sent_after)
+    }
+
+    /// Whether replacing `current` by `target` stops a stream that could
+    /// stall (an SMMU that forces stalls, a translating STE) and leaves it
+    /// aborting (Config = abort, or V = 0): its outstanding stalls must
+    /// then be ended with CMD_STALL_TERM, since no configuration remains
+    /// that they could be resumed under. Nothing without live commands
+    /// (SMMUEN = 0 terminates stalls).
+    pub(super) fn ends_translation(&self, current: &Ste, target: &Ste) -> bool {
+        let translating = |s: &Ste| {
+            s.is_valid()
+                && matches!(
+                    s.config(),
+                    SteConfig::Stage1 | SteConfig::Stage2 | SteConfig::Nested
+                )
+        };
+        let aborting = !target.is_valid()
+            || matches!(target.config(), SteConfig::Abort | SteConfig::AbortOther(_));
+        self.features.stall_forced() && self.commands_live() && translating(current) && aborting
     }
 
     /// Installs several STEs at once, with the safe update order of
@@ -220,8 +245,16 @@ impl<H: Hal> Smmu<H> {
         plans
             .try_reserve_exact(updates.len())
             .map_err(|_| Error::NoMemory)?;
+        // StreamIDs whose stalls end with this update (CMD_STALL_TERM once
+        // their aborts are synchronized).
+        let mut stall_terms = alloc::vec::Vec::new();
         for &(sid, target) in updates {
-            plans.push((sid, plan_update(&Ste(strtab.read(sid)?), &target)?, 0usize));
+            let current = Ste(strtab.read(sid)?);
+            if self.ends_translation(&current, &target) {
+                stall_terms.try_reserve(1).map_err(|_| Error::NoMemory)?;
+                stall_terms.push(Command::StallTerm { sid });
+            }
+            plans.push((sid, plan_update(&current, &target)?, 0usize));
         }
         let mut cfgis = alloc::vec::Vec::new();
         cfgis
@@ -249,6 +282,10 @@ impl<H: Hal> Smmu<H> {
                 }
             }
             if cfgis.is_empty() {
+                if live && !stall_terms.is_empty() {
+                    // Every abort above is in place and synchronized.
+                    self.submit_locked(&stall_terms)?;
+                }
                 return Ok(());
             }
             if live {
