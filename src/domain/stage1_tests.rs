@@ -262,7 +262,10 @@ fn stage1_detach_takes_two_syncs_with_cfgi_cd_all_after_the_abort_is_live() {
         .iter()
         .position(|c| *c == Command::CfgiCdAll { sid: 8 })
         .expect("CFGI_CD_ALL");
-    assert!(cd_all > first_sync, "CFGI_CD_ALL before the abort was live: {cmds:x?}");
+    assert!(
+        cd_all > first_sync,
+        "CFGI_CD_ALL before the abort was live: {cmds:x?}"
+    );
     assert!(sync(cmds.last().unwrap()), "{cmds:x?}");
     assert_eq!(smmu.ste(8).unwrap().0, Ste::abort().0);
     drop(smmu);

@@ -8,17 +8,25 @@
 //! enabled on every function.
 //!
 //! Every function also records the bridge above it and every bridge its
-//! kind (PCIe capability's Device/Port Type, or none): after the walk, the
-//! library's [`smmuv3::topology`] turns each function's bridge chain and
-//! the host's `iommu-map` into its DMA alias StreamIDs, and the StreamID
-//! sets into isolation groups.
+//! kind (PCIe capability's Device/Port Type, or none), its header's
+//! multi-function bit, and its ACS extended capability (found by walking
+//! the PCIe extended capability list from offset 0x100). ACS comes out of
+//! reset disabled; as Linux does when an IOMMU is present
+//! (`pci_std_enable_acs`), the walk turns on Source Validation, P2P
+//! Request and Completion Redirect and Upstream Forwarding wherever the
+//! ACS Capability register says they are implemented, before anything is
+//! grouped. After the walk, the library's [`smmuv3::topology`] turns each
+//! function's bridge chain and the host's `iommu-map` into its DMA alias
+//! StreamIDs, and the StreamID sets plus the peer-to-peer facts (see
+//! [`smmuv3::topology::acs`]) into isolation groups.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 use smmuv3::topology::{
-    self, AliasSource, Bridge, BridgeKind, DmaAliases, FUNCTION_BITS, Groups, Rid, TopologyError,
+    self, Acs, AcsFlags, AliasSource, Bridge, BridgeKind, DmaAliases, FUNCTION_BITS, Groups,
+    Isolation, P2pFacts, P2pPath, Rid, TopologyError,
 };
 
 use super::platform::{PciHost, Window};
@@ -98,6 +106,12 @@ pub struct PciFunction {
     pub pcie_port_type: Option<u8>,
     /// Whether it has a PCI-X capability.
     pub pci_x: bool,
+    /// Multi-function bit of its header type.
+    pub multifunction: bool,
+    /// Its ACS extended capability (after enumeration enabled it), or
+    /// `Ok(None)` without one, or why the extended capability list could
+    /// not be walked.
+    pub acs: Result<Option<AcsCap>, ExtCapError>,
     /// Index, in the list [`enumerate`] returns, of the bridge whose
     /// secondary bus it sits on (None on the root bus).
     pub parent: Option<usize>,
@@ -153,6 +167,17 @@ impl PciFunction {
         })
     }
 
+    /// What peer-to-peer grouping needs to know about it (a broken
+    /// extended capability list counts as no ACS).
+    pub fn p2p_facts(&self) -> P2pFacts {
+        P2pFacts {
+            rid: self.rid(),
+            port_type: self.pcie_port_type,
+            multifunction: self.multifunction,
+            acs: self.acs.ok().flatten().map(|a| a.acs),
+        }
+    }
+
     /// Its requester ID.
     pub fn rid(&self) -> Rid {
         Rid(self.bdf.rid())
@@ -167,10 +192,34 @@ impl PciFunction {
 }
 
 /// The isolation groups of `functions` (members are indices into it):
-/// functions whose StreamID sets intersect share a group. Functions without
+/// functions whose StreamID sets intersect share a group, and so do
+/// functions that can reach each other peer-to-peer without passing the
+/// SMMU (multi-function devices and switches without ACS, bridges that
+/// never isolate; [`Groups::build_with_p2p`]). Functions without
 /// StreamIDs are left out. (QEMU `virt` has one SMMU; with several, group
 /// the functions of each IOMMU separately.)
 pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
+    let sids: Vec<(usize, Vec<u32>, Vec<P2pFacts>)> = functions
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.dma.is_ok())
+        .map(|(i, f)| (i, f.stream_ids(), upstream_p2p(functions, i)))
+        .collect();
+    Groups::build_with_p2p(sids.iter().map(|(i, s, up)| {
+        (
+            *i,
+            s.as_slice(),
+            P2pPath {
+                function: functions[*i].p2p_facts(),
+                upstream: up,
+            },
+        )
+    }))
+}
+
+/// The groups StreamID aliasing alone gives (no peer-to-peer rule): what
+/// [`isolation_groups`] refines nothing of, for comparison.
+pub fn alias_groups(functions: &[PciFunction]) -> Groups<usize> {
     let sids: Vec<(usize, Vec<u32>)> = functions
         .iter()
         .enumerate()
@@ -178,6 +227,22 @@ pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
         .map(|(i, f)| (i, f.stream_ids()))
         .collect();
     Groups::build(sids.iter().map(|(i, s)| (*i, s.as_slice())))
+}
+
+/// The peer-to-peer facts of the bridges from `functions[index]` up to the
+/// root bus, nearest first (bounded like [`upstream_bridges`]).
+pub fn upstream_p2p(functions: &[PciFunction], index: usize) -> Vec<P2pFacts> {
+    let mut chain = Vec::new();
+    let mut next = functions.get(index).and_then(|f| f.parent);
+    while let Some(p) = next {
+        let Some(b) = functions.get(p) else { break };
+        if chain.len() >= functions.len() {
+            break;
+        }
+        chain.push(b.p2p_facts());
+        next = b.parent;
+    }
+    chain
 }
 
 /// The bridges from `functions[index]` up to the root bus, nearest first
@@ -232,6 +297,19 @@ impl fmt::Display for PciFunction {
         if self.pci_x {
             f.write_str("  PCI-X")?;
         }
+        if self.p2p_facts().is_multifunction() {
+            f.write_str("  multi-function")?;
+        }
+        match (&self.acs, self.p2p_facts().isolation()) {
+            (Err(e), _) => write!(f, "  no ACS ({e})")?,
+            (Ok(_), Isolation::NotRequired) => {}
+            (Ok(Some(a)), Isolation::AcsOff(missing)) => write!(
+                f,
+                "  ACS off (ctrl {:#x}, needs {:#x})",
+                a.acs.control.0, missing.0
+            )?,
+            (Ok(_), i) => write!(f, "  {}", i.label())?,
+        }
         if let Some(b) = self.as_bridge() {
             match b.alias() {
                 None => {}
@@ -272,6 +350,45 @@ impl fmt::Display for PciFunction {
             write!(f, "  group {g}")?;
         }
         Ok(())
+    }
+}
+
+/// A function's ACS extended capability and what enumeration did to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcsCap {
+    /// Offset of the capability header in config space.
+    pub offset: u16,
+    /// Capability and control, as read back after enabling.
+    pub acs: Acs,
+    /// The ACS Control value found before enumeration wrote it.
+    pub control_at_reset: AcsFlags,
+}
+
+/// Why the PCIe extended capability list could not be walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtCapError {
+    /// A next pointer outside 0x100..0x1000 (or not dword aligned).
+    BadPointer {
+        /// The capability holding the pointer.
+        at: u16,
+        /// The pointer.
+        next: u16,
+    },
+    /// More capabilities than fit in extended config space: the list loops.
+    Loop {
+        /// Where the walk gave up.
+        at: u16,
+    },
+}
+
+impl fmt::Display for ExtCapError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Self::BadPointer { at, next } => {
+                write!(f, "extended capability at {at:#x} points to {next:#x}")
+            }
+            Self::Loop { at } => write!(f, "extended capability list loops at {at:#x}"),
+        }
     }
 }
 
@@ -352,6 +469,20 @@ const PCIE_CAPS_PORT_TYPE_SHIFT: u16 = 4;
 const PCIE_CAPS_PORT_TYPE_MASK: u16 = 0xf;
 /// More capabilities than fit in config space: the list loops.
 const MAX_CAPS: usize = 48;
+/// PCIe extended capabilities start right after the 256-byte PCI space.
+const EXT_CAP_START: u16 = 0x100;
+/// Size of a function's config space under ECAM.
+const CONFIG_SPACE_SIZE: u16 = 0x1000;
+/// Extended capability header: ID bits 15:0, next pointer bits 31:20.
+const EXT_CAP_NEXT_SHIFT: u32 = 20;
+/// Most extended capabilities that fit (each at least a header and one
+/// register): a longer list loops.
+const MAX_EXT_CAPS: usize = (CONFIG_SPACE_SIZE - EXT_CAP_START) as usize / 8;
+/// Access Control Services extended capability ID.
+const EXT_CAP_ID_ACS: u16 = 0x000d;
+/// ACS Capability register (16 bits) and ACS Control register (16 bits).
+const ACS_CAPABILITY: usize = 0x04;
+const ACS_CONTROL: usize = 0x06;
 /// Type 0 (endpoint) and type 1 (PCI-to-PCI bridge) header layouts.
 const HEADER_TYPE_ENDPOINT: u8 = 0;
 const HEADER_TYPE_BRIDGE: u8 = 1;
@@ -521,6 +652,56 @@ fn capabilities(ecam: &Ecam, bdf: Bdf) -> (Option<u8>, bool) {
     (pcie, pci_x)
 }
 
+/// Offset of the extended capability `id` (`Ok(None)`: absent, or no
+/// extended config space), walking the list from 0x100 with every pointer
+/// checked and at most [`MAX_EXT_CAPS`] steps.
+pub fn find_ext_capability(ecam: &Ecam, bdf: Bdf, id: u16) -> Result<Option<u16>, ExtCapError> {
+    let mut at = EXT_CAP_START;
+    for _ in 0..MAX_EXT_CAPS {
+        let header = ecam.read32(bdf, usize::from(at));
+        // All ones: no extended space (conventional function); zero: empty.
+        if header == 0 || header == u32::MAX {
+            return Ok(None);
+        }
+        if header as u16 == id {
+            return Ok(Some(at));
+        }
+        let next = (header >> EXT_CAP_NEXT_SHIFT) as u16;
+        if next == 0 {
+            return Ok(None);
+        }
+        if !(EXT_CAP_START..CONFIG_SPACE_SIZE - 4).contains(&next) || next % 4 != 0 {
+            return Err(ExtCapError::BadPointer { at, next });
+        }
+        at = next;
+    }
+    Err(ExtCapError::Loop { at })
+}
+
+/// Finds the function's ACS capability and turns on the isolation
+/// controls it implements (SV, RR, CR, UF), as Linux's
+/// `pci_std_enable_acs`; returns what it reads back.
+fn enable_acs(ecam: &Ecam, bdf: Bdf) -> Result<Option<AcsCap>, ExtCapError> {
+    let Some(offset) = find_ext_capability(ecam, bdf, EXT_CAP_ID_ACS)? else {
+        return Ok(None);
+    };
+    let reg = usize::from(offset);
+    let read = || Acs {
+        capability: AcsFlags(ecam.read16(bdf, reg + ACS_CAPABILITY)),
+        control: AcsFlags(ecam.read16(bdf, reg + ACS_CONTROL)),
+    };
+    let before = read();
+    let want = before.to_enable();
+    if want != before.control {
+        ecam.write16(bdf, reg + ACS_CONTROL, want.0);
+    }
+    Ok(Some(AcsCap {
+        offset,
+        acs: read(),
+        control_at_reset: before.control,
+    }))
+}
+
 impl Enumerator<'_> {
     fn scan_bus(&mut self, bus: u8, root: bool) -> Result<(), PciError> {
         for dev in 0..32 {
@@ -536,13 +717,24 @@ impl Enumerator<'_> {
                 if bdf.func == 0 && header & HEADER_MULTI_FUNCTION != 0 {
                     functions = 8;
                 }
-                self.configure(bdf, header & !HEADER_MULTI_FUNCTION, root)?;
+                self.configure(
+                    bdf,
+                    header & !HEADER_MULTI_FUNCTION,
+                    header & HEADER_MULTI_FUNCTION != 0,
+                    root,
+                )?;
             }
         }
         Ok(())
     }
 
-    fn configure(&mut self, bdf: Bdf, header_type: u8, root: bool) -> Result<(), PciError> {
+    fn configure(
+        &mut self,
+        bdf: Bdf,
+        header_type: u8,
+        multifunction: bool,
+        root: bool,
+    ) -> Result<(), PciError> {
         let ids = self.ecam.read32(bdf, VENDOR);
         let class = self.ecam.read32(bdf, CLASS_REV) >> 8;
         // Decoding off while BARs are sized.
@@ -554,6 +746,11 @@ impl Enumerator<'_> {
         };
         let bars = self.assign_bars(bdf, nbars, root)?;
         let (pcie_port_type, pci_x) = capabilities(&self.ecam, bdf);
+        // Only PCIe functions have extended config space.
+        let acs = match pcie_port_type {
+            Some(_) => enable_acs(&self.ecam, bdf),
+            None => Ok(None),
+        };
         let index = self.found.len();
         self.found.push(PciFunction {
             bdf,
@@ -565,6 +762,8 @@ impl Enumerator<'_> {
             buses: None,
             pcie_port_type,
             pci_x,
+            multifunction,
+            acs,
             parent: self.parent,
             // Filled in by `resolve_stream_ids` once every bus is numbered.
             dma: Err(TopologyError::NoIommuMap),

@@ -171,8 +171,8 @@ impl Isolation {
     /// A compact label for listings.
     pub const fn label(self) -> &'static str {
         match self {
-            Self::Conventional => "PCI, no ACS",
-            Self::NeverIsolates(_) => "bridge, no ACS",
+            Self::Conventional => "no ACS (PCI)",
+            Self::NeverIsolates(_) => "no ACS (bridge)",
             Self::NoAcs => "no ACS",
             Self::AcsOff(_) => "ACS off",
             Self::AcsOn => "ACS on",
