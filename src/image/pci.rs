@@ -24,9 +24,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use smmuv3::topology::acs;
 use smmuv3::topology::{
-    self, Acs, AcsFlags, AliasSource, Bridge, BridgeKind, DmaAliases, FUNCTION_BITS, Groups,
-    Isolation, P2pFacts, P2pPath, Rid, TopologyError,
+    self, Acs, AcsFlags, AliasSource, Bridge, BridgeKind, DmaAliases, ExtCapError, FUNCTION_BITS,
+    Groups, Isolation, P2pFacts, P2pPath, Rid, TopologyError,
 };
 
 use super::platform::{PciHost, Window};
@@ -364,34 +365,6 @@ pub struct AcsCap {
     pub control_at_reset: AcsFlags,
 }
 
-/// Why the PCIe extended capability list could not be walked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExtCapError {
-    /// A next pointer outside 0x100..0x1000 (or not dword aligned).
-    BadPointer {
-        /// The capability holding the pointer.
-        at: u16,
-        /// The pointer.
-        next: u16,
-    },
-    /// More capabilities than fit in extended config space: the list loops.
-    Loop {
-        /// Where the walk gave up.
-        at: u16,
-    },
-}
-
-impl fmt::Display for ExtCapError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        match self {
-            Self::BadPointer { at, next } => {
-                write!(f, "extended capability at {at:#x} points to {next:#x}")
-            }
-            Self::Loop { at } => write!(f, "extended capability list loops at {at:#x}"),
-        }
-    }
-}
-
 /// ECAM config-space accessors.
 #[derive(Debug, Clone, Copy)]
 pub struct Ecam {
@@ -469,20 +442,6 @@ const PCIE_CAPS_PORT_TYPE_SHIFT: u16 = 4;
 const PCIE_CAPS_PORT_TYPE_MASK: u16 = 0xf;
 /// More capabilities than fit in config space: the list loops.
 const MAX_CAPS: usize = 48;
-/// PCIe extended capabilities start right after the 256-byte PCI space.
-const EXT_CAP_START: u16 = 0x100;
-/// Size of a function's config space under ECAM.
-const CONFIG_SPACE_SIZE: u16 = 0x1000;
-/// Extended capability header: ID bits 15:0, next pointer bits 31:20.
-const EXT_CAP_NEXT_SHIFT: u32 = 20;
-/// Most extended capabilities that fit (each at least a header and one
-/// register): a longer list loops.
-const MAX_EXT_CAPS: usize = (CONFIG_SPACE_SIZE - EXT_CAP_START) as usize / 8;
-/// Access Control Services extended capability ID.
-const EXT_CAP_ID_ACS: u16 = 0x000d;
-/// ACS Capability register (16 bits) and ACS Control register (16 bits).
-const ACS_CAPABILITY: usize = 0x04;
-const ACS_CONTROL: usize = 0x06;
 /// Type 0 (endpoint) and type 1 (PCI-to-PCI bridge) header layouts.
 const HEADER_TYPE_ENDPOINT: u8 = 0;
 const HEADER_TYPE_BRIDGE: u8 = 1;
@@ -652,48 +611,28 @@ fn capabilities(ecam: &Ecam, bdf: Bdf) -> (Option<u8>, bool) {
     (pcie, pci_x)
 }
 
-/// Offset of the extended capability `id` (`Ok(None)`: absent, or no
-/// extended config space), walking the list from 0x100 with every pointer
-/// checked and at most [`MAX_EXT_CAPS`] steps.
+/// Offset of the extended capability `id` of `bdf` (`Ok(None)`: absent,
+/// or no extended config space; [`topology::find_ext_capability`]).
 pub fn find_ext_capability(ecam: &Ecam, bdf: Bdf, id: u16) -> Result<Option<u16>, ExtCapError> {
-    let mut at = EXT_CAP_START;
-    for _ in 0..MAX_EXT_CAPS {
-        let header = ecam.read32(bdf, usize::from(at));
-        // All ones: no extended space (conventional function); zero: empty.
-        if header == 0 || header == u32::MAX {
-            return Ok(None);
-        }
-        if header as u16 == id {
-            return Ok(Some(at));
-        }
-        let next = (header >> EXT_CAP_NEXT_SHIFT) as u16;
-        if next == 0 {
-            return Ok(None);
-        }
-        if !(EXT_CAP_START..CONFIG_SPACE_SIZE - 4).contains(&next) || next % 4 != 0 {
-            return Err(ExtCapError::BadPointer { at, next });
-        }
-        at = next;
-    }
-    Err(ExtCapError::Loop { at })
+    topology::find_ext_capability(|at| ecam.read32(bdf, usize::from(at)), id)
 }
 
 /// Finds the function's ACS capability and turns on the isolation
 /// controls it implements (SV, RR, CR, UF), as Linux's
 /// `pci_std_enable_acs`; returns what it reads back.
 fn enable_acs(ecam: &Ecam, bdf: Bdf) -> Result<Option<AcsCap>, ExtCapError> {
-    let Some(offset) = find_ext_capability(ecam, bdf, EXT_CAP_ID_ACS)? else {
+    let Some(offset) = find_ext_capability(ecam, bdf, acs::EXT_CAP_ID_ACS)? else {
         return Ok(None);
     };
     let reg = usize::from(offset);
     let read = || Acs {
-        capability: AcsFlags(ecam.read16(bdf, reg + ACS_CAPABILITY)),
-        control: AcsFlags(ecam.read16(bdf, reg + ACS_CONTROL)),
+        capability: AcsFlags(ecam.read16(bdf, reg + usize::from(acs::ACS_CAPABILITY))),
+        control: AcsFlags(ecam.read16(bdf, reg + usize::from(acs::ACS_CONTROL))),
     };
     let before = read();
     let want = before.to_enable();
     if want != before.control {
-        ecam.write16(bdf, reg + ACS_CONTROL, want.0);
+        ecam.write16(bdf, reg + usize::from(acs::ACS_CONTROL), want.0);
     }
     Ok(Some(AcsCap {
         offset,

@@ -60,7 +60,83 @@
 //! ports with no ACS capability at all (here they isolate nothing, as in
 //! the original walk).
 
+use core::fmt;
+
 use super::{Rid, port_type};
+
+/// Access Control Services extended capability ID.
+pub const EXT_CAP_ID_ACS: u16 = 0x000d;
+/// Offset of the ACS Capability register (16 bits) in the capability.
+pub const ACS_CAPABILITY: u16 = 0x04;
+/// Offset of the ACS Control register (16 bits) in the capability.
+pub const ACS_CONTROL: u16 = 0x06;
+/// PCIe extended capabilities start right after the 256-byte PCI space.
+pub const EXT_CAP_START: u16 = 0x100;
+/// Size of a PCIe function's configuration space.
+pub const CONFIG_SPACE_SIZE: u16 = 0x1000;
+/// Most extended capabilities that fit (each at least a header and one
+/// register): a longer list loops.
+pub const MAX_EXT_CAPS: usize = (CONFIG_SPACE_SIZE - EXT_CAP_START) as usize / 8;
+
+/// Why the PCIe extended capability list could not be walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtCapError {
+    /// A next pointer outside 0x100..0xffc or not dword aligned.
+    BadPointer {
+        /// The capability holding the pointer.
+        at: u16,
+        /// The pointer.
+        next: u16,
+    },
+    /// More capabilities than fit in extended config space: the list loops.
+    Loop {
+        /// Where the walk gave up.
+        at: u16,
+    },
+}
+
+impl fmt::Display for ExtCapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadPointer { at, next } => {
+                write!(f, "extended capability at {at:#x} points to {next:#x}")
+            }
+            Self::Loop { at } => write!(f, "extended capability list loops at {at:#x}"),
+        }
+    }
+}
+
+impl core::error::Error for ExtCapError {}
+
+/// Offset of extended capability `id` (PCIe r6.0 7.6.3: header ID bits
+/// 15:0, next pointer bits 31:20), reading config dwords with `read32`
+/// from offset 0x100: `Ok(None)` when absent, or when the function has no
+/// extended space (a header of 0 or all ones). Every pointer is checked
+/// and at most [`MAX_EXT_CAPS`] headers are read.
+pub fn find_ext_capability(
+    mut read32: impl FnMut(u16) -> u32,
+    id: u16,
+) -> Result<Option<u16>, ExtCapError> {
+    let mut at = EXT_CAP_START;
+    for _ in 0..MAX_EXT_CAPS {
+        let header = read32(at);
+        if header == 0 || header == u32::MAX {
+            return Ok(None);
+        }
+        if header as u16 == id {
+            return Ok(Some(at));
+        }
+        let next = (header >> 20) as u16;
+        if next == 0 {
+            return Ok(None);
+        }
+        if !(EXT_CAP_START..CONFIG_SPACE_SIZE - 4).contains(&next) || next % 4 != 0 {
+            return Err(ExtCapError::BadPointer { at, next });
+        }
+        at = next;
+    }
+    Err(ExtCapError::Loop { at })
+}
 
 /// Bits of the ACS Capability and ACS Control registers (PCIe r6.0
 /// 7.7.11.2 and 7.7.11.3; the same positions in both).

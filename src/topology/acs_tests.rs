@@ -433,6 +433,21 @@ mod props {
 
     proptest! {
         #[test]
+        fn extended_capability_walk_is_bounded(words in proptest::collection::vec(any::<u32>(), 64), id in 0u16..0x20) {
+            // Random headers spread over extended space, every offset the
+            // walk may read mapped to one of them.
+            let mut reads = 0usize;
+            let r = acs::find_ext_capability(|at| {
+                reads += 1;
+                words[usize::from(at / 4) % words.len()]
+            }, id);
+            prop_assert!(reads <= acs::MAX_EXT_CAPS);
+            if let Ok(Some(at)) = r {
+                prop_assert!((acs::EXT_CAP_START..acs::CONFIG_SPACE_SIZE).contains(&at));
+            }
+        }
+
+        #[test]
         fn p2p_groups_partition_the_functions_and_refine_nothing(nodes in arb_nodes()) {
             let chains = chains(&nodes);
             let sids = sid_sets(&nodes);
@@ -470,4 +485,66 @@ mod props {
             }
         }
     }
+}
+
+/// A config space of `(offset, dword)` pairs, all else zero.
+fn space(dwords: &[(u16, u32)]) -> impl FnMut(u16) -> u32 + '_ {
+    move |at| dwords.iter().find(|(o, _)| *o == at).map_or(0, |(_, v)| *v)
+}
+
+fn header(id: u16, next: u16) -> u32 {
+    u32::from(id) | 1 << 16 | u32::from(next) << 20
+}
+
+#[test]
+fn extended_capability_walk() {
+    use acs::{EXT_CAP_ID_ACS, find_ext_capability};
+    // QEMU's root port: AER at 0x100, ACS at 0x148.
+    let rp = [(0x100, header(0x0001, 0x148)), (0x148, header(0x000d, 0))];
+    assert_eq!(
+        find_ext_capability(space(&rp), EXT_CAP_ID_ACS),
+        Ok(Some(0x148))
+    );
+    assert_eq!(find_ext_capability(space(&rp), 0x0010), Ok(None));
+    // No extended space (conventional function) or an empty list.
+    assert_eq!(find_ext_capability(|_| u32::MAX, EXT_CAP_ID_ACS), Ok(None));
+    assert_eq!(find_ext_capability(|_| 0, EXT_CAP_ID_ACS), Ok(None));
+    // A pointer back into PCI space, past the end, or misaligned.
+    for next in [0x40u16, 0xffc, 0x102] {
+        let bad = [(0x100, header(0x0001, next))];
+        assert_eq!(
+            find_ext_capability(space(&bad), EXT_CAP_ID_ACS),
+            Err(ExtCapError::BadPointer { at: 0x100, next })
+        );
+    }
+    // A loop: 0x100 -> 0x180 -> 0x100 ...
+    let looped = [
+        (0x100, header(0x0001, 0x180)),
+        (0x180, header(0x0002, 0x100)),
+    ];
+    assert!(matches!(
+        find_ext_capability(space(&looped), EXT_CAP_ID_ACS),
+        Err(ExtCapError::Loop { .. })
+    ));
+    // A self-loop ends the same way, after a bounded number of reads.
+    let mut reads = 0;
+    let r = find_ext_capability(
+        |_| {
+            reads += 1;
+            header(0x0001, 0x100)
+        },
+        EXT_CAP_ID_ACS,
+    );
+    assert_eq!(r, Err(ExtCapError::Loop { at: 0x100 }));
+    assert_eq!(reads, acs::MAX_EXT_CAPS);
+    assert_eq!(
+        alloc::format!(
+            "{}",
+            ExtCapError::BadPointer {
+                at: 0x100,
+                next: 0x40
+            }
+        ),
+        "extended capability at 0x100 points to 0x40"
+    );
 }

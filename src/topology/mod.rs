@@ -74,7 +74,7 @@ mod groups;
 mod iommu_map;
 pub mod iort;
 
-pub use acs::{Acs, AcsFlags, Isolation, P2pFacts, P2pPath};
+pub use acs::{Acs, AcsFlags, ExtCapError, Isolation, P2pFacts, P2pPath, find_ext_capability};
 pub use aliases::{
     AliasRid, AliasRule, AliasSource, Bridge, BridgeKind, DmaAlias, DmaAliases, Function,
     dma_alias_rids, dma_aliases, upstream_bridges,
