@@ -130,7 +130,7 @@ pub fn find_ext_capability(
         if next == 0 {
             return Ok(None);
         }
-        if !(EXT_CAP_START..CONFIG_SPACE_SIZE - 4).contains(&next) || next % 4 != 0 {
+        if !(EXT_CAP_START..CONFIG_SPACE_SIZE - 4).contains(&next) || !next.is_multiple_of(4) {
             return Err(ExtCapError::BadPointer { at, next });
         }
         at = next;

@@ -95,10 +95,10 @@ impl<T: Clone> Groups<T> {
             }
         }
         for i in 0..count {
-            if let Some(f) = facts(i).filter(|f| f.is_downstream_port()) {
-                if let Some(&j) = spoiled.get(&f.rid.bus()) {
-                    sets.union(i, j);
-                }
+            if let Some(f) = facts(i).filter(|f| f.is_downstream_port())
+                && let Some(&j) = spoiled.get(&f.rid.bus())
+            {
+                sets.union(i, j);
             }
         }
 
@@ -110,10 +110,10 @@ impl<T: Clone> Groups<T> {
             }
         }
         for i in 0..count {
-            if let Some(f) = facts(i).filter(|f| !f.isolated()) {
-                if let Some(&j) = slot.get(&(f.rid.0 >> super::FUNCTION_BITS)) {
-                    sets.union(i, j);
-                }
+            if let Some(f) = facts(i).filter(|f| !f.isolated())
+                && let Some(&j) = slot.get(&(f.rid.0 >> super::FUNCTION_BITS))
+            {
+                sets.union(i, j);
             }
         }
 
