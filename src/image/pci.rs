@@ -218,8 +218,8 @@ pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
     }))
 }
 
-/// The groups StreamID aliasing alone gives (no peer-to-peer rule): what
-/// [`isolation_groups`] refines nothing of, for comparison.
+/// The groups StreamID aliasing alone gives (no peer-to-peer rule), for
+/// comparison: [`isolation_groups`] never splits one of them.
 pub fn alias_groups(functions: &[PciFunction]) -> Groups<usize> {
     let sids: Vec<(usize, Vec<u32>)> = functions
         .iter()
