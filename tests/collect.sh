@@ -18,7 +18,9 @@
 #     (where its SMMU interrupts must arrive through the GICv2), and on a
 #     stage-1-only SMMU (-machine virt-9.1, EXPECT_STAGE=1), each one test;
 #  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...),
-#     and the stage1 suite on virt-9.1 (tests named virt91/...);
+#     the stage1 suite on virt-9.1 (tests named virt91/...), and the p2p
+#     suite on two more topologies (multi-function edus: p2p-mf/..., a
+#     switch without ACS: p2p-switch/...);
 #  5. the examples: built (ownership, shown in the README) and booted
 #     (minimal_hypervisor), one test line each.
 set -uo pipefail
@@ -56,6 +58,20 @@ QEMU_ARGS="-device pcie-pci-bridge,id=br1,bus=pcie.0 \
 -device edu,bus=br1,addr=3,dma_mask=0xffffffffffffffff \
 -device edu,bus=br1,addr=4,dma_mask=0xffffffffffffffff" \
     python3 qemu/trace-check.py demo_bridge_aliases --aliases 2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
+
+# Peer-to-peer (ACS) groups on two more topologies: two functions of one
+# multi-function edu on the root bus (no ACS: one group), and a switch with
+# an edu below each of two downstream ports (QEMU's xio3130 downstream
+# ports have no ACS: ports and edus one group). One QEMU boot each.
+echo "collect: p2p suite on a multi-function device and on a switch"
+QEMU_ARGS="-device edu,addr=5.0,multifunction=on -device edu,addr=5.1" \
+    cargo test --no-fail-fast --test p2p 2>&1 |
+    sed -E 's/^test ([^ ]+) \.\.\./test p2p-mf\/\1 .../' | tee -a "$logs/target.txt"
+QEMU_ARGS="-device pcie-root-port,id=rp7,chassis=7 -device x3130-upstream,id=up7,bus=rp7 \
+-device xio3130-downstream,id=dn1,bus=up7,chassis=8,slot=1 -device edu,bus=dn1 \
+-device xio3130-downstream,id=dn2,bus=up7,chassis=9,slot=2 -device edu,bus=dn2" \
+    cargo test --no-fail-fast --test p2p 2>&1 |
+    sed -E 's/^test ([^ ]+) \.\.\./test p2p-switch\/\1 .../' | tee -a "$logs/target.txt"
 
 # GICv2: the demo (trace-checked, and its SMMU interrupts taken through the
 # GICv2), then the interrupt and second-CPU suites, each test named gicv2/...
@@ -138,9 +154,9 @@ if [ "$doc_status" -ne 0 ] && [ "$doc_fail" -eq 0 ]; then
 fi
 
 # On target: per-test lines, and one summary per suite that ran.
-# Every [[test]] once, plus the two suites rerun on GICv2 and the one on
-# virt-9.1.
-rerun_suites=3
+# Every [[test]] once, plus the two suites rerun on GICv2, the one on
+# virt-9.1 and the p2p suite on two more topologies.
+rerun_suites=5
 expected_suites=$(($(grep -c '^\[\[test\]\]' Cargo.toml) + rerun_suites))
 read -r t_pass t_fail t_suites t_nosummary < <(
     tr -d '\r' <"$logs/target.txt" | awk '

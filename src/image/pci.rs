@@ -8,17 +8,26 @@
 //! enabled on every function.
 //!
 //! Every function also records the bridge above it and every bridge its
-//! kind (PCIe capability's Device/Port Type, or none): after the walk, the
-//! library's [`smmuv3::topology`] turns each function's bridge chain and
-//! the host's `iommu-map` into its DMA alias StreamIDs, and the StreamID
-//! sets into isolation groups.
+//! kind (PCIe capability's Device/Port Type, or none), its header's
+//! multi-function bit, and its ACS extended capability (found by walking
+//! the PCIe extended capability list from offset 0x100). ACS comes out of
+//! reset disabled; as Linux does when an IOMMU is present
+//! (`pci_std_enable_acs`), the walk turns on Source Validation, P2P
+//! Request and Completion Redirect and Upstream Forwarding wherever the
+//! ACS Capability register says they are implemented, before anything is
+//! grouped. After the walk, the library's [`smmuv3::topology`] turns each
+//! function's bridge chain and the host's `iommu-map` into its DMA alias
+//! StreamIDs, and the StreamID sets plus the peer-to-peer facts (see
+//! [`smmuv3::topology::acs`]) into isolation groups.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
+use smmuv3::topology::acs;
 use smmuv3::topology::{
-    self, AliasSource, Bridge, BridgeKind, DmaAliases, FUNCTION_BITS, Groups, Rid, TopologyError,
+    self, Acs, AcsFlags, AliasSource, Bridge, BridgeKind, DmaAliases, ExtCapError, FUNCTION_BITS,
+    Groups, Isolation, P2pFacts, P2pPath, Rid, TopologyError,
 };
 
 use super::platform::{PciHost, Window};
@@ -98,6 +107,12 @@ pub struct PciFunction {
     pub pcie_port_type: Option<u8>,
     /// Whether it has a PCI-X capability.
     pub pci_x: bool,
+    /// Multi-function bit of its header type.
+    pub multifunction: bool,
+    /// Its ACS extended capability (after enumeration enabled it), or
+    /// `Ok(None)` without one, or why the extended capability list could
+    /// not be walked.
+    pub acs: Result<Option<AcsCap>, ExtCapError>,
     /// Index, in the list [`enumerate`] returns, of the bridge whose
     /// secondary bus it sits on (None on the root bus).
     pub parent: Option<usize>,
@@ -153,6 +168,17 @@ impl PciFunction {
         })
     }
 
+    /// What peer-to-peer grouping needs to know about it (a broken
+    /// extended capability list counts as no ACS).
+    pub fn p2p_facts(&self) -> P2pFacts {
+        P2pFacts {
+            rid: self.rid(),
+            port_type: self.pcie_port_type,
+            multifunction: self.multifunction,
+            acs: self.acs.ok().flatten().map(|a| a.acs),
+        }
+    }
+
     /// Its requester ID.
     pub fn rid(&self) -> Rid {
         Rid(self.bdf.rid())
@@ -167,10 +193,34 @@ impl PciFunction {
 }
 
 /// The isolation groups of `functions` (members are indices into it):
-/// functions whose StreamID sets intersect share a group. Functions without
+/// functions whose StreamID sets intersect share a group, and so do
+/// functions that can reach each other peer-to-peer without passing the
+/// SMMU (multi-function devices and switches without ACS, bridges that
+/// never isolate; [`Groups::build_with_p2p`]). Functions without
 /// StreamIDs are left out. (QEMU `virt` has one SMMU; with several, group
 /// the functions of each IOMMU separately.)
 pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
+    let sids: Vec<(usize, Vec<u32>, Vec<P2pFacts>)> = functions
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.dma.is_ok())
+        .map(|(i, f)| (i, f.stream_ids(), upstream_p2p(functions, i)))
+        .collect();
+    Groups::build_with_p2p(sids.iter().map(|(i, s, up)| {
+        (
+            *i,
+            s.as_slice(),
+            P2pPath {
+                function: functions[*i].p2p_facts(),
+                upstream: up,
+            },
+        )
+    }))
+}
+
+/// The groups StreamID aliasing alone gives (no peer-to-peer rule), for
+/// comparison: [`isolation_groups`] never splits one of them.
+pub fn alias_groups(functions: &[PciFunction]) -> Groups<usize> {
     let sids: Vec<(usize, Vec<u32>)> = functions
         .iter()
         .enumerate()
@@ -178,6 +228,22 @@ pub fn isolation_groups(functions: &[PciFunction]) -> Groups<usize> {
         .map(|(i, f)| (i, f.stream_ids()))
         .collect();
     Groups::build(sids.iter().map(|(i, s)| (*i, s.as_slice())))
+}
+
+/// The peer-to-peer facts of the bridges from `functions[index]` up to the
+/// root bus, nearest first (bounded like [`upstream_bridges`]).
+pub fn upstream_p2p(functions: &[PciFunction], index: usize) -> Vec<P2pFacts> {
+    let mut chain = Vec::new();
+    let mut next = functions.get(index).and_then(|f| f.parent);
+    while let Some(p) = next {
+        let Some(b) = functions.get(p) else { break };
+        if chain.len() >= functions.len() {
+            break;
+        }
+        chain.push(b.p2p_facts());
+        next = b.parent;
+    }
+    chain
 }
 
 /// The bridges from `functions[index]` up to the root bus, nearest first
@@ -232,6 +298,19 @@ impl fmt::Display for PciFunction {
         if self.pci_x {
             f.write_str("  PCI-X")?;
         }
+        if self.p2p_facts().is_multifunction() {
+            f.write_str("  multi-function")?;
+        }
+        match (&self.acs, self.p2p_facts().isolation()) {
+            (Err(e), _) => write!(f, "  no ACS ({e})")?,
+            (Ok(_), Isolation::NotRequired) => {}
+            (Ok(Some(a)), Isolation::AcsOff(missing)) => write!(
+                f,
+                "  ACS off (ctrl {:#x}, needs {:#x})",
+                a.acs.control.0, missing.0
+            )?,
+            (Ok(_), i) => write!(f, "  {}", i.label())?,
+        }
         if let Some(b) = self.as_bridge() {
             match b.alias() {
                 None => {}
@@ -273,6 +352,17 @@ impl fmt::Display for PciFunction {
         }
         Ok(())
     }
+}
+
+/// A function's ACS extended capability and what enumeration did to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcsCap {
+    /// Offset of the capability header in config space.
+    pub offset: u16,
+    /// Capability and control, as read back after enabling.
+    pub acs: Acs,
+    /// The ACS Control value found before enumeration wrote it.
+    pub control_at_reset: AcsFlags,
 }
 
 /// ECAM config-space accessors.
@@ -521,6 +611,36 @@ fn capabilities(ecam: &Ecam, bdf: Bdf) -> (Option<u8>, bool) {
     (pcie, pci_x)
 }
 
+/// Offset of the extended capability `id` of `bdf` (`Ok(None)`: absent,
+/// or no extended config space; [`topology::find_ext_capability`]).
+pub fn find_ext_capability(ecam: &Ecam, bdf: Bdf, id: u16) -> Result<Option<u16>, ExtCapError> {
+    topology::find_ext_capability(|at| ecam.read32(bdf, usize::from(at)), id)
+}
+
+/// Finds the function's ACS capability and turns on the isolation
+/// controls it implements (SV, RR, CR, UF), as Linux's
+/// `pci_std_enable_acs`; returns what it reads back.
+fn enable_acs(ecam: &Ecam, bdf: Bdf) -> Result<Option<AcsCap>, ExtCapError> {
+    let Some(offset) = find_ext_capability(ecam, bdf, acs::EXT_CAP_ID_ACS)? else {
+        return Ok(None);
+    };
+    let reg = usize::from(offset);
+    let read = || Acs {
+        capability: AcsFlags(ecam.read16(bdf, reg + usize::from(acs::ACS_CAPABILITY))),
+        control: AcsFlags(ecam.read16(bdf, reg + usize::from(acs::ACS_CONTROL))),
+    };
+    let before = read();
+    let want = before.to_enable();
+    if want != before.control {
+        ecam.write16(bdf, reg + usize::from(acs::ACS_CONTROL), want.0);
+    }
+    Ok(Some(AcsCap {
+        offset,
+        acs: read(),
+        control_at_reset: before.control,
+    }))
+}
+
 impl Enumerator<'_> {
     fn scan_bus(&mut self, bus: u8, root: bool) -> Result<(), PciError> {
         for dev in 0..32 {
@@ -536,13 +656,24 @@ impl Enumerator<'_> {
                 if bdf.func == 0 && header & HEADER_MULTI_FUNCTION != 0 {
                     functions = 8;
                 }
-                self.configure(bdf, header & !HEADER_MULTI_FUNCTION, root)?;
+                self.configure(
+                    bdf,
+                    header & !HEADER_MULTI_FUNCTION,
+                    header & HEADER_MULTI_FUNCTION != 0,
+                    root,
+                )?;
             }
         }
         Ok(())
     }
 
-    fn configure(&mut self, bdf: Bdf, header_type: u8, root: bool) -> Result<(), PciError> {
+    fn configure(
+        &mut self,
+        bdf: Bdf,
+        header_type: u8,
+        multifunction: bool,
+        root: bool,
+    ) -> Result<(), PciError> {
         let ids = self.ecam.read32(bdf, VENDOR);
         let class = self.ecam.read32(bdf, CLASS_REV) >> 8;
         // Decoding off while BARs are sized.
@@ -554,6 +685,11 @@ impl Enumerator<'_> {
         };
         let bars = self.assign_bars(bdf, nbars, root)?;
         let (pcie_port_type, pci_x) = capabilities(&self.ecam, bdf);
+        // Only PCIe functions have extended config space.
+        let acs = match pcie_port_type {
+            Some(_) => enable_acs(&self.ecam, bdf),
+            None => Ok(None),
+        };
         let index = self.found.len();
         self.found.push(PciFunction {
             bdf,
@@ -565,6 +701,8 @@ impl Enumerator<'_> {
             buses: None,
             pcie_port_type,
             pci_x,
+            multifunction,
+            acs,
             parent: self.parent,
             // Filled in by `resolve_stream_ids` once every bus is numbered.
             dma: Err(TopologyError::NoIommuMap),

@@ -25,7 +25,9 @@
 //!   ([`DmaAliases`]), with a typed error when an alias is not covered or
 //!   belongs to another IOMMU;
 //! * [`Groups::build`] joins functions whose StreamID sets intersect into
-//!   isolation groups;
+//!   isolation groups; [`Groups::build_with_p2p`] also joins functions
+//!   that can reach each other peer-to-peer without passing the SMMU
+//!   (multi-function devices and switches without ACS: [`acs`]);
 //! * [`iort`] parses the ACPI IORT, the ACPI counterpart of `iommu-map`,
 //!   and compares the two.
 //!
@@ -61,14 +63,18 @@
 //! | `aliases.rs` | bridge kinds, alias rules, [`upstream_bridges`], [`dma_alias_rids`], [`dma_aliases`] |
 //! | `iommu_map.rs` | [`IommuMap`]: the device tree's `iommu-map` / `iommu-map-mask`, from its cells |
 //! | `groups.rs` | [`Groups`]: isolation groups (union-find) |
+//! | `acs.rs` | [`acs`]: peer-to-peer isolation facts (multi-function bit, ACS capability and control) and the rules |
 //! | `iort.rs`, `iort/` | [`iort`]: the ACPI IO Remapping Table, parsed from its bytes (`node.rs`: node and ID mapping decoding; `compare.rs`: against `iommu-map`; `acpi.rs`: QEMU's unlinked ACPI blob) |
 //! | `tests.rs` | host tests of aliases, `iommu-map` and groups |
+//! | `acs_tests.rs` | host tests of peer-to-peer (ACS) grouping |
 
+pub mod acs;
 mod aliases;
 mod groups;
 mod iommu_map;
 pub mod iort;
 
+pub use acs::{Acs, AcsFlags, ExtCapError, Isolation, P2pFacts, P2pPath, find_ext_capability};
 pub use aliases::{
     AliasRid, AliasRule, AliasSource, Bridge, BridgeKind, DmaAlias, DmaAliases, Function,
     dma_alias_rids, dma_aliases, upstream_bridges,
@@ -253,5 +259,7 @@ impl fmt::Display for TopologyError {
 
 impl core::error::Error for TopologyError {}
 
+#[cfg(test)]
+mod acs_tests;
 #[cfg(test)]
 mod tests;
