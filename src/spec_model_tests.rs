@@ -23,6 +23,7 @@ use proptest::prelude::*;
 
 use crate::fake::FakeHal;
 use crate::features::IdRegs;
+use crate::hal::{DmaRegion, Hal};
 use crate::testing::{ModelBuilder, SmmuModel};
 use crate::{Config, DomainOptions, Granule, Perm, Smmu, Stage2Config, StagePolicy};
 
@@ -162,6 +163,7 @@ fn tg1_bits(tg: u64) -> Option<u32> {
 /// Start level of a VMSAv8-64 stage-2 walk from SL0 (no SL2: S2DS = 0),
 /// or `None` for an encoding the granule reserves (VTCR_EL2.SL0 rules,
 /// the A-profile AArch64.S2InvalidSL; PAMax is the SMMU's OAS).
+#[rustfmt::skip]
 fn s2_start_level(gbits: u32, sl0: u64, idr: &Idr, stt: bool) -> Result<u32, &'static str> {
     match (gbits, sl0) {
         (12, 0) => Ok(2),
@@ -201,6 +203,7 @@ fn s2_root_align(gbits: u32, start: u32, ia: u32) -> u32 {
 /// The first ILLEGAL (or RES0/alignment-broken) condition of a Non-secure
 /// STE, or `None`. `V == 0` and `Config == 0b0xx` are not ILLEGAL (the
 /// stream is disabled / aborts by design).
+#[rustfmt::skip]
 pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
     let (d0, d1, d2, d3) = (w[0], w[1], w[2], w[3]);
     if bits(d0, 0, 1) == 0 {
@@ -215,62 +218,30 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
     let strw = bits(d1, 30, 2);
     let s2s = bits(d2, 57, 1) == 1;
     let eats = bits(d1, 28, 2);
-    if s1 && !idr.s1p {
-        return Some("Config: stage 1 without IDR0.S1P (5.2 Config)");
-    }
-    if s2 && !idr.s2p {
-        return Some("Config: stage 2 without IDR0.S2P (5.2 Config)");
-    }
-    if !idr.ats && config != 0b100 && eats != 0 {
-        return Some("EATS != 0 without IDR0.ATS (5.2 EATS, RES0)");
-    }
-    if idr.ats && config != 0b100 && eats == 0b10 && (config != 0b111 || s2s || idr.ns1ats) {
-        return Some("EATS split-stage without nesting / with S2S / NS1ATS (5.2 EATS)");
-    }
-    if idr.ats && config != 0b100 && eats == 0b01 && s2s && s2 {
-        return Some("EATS full ATS with S2S (5.2 EATS)");
-    }
-    if idr.ats && config != 0b100 && eats == 0b11 && idr.dpt && strw != 0 && config == 0b101 {
-        return Some("EATS DPT with StreamWorld != EL1 (5.2 EATS)");
-    }
+    if s1 && !idr.s1p { return Some("Config: stage 1 without IDR0.S1P (5.2 Config)"); }
+    if s2 && !idr.s2p { return Some("Config: stage 2 without IDR0.S2P (5.2 Config)"); }
+    if !idr.ats && config != 0b100 && eats != 0 { return Some("EATS != 0 without IDR0.ATS (5.2 EATS, RES0)"); }
+    if idr.ats && config != 0b100 && eats == 0b10 && (config != 0b111 || s2s || idr.ns1ats) { return Some("EATS split-stage without nesting / with S2S / NS1ATS (5.2 EATS)"); }
+    if idr.ats && config != 0b100 && eats == 0b01 && s2s && s2 { return Some("EATS full ATS with S2S (5.2 EATS)"); }
+    if idr.ats && config != 0b100 && eats == 0b11 && idr.dpt && strw != 0 && config == 0b101 { return Some("EATS DPT with StreamWorld != EL1 (5.2 EATS)"); }
     let strw_used = idr.s1p && idr.hyp && config == 0b101; // 5.2 STRW: IGNORED unless stage-1 only
-    if strw_used && strw & 1 == 1 {
-        return Some("STRW 0bx1 reserved (5.2 STRW)");
-    }
-    if config == 0b101 && !idr.hyp && strw != 0 {
-        return Some("STRW != 0 without IDR0.Hyp (5.2 STRW, RES0)");
-    }
+    if strw_used && strw & 1 == 1 { return Some("STRW 0bx1 reserved (5.2 STRW)"); }
+    if config == 0b101 && !idr.hyp && strw != 0 { return Some("STRW != 0 without IDR0.Hyp (5.2 STRW, RES0)"); }
     if s1 {
         let cdmax = bits(d0, 59, 5) as u32;
         let fmt = bits(d0, 4, 2);
         let ptr = d0 & 0x00FF_FFFF_FFFF_FFC0;
-        if bits(d1, 27, 1) == 1 && idr.stall_model != 0 {
-            return Some("S1STALLD = 1 with STALL_MODEL != 0b00 (5.2 S1STALLD)");
-        }
-        if idr.ssidsize != 0 && cdmax > idr.ssidsize {
-            return Some("S1CDMax > IDR1.SSIDSIZE (5.2 S1CDMax)");
-        }
-        if idr.ssidsize != 0 && cdmax != 0 && !idr.cd2l && (fmt == 1 || fmt == 2) {
-            return Some("S1Fmt 2-level without IDR0.CD2L (5.2 S1Fmt)");
-        }
+        if bits(d1, 27, 1) == 1 && idr.stall_model != 0 { return Some("S1STALLD = 1 with STALL_MODEL != 0b00 (5.2 S1STALLD)"); }
+        if idr.ssidsize != 0 && cdmax > idr.ssidsize { return Some("S1CDMax > IDR1.SSIDSIZE (5.2 S1CDMax)"); }
+        if idr.ssidsize != 0 && cdmax != 0 && !idr.cd2l && (fmt == 1 || fmt == 2) { return Some("S1Fmt 2-level without IDR0.CD2L (5.2 S1Fmt)"); }
         if ptr >> (if s2 { idr.ias } else { idr.oas }) != 0 {
             return Some("S1ContextPtr beyond IAS/OAS (5.2 S1ContextPtr)");
         }
-        if idr.ssidsize != 0
-            && cdmax != 0
-            && (fmt == 0 || fmt == 3)
-            && ptr & ((1u64 << (cdmax + 6)) - 1) != 0
-        {
-            return Some("S1ContextPtr[S1CDMax+5:6] not zero for a linear table (5.2 S1Fmt)");
-        }
-        if bits(d0, 56, 3) != 0 {
-            return Some("STE bits [58:56] RES0 (5.2)");
-        }
+        if idr.ssidsize != 0 && cdmax != 0 && (fmt == 0 || fmt == 3) && ptr & ((1u64 << (cdmax + 6)) - 1) != 0  { return Some("S1ContextPtr[S1CDMax+5:6] not zero for a linear table (5.2 S1Fmt)"); }
+        if bits(d0, 56, 3) != 0 { return Some("STE bits [58:56] RES0 (5.2)"); }
     }
     let vmid_used = idr.s2p && (s2 || (config == 0b101 && !(strw_used && strw != 0))); // IgnoreSTES2VMID
-    if vmid_used && !idr.vmid16 && bits(d2, 8, 8) != 0 {
-        return Some("S2VMID[15:8] != 0 without IDR0.VMID16 (5.2 S2VMID)");
-    }
+    if vmid_used && !idr.vmid16 && bits(d2, 8, 8) != 0 { return Some("S2VMID[15:8] != 0 without IDR0.VMID16 (5.2 S2VMID)"); }
     if !s2 {
         return None;
     }
@@ -279,48 +250,22 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
     let (ha, hd) = (bits(d2, 56, 1) == 1, bits(d2, 55, 1) == 1);
     let s2ds = bits(d3, 3, 1) == 1; // S2DS, bit [195]
     let sl0_2 = bits(d3, 2, 1); // S2SL0_2, bit [194]
-    if s2s && idr.stall_model == 0b01 {
-        return Some("S2S = 1 with STALL_MODEL = 0b01 (5.2 S2S)");
-    }
-    if !s2s && idr.stall_model == 0b10 {
-        return Some("S2S = 0 with STALL_MODEL = 0b10 (5.2 S2S)");
-    }
-    if aa32 && idr.ttf & 1 == 0 {
-        return Some("S2AA64 = 0 without AArch32 tables (5.2 S2AA64)");
-    }
-    if aa64 && idr.ttf & 2 == 0 {
-        return Some("S2AA64 = 1 without AArch64 tables (5.2 S2AA64)");
-    }
-    if (ha || hd) && (aa32 || idr.httu == 0) {
-        return Some("S2HA/S2HD without HTTU (5.2 S2HA/S2HD)");
-    }
-    if hd && idr.httu == 0b01 {
-        return Some("S2HD with HTTU = access flag only (5.2 S2HD)");
-    }
-    if bits(d2, 59, 1) == 1 && !ha && idr.httu == 0b11 {
-        return Some("S2HAFT without S2HA (5.2 S2HAFT)");
-    }
-    if idr.ttendian == 0b10 && bits(d2, 52, 1) == 1 {
-        return Some("S2ENDI big-endian on a little-endian-only SMMU (5.2 S2ENDI)");
-    }
-    if idr.ttendian == 0b11 && bits(d2, 52, 1) == 0 {
-        return Some("S2ENDI little-endian on a big-endian-only SMMU (5.2 S2ENDI)");
-    }
+    if s2s && idr.stall_model == 0b01 { return Some("S2S = 1 with STALL_MODEL = 0b01 (5.2 S2S)"); }
+    if !s2s && idr.stall_model == 0b10 { return Some("S2S = 0 with STALL_MODEL = 0b10 (5.2 S2S)"); }
+    if aa32 && idr.ttf & 1 == 0 { return Some("S2AA64 = 0 without AArch32 tables (5.2 S2AA64)"); }
+    if aa64 && idr.ttf & 2 == 0 { return Some("S2AA64 = 1 without AArch64 tables (5.2 S2AA64)"); }
+    if (ha || hd) && (aa32 || idr.httu == 0) { return Some("S2HA/S2HD without HTTU (5.2 S2HA/S2HD)"); }
+    if hd && idr.httu == 0b01 { return Some("S2HD with HTTU = access flag only (5.2 S2HD)"); }
+    if bits(d2, 59, 1) == 1 && !ha && idr.httu == 0b11 { return Some("S2HAFT without S2HA (5.2 S2HAFT)"); }
+    if idr.ttendian == 0b10 && bits(d2, 52, 1) == 1 { return Some("S2ENDI big-endian on a little-endian-only SMMU (5.2 S2ENDI)"); }
+    if idr.ttendian == 0b11 && bits(d2, 52, 1) == 0 { return Some("S2ENDI little-endian on a big-endian-only SMMU (5.2 S2ENDI)"); }
     if aa32 {
         return None; // VMSAv8-32 tables: the driver never builds them
     }
-    if !aa64 {
-        return Some("S2AA64 = 0 selects VMSAv9-128 (D128): not modelled");
-    }
-    let Some(g) = tg0_bits(bits(d2, 46, 2)) else {
-        return Some("S2TG reserved (5.2 S2TG)");
-    };
-    if !idr.granule_ok(g) {
-        return Some("S2TG granule not in IDR5 (5.2 S2TG)");
-    }
-    if s2ds && !idr.ds {
-        return Some("S2DS = 1 without IDR5.DS (5.2 S2DS, RES0)");
-    }
+    if !aa64 { return Some("S2AA64 = 0 selects VMSAv9-128 (D128): not modelled"); }
+    let Some(g) = tg0_bits(bits(d2, 46, 2)) else { return Some("S2TG reserved (5.2 S2TG)") };
+    if !idr.granule_ok(g) { return Some("S2TG granule not in IDR5 (5.2 S2TG)"); }
+    if s2ds && !idr.ds { return Some("S2DS = 1 without IDR5.DS (5.2 S2DS, RES0)"); }
     let t0sz = bits(d2, 32, 6) as u32;
     let max = if idr.stt {
         if g == 16 { 47 } else { 48 }
@@ -334,15 +279,9 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
     } else {
         16.max(64 - idr.ias)
     };
-    if t0sz > max {
-        return Some("S2T0SZ above its maximum (5.2 S2T0SZ)");
-    }
-    if t0sz < min {
-        return Some("S2T0SZ below MAX(16 or 12, 64 - IAS) (5.2 S2T0SZ)");
-    }
-    if sl0_2 != 0 {
-        return Some("S2SL0_2 without S2DS/4K (5.2 S2SL0_2)");
-    }
+    if t0sz > max { return Some("S2T0SZ above its maximum (5.2 S2T0SZ)"); }
+    if t0sz < min { return Some("S2T0SZ below MAX(16 or 12, 64 - IAS) (5.2 S2T0SZ)"); }
+    if sl0_2 != 0 { return Some("S2SL0_2 without S2DS/4K (5.2 S2SL0_2)"); }
     let start = match s2_start_level(g, bits(d2, 38, 2), idr, idr.stt) {
         Ok(l) => l,
         Err(e) => return Some(e),
@@ -362,22 +301,12 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
     }
     let eff_ps = ps_bits(bits(d2, 48, 3)).min(idr.oas);
     let ttb = d3 & 0x000F_FFFF_FFFF_FFF0;
-    if bits(d3, 52, 12) != 0 {
-        return Some("S2TTB bits [255:244] RES0 (5.2 S2TTB)");
-    }
-    if ttb >> eff_ps != 0 {
-        return Some("S2TTB beyond the effective S2PS (5.2 S2TTB)");
-    }
-    if g != 16 && !s2ds && ttb >> 48 != 0 {
-        return Some("S2TTB beyond 48 bits with 4K/16K (5.2 S2TTB)");
-    }
+    if bits(d3, 52, 12) != 0 { return Some("S2TTB bits [255:244] RES0 (5.2 S2TTB)"); }
+    if ttb >> eff_ps != 0 { return Some("S2TTB beyond the effective S2PS (5.2 S2TTB)"); }
+    if g != 16 && !s2ds && ttb >> 48 != 0 { return Some("S2TTB beyond 48 bits with 4K/16K (5.2 S2TTB)"); }
     let align = s2_root_align(g, start, ia).max(if eff_ps == 52 { 6 } else { 0 });
-    if ttb & ((1u64 << align) - 1) != 0 {
-        return Some("S2TTB below the start table's alignment, treated as zero (5.2 S2TTB)");
-    }
-    if bits(d2, 16, 16) != 0 {
-        return Some("STE bits [159:144] IMPLEMENTATION DEFINED: must be 0 (5.2)");
-    }
+    if ttb & ((1u64 << align) - 1) != 0 { return Some("S2TTB below the start table's alignment, treated as zero (5.2 S2TTB)"); }
+    if bits(d2, 16, 16) != 0 { return Some("STE bits [159:144] IMPLEMENTATION DEFINED: must be 0 (5.2)"); }
     None
 }
 
@@ -389,6 +318,7 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
 /// `ste`, with SMMU_CR2.E2H = `e2h`. A CD with V == 0 is ILLEGAL only when
 /// a transaction uses it; the callers check that the CDs a stream uses
 /// are valid.
+#[rustfmt::skip]
 pub(crate) fn cd_illegal(
     cd: &[u64; 8],
     ste: &[u64; 8],
@@ -411,48 +341,22 @@ pub(crate) fn cd_illegal(
     let epd0 = bits(d0, 14, 1) == 1;
     let epd1 = bits(d0, 30, 1) == 1 || el2; // EffectiveCDEPD1
     let s = bits(d0, 44, 1) == 1;
-    if bits(ste[1], 27, 1) == 1 && s {
-        return Some("CD.S = 1 under STE.S1STALLD = 1 (5.4 S)");
-    }
-    if idr.term_model && bits(d0, 46, 1) == 0 {
-        return Some("CD.A = 0 with IDR0.TERM_MODEL = 1 (5.4 A)");
-    }
-    if idr.stall_model == 0b01 && s {
-        return Some("CD.S = 1 with STALL_MODEL = 0b01 (5.4 S)");
-    }
-    if idr.stall_model == 0b10 && !s {
-        return Some("CD.S = 0 with STALL_MODEL = 0b10 (5.4 S)");
-    }
+    if bits(ste[1], 27, 1) == 1 && s { return Some("CD.S = 1 under STE.S1STALLD = 1 (5.4 S)"); }
+    if idr.term_model && bits(d0, 46, 1) == 0 { return Some("CD.A = 0 with IDR0.TERM_MODEL = 1 (5.4 A)"); }
+    if idr.stall_model == 0b01 && s { return Some("CD.S = 1 with STALL_MODEL = 0b01 (5.4 S)"); }
+    if idr.stall_model == 0b10 && !s { return Some("CD.S = 0 with STALL_MODEL = 0b10 (5.4 S)"); }
     let endi = bits(d0, 15, 1);
-    if (!epd0 || !epd1)
-        && ((idr.ttendian == 0b10 && endi == 1) || (idr.ttendian == 0b11 && endi == 0))
-    {
-        return Some("CD.ENDI selects an unimplemented endianness (5.4 ENDI)");
-    }
-    if aa32 && (idr.ttf & 1 == 0 || (strw == 0b10 && e2h)) {
-        return Some("CD.AA64 = 0 without AArch32 tables / under EL2-E2H (5.4 AA64)");
-    }
-    if aa64
-        && (idr.ttf & 2 == 0 || (config & 0b110 == 0b110 && bits(ste[2], 51, 1) == 0 && !idr.d128))
-    {
-        return Some("CD.AA64 = 1 without AArch64 tables / under S2AA64 = 0 (5.4 AA64)");
-    }
+    if (!epd0 || !epd1) && ((idr.ttendian == 0b10 && endi == 1) || (idr.ttendian == 0b11 && endi == 0))  { return Some("CD.ENDI selects an unimplemented endianness (5.4 ENDI)"); }
+    if aa32 && (idr.ttf & 1 == 0 || (strw == 0b10 && e2h)) { return Some("CD.AA64 = 0 without AArch32 tables / under EL2-E2H (5.4 AA64)"); }
+    if aa64 && (idr.ttf & 2 == 0 || (config & 0b110 == 0b110 && bits(ste[2], 51, 1) == 0 && !idr.d128))  { return Some("CD.AA64 = 1 without AArch64 tables / under S2AA64 = 0 (5.4 AA64)"); }
     let (ha, hd) = (bits(d0, 43, 1) == 1, bits(d0, 42, 1) == 1);
-    if !aa32 && (ha || hd) && idr.httu == 0 {
-        return Some("CD.HA/HD without HTTU (5.4 HA/HD)");
-    }
-    if !aa32 && hd && idr.httu == 0b01 {
-        return Some("CD.HD with HTTU = access flag only (5.4 HD)");
-    }
-    if !el2 && !idr.asid16 && bits(d0, 56, 8) != 0 {
-        return Some("CD.ASID[15:8] != 0 without IDR0.ASID16 (5.4 ASID)");
-    }
+    if !aa32 && (ha || hd) && idr.httu == 0 { return Some("CD.HA/HD without HTTU (5.4 HA/HD)"); }
+    if !aa32 && hd && idr.httu == 0b01 { return Some("CD.HD with HTTU = access flag only (5.4 HD)"); }
+    if !el2 && !idr.asid16 && bits(d0, 56, 8) != 0 { return Some("CD.ASID[15:8] != 0 without IDR0.ASID16 (5.4 ASID)"); }
     if aa32 {
         return None;
     }
-    if !aa64 {
-        return Some("CD.AA64 = 0 selects VMSAv9-128 (D128): not modelled");
-    }
+    if !aa64 { return Some("CD.AA64 = 0 selects VMSAv9-128 (D128): not modelled"); }
     let cd_ds = bits(cd[4], 10, 1) == 1 && idr.ds; // CD.DS: not used by the driver
     let ips = ps_bits(bits(d0, 32, 3)).min(idr.oas);
     let txsz_bad = |txsz: u32, g: u32| {
@@ -478,40 +382,20 @@ pub(crate) fn cd_illegal(
         (top + 3).max(if ips == 52 { 6 } else { 3 })
     };
     if !epd0 {
-        let Some(g) = tg0_bits(bits(d0, 6, 2)) else {
-            return Some("CD.TG0 reserved (5.4 TG0)");
-        };
-        if !idr.granule_ok(g) {
-            return Some("CD.TG0 granule not in IDR5 (5.4 TG0)");
-        }
+        let Some(g) = tg0_bits(bits(d0, 6, 2)) else { return Some("CD.TG0 reserved (5.4 TG0)") };
+        if !idr.granule_ok(g) { return Some("CD.TG0 granule not in IDR5 (5.4 TG0)"); }
         let t0sz = bits(d0, 0, 6) as u32;
-        if txsz_bad(t0sz, g) {
-            return Some("CD.T0SZ out of range (5.4 T0SZ)");
-        }
+        if txsz_bad(t0sz, g) { return Some("CD.T0SZ out of range (5.4 T0SZ)"); }
         let ttb0 = cd[1] & 0x00FF_FFFF_FFFF_FFF0;
-        if ttb_bad(ttb0, g) {
-            return Some("CD.TTB0 beyond the effective IPS / 48 bits (5.4 TTB0)");
-        }
-        if ttb0 & ((1u64 << align(g, 64 - t0sz)) - 1) != 0 {
-            return Some("CD.TTB0 below the start table's alignment, treated as zero (5.4 TTB0)");
-        }
-        if bits(cd[1], 56, 8) != 0 {
-            return Some("CD bits [127:120] RES0 (5.4)");
-        }
+        if ttb_bad(ttb0, g) { return Some("CD.TTB0 beyond the effective IPS / 48 bits (5.4 TTB0)"); }
+        if ttb0 & ((1u64 << align(g, 64 - t0sz)) - 1) != 0 { return Some("CD.TTB0 below the start table's alignment, treated as zero (5.4 TTB0)"); }
+        if bits(cd[1], 56, 8) != 0 { return Some("CD bits [127:120] RES0 (5.4)"); }
     }
     if !epd1 {
-        let Some(g) = tg1_bits(bits(d0, 22, 2)) else {
-            return Some("CD.TG1 reserved (5.4 TG1)");
-        };
-        if !idr.granule_ok(g) {
-            return Some("CD.TG1 granule not in IDR5 (5.4 TG1)");
-        }
-        if txsz_bad(bits(d0, 16, 6) as u32, g) {
-            return Some("CD.T1SZ out of range (5.4 T1SZ)");
-        }
-        if ttb_bad(cd[2] & 0x00FF_FFFF_FFFF_FFF0, g) {
-            return Some("CD.TTB1 beyond the effective IPS / 48 bits (5.4 TTB1)");
-        }
+        let Some(g) = tg1_bits(bits(d0, 22, 2)) else { return Some("CD.TG1 reserved (5.4 TG1)") };
+        if !idr.granule_ok(g) { return Some("CD.TG1 granule not in IDR5 (5.4 TG1)"); }
+        if txsz_bad(bits(d0, 16, 6) as u32, g) { return Some("CD.T1SZ out of range (5.4 T1SZ)"); }
+        if ttb_bad(cd[2] & 0x00FF_FFFF_FFFF_FFF0, g) { return Some("CD.TTB1 beyond the effective IPS / 48 bits (5.4 TTB1)"); }
     }
     None
 }
@@ -522,36 +406,26 @@ pub(crate) fn cd_illegal(
 
 /// The first broken rule of a level-1 stream table descriptor of a table
 /// with STRTAB_BASE_CFG.SPLIT = `split`. Span == 0 is invalid, not ILLEGAL.
+#[rustfmt::skip]
 pub(crate) fn l1std_illegal(desc: u64, split: u32, idr: &Idr) -> Option<&'static str> {
     let span = bits(desc, 0, 5) as u32;
     let ptr = desc & 0x00FF_FFFF_FFFF_FFC0;
-    if bits(desc, 5, 1) != 0 || bits(desc, 56, 8) != 0 {
-        return Some("L1STD bits [5] / [63:56] RES0 (5.1)");
-    }
+    if bits(desc, 5, 1) != 0 || bits(desc, 56, 8) != 0 { return Some("L1STD bits [5] / [63:56] RES0 (5.1)"); }
     if span == 0 {
         return None;
     }
-    if span >= 12 {
-        return Some("L1STD.Span 12..31 reserved, behaves as 0 (5.1 Span)");
-    }
-    if span > split + 1 {
-        return Some("L1STD.Span out of bounds given the split (5.1.1)");
-    }
-    if ptr >> idr.oas != 0 {
-        return Some("L1STD.L2Ptr beyond OAS (5.1 L2Ptr, RES0)");
-    }
-    if ptr & ((1u64 << (5 + span)) - 1) != 0 {
-        return Some("L1STD.L2Ptr[5+Span-1:0] not zero: table not aligned to its size (5.1 L2Ptr)");
-    }
+    if span >= 12 { return Some("L1STD.Span 12..31 reserved, behaves as 0 (5.1 Span)"); }
+    if span > split + 1 { return Some("L1STD.Span out of bounds given the split (5.1.1)"); }
+    if ptr >> idr.oas != 0 { return Some("L1STD.L2Ptr beyond OAS (5.1 L2Ptr, RES0)"); }
+    if ptr & ((1u64 << (5 + span)) - 1) != 0 { return Some("L1STD.L2Ptr[5+Span-1:0] not zero: table not aligned to its size (5.1 L2Ptr)"); }
     None
 }
 
 /// The first broken rule of a level-1 CD descriptor reached through a
 /// stream with stage 2 = `s2`.
+#[rustfmt::skip]
 pub(crate) fn l1cd_illegal(desc: u64, s2: bool, idr: &Idr) -> Option<&'static str> {
-    if bits(desc, 1, 11) != 0 || bits(desc, 56, 8) != 0 {
-        return Some("L1CD bits [11:1] / [63:56] RES0 (5.3)");
-    }
+    if bits(desc, 1, 11) != 0 || bits(desc, 56, 8) != 0 { return Some("L1CD bits [11:1] / [63:56] RES0 (5.3)"); }
     if bits(desc, 0, 1) == 0 {
         return None;
     }
@@ -569,6 +443,7 @@ pub(crate) fn l1cd_illegal(desc: u64, s2: bool, idr: &Idr) -> Option<&'static st
 
 /// The first CERROR_ILL (or out-of-range / UNPREDICTABLE) condition of a
 /// command on the Non-secure command queue.
+#[rustfmt::skip]
 pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
     let (d0, d1) = (w[0], w[1]);
     let op = bits(d0, 0, 8);
@@ -590,30 +465,13 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
         let (num, scale) = (bits(d0, 12, 5), bits(d0, 20, 6));
         let (ttl, tg) = (bits(d1, 8, 2), bits(d1, 10, 2));
         let addr = d1 & addr_mask;
-        if res0(
-            OP | VMID | ASID | RANGE0,
-            addr_mask | 1 | (3 << 8) | (3 << 10) | (1 << 7),
-        ) {
-            return Some("TLBI: RES0 field set (4.1.5)");
-        }
-        if bits(d1, 7, 1) != 0 && !idr.d128 {
-            return Some("TLBI: TTL128 without D128 (4.4.1.1, RES0)");
-        }
-        if !idr.ril && (tg != 0 || num != 0 || scale != 0) {
-            return Some("TLBI: TG/NUM/SCALE without IDR3.RIL (4.4.1.1, RES0)");
-        }
-        if tg == 0 && (num != 0 || scale != 0 || ttl != 0) {
-            return Some("TLBI: NUM/SCALE/TTL with TG = 0 (4.4.1.1, RES0)");
-        }
-        if tg != 0 && num == 0 && scale == 0 && ttl == 0 {
-            return Some("TLBI: NUM = SCALE = TTL = 0 with TG != 0 reserved, CERROR_ILL (4.4.1.1)");
-        }
-        if tg == 0b10 && ttl == 0b01 && !idr.ds {
-            return Some("TLBI: TG = 16K with TTL = 1 without DS, CERROR_ILL (4.4.1.1)");
-        }
-        if bits(d0, 25, 1) != 0 && !idr.ds {
-            return Some("TLBI: SCALE[5] without DS (4.4.1.1, RES0)");
-        }
+        if res0( OP | VMID | ASID | RANGE0, addr_mask | 1 | (3 << 8) | (3 << 10) | (1 << 7), ) { return Some("TLBI: RES0 field set (4.1.5)"); }
+        if bits(d1, 7, 1) != 0 && !idr.d128 { return Some("TLBI: TTL128 without D128 (4.4.1.1, RES0)"); }
+        if !idr.ril && (tg != 0 || num != 0 || scale != 0) { return Some("TLBI: TG/NUM/SCALE without IDR3.RIL (4.4.1.1, RES0)"); }
+        if tg == 0 && (num != 0 || scale != 0 || ttl != 0) { return Some("TLBI: NUM/SCALE/TTL with TG = 0 (4.4.1.1, RES0)"); }
+        if tg != 0 && num == 0 && scale == 0 && ttl == 0 { return Some("TLBI: NUM = SCALE = TTL = 0 with TG != 0 reserved, CERROR_ILL (4.4.1.1)"); }
+        if tg == 0b10 && ttl == 0b01 && !idr.ds { return Some("TLBI: TG = 16K with TTL = 1 without DS, CERROR_ILL (4.4.1.1)"); }
+        if bits(d0, 25, 1) != 0 && !idr.ds { return Some("TLBI: SCALE[5] without DS (4.4.1.1, RES0)"); }
         // 4.4.1.1: UNPREDICTABLE range unless Address is aligned to a leaf of TTL.
         if tg != 0 {
             let g = [0, 12, 14, 16][tg as usize];
@@ -636,15 +494,9 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
     match op {
         0x01 => {
             // CMD_PREFETCH_CONFIG (4.2.1)
-            if res0(OP | SSEC | (1 << 11) | SSID | SID, 0) {
-                return Some("PREFETCH_CONFIG: RES0 field set (4.1.5)");
-            }
-            if d0 & SSEC != 0 {
-                return Some("SSec = 1 on the Non-secure queue (4.1.6)");
-            }
-            if sid_out {
-                return Some("StreamID beyond SIDSIZE (4.1.7)");
-            }
+            if res0(OP | SSEC | (1 << 11) | SSID | SID, 0) { return Some("PREFETCH_CONFIG: RES0 field set (4.1.5)"); }
+            if d0 & SSEC != 0 { return Some("SSec = 1 on the Non-secure queue (4.1.6)"); }
+            if sid_out { return Some("StreamID beyond SIDSIZE (4.1.7)"); }
             None
         }
         0x03 | 0x04 | 0x05 | 0x06 => {
@@ -655,41 +507,23 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
                 0x04 => 0x1F,
                 _ => 0,
             };
-            if res0(m0, m1) {
-                return Some("CFGI: RES0 field set (4.1.5)");
-            }
-            if d0 & SSEC != 0 {
-                return Some("SSec = 1 on the Non-secure queue (4.1.6)");
-            }
-            if (op == 0x05 || op == 0x06) && !idr.s1p {
-                return Some("CFGI_CD* without stage 1, CERROR_ILL (4.3.3, 4.3.4)");
-            }
+            if res0(m0, m1) { return Some("CFGI: RES0 field set (4.1.5)"); }
+            if d0 & SSEC != 0 { return Some("SSec = 1 on the Non-secure queue (4.1.6)"); }
+            if (op == 0x05 || op == 0x06) && !idr.s1p { return Some("CFGI_CD* without stage 1, CERROR_ILL (4.3.3, 4.3.4)"); }
             if op == 0x04 && bits(d1, 0, 5) == 31 {
                 return None; // CMD_CFGI_ALL: StreamID ignored
             }
-            if sid_out {
-                return Some("StreamID beyond SIDSIZE (4.1.7)");
-            }
-            if op == 0x05 && ssid >> idr.ssidsize != 0 {
-                return Some("CFGI_CD: SubstreamID beyond SSIDSIZE (4.3.3, 4.1.7)");
-            }
+            if sid_out { return Some("StreamID beyond SIDSIZE (4.1.7)"); }
+            if op == 0x05 && ssid >> idr.ssidsize != 0 { return Some("CFGI_CD: SubstreamID beyond SSIDSIZE (4.3.3, 4.1.7)"); }
             None
         }
         0x10..=0x13 => {
             // CMD_TLBI_NH_* (4.4.2)
-            if !idr.s1p {
-                return Some("TLBI_NH_* without stage 1, CERROR_ILL (4.4.2)");
-            }
-            if !idr.s2p && vmid != 0 {
-                return Some("TLBI_NH_*: VMID without stage 2 (4.4.2, RES0)");
-            }
-            if vmid_w(vmid) {
-                return Some("TLBI: VMID[15:8] without VMID16 (4.4)");
-            }
+            if !idr.s1p { return Some("TLBI_NH_* without stage 1, CERROR_ILL (4.4.2)"); }
+            if !idr.s2p && vmid != 0 { return Some("TLBI_NH_*: VMID without stage 2 (4.4.2, RES0)"); }
+            if vmid_w(vmid) { return Some("TLBI: VMID[15:8] without VMID16 (4.4)"); }
             let has_asid = op == 0x11 || op == 0x12;
-            if has_asid && asid_w(asid) {
-                return Some("TLBI: ASID[15:8] without ASID16 (4.4)");
-            }
+            if has_asid && asid_w(asid) { return Some("TLBI: ASID[15:8] without ASID16 (4.4)"); }
             let m0 = OP | VMID | if has_asid { ASID } else { 0 };
             if op <= 0x11 {
                 return if res0(m0, 0) {
@@ -698,28 +532,18 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
                     None
                 };
             }
-            if !has_asid && asid != 0 {
-                return Some("TLBI_NH_VAA: RES0 field set (4.1.5)");
-            }
+            if !has_asid && asid != 0 { return Some("TLBI_NH_VAA: RES0 field set (4.1.5)"); }
             tlbi_range(!0xFFF)
         }
         0x20 => {
-            if !idr.hyp {
-                return Some("TLBI_EL2_ALL without IDR0.Hyp, CERROR_ILL (4.4.2.7)");
-            }
-            if res0(OP, 0) {
-                return Some("TLBI_EL2_ALL: RES0 field set (4.1.5)");
-            }
+            if !idr.hyp { return Some("TLBI_EL2_ALL without IDR0.Hyp, CERROR_ILL (4.4.2.7)"); }
+            if res0(OP, 0) { return Some("TLBI_EL2_ALL: RES0 field set (4.1.5)"); }
             None
         }
         0x28 | 0x2A => {
             // CMD_TLBI_S12_VMALL / CMD_TLBI_S2_IPA (4.4.3)
-            if !idr.s2p {
-                return Some("TLBI_S2_IPA / S12_VMALL without stage 2, CERROR_ILL (4.4.3)");
-            }
-            if vmid_w(vmid) {
-                return Some("TLBI: VMID[15:8] without VMID16 (4.4)");
-            }
+            if !idr.s2p { return Some("TLBI_S2_IPA / S12_VMALL without stage 2, CERROR_ILL (4.4.3)"); }
+            if vmid_w(vmid) { return Some("TLBI: VMID[15:8] without VMID16 (4.4)"); }
             if op == 0x28 {
                 return if res0(OP | VMID, 0) {
                     Some("TLBI_S12_VMALL: RES0 field set (4.1.5)")
@@ -727,9 +551,7 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
                     None
                 };
             }
-            if asid != 0 {
-                return Some("TLBI_S2_IPA: RES0 field set (4.1.5)");
-            }
+            if asid != 0 { return Some("TLBI_S2_IPA: RES0 field set (4.1.5)"); }
             let top = if idr.v30 { 48 } else { 52 };
             tlbi_range(((1u64 << top) - 1) & !0xFFF)
         }
@@ -743,16 +565,9 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
         0x46 => {
             // CMD_SYNC (4.7.3)
             let cs = bits(d0, 12, 2);
-            if cs == 0b11 {
-                return Some("CMD_SYNC: CS = 0b11 reserved, CERROR_ILL (4.7.3)");
-            }
+            if cs == 0b11 { return Some("CMD_SYNC: CS = 0b11 reserved, CERROR_ILL (4.7.3)"); }
             let top = if idr.v30 { 48 } else { 52 };
-            if res0(
-                OP | (3 << 12) | (3 << 22) | (0xF << 24) | (0xFFFF_FFFF << 32),
-                ((1u64 << top) - 1) & !3,
-            ) {
-                return Some("CMD_SYNC: RES0 field set (4.1.5)");
-            }
+            if res0( OP | (3 << 12) | (3 << 22) | (0xF << 24) | (0xFFFF_FFFF << 32), ((1u64 << top) - 1) & !3, ) { return Some("CMD_SYNC: RES0 field set (4.1.5)"); }
             None
         }
         // Opcodes the driver never sends are treated as unknown.
@@ -1068,11 +883,112 @@ fn observe(model: &SmmuModel, idr: Idr, sids: &'static [u32]) -> Arc<Mutex<Vec<S
 }
 
 // ---------------------------------------------------------------------------
+// A HAL whose memory lies below 4 GiB, so that SMMUs with a 32-bit OAS can
+// be driven on the host: a first-fit allocator over an anonymous mapping
+// at a fixed low address (identity-mapped like `FakeHal`).
+// ---------------------------------------------------------------------------
+
+unsafe extern "C" {
+    fn mmap(addr: *mut u8, len: usize, prot: i32, flags: i32, fd: i32, off: i64) -> *mut u8;
+}
+
+const ARENA: usize = 0x6000_0000;
+const ARENA_LEN: usize = 0x1000_0000;
+
+struct Arena {
+    /// Free ranges [start, end), sorted and coalesced.
+    free: Vec<(usize, usize)>,
+}
+
+fn low_arena() -> Option<&'static Mutex<Arena>> {
+    static ARENA_LOCK: std::sync::OnceLock<Option<Mutex<Arena>>> = std::sync::OnceLock::new();
+    ARENA_LOCK
+        .get_or_init(|| {
+            // PROT_READ | PROT_WRITE; MAP_PRIVATE | MAP_ANONYMOUS |
+            // MAP_NORESERVE | MAP_FIXED_NOREPLACE (Linux x86_64 values).
+            // SAFETY: FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                mmap(
+                    ARENA as *mut u8,
+                    ARENA_LEN,
+                    3,
+                    0x02 | 0x20 | 0x4000 | 0x10_0000,
+                    -1,
+                    0,
+                )
+            };
+            (p as usize == ARENA).then(|| {
+                Mutex::new(Arena {
+                    free: std::vec![(ARENA, ARENA + ARENA_LEN)],
+                })
+            })
+        })
+        .as_ref()
+}
+
+/// [`FakeHal`] with memory from the low arena.
+#[derive(Debug)]
+struct LowHal;
+
+// SAFETY: regions are disjoint (first-fit over a free list), zeroed, aligned
+// as asked, identity-mapped, and stay mapped for the whole process.
+unsafe impl Hal for LowHal {
+    fn dma_alloc(size: usize, align: usize) -> Option<DmaRegion> {
+        let mut a = low_arena()?.lock().unwrap_or_else(|e| e.into_inner());
+        let align = align.max(64);
+        let i = a
+            .free
+            .iter()
+            .position(|&(s, e)| s.next_multiple_of(align) + size <= e)?;
+        let (s, e) = a.free[i];
+        let start = s.next_multiple_of(align);
+        a.free.remove(i);
+        if start + size < e {
+            a.free.insert(i, (start + size, e));
+        }
+        if s < start {
+            a.free.insert(i, (s, start));
+        }
+        // SAFETY: [start, start + size) is inside the arena and now ours.
+        unsafe { core::ptr::write_bytes(start as *mut u8, 0, size) };
+        Some(DmaRegion {
+            paddr: start as u64,
+            vaddr: core::ptr::NonNull::new(start as *mut u8)?,
+            size,
+        })
+    }
+
+    unsafe fn dma_free(region: DmaRegion) {
+        let Some(lock) = low_arena() else { return };
+        let mut a = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (s, e) = (region.paddr as usize, region.paddr as usize + region.size);
+        let i = a.free.partition_point(|&(fs, _)| fs < s);
+        a.free.insert(i, (s, e));
+        if i + 1 < a.free.len() && a.free[i].1 == a.free[i + 1].0 {
+            a.free[i].1 = a.free[i + 1].1;
+            a.free.remove(i + 1);
+        }
+        if i > 0 && a.free[i - 1].1 == a.free[i].0 {
+            a.free[i - 1].1 = a.free[i].1;
+            a.free.remove(i);
+        }
+    }
+
+    fn dcache_clean(_: *const u8, _: usize) {}
+
+    fn dcache_invalidate(_: *const u8, _: usize) {}
+
+    fn now_ns() -> u64 {
+        FakeHal::now_ns()
+    }
+}
+
+// ---------------------------------------------------------------------------
 // ID-register variants and driver requests.
 // ---------------------------------------------------------------------------
 
-/// A variant the driver should be able to drive on the host (OAS 48 or 52:
-/// host heap addresses need 48 bits).
+/// An SMMU variant (OAS 32..52: its memory comes from [`LowHal`], below
+/// 4 GiB).
 #[derive(Debug, Clone, Copy)]
 struct Variant {
     s1: bool,
@@ -1152,7 +1068,7 @@ prop_compose! {
         ssid_bits in prop::sample::select(std::vec![0u8, 1, 3, 6, 7, 10, 11, 20]),
         stt: bool,
         ril: bool,
-        oas in 5u8..=6,
+        oas in 0u8..=6,
         granules in 1u32..=7,
         minor in 0u32..=2,
         coherent: bool,
@@ -1176,19 +1092,21 @@ struct DomainReq {
     ipa_bits: u32,
     stage1: bool,
     vmid: Option<u16>,
+    /// Output size asked for (index into 32..52; clamped to the OAS).
+    oas: usize,
 }
 
 prop_compose! {
     fn domain_req()(granule in 0usize..3, ipa_bits in 25u32..=52, stage1: bool,
-                    vmid in prop::option::of(1u16..=0xFFFF)) -> DomainReq {
-        DomainReq { granule, ipa_bits, stage1, vmid }
+                    vmid in prop::option::of(1u16..=0xFFFF), oas in 0usize..12) -> DomainReq {
+        DomainReq { granule, ipa_bits, stage1, vmid, oas }
     }
 }
 
 /// StreamIDs the scenarios use (all below 2^6, the smallest SIDSIZE).
 const SIDS: &[u32] = &[1, 2, 3, 5, 8, 13, 21, 34];
 
-fn granules_of(smmu: &Smmu<FakeHal>) -> Vec<Granule> {
+fn granules_of<H: Hal>(smmu: &Smmu<H>) -> Vec<Granule> {
     let f = smmu.features();
     [Granule::K4, Granule::K16, Granule::K64]
         .into_iter()
@@ -1199,16 +1117,23 @@ fn granules_of(smmu: &Smmu<FakeHal>) -> Vec<Granule> {
 /// Creates the domain `r` asks for, as a hypervisor would (geometry clamped
 /// to the SMMU's IAS/OAS; VMID masked to the SMMU's width); `None` when the
 /// driver refuses it (a typed error: that is fine, it built nothing).
-fn create(smmu: &Smmu<FakeHal>, r: DomainReq) -> Option<crate::DomainId> {
+fn create<H: Hal>(smmu: &Smmu<H>, r: DomainReq) -> Option<crate::DomainId> {
     let f = *smmu.features();
     let gs = granules_of(smmu);
     let g = *gs.get(r.granule % gs.len().max(1))?;
-    let max_ipa = if g == Granule::K64 && f.oas_bits == 52 {
+    // Some requests ask for the SMMU's whole output size, the others for a
+    // smaller one (a VM's VTCR_EL2.PS).
+    let oas = [32, 36, 40, 42, 44, 48, 52]
+        .get(r.oas)
+        .map_or(u32::from(f.oas_bits), |&b: &u32| {
+            b.min(u32::from(f.oas_bits))
+        });
+    let max_ipa = if g == Granule::K64 && oas == 52 {
         52
     } else {
         48
     };
-    let cfg = Stage2Config::new(g, r.ipa_bits.min(max_ipa), u32::from(f.oas_bits))
+    let cfg = Stage2Config::new(g, r.ipa_bits.min(max_ipa).min(oas), oas)
         .and_then(|c| c.clamp_to(u32::from(f.ias_bits), u32::from(f.oas_bits)))
         .ok()?;
     let vmid = r
@@ -1222,7 +1147,7 @@ fn create(smmu: &Smmu<FakeHal>, r: DomainReq) -> Option<crate::DomainId> {
     };
     smmu.create_domain(DomainOptions {
         stage,
-        vmid: if f.stage2 && !r.stage1 { vmid } else { None },
+        vmid: if f.stage2 { vmid } else { None },
         ..DomainOptions::new(cfg)
     })
     .ok()
@@ -1305,20 +1230,20 @@ fn op() -> impl Strategy<Value = Op> {
     let d = 0usize..4;
     let s = 0usize..SIDS.len();
     let cd = (
-        10u8..=40,
-        0u8..=3,
+        prop_oneof![3 => 16u8..=39, 1 => 8u8..=48],
+        prop_oneof![3 => 0u8..=2, 1 => 3u8..=3],
         0u8..=7,
         any::<u16>(),
         0u64..8,
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
+        prop::bool::weighted(0.9),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
     )
         .prop_map(|(t0sz, tg0, ips, asid, ttb_page, epd1, ha, s)| GuestCdReq {
             t0sz,
             tg0,
             ips,
-            asid,
+            asid: asid & 0x1FF,
             ttb_page,
             epd1,
             ha,
@@ -1374,7 +1299,7 @@ fn guest_cd(c: &GuestCdReq) -> [u64; 8] {
 
 /// Runs `ops` on `v` with the observer installed; returns the violations
 /// (empty when the driver stayed legal, or refused the variant).
-fn run(v: &Variant, ops: &[Op]) -> Vec<String> {
+fn run<H: Hal>(v: &Variant, ops: &[Op]) -> Vec<String> {
     let model = v.builder().build();
     let idr = v.idr();
     let config = Config {
@@ -1383,7 +1308,7 @@ fn run(v: &Variant, ops: &[Op]) -> Vec<String> {
     };
     // SAFETY: the model outlives the driver (dropped at the end of this
     // function, after `smmu`); nothing else drives it.
-    let Ok(smmu) = (unsafe { Smmu::<FakeHal>::new(model.base(), config) }) else {
+    let Ok(smmu) = (unsafe { Smmu::<H>::new(model.base(), config) }) else {
         return Vec::new(); // refused (e.g. forced stall): nothing written
     };
     let found = observe(&model, idr, SIDS);
@@ -1417,6 +1342,7 @@ fn run(v: &Variant, ops: &[Op]) -> Vec<String> {
             Op::Nested { domain, sid, cd } => {
                 if let Some(d) = dom(domain, &domains) {
                     let words = guest_cd(&cd);
+                    let _ = smmu.attach(d, SIDS[sid]);
                     let _ = smmu.map(
                         d,
                         GUEST_RAM.start,
@@ -1540,7 +1466,11 @@ proptest! {
         ops in prop::collection::vec(op(), 1..40),
     ) {
         let ops: Vec<Op> = first.into_iter().map(Op::Create).chain(ops).collect();
-        let found = run(&v, &ops);
+        let found = if low_arena().is_some() {
+            run::<LowHal>(&v, &ops)
+        } else {
+            run::<FakeHal>(&Variant { oas: v.oas.max(5), ..v }, &ops)
+        };
         prop_assert!(found.is_empty(), "{v:?}\n{}", found.join("\n"));
     }
 }
