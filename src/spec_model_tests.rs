@@ -1474,3 +1474,172 @@ proptest! {
         prop_assert!(found.is_empty(), "{v:?}\n{}", found.join("\n"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Pure properties: what the driver accepts from a guest, the stage-2
+// geometry it encodes on any SMMU, and every intermediate state of an STE
+// update.
+// ---------------------------------------------------------------------------
+
+/// A nested STE as the driver writes it (Config 0b111, EL1, S2AA64 = 1):
+/// the context `cd_illegal` needs.
+fn nested_context() -> [u64; 8] {
+    [1 | (7 << 1) | GUEST_CD, 1 << 44, 1 << 51, 0, 0, 0, 0, 0]
+}
+
+prop_compose! {
+    /// CD words around the ones a guest would write: each field usually
+    /// sensible, sometimes anything.
+    fn cd_words()(
+        t0sz in prop_oneof![3 => 16u64..=39, 1 => 0u64..64],
+        tg0 in 0u64..4,
+        epd0 in prop::bool::weighted(0.1),
+        endi in prop::bool::weighted(0.2),
+        t1sz in 0u64..64,
+        tg1 in 0u64..4,
+        epd1 in prop::bool::weighted(0.8),
+        ips in 0u64..8,
+        aa64 in prop::bool::weighted(0.9),
+        hd in prop::bool::weighted(0.2),
+        ha in prop::bool::weighted(0.2),
+        s in prop::bool::weighted(0.1),
+        a in prop::bool::weighted(0.9),
+        asid in prop_oneof![1u64..0x100, 0u64..0x1_0000],
+        ttb0 in prop_oneof![
+            (0u64..0x400).prop_map(|p| 0x400_0000 + p * 0x1000),
+            (0u64..0x400).prop_map(|p| 0x1_0000_0000 + p * 0x1000),
+            (0u64..0x400).prop_map(|p| 0x100_0000_0000 + p * 0x1000),
+            (0u64..1 << 44).prop_map(|p| p << 4),
+        ],
+        ttb1 in any::<u64>(),
+    ) -> [u64; 8] {
+        let d0 = t0sz | tg0 << 6 | u64::from(epd0) << 14 | u64::from(endi) << 15 | t1sz << 16
+            | tg1 << 22 | u64::from(epd1) << 30 | 1 << 31 | ips << 32 | u64::from(aa64) << 41
+            | u64::from(hd) << 42 | u64::from(ha) << 43 | u64::from(s) << 44 | 1 << 45
+            | u64::from(a) << 46 | asid << 48;
+        [d0, ttb0, ttb1 & 0x000F_FFFF_FFFF_FFF0, 0x44FF, 0, 0, 0, 0]
+    }
+}
+
+/// Guest RAM below 4 GiB, above 4 GiB and above 1 TiB.
+const NESTED_RAM: [core::ops::Range<u64>; 3] = [
+    0x400_0000..0x800_0000,
+    0x1_0000_0000..0x1_0040_0000,
+    0x100_0000_0000..0x100_0040_0000,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// A guest CD `validate_cd` accepts is not ILLEGAL behind the nested
+    /// STE the driver writes (the SMMU reads the guest's words as they are).
+    #[test]
+    fn guest_cds_validate_cd_accepts_are_legal(v in variant(), words in cd_words()) {
+        let m = v.builder().build();
+        let regs = IdRegs {
+            idr0: m.read32(0x00),
+            idr1: m.read32(0x04),
+            idr3: m.read32(0x0C),
+            idr5: m.read32(0x14),
+            iidr: m.read32(0x18),
+            aidr: m.read32(0x1C),
+        };
+        let Ok(f) = crate::Features::from_id_regs(&regs) else { return Ok(()) };
+        if !f.nested() {
+            return Ok(());
+        }
+        if crate::domain::validate_cd(&words, &f, &NESTED_RAM).is_ok() {
+            let e = cd_illegal(&words, &nested_context(), false, &Idr::from_regs(&regs));
+            prop_assert!(e.is_none(), "{words:x?} accepted: {e:?}");
+        }
+    }
+
+    /// On every SMMU (OAS 32..52, with or without AArch32 tables, SMMUv3.0
+    /// to v3.2, small tables or not), every stage-2 configuration the
+    /// driver accepts for it (built, or from a CPU's VTCR_EL2) encodes a
+    /// legal STE with a root aligned as `Stage2Config` sizes it.
+    #[test]
+    fn stage2_geometry_is_legal_on_every_smmu(
+        v in variant(),
+        g in 0usize..3,
+        ipa in 20u32..=56,
+        oas_req in 0usize..7,
+        vtcr in prop::option::of((0u64..64, 0u64..4, 0u64..4, 0u64..7)),
+        vmid in 1u16..=0xFF,
+    ) {
+        let v = Variant { s2: true, ..v };
+        let m = v.builder().build();
+        let regs = IdRegs {
+            idr0: m.read32(0x00),
+            idr1: m.read32(0x04),
+            idr3: m.read32(0x0C),
+            idr5: m.read32(0x14),
+            iidr: m.read32(0x18),
+            aidr: m.read32(0x1C),
+        };
+        let Ok(f) = crate::Features::from_id_regs(&regs) else { return Ok(()) };
+        let idr = Idr::from_regs(&regs);
+        let granule = [Granule::K4, Granule::K16, Granule::K64][g];
+        let oas = [32, 36, 40, 42, 44, 48, 52][oas_req];
+        let cfg = match vtcr {
+            // T0SZ, SL0, TG0 (0 4K, 1 64K, 2 16K), PS; RES1 bit 31.
+            Some((t0sz, sl0, tg0, ps)) => Stage2Config::from_vtcr(t0sz | sl0 << 6 | tg0 << 14 | ps << 16 | 1 << 31),
+            None => Stage2Config::new(granule, ipa, oas),
+        };
+        let Ok(cfg) = cfg else { return Ok(()) };
+        // What `create_domain` requires of the configuration on this SMMU.
+        if !f.supports_granule(cfg.granule()) || cfg.check_fits(u32::from(f.ias_bits), u32::from(f.oas_bits)).is_err() {
+            return Ok(());
+        }
+        let fields = cfg.ste_fields();
+        // A root at 1 GiB: aligned to any start table, below any OAS.
+        let ste = crate::ste::Ste::stage2(&crate::ste::Stage2Ste {
+            vmid,
+            t0sz: fields.t0sz,
+            sl0: fields.sl0,
+            ir0: fields.ir0,
+            or0: fields.or0,
+            sh0: fields.sh0,
+            tg: fields.tg,
+            ps: fields.ps,
+            ttb: 0x4000_0000,
+            affd: true,
+            record_faults: true,
+            ptw: false,
+        });
+        prop_assert!(ste.is_ok(), "{cfg:?}: {ste:?}");
+        let ste = ste.unwrap();
+        prop_assert_eq!(ste_illegal(&ste.0, &idr), None, "{:?} on {:?}", cfg, v);
+    }
+}
+
+/// 5.4 TTB0: a TTB0 outside the range of the CD's effective IPS makes the
+/// CD ILLEGAL (C_BAD_CD). A guest CD with IPS = 32 bits and its TTB0 in
+/// guest RAM above 4 GiB was accepted for a nested stream.
+#[test]
+fn validate_cd_refuses_ttb0_beyond_ips() {
+    let idr = qemu_idr();
+    let regs = IdRegs {
+        idr0: 0x0D44_101B,
+        idr1: 0x0273_0010,
+        idr3: 0x0000_1404,
+        idr5: 0x0000_0075,
+        iidr: 0,
+        aidr: 1,
+    };
+    let f = crate::Features::from_id_regs(&regs).unwrap();
+    // V, AA64, A, R, EPD1, 4K, T0SZ 25, ASID 5; IPS 0 (32 bits) or 2 (40).
+    let cd = |ips: u64| {
+        let d0 = 25 | 1 << 30 | 1 << 31 | ips << 32 | 1 << 41 | 3 << 45 | 5 << 48;
+        [d0, 0x1_0000_3000, 0, 0x44FF, 0, 0, 0, 0]
+    };
+    assert!(cd_illegal(&cd(0), &nested_context(), false, &idr).is_some());
+    assert_eq!(cd_illegal(&cd(2), &nested_context(), false, &idr), None);
+    assert_eq!(
+        crate::domain::validate_cd(&cd(0), &f, &NESTED_RAM).err(),
+        Some(crate::domain::NestedError::Ttb0OutsideGuestRam(
+            0x1_0000_3000
+        ))
+    );
+    assert!(crate::domain::validate_cd(&cd(2), &f, &NESTED_RAM).is_ok());
+}
