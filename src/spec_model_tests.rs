@@ -1038,6 +1038,20 @@ impl Variant {
             .coherent(self.coherent)
     }
 
+    /// Whether the driver accepts this SMMU at all.
+    fn probes(&self) -> bool {
+        let m = self.builder().build();
+        crate::Features::from_id_regs(&IdRegs {
+            idr0: m.read32(0x00),
+            idr1: m.read32(0x04),
+            idr3: m.read32(0x0C),
+            idr5: m.read32(0x14),
+            iidr: m.read32(0x18),
+            aidr: m.read32(0x1C),
+        })
+        .is_ok()
+    }
+
     fn idr(&self) -> Idr {
         let m = self.builder().build();
         Idr::from_regs(&IdRegs {
@@ -1207,6 +1221,12 @@ enum Op {
     Destroy {
         domain: usize,
     },
+    Protect {
+        domain: usize,
+        page: u64,
+        pages: u64,
+    },
+    Reenable,
     Policy {
         ssid_bits: u8,
         leaf64: bool,
@@ -1263,7 +1283,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => s.clone().prop_map(|sid| Op::Abort { sid }),
         1 => s.clone().prop_map(|sid| Op::Quarantine { sid }),
         1 => s.clone().prop_map(|sid| Op::Release { sid }),
-        1 => d.prop_map(|domain| Op::Destroy { domain }),
+        1 => d.clone().prop_map(|domain| Op::Destroy { domain }),
+        1 => (d, 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Protect { domain, page, pages }),
+        1 => Just(Op::Reenable),
         1 => (prop::sample::select(std::vec![0u8, 1, 4, 6, 7, 10, 11]), any::<bool>())
             .prop_map(|(ssid_bits, leaf64)| Op::Policy { ssid_bits, leaf64 }),
     ]
@@ -1299,11 +1321,17 @@ fn guest_cd(c: &GuestCdReq) -> [u64; 8] {
 
 /// Runs `ops` on `v` with the observer installed; returns the violations
 /// (empty when the driver stayed legal, or refused the variant).
-fn run<H: Hal>(v: &Variant, ops: &[Op]) -> Vec<String> {
+fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
+    use crate::smmu::StreamTableChoice;
     let model = v.builder().build();
     let idr = v.idr();
     let config = Config {
         timeout_ns: 1_000_000,
+        stream_table: [
+            StreamTableChoice::Auto,
+            StreamTableChoice::Linear,
+            StreamTableChoice::TwoLevel,
+        ][strtab],
         ..Config::default()
     };
     // SAFETY: the model outlives the driver (dropped at the end of this
@@ -1422,6 +1450,20 @@ fn run<H: Hal>(v: &Variant, ops: &[Op]) -> Vec<String> {
                     }
                 }
             }
+            Op::Protect {
+                domain,
+                page,
+                pages,
+            } => {
+                if let Some(d) = dom(domain, &domains) {
+                    let gran = 0x1_0000;
+                    let _ = smmu.protect(d, 0x100_0000 + page * gran, pages * gran, Perm::Read);
+                }
+            }
+            Op::Reenable => {
+                let _ = smmu.disable();
+                let _ = smmu.enable();
+            }
             Op::Policy { ssid_bits, leaf64 } => {
                 smmu.set_cd_table_policy(crate::CdTablePolicy {
                     ssid_bits,
@@ -1464,12 +1506,14 @@ proptest! {
         v in variant(),
         first in prop::collection::vec(domain_req(), 1..4),
         ops in prop::collection::vec(op(), 1..40),
+        low in prop::bool::weighted(0.75),
+        strtab in 0usize..3,
     ) {
         let ops: Vec<Op> = first.into_iter().map(Op::Create).chain(ops).collect();
-        let found = if low_arena().is_some() {
-            run::<LowHal>(&v, &ops)
+        let found = if low && low_arena().is_some() {
+            run::<LowHal>(&v, &ops, strtab)
         } else {
-            run::<FakeHal>(&Variant { oas: v.oas.max(5), ..v }, &ops)
+            run::<FakeHal>(&Variant { oas: v.oas.max(5), ..v }, &ops, strtab)
         };
         prop_assert!(found.is_empty(), "{v:?}\n{}", found.join("\n"));
     }
@@ -1642,4 +1686,181 @@ fn validate_cd_refuses_ttb0_beyond_ips() {
         ))
     );
     assert!(crate::domain::validate_cd(&cd(2), &f, &NESTED_RAM).is_ok());
+}
+
+/// Every STE (or CD) the SMMU may observe while `steps` take `current` to
+/// the target: between two completed `Sync`s each dword may hold any value
+/// it held since the last one, in any combination (IHI 0070 3.21.3: 64-bit
+/// single-copy atomicity, any read order, caching until CFGI + CMD_SYNC).
+fn observable(current: &[u64; 8], steps: &[crate::entry_plan::UpdateStep]) -> Vec<[u64; 8]> {
+    use crate::entry_plan::UpdateStep;
+    let mut possible: Vec<Vec<u64>> = current.iter().map(|&v| std::vec![v]).collect();
+    let mut state = *current;
+    let mut seen = Vec::new();
+    let flush = |possible: &Vec<Vec<u64>>, seen: &mut Vec<[u64; 8]>| {
+        let total: usize = possible.iter().map(Vec::len).product();
+        for k in 0..total {
+            let mut n = k;
+            seen.push(core::array::from_fn(|i| {
+                let v = possible[i][n % possible[i].len()];
+                n /= possible[i].len();
+                v
+            }));
+        }
+    };
+    for s in steps {
+        match *s {
+            UpdateStep::Write { dword, value } => {
+                state[dword] = value;
+                if !possible[dword].contains(&value) {
+                    possible[dword].push(value);
+                }
+            }
+            UpdateStep::Publish => {}
+            UpdateStep::Sync => {
+                flush(&possible, &mut seen);
+                possible = state.iter().map(|&v| std::vec![v]).collect();
+            }
+        }
+    }
+    flush(&possible, &mut seen);
+    seen
+}
+
+/// STEs as the driver builds them for `idr`: invalid, abort, bypass,
+/// stage 2 (two geometries, two VMIDs, two roots), stage 1 (one CD, a
+/// linear or 2-level CD table), nested.
+fn driver_stes(idr: &Idr) -> Vec<crate::ste::Ste> {
+    use crate::ste::{Stage1Ste, Stage2Ste, Ste};
+    let mut out = std::vec![Ste::invalid(), Ste::abort(), Ste::bypass()];
+    let s2 = |vmid: u16, ttb: u64, cfg: Stage2Config| {
+        let f = cfg.ste_fields();
+        Stage2Ste {
+            vmid,
+            t0sz: f.t0sz,
+            sl0: f.sl0,
+            ir0: f.ir0,
+            or0: f.or0,
+            sh0: f.sh0,
+            tg: f.tg,
+            ps: f.ps,
+            ttb,
+            affd: true,
+            record_faults: true,
+            ptw: false,
+        }
+    };
+    let vmid_hi = if idr.vmid16 { 0x1234 } else { 0x34 };
+    let g = if idr.gran4k {
+        Granule::K4
+    } else if idr.gran16k {
+        Granule::K16
+    } else {
+        Granule::K64
+    };
+    let oas = idr.oas.min(48);
+    let cfgs: Vec<Stage2Config> = [oas, 32]
+        .iter()
+        .filter_map(|&ipa| Stage2Config::new(g, ipa.min(idr.ias), oas).ok())
+        .collect();
+    let mut s2s = Vec::new();
+    for (i, cfg) in cfgs.iter().enumerate() {
+        for (vmid, ttb) in [
+            (1, 0x4000_0000),
+            (vmid_hi, 0x5000_0000 + (i as u64) * 0x10_0000),
+        ] {
+            s2s.push(s2(vmid, ttb, *cfg));
+        }
+    }
+    if idr.s2p {
+        out.extend(s2s.iter().filter_map(|s| Ste::stage2(s).ok()));
+    }
+    let cdmax = idr.ssidsize.min(8) as u8;
+    let s1s = [
+        Stage1Ste::new(0x6000_0000, 0),
+        Stage1Ste {
+            s1cdmax: cdmax,
+            s1dss: if cdmax > 0 { 2 } else { 0 },
+            ..Stage1Ste::new(0x6100_0000, 0)
+        },
+    ];
+    if idr.s1p {
+        for s1 in &s1s {
+            if let Ok(mut ste) = Ste::stage1(s1) {
+                out.push(ste);
+                if idr.cd2l && cdmax > 0 {
+                    ste.0[0] |= 1 << 4; // S1Fmt = 2-level, 4K leaves (as src/domain/stage1.rs)
+                    out.push(ste);
+                }
+            }
+        }
+    }
+    if idr.s1p && idr.s2p {
+        for s2 in &s2s {
+            out.extend(Ste::nested(&Stage1Ste::new(0x400_3000, 0), s2).ok());
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Every state the SMMU may observe during any update the planner makes
+    /// between two STEs the driver builds is not ILLEGAL.
+    #[test]
+    fn every_observable_ste_of_an_update_is_legal(v in variant(), a in 0usize..64, b in 0usize..64) {
+        if !v.probes() {
+            return Ok(()); // refused at probe (e.g. forced stall): never driven
+        }
+        let idr = v.idr();
+        let stes = driver_stes(&idr);
+        let (cur, target) = (stes[a % stes.len()], stes[b % stes.len()]);
+        prop_assert_eq!(ste_illegal(&cur.0, &idr), None, "{:x?}", cur);
+        let plan = crate::ste::plan_update(&cur, &target).expect("a plan");
+        for seen in observable(&cur.0, plan.as_slice()) {
+            let e = ste_illegal(&seen, &idr);
+            prop_assert!(e.is_none(), "{cur:x?} -> {target:x?}: {seen:x?} {e:?}");
+        }
+    }
+
+    /// Likewise for CDs: ASID, TTB0, MAIR and geometry changes of a live CD.
+    #[test]
+    fn every_observable_cd_of_an_update_is_legal(
+        v in variant(),
+        asids in (1u16..0x100, 1u16..0x100),
+        ttbs in (0u64..16, 0u64..16),
+        va in (25u8..=48, 25u8..=48),
+    ) {
+        use crate::cd::{Cd, Stage1Cd};
+        if !v.probes() {
+            return Ok(());
+        }
+        let idr = v.idr();
+        let tg0 = if idr.gran4k { 0 } else if idr.gran16k { 2 } else { 1 };
+        let ips = [32, 36, 40, 42, 44, 48].iter().rposition(|&b| b <= idr.oas).unwrap() as u8;
+        let cd = |asid: u16, ttb: u64, va: u8| Cd::new(&Stage1Cd {
+            asid,
+            ttb0: 0x1000_0000 + ttb * 0x1_0000,
+            t0sz: 64 - va,
+            tg0,
+            ips,
+            ir0: 1,
+            or0: 1,
+            sh0: 3,
+            mair: 0x44FF,
+            record_faults: true,
+            affd: false,
+        });
+        let (Ok(cur), Ok(target)) = (cd(asids.0, ttbs.0, va.0), cd(asids.1, ttbs.1, va.1)) else {
+            return Ok(());
+        };
+        let ste = [1 | 5 << 1, 1 << 44, 0, 0, 0, 0, 0, 0];
+        prop_assert_eq!(cd_illegal(&cur.0, &ste, false, &idr), None, "{:x?}", cur);
+        let plan = crate::cd::plan_update(&cur, &target).expect("a plan");
+        for seen in observable(&cur.0, plan.as_slice()) {
+            let e = cd_illegal(&seen, &ste, false, &idr);
+            prop_assert!(e.is_none(), "{cur:x?} -> {target:x?}: {seen:x?} {e:?}");
+        }
+    }
 }
