@@ -237,7 +237,8 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
         if ptr >> (if s2 { idr.ias } else { idr.oas }) != 0 {
             return Some("S1ContextPtr beyond IAS/OAS (5.2 S1ContextPtr)");
         }
-        if idr.ssidsize != 0 && cdmax != 0 && (fmt == 0 || fmt == 3) && ptr & ((1u64 << (cdmax + 6)) - 1) != 0  { return Some("S1ContextPtr[S1CDMax+5:6] not zero for a linear table (5.2 S1Fmt)"); }
+        if idr.ssidsize != 0 && cdmax != 0 && (fmt == 0 || fmt == 3) && ptr & ((1u64 << (cdmax + 6)) - 1) != 0 { return Some("S1ContextPtr[S1CDMax+5:6] not zero for a linear table (5.2 S1Fmt)"); }
+        if idr.ssidsize != 0 && (fmt == 1 || fmt == 2) && cdmax > 4 + 2 * fmt as u32 && ptr & ((1u64 << (cdmax - (4 + 2 * fmt as u32) + 3).max(6)) - 1) != 0 { return Some("S1ContextPtr not aligned to its L1CD table (5.2 S1Fmt)"); }
         if bits(d0, 56, 3) != 0 { return Some("STE bits [58:56] RES0 (5.2)"); }
     }
     let vmid_used = idr.s2p && (s2 || (config == 0b101 && !(strw_used && strw != 0))); // IgnoreSTES2VMID
@@ -346,9 +347,9 @@ pub(crate) fn cd_illegal(
     if idr.stall_model == 0b01 && s { return Some("CD.S = 1 with STALL_MODEL = 0b01 (5.4 S)"); }
     if idr.stall_model == 0b10 && !s { return Some("CD.S = 0 with STALL_MODEL = 0b10 (5.4 S)"); }
     let endi = bits(d0, 15, 1);
-    if (!epd0 || !epd1) && ((idr.ttendian == 0b10 && endi == 1) || (idr.ttendian == 0b11 && endi == 0))  { return Some("CD.ENDI selects an unimplemented endianness (5.4 ENDI)"); }
+    if (!epd0 || !epd1) && ((idr.ttendian == 0b10 && endi == 1) || (idr.ttendian == 0b11 && endi == 0)) { return Some("CD.ENDI selects an unimplemented endianness (5.4 ENDI)"); }
     if aa32 && (idr.ttf & 1 == 0 || (strw == 0b10 && e2h)) { return Some("CD.AA64 = 0 without AArch32 tables / under EL2-E2H (5.4 AA64)"); }
-    if aa64 && (idr.ttf & 2 == 0 || (config & 0b110 == 0b110 && bits(ste[2], 51, 1) == 0 && !idr.d128))  { return Some("CD.AA64 = 1 without AArch64 tables / under S2AA64 = 0 (5.4 AA64)"); }
+    if aa64 && (idr.ttf & 2 == 0 || (config & 0b110 == 0b110 && bits(ste[2], 51, 1) == 0 && !idr.d128)) { return Some("CD.AA64 = 1 without AArch64 tables / under S2AA64 = 0 (5.4 AA64)"); }
     let (ha, hd) = (bits(d0, 43, 1) == 1, bits(d0, 42, 1) == 1);
     if !aa32 && (ha || hd) && idr.httu == 0 { return Some("CD.HA/HD without HTTU (5.4 HA/HD)"); }
     if !aa32 && hd && idr.httu == 0b01 { return Some("CD.HD with HTTU = access flag only (5.4 HD)"); }
@@ -1011,10 +1012,30 @@ struct Variant {
     granules: u32,
     minor: u32,
     coherent: bool,
+    /// Other IDR0 / IDR3 / IDR5 bits the driver must cope with (ATS,
+    /// NS1ATS, PRI, MSI, SEV, BTM, VMW...; FWB, MPAM, BBML, DPT...; DS,
+    /// D128, VAX).
+    misc: (u32, u32, u32),
 }
 
 impl Variant {
     fn builder(&self) -> ModelBuilder {
+        self.builder_base()
+            .id_register(
+                0x00,
+                (self.idr0_base() & !IDR0_MISC) | (self.misc.0 & IDR0_MISC),
+            )
+            .id_register(
+                0x0C,
+                (self.idr3_base() & !IDR3_MISC) | (self.misc.1 & IDR3_MISC),
+            )
+            .id_register(
+                0x14,
+                (self.idr5_base() & !IDR5_MISC) | (self.misc.2 & IDR5_MISC),
+            )
+    }
+
+    fn builder_base(&self) -> ModelBuilder {
         SmmuModel::builder()
             .stage1(self.s1)
             .stage2(self.s2)
@@ -1036,6 +1057,18 @@ impl Variant {
             .granules(self.granules << 4)
             .id_field(0x1C, 0, 4, self.minor)
             .coherent(self.coherent)
+    }
+
+    fn idr0_base(&self) -> u32 {
+        self.builder_base().build().read32(0x00)
+    }
+
+    fn idr3_base(&self) -> u32 {
+        self.builder_base().build().read32(0x0C)
+    }
+
+    fn idr5_base(&self) -> u32 {
+        self.builder_base().build().read32(0x14)
     }
 
     /// Whether the driver accepts this SMMU at all.
@@ -1065,6 +1098,25 @@ impl Variant {
     }
 }
 
+/// IDR0 BTM, DORMHINT, ATS, NS1ATS, MSI, SEV, ATOS, PRI, VMW, VATOS,
+/// ATSRECERR.
+const IDR0_MISC: u32 = 1 << 5
+    | 1 << 8
+    | 1 << 10
+    | 1 << 11
+    | 1 << 13
+    | 1 << 14
+    | 1 << 15
+    | 1 << 16
+    | 1 << 17
+    | 1 << 20
+    | 1 << 23;
+/// IDR3 HAD, PBHA, XNX, PPS, MPAM, FWB, BBML, E0PD, PTWNNC, DPT.
+const IDR3_MISC: u32 =
+    1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 7 | 1 << 8 | 3 << 11 | 1 << 13 | 1 << 14 | 1 << 15;
+/// IDR5 DS, D128, VAX.
+const IDR5_MISC: u32 = 1 << 7 | 1 << 8 | 3 << 10;
+
 prop_compose! {
     fn variant()(
         stages in 1u8..=3,
@@ -1086,6 +1138,7 @@ prop_compose! {
         granules in 1u32..=7,
         minor in 0u32..=2,
         coherent: bool,
+        misc in prop_oneof![1 => Just((0u32, 0u32, 0u32)), 1 => (any::<u32>(), any::<u32>(), any::<u32>())],
     ) -> Variant {
         Variant {
             s1: stages & 1 != 0,
@@ -1093,7 +1146,7 @@ prop_compose! {
             ttf, httu, hyp, asid16, vmid16, cd2l,
             ttendian: if le_only { 2 } else { 0 },
             stall_model, term_model, two_level, sid_bits, ssid_bits, stt, ril,
-            oas, granules, minor, coherent,
+            oas, granules, minor, coherent, misc,
         }
     }
 }
@@ -1662,6 +1715,35 @@ proptest! {
 /// guest RAM above 4 GiB was accepted for a nested stream.
 #[test]
 fn validate_cd_refuses_ttb0_beyond_ips() {
+    // (The variants' extra ID bits reach the model.)
+    let v = Variant {
+        misc: (!0, !0, !0),
+        ..Variant {
+            s1: true,
+            s2: true,
+            ttf: 2,
+            httu: 0,
+            hyp: false,
+            asid16: true,
+            vmid16: true,
+            cd2l: true,
+            ttendian: 0,
+            stall_model: 1,
+            term_model: true,
+            two_level: true,
+            sid_bits: 8,
+            ssid_bits: 8,
+            stt: false,
+            ril: true,
+            oas: 5,
+            granules: 7,
+            minor: 1,
+            coherent: true,
+            misc: (0, 0, 0),
+        }
+    };
+    let i = v.idr();
+    assert!(i.ats && i.ns1ats && i.ds && i.d128 && i.dpt && i.vax == 3 && i.s1p && i.vmid16);
     let idr = qemu_idr();
     let regs = IdRegs {
         idr0: 0x0D44_101B,
