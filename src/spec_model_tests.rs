@@ -1274,6 +1274,11 @@ enum Op {
     Destroy {
         domain: usize,
     },
+    External {
+        vtcr: (u64, u64, u64, u64),
+        root: u64,
+        vmid: Option<u16>,
+    },
     Protect {
         domain: usize,
         page: u64,
@@ -1339,6 +1344,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => d.clone().prop_map(|domain| Op::Destroy { domain }),
         1 => (d, 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Protect { domain, page, pages }),
         1 => Just(Op::Reenable),
+        3 => (
+            (prop_oneof![16u64..=40, 0u64..64], 0u64..4, 0u64..3, 0u64..7),
+            prop_oneof![(0u64..0x2_0000).prop_map(|p| p << 12), (0u64..1 << 40).prop_map(|p| p << 12)],
+            prop::option::of(1u16..0x200),
+        )
+            .prop_map(|(vtcr, root, vmid)| Op::External { vtcr, root, vmid }),
         1 => (prop::sample::select(std::vec![0u8, 1, 4, 6, 7, 10, 11]), any::<bool>())
             .prop_map(|(ssid_bits, leaf64)| Op::Policy { ssid_bits, leaf64 }),
     ]
@@ -1511,6 +1522,33 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
                 if let Some(d) = dom(domain, &domains) {
                     let gran = 0x1_0000;
                     let _ = smmu.protect(d, 0x100_0000 + page * gran, pages * gran, Perm::Read);
+                }
+            }
+            Op::External {
+                vtcr: (t0sz, sl0, tg0, ps),
+                root,
+                vmid,
+            } => {
+                // Half the time a VTCR_EL2 the driver itself would build
+                // (consistent SL0), else the fields as drawn.
+                let g = [Granule::K4, Granule::K64, Granule::K16][tg0 as usize];
+                let built = Stage2Config::new(
+                    g,
+                    64 - t0sz.clamp(16, 39) as u32,
+                    [32, 36, 40, 42, 44, 48, 52][ps as usize],
+                );
+                let vtcr = match built {
+                    Ok(c) if root & 0x1000 == 0 => c.vtcr(),
+                    _ => t0sz | sl0 << 6 | 0x3500 | tg0 << 14 | ps << 16 | 1 << 31,
+                };
+                let ext = crate::ExternalStage2 {
+                    vtcr,
+                    root: root & !0x1000,
+                    vmid,
+                    access_flag_fault_disable: true,
+                };
+                if let Ok(d) = smmu.create_external_domain(ext) {
+                    domains.push(d);
                 }
             }
             Op::Reenable => {
