@@ -1279,6 +1279,12 @@ enum Op {
         root: u64,
         vmid: Option<u16>,
     },
+    Group {
+        domain: usize,
+        first: usize,
+        n: usize,
+        attach: bool,
+    },
     Protect {
         domain: usize,
         page: u64,
@@ -1344,6 +1350,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => d.clone().prop_map(|domain| Op::Destroy { domain }),
         1 => (d, 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Protect { domain, page, pages }),
         1 => Just(Op::Reenable),
+        2 => (0usize..4, 0usize..SIDS.len(), 1usize..4, any::<bool>())
+            .prop_map(|(domain, first, n, attach)| Op::Group { domain, first, n, attach }),
         3 => (
             (prop_oneof![16u64..=40, 0u64..64], 0u64..4, 0u64..3, 0u64..7),
             prop_oneof![(0u64..0x2_0000).prop_map(|p| p << 12), (0u64..1 << 40).prop_map(|p| p << 12)],
@@ -1549,6 +1557,24 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
                 };
                 if let Ok(d) = smmu.create_external_domain(ext) {
                     domains.push(d);
+                }
+            }
+            Op::Group {
+                domain,
+                first,
+                n,
+                attach,
+            } => {
+                let sids: Vec<u32> = (first..(first + n).min(SIDS.len()))
+                    .map(|i| SIDS[i])
+                    .collect();
+                if attach {
+                    let _ = smmu.declare_group(&sids);
+                    if let Some(d) = dom(domain, &domains) {
+                        let _ = smmu.attach_group(d, &sids);
+                    }
+                } else {
+                    let _ = smmu.detach_group(&sids);
                 }
             }
             Op::Reenable => {
