@@ -1416,6 +1416,7 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
         return std::vec![String::from("enable failed")];
     }
     let mut domains: Vec<crate::DomainId> = Vec::new();
+    let mut nested_bad: Vec<String> = Vec::new();
     let dom = |i: usize, ds: &Vec<crate::DomainId>| ds.get(i % ds.len().max(1)).copied();
     for op in ops {
         // Errors are typed refusals: the property is only about what the
@@ -1466,7 +1467,14 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
                             }
                         })
                     };
-                    let _ = smmu.attach_nested(&req, &mut read);
+                    if smmu.attach_nested(&req, &mut read).is_ok() {
+                        // The SMMU reads the guest's CD words as they are.
+                        let ste = model.ste(SIDS[sid]).map(|s| s.0).unwrap_or_default();
+                        let e2h = reg32(model.base().as_ptr() as usize, CR2) & 1 == 1;
+                        if let Some(e) = cd_illegal(&words, &ste, e2h, &idr) {
+                            nested_bad.push(format!("nested CD {words:x?} accepted: {e}"));
+                        }
+                    }
                 }
             }
             Op::DetachNested { domain, sid } => {
@@ -1599,6 +1607,7 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
         idr,
     };
     let mut out = found.lock().unwrap().clone();
+    out.extend(nested_bad);
     for sid in 0..(1u32 << v.sid_bits) {
         obs.check_sid(sid, "final", &mut out);
     }
