@@ -1119,7 +1119,7 @@ const IDR5_MISC: u32 = 1 << 7 | 1 << 8 | 3 << 10;
 
 prop_compose! {
     fn variant()(
-        stages in 1u8..=3,
+        stages in prop_oneof![1 => Just(1u8), 1 => Just(2u8), 3 => Just(3u8)],
         ttf in 2u32..=3,
         httu in 0u32..=2,
         hyp: bool,
@@ -1285,6 +1285,17 @@ enum Op {
         n: usize,
         attach: bool,
     },
+    NestedInvalidate {
+        domain: usize,
+        asid: u16,
+        va: u64,
+        len: u64,
+    },
+    Invalidate {
+        domain: usize,
+        page: u64,
+        pages: u64,
+    },
     Protect {
         domain: usize,
         page: u64,
@@ -1315,7 +1326,7 @@ fn op() -> impl Strategy<Value = Op> {
     let s = 0usize..SIDS.len();
     let cd = (
         prop_oneof![3 => 16u8..=39, 1 => 8u8..=48],
-        prop_oneof![3 => 0u8..=2, 1 => 3u8..=3],
+        prop_oneof![9 => 0u8..=2, 1 => 3u8..=3],
         0u8..=7,
         any::<u16>(),
         0u64..8,
@@ -1327,7 +1338,11 @@ fn op() -> impl Strategy<Value = Op> {
             t0sz,
             tg0,
             ips,
-            asid: asid & 0x1FF,
+            asid: if asid & 0x100 != 0 {
+                asid & 0x1FF
+            } else {
+                1 + (asid & 7)
+            },
             ttb_page,
             epd1,
             ha,
@@ -1338,7 +1353,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (d.clone(), s.clone()).prop_map(|(domain, sid)| Op::Attach { domain, sid }),
         2 => (d.clone(), s.clone(), 1u32..2048).prop_map(|(domain, sid, ssid)| Op::AttachSsid { domain, sid, ssid }),
         1 => (s.clone(), 1u32..2048).prop_map(|(sid, ssid)| Op::DetachSsid { sid, ssid }),
-        2 => (d.clone(), s.clone(), cd).prop_map(|(domain, sid, cd)| Op::Nested { domain, sid, cd }),
+        4 => (d.clone(), s.clone(), cd).prop_map(|(domain, sid, cd)| Op::Nested { domain, sid, cd }),
         1 => (d.clone(), s.clone()).prop_map(|(domain, sid)| Op::DetachNested { domain, sid }),
         2 => (d.clone(), 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Map { domain, page, pages }),
         2 => (d.clone(), 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Unmap { domain, page, pages }),
@@ -1350,6 +1365,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => d.clone().prop_map(|domain| Op::Destroy { domain }),
         1 => (d, 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Protect { domain, page, pages }),
         1 => Just(Op::Reenable),
+        2 => (0usize..4, 1u16..9, 0u64..1 << 36, 0u64..1 << 30)
+            .prop_map(|(domain, asid, va, len)| Op::NestedInvalidate { domain, asid, va: va << 12, len: len << 12 }),
+        1 => (0usize..4, 0u64..64, 1u64..600).prop_map(|(domain, page, pages)| Op::Invalidate { domain, page, pages }),
         2 => (0usize..4, 0usize..SIDS.len(), 1usize..4, any::<bool>())
             .prop_map(|(domain, first, n, attach)| Op::Group { domain, first, n, attach }),
         3 => (
@@ -1378,10 +1396,13 @@ fn guest_cd(c: &GuestCdReq) -> [u64; 8] {
         | u64::from(c.s) << 44
         | 3 << 45
         | u64::from(c.asid) << 48;
-    // TTB0 in guest RAM, 4 KiB steps (not always aligned to a 64K root).
+    // TTB0 in guest RAM, 64 KiB steps, sometimes 4 KiB off (misaligned
+    // for a 16K or 64K granule).
     [
         d0,
-        GUEST_RAM.start + 0x1_0000 + c.ttb_page * 0x1000,
+        GUEST_RAM.start
+            + 0x1_0000 * (1 + c.ttb_page)
+            + (c.ttb_page & 1) * 0x1000 * u64::from(c.ttb_page > 5),
         0,
         0x44FF,
         0,
@@ -1429,7 +1450,10 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
             }
             Op::Attach { domain, sid } => {
                 if let Some(d) = dom(domain, &domains) {
-                    let _ = smmu.attach(d, SIDS[sid]);
+                    if smmu.domain_of(SIDS[sid]) != Some(d) {
+                        let _ = smmu.detach(SIDS[sid]);
+                        let _ = smmu.attach(d, SIDS[sid]);
+                    }
                 }
             }
             Op::AttachSsid { domain, sid, ssid } => {
@@ -1441,9 +1465,31 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
                 let _ = smmu.detach_ssid(SIDS[sid], ssid);
             }
             Op::Nested { domain, sid, cd } => {
-                if let Some(d) = dom(domain, &domains) {
+                // A stage-2 domain of the VM (the first from `domain` on, or
+                // a new one).
+                let n = domains.len();
+                let s2 = (0..n).map(|i| domains[(domain + i) % n]).find(|&d| {
+                    smmu.domain_info(d)
+                        .is_ok_and(|i| i.stage == crate::Stage::Stage2)
+                });
+                let s2 = s2.or_else(|| {
+                    let r = DomainReq {
+                        granule: domain,
+                        ipa_bits: 40,
+                        stage1: false,
+                        vmid: None,
+                        oas: 12,
+                    };
+                    let d = create(&smmu, r)?;
+                    domains.push(d);
+                    Some(d)
+                });
+                if let Some(d) = s2 {
                     let words = guest_cd(&cd);
-                    let _ = smmu.attach(d, SIDS[sid]);
+                    if smmu.domain_of(SIDS[sid]) != Some(d) {
+                        let _ = smmu.detach(SIDS[sid]);
+                        let _ = smmu.attach(d, SIDS[sid]);
+                    }
                     let _ = smmu.map(
                         d,
                         GUEST_RAM.start,
@@ -1585,6 +1631,26 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
                     let _ = smmu.detach_group(&sids);
                 }
             }
+            Op::NestedInvalidate {
+                domain,
+                asid,
+                va,
+                len,
+            } => {
+                if let Some(d) = dom(domain, &domains) {
+                    let _ = smmu.nested_invalidate_asid(d, asid);
+                    let _ = smmu.nested_invalidate_va(d, asid, va, len);
+                }
+            }
+            Op::Invalidate {
+                domain,
+                page,
+                pages,
+            } => {
+                if let Some(d) = dom(domain, &domains) {
+                    let _ = smmu.invalidate(d, 0x100_0000 + page * 0x1_0000, pages * 0x1_0000);
+                }
+            }
             Op::Reenable => {
                 let _ = smmu.disable();
                 let _ = smmu.enable();
@@ -1622,7 +1688,7 @@ fn run<H: Hal>(v: &Variant, ops: &[Op], strtab: usize) -> Vec<String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
 
     /// Whatever a hypervisor asks on whatever SMMU, every STE, CD, L1
     /// descriptor and command the driver shows the SMMU is legal, in every
