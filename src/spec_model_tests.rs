@@ -300,6 +300,7 @@ pub(crate) fn ste_illegal(w: &[u64; 8], idr: &Idr) -> Option<&'static str> {
             "S2T0SZ needs more than 16 concatenated start tables (5.2 S2SL0, S2InconsistentSL)",
         );
     }
+    if ps_bits(bits(d2, 48, 3)) > idr.oas || (idr.v30 && bits(d2, 48, 3) > 5) { return Some("S2PS above the OAS / reserved: capped, software must not rely on it (5.2 S2PS)"); }
     let eff_ps = ps_bits(bits(d2, 48, 3)).min(idr.oas);
     let ttb = d3 & 0x000F_FFFF_FFFF_FFF0;
     if bits(d3, 52, 12) != 0 { return Some("S2TTB bits [255:244] RES0 (5.2 S2TTB)"); }
@@ -359,6 +360,7 @@ pub(crate) fn cd_illegal(
     }
     if !aa64 { return Some("CD.AA64 = 0 selects VMSAv9-128 (D128): not modelled"); }
     let cd_ds = bits(cd[4], 10, 1) == 1 && idr.ds; // CD.DS: not used by the driver
+    if ps_bits(bits(d0, 32, 3)) > idr.oas || (idr.v30 && bits(d0, 32, 3) > 5) { return Some("CD.IPS above the OAS / reserved: capped, software must not rely on it (5.4 IPS)"); }
     let ips = ps_bits(bits(d0, 32, 3)).min(idr.oas);
     let txsz_bad = |txsz: u32, g: u32| {
         let max = if idr.stt {
