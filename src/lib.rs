@@ -219,4 +219,6 @@ mod alloc_tests;
 #[cfg(test)]
 mod peer_vectors_tests;
 #[cfg(test)]
+mod spec_model_tests;
+#[cfg(test)]
 mod variants_tests;

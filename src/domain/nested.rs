@@ -284,7 +284,7 @@ pub fn validate_cd(
     if !ttb0.is_multiple_of(granule.size()) {
         return Err(NestedError::Ttb0Misaligned(ttb0));
     }
-    if !inside(guest_ram, ttb0, granule.size()) {
+    if !inside(guest_ram, ttb0, granule.size()) || ttb0 >> ips_bits != 0 {
         return Err(NestedError::Ttb0OutsideGuestRam(ttb0));
     }
     let asid = d0.read(CD_0::ASID) as u16;
