@@ -573,6 +573,20 @@ pub(crate) fn command_illegal(w: [u64; 2], idr: &Idr) -> Option<&'static str> {
             if res0( OP | (3 << 12) | (3 << 22) | (0xF << 24) | (0xFFFF_FFFF << 32), ((1u64 << top) - 1) & !3, ) { return Some("CMD_SYNC: RES0 field set (4.1.5)"); }
             None
         }
+        0x44 => {
+            // CMD_RESUME (4.7.1): Ac [12], Ab [13], StreamID; STAG dword 1 [15:0].
+            if idr.stall_model == 0b01 { return Some("CMD_RESUME with STALL_MODEL = 0b01, CERROR_ILL (4.7.1)"); }
+            if res0(OP | (3 << 12) | SID, 0xFFFF) { return Some("CMD_RESUME: RES0 field set (4.1.5)"); }
+            if sid_out { return Some("CMD_RESUME: StreamID beyond SIDSIZE (4.1.4)"); }
+            None
+        }
+        0x45 => {
+            // CMD_STALL_TERM (4.7.2): StreamID only.
+            if idr.stall_model == 0b01 { return Some("CMD_STALL_TERM with STALL_MODEL = 0b01, CERROR_ILL (4.7.2)"); }
+            if res0(OP | SID, 0) { return Some("CMD_STALL_TERM: RES0 field set (4.1.5)"); }
+            if sid_out { return Some("CMD_STALL_TERM: StreamID beyond SIDSIZE (4.1.4)"); }
+            None
+        }
         // Opcodes the driver never sends are treated as unknown.
         _ => Some("unknown or reserved opcode, CERROR_ILL (4.1.3)"),
     }
@@ -1846,7 +1860,7 @@ proptest! {
             ptw: false,
         });
         prop_assert!(ste.is_ok(), "{cfg:?}: {ste:?}");
-        let ste = ste.unwrap();
+        let ste = ste.unwrap().with_s2_stall(f.stall_forced());
         prop_assert_eq!(ste_illegal(&ste.0, &idr), None, "{:?} on {:?}", cfg, v);
     }
 }
@@ -1995,8 +2009,14 @@ fn driver_stes(idr: &Idr) -> Vec<crate::ste::Ste> {
             s2s.push(s2(vmid, ttb, *cfg));
         }
     }
+    // S2S as the driver sets it: 1 exactly when stalls are forced.
+    let forced = idr.stall_model == 0b10;
     if idr.s2p {
-        out.extend(s2s.iter().filter_map(|s| Ste::stage2(s).ok()));
+        out.extend(
+            s2s.iter()
+                .filter_map(|s| Ste::stage2(s).ok())
+                .map(|ste| ste.with_s2_stall(forced)),
+        );
     }
     let cdmax = idr.ssidsize.min(8) as u8;
     let s1s = [
@@ -2020,7 +2040,11 @@ fn driver_stes(idr: &Idr) -> Vec<crate::ste::Ste> {
     }
     if idr.s1p && idr.s2p {
         for s2 in &s2s {
-            out.extend(Ste::nested(&Stage1Ste::new(0x400_3000, 0), s2).ok());
+            out.extend(
+                Ste::nested(&Stage1Ste::new(0x400_3000, 0), s2)
+                    .ok()
+                    .map(|ste| ste.with_s2_stall(forced)),
+            );
         }
     }
     out
@@ -2034,7 +2058,7 @@ proptest! {
     #[test]
     fn every_observable_ste_of_an_update_is_legal(v in variant(), a in 0usize..64, b in 0usize..64) {
         if !v.probes() {
-            return Ok(()); // refused at probe (e.g. forced stall): never driven
+            return Ok(()); // refused at probe: never driven
         }
         let idr = v.idr();
         let stes = driver_stes(&idr);
@@ -2078,6 +2102,9 @@ proptest! {
         let (Ok(cur), Ok(target)) = (cd(asids.0, ttbs.0, va.0), cd(asids.1, ttbs.1, va.1)) else {
             return Ok(());
         };
+        // CD.S as the driver sets it: 1 exactly when stalls are forced.
+        let forced = idr.stall_model == 0b10;
+        let (cur, target) = (cur.with_stall(forced), target.with_stall(forced));
         let ste = [1 | 5 << 1, 1 << 44, 0, 0, 0, 0, 0, 0];
         prop_assert_eq!(cd_illegal(&cur.0, &ste, false, &idr), None, "{:x?}", cur);
         let plan = crate::cd::plan_update(&cur, &target).expect("a plan");
