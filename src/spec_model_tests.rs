@@ -1088,29 +1088,25 @@ impl Variant {
     }
 
     /// Whether the driver accepts this SMMU at all.
-    fn probes(&self) -> bool {
+    /// The ID registers the variant's register model answers with.
+    fn regs(&self) -> IdRegs {
         let m = self.builder().build();
-        crate::Features::from_id_regs(&IdRegs {
+        IdRegs {
             idr0: m.read32(0x00),
             idr1: m.read32(0x04),
             idr3: m.read32(0x0C),
             idr5: m.read32(0x14),
             iidr: m.read32(0x18),
             aidr: m.read32(0x1C),
-        })
-        .is_ok()
+        }
+    }
+
+    fn probes(&self) -> bool {
+        crate::Features::from_id_regs(&self.regs()).is_ok()
     }
 
     fn idr(&self) -> Idr {
-        let m = self.builder().build();
-        Idr::from_regs(&IdRegs {
-            idr0: m.read32(0x00),
-            idr1: m.read32(0x04),
-            idr3: m.read32(0x0C),
-            idr5: m.read32(0x14),
-            iidr: m.read32(0x18),
-            aidr: m.read32(0x1C),
-        })
+        Idr::from_regs(&self.regs())
     }
 }
 
@@ -1787,15 +1783,7 @@ proptest! {
     /// STE the driver writes (the SMMU reads the guest's words as they are).
     #[test]
     fn guest_cds_validate_cd_accepts_are_legal(v in variant(), words in cd_words()) {
-        let m = v.builder().build();
-        let regs = IdRegs {
-            idr0: m.read32(0x00),
-            idr1: m.read32(0x04),
-            idr3: m.read32(0x0C),
-            idr5: m.read32(0x14),
-            iidr: m.read32(0x18),
-            aidr: m.read32(0x1C),
-        };
+        let regs = v.regs();
         let Ok(f) = crate::Features::from_id_regs(&regs) else { return Ok(()) };
         if !f.nested() {
             return Ok(());
@@ -1820,15 +1808,7 @@ proptest! {
         vmid in 1u16..=0xFF,
     ) {
         let v = Variant { s2: true, ..v };
-        let m = v.builder().build();
-        let regs = IdRegs {
-            idr0: m.read32(0x00),
-            idr1: m.read32(0x04),
-            idr3: m.read32(0x0C),
-            idr5: m.read32(0x14),
-            iidr: m.read32(0x18),
-            aidr: m.read32(0x1C),
-        };
+        let regs = v.regs();
         let Ok(f) = crate::Features::from_id_regs(&regs) else { return Ok(()) };
         let idr = Idr::from_regs(&regs);
         let granule = [Granule::K4, Granule::K16, Granule::K64][g];
