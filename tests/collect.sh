@@ -14,7 +14,7 @@
 #     prints "test <suite> ... FAILED (<reason>)"), and so does a suite that
 #     never ran (build failure);
 #  3. the demo image judged against QEMU's SMMU trace (qemu/trace-check.py) on
-#     the default topology, on a switch topology, and on a GICv2 machine
+#     the default topology, on a switch topology, on one CPU, and on a GICv2 machine
 #     (where its SMMU interrupts must arrive through the GICv2), and on a
 #     stage-1-only SMMU (-machine virt-9.1, EXPECT_STAGE=1), each one test;
 #  4. the irq and smp suites again on the GICv2 machine (tests named gicv2/...),
@@ -58,6 +58,10 @@ QEMU_ARGS="-device pcie-pci-bridge,id=br1,bus=pcie.0 \
 -device edu,bus=br1,addr=3,dma_mask=0xffffffffffffffff \
 -device edu,bus=br1,addr=4,dma_mask=0xffffffffffffffff" \
     python3 qemu/trace-check.py demo_bridge_aliases --aliases 2 2>&1 | tee -a "$logs/target.txt" | tail -n 4
+# One CPU: the guests' pair runs one VM after the other (the two-CPU
+# claim does not apply), and every other claim still holds.
+QEMU_ARGS="-smp 1" \
+    python3 qemu/trace-check.py demo_one_cpu --cpu-exits 2>&1 | tee -a "$logs/target.txt" | tail -n 2
 
 # Peer-to-peer (ACS) groups on two more topologies: two functions of one
 # multi-function edu on the root bus (no ACS: one group), and a switch with

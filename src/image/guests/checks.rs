@@ -171,6 +171,30 @@ pub fn ran_at_el1(vm: &Vm) -> Result<String, String> {
     ))
 }
 
+/// On a machine with one CPU: both VMs ran, on CPU 0, and `b`'s busy
+/// loop began after `a`'s ended (the guests' own CNTVCT_EL0 timestamps).
+pub fn one_after_another(a: &Vm, b: &Vm, cpus: usize) -> Result<String, String> {
+    if a.log.cpu != Some(0) || b.log.cpu != Some(0) {
+        return Err(format!(
+            "expected both on CPU 0, got {} and {}",
+            a.log.cpu.map_or(-1, |c| c as i64),
+            b.log.cpu.map_or(-1, |c| c as i64)
+        ));
+    }
+    let ea = guest_says(a, check::SPIN_END)?;
+    let sb = guest_says(b, check::SPIN_START)?;
+    if sb < ea {
+        return Err(format!(
+            "VM {}'s loop began before VM {}'s ended",
+            b.name, a.name
+        ));
+    }
+    Ok(format!(
+        "the DTB lists {cpus} CPU: VM {} then VM {} on CPU 0",
+        a.name, b.name
+    ))
+}
+
 /// Two VMs ran at the same time on different CPUs: their 200 ms busy loops
 /// (timestamps from the guests' own CNTVCT_EL0, CNTVOFF_EL2 = 0) overlap.
 pub fn concurrent(a: &Vm, b: &Vm) -> Result<String, String> {
