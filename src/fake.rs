@@ -213,6 +213,14 @@ pub enum Trace {
     },
     /// A barrier (its mnemonic).
     Barrier(&'static str),
+    /// Driver stores to DMA memory (`Dma::write_u64`, `Dma::write_run`)
+    /// over `[addr, addr + len)`.
+    Store {
+        /// Start address.
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
     /// `Hal::dcache_clean` of `[addr, addr + len)`.
     Clean {
         /// Start address.
@@ -518,3 +526,64 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[cfg(test)]
 #[global_allocator]
 static COUNTING: CountingAlloc = CountingAlloc;
+
+/// The MMIO writes after which the SMMU may read what the driver stored:
+/// CR0 (CMDQEN, EVENTQEN, SMMUEN), GERRORN (a repaired command queue
+/// resumes), STRTAB_BASE, STRTAB_BASE_CFG, CMDQ_BASE, CMDQ_PROD and
+/// EVENTQ_BASE.
+pub const KICKS: [usize; 7] = [0x20, 0x64, 0x80, 0x88, 0x90, 0x98, 0xA0];
+
+/// Checks, in `trace`, that every driver store to DMA memory is made
+/// visible before the first MMIO write in [`KICKS`] that follows it: for a
+/// coherent SMMU a `dsb st` between the two (IHI 0070 §3.21.2, §3.21.3.1:
+/// "perform a DSB" before the PROD write or the CFGI); for a non-coherent
+/// one every byte of the store cleaned between the two, then a `dsb st`
+/// after the last of those cleans and before the write. Returns
+/// how many (store, kick) pairs were checked, or what is wrong.
+pub fn check_published_before_kicks(trace: &[Trace], coherent: bool) -> Result<usize, String> {
+    let is_kick = |e: &Trace| matches!(*e, Trace::Write { offset, .. } if KICKS.contains(&offset));
+    let mut checked = 0;
+    for (s, e) in trace.iter().enumerate() {
+        let Trace::Store { addr, len } = *e else {
+            continue;
+        };
+        let Some(w) = trace[s + 1..].iter().position(is_kick).map(|w| s + 1 + w) else {
+            continue;
+        };
+        let window = &trace[s + 1..w];
+        let barrier = |from: usize, name: &str| {
+            window[from..]
+                .iter()
+                .any(|e| matches!(*e, Trace::Barrier(b) if b == name))
+        };
+        if coherent {
+            if !barrier(0, "dsb st") {
+                return Err(format!(
+                    "store {addr:#x}+{len} (event {s}) reaches {:?} (event {w}) with no barrier",
+                    trace[w]
+                ));
+            }
+        } else {
+            let mut last_clean = 0;
+            for word in (addr..addr + len).step_by(8) {
+                let Some(c) = window.iter().rposition(
+                    |e| matches!(*e, Trace::Clean { addr: a, len: l } if a <= word && word + 8 <= a + l),
+                ) else {
+                    return Err(format!(
+                        "word {word:#x} (event {s}) reaches {:?} (event {w}) not cleaned",
+                        trace[w]
+                    ));
+                };
+                last_clean = last_clean.max(c);
+            }
+            if !barrier(last_clean + 1, "dsb st") {
+                return Err(format!(
+                    "store {addr:#x}+{len} (event {s}) cleaned but no DSB ST before {:?} (event {w})",
+                    trace[w]
+                ));
+            }
+        }
+        checked += 1;
+    }
+    Ok(checked)
+}

@@ -188,6 +188,11 @@ impl<H: Hal> Dma<H> {
     /// [`Dma::publish`].
     pub fn write_u64(&self, i: usize, value: u64) {
         assert!(i < self.len_u64());
+        #[cfg(test)]
+        crate::fake::trace(crate::fake::Trace::Store {
+            addr: self.vaddr() as usize + i * 8,
+            len: 8,
+        });
         // SAFETY: as in `read_u64`; the SMMU may read concurrently, which is
         // why the access is volatile and 64-bit.
         unsafe { self.vaddr().cast::<u64>().add(i).write_volatile(value) }
@@ -204,6 +209,11 @@ impl<H: Hal> Dma<H> {
         // SAFETY: `first` is at most the word count, so the pointer stays
         // inside (or one past) the region.
         let base = unsafe { self.vaddr().cast::<u64>().add(first) };
+        #[cfg(test)]
+        crate::fake::trace(crate::fake::Trace::Store {
+            addr: base as usize,
+            len: count * 8,
+        });
         let mut v = value;
         for i in 0..count {
             // SAFETY: `first + i < first + count <= len_u64()` (checked
@@ -297,6 +307,34 @@ pub(crate) fn wait_for<H: Hal>(
 mod tests {
     use super::Dma;
     use crate::fake::FakeHal;
+
+    /// `publish` on a coherent SMMU is one `DSB ST` (the specification's
+    /// "perform a DSB" before the SMMU is told to read, IHI 0070 §3.21.2,
+    /// §3.21.3.1); on a non-coherent one, a clean of exactly the published
+    /// words, then `DSB ST` (the clean must complete first).
+    #[test]
+    fn publish_completes_the_stores_and_cleans_first_when_not_coherent() {
+        use crate::fake::{Trace, start_trace, take_trace};
+        let d = Dma::<FakeHal>::new(4096, 4096, true).unwrap();
+        d.write_u64(5, 1);
+        start_trace();
+        d.publish(5, 2);
+        assert_eq!(take_trace(), [Trace::Barrier("dsb st")]);
+        let d = Dma::<FakeHal>::new(4096, 4096, false).unwrap();
+        d.write_u64(5, 1);
+        start_trace();
+        d.publish(5, 2);
+        assert_eq!(
+            take_trace(),
+            [
+                Trace::Clean {
+                    addr: d.vaddr() as usize + 40,
+                    len: 16
+                },
+                Trace::Barrier("dsb st")
+            ]
+        );
+    }
 
     /// `write_run` writes `value + i * step` to each word of the run and
     /// nothing outside it.

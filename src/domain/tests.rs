@@ -533,3 +533,56 @@ fn a_refused_batch_change_keeps_the_safety_order() {
     );
     drop(smmu);
 }
+
+/// Every store the SMMU may read (stream table, CDs, page tables, commands)
+/// is made visible before the MMIO write that lets the SMMU read it, from
+/// probe through enable, map, attach, unmap, detach and teardown: `DSB ST`
+/// for a coherent SMMU (IHI 0070 §3.21.2, §3.21.3.1), a cache clean then
+/// `DSB ST` for a non-coherent one. Fails if `Dma::publish` loses either.
+#[test]
+fn every_store_is_published_before_the_mmio_write_that_makes_the_smmu_look() {
+    use crate::fake::{Trace, check_published_before_kicks, start_trace, take_trace};
+    for coherent in [true, false] {
+        let regs = Box::new(FakeRegs::new());
+        regs.set32(0x00, 0x0D44_101B);
+        regs.set32(0x04, 0x0273_0010);
+        regs.set32(0x0C, 0x0000_1404);
+        regs.set32(0x14, 0x0000_0075);
+        regs.set32(0x1C, 1);
+        regs.respond();
+        let config = Config {
+            timeout_ns: 1_000_000,
+            firmware_coherent: Some(coherent),
+            ..Config::default()
+        };
+        start_trace();
+        // SAFETY: as in `enabled`.
+        let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
+        smmu.enable().unwrap();
+        let id = domain(&smmu);
+        smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
+            .unwrap();
+        smmu.map(id, 0x4020_0000, 0x8020_0000, 0x20_0000, Perm::ReadWrite)
+            .unwrap();
+        smmu.attach(id, 0x13).unwrap();
+        smmu.unmap(id, 0x4000_1000, 0x1000).unwrap();
+        smmu.unmap(id, 0x4020_0000, 0x1000).unwrap();
+        smmu.detach(0x13).unwrap();
+        smmu.destroy_domain(id).unwrap();
+        let trace = take_trace();
+        drop(smmu);
+        let checked = check_published_before_kicks(&trace, coherent)
+            .unwrap_or_else(|e| panic!("coherent {coherent}: {e}"));
+        assert!(checked > 20, "coherent {coherent}: only {checked} stores");
+        let kicks = |offset| {
+            trace
+                .iter()
+                .filter(|e| matches!(**e, Trace::Write { offset: o, .. } if o == offset))
+                .count()
+        };
+        assert!(kicks(0x98) >= 4 && kicks(0x20) >= 3 && kicks(0x80) == 1);
+        // Cleans only where the SMMU is not coherent.
+        let cleans = trace.iter().any(|e| matches!(e, Trace::Clean { .. }));
+        assert_eq!(cleans, !coherent);
+    }
+}
