@@ -527,6 +527,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static COUNTING: CountingAlloc = CountingAlloc;
 
+#[cfg(test)]
 /// The MMIO writes after which the SMMU may read what the driver stored:
 /// CR0 (CMDQEN, EVENTQEN, SMMUEN), GERRORN (a repaired command queue
 /// resumes), STRTAB_BASE, STRTAB_BASE_CFG, CMDQ_BASE, CMDQ_PROD and
@@ -540,6 +541,7 @@ pub const KICKS: [usize; 7] = [0x20, 0x64, 0x80, 0x88, 0x90, 0x98, 0xA0];
 /// one every byte of the store cleaned between the two, then a `dsb st`
 /// after the last of those cleans and before the write. Returns
 /// how many (store, kick) pairs were checked, or what is wrong.
+#[cfg(test)]
 pub fn check_published_before_kicks(trace: &[Trace], coherent: bool) -> Result<usize, String> {
     let is_kick = |e: &Trace| matches!(*e, Trace::Write { offset, .. } if KICKS.contains(&offset));
     let mut checked = 0;
