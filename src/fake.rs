@@ -141,6 +141,20 @@ impl FakeRegs {
         }
     }
 
+    /// A block holding QEMU virt's SMMU ID registers (IDR0, IDR1, IDR3:
+    /// RIL, BBML2, HAD; AIDR: v3.1), but OAS 48 bits in IDR5 where QEMU
+    /// reports 44: host heap addresses stand in for physical ones, and the
+    /// driver refuses memory above OAS.
+    pub fn qemu_like() -> Self {
+        let regs = Self::new();
+        regs.set32(0x00, 0x0D44_101B);
+        regs.set32(0x04, 0x0273_0010);
+        regs.set32(0x0C, 0x0000_1404);
+        regs.set32(0x14, 0x0000_0075);
+        regs.set32(0x1C, 0x0000_0001);
+        regs
+    }
+
     /// The block's address, as a driver's register base.
     pub fn base(&self) -> NonNull<u8> {
         self.mem

@@ -269,18 +269,6 @@ mod tests {
     use crate::smmu::Config;
     use crate::stage2::{Granule, Stage2Config};
 
-    /// Registers that read like QEMU virt's SMMU (two-level stream table,
-    /// stage 2) with a 48-bit OAS, since host heap addresses exceed 44 bits; the driver stays disabled, so STE writes need no commands.
-    fn qemu_like() -> FakeRegs {
-        let regs = FakeRegs::new();
-        regs.set32(0x00, 0x0D44_101B); // IDR0
-        regs.set32(0x04, 0x0273_0010); // IDR1
-        regs.set32(0x0C, 0x0000_1404); // IDR3
-        regs.set32(0x14, 0x0000_0075); // IDR5, but OAS 48: host heap addresses
-        regs.set32(0x1C, 0x0000_0001); // AIDR
-        regs
-    }
-
     fn driver(regs: &FakeRegs) -> Smmu<FakeHal> {
         let config = Config {
             timeout_ns: 1_000_000,
@@ -300,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_group_attaches_and_detaches_whole() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let vm = domain(&smmu);
         let g = smmu.declare_group(&GROUP).unwrap();
@@ -361,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_single_streamid_group_does_not_restrict_lone_calls() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let vm = domain(&smmu);
         smmu.declare_group(&[0x8]).unwrap();
@@ -371,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_failed_attach_rolls_back_what_it_attached() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let (a, b) = (domain(&smmu), domain(&smmu));
         // 0x200 already belongs to another VM: the two attached before it
@@ -389,7 +377,7 @@ mod tests {
 
     #[test]
     fn running_out_of_memory_mid_group_rolls_back() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let vm = domain(&smmu);
         // 0x218's level-2 table is allocated, 0x5000's allocation fails.
@@ -411,7 +399,7 @@ mod tests {
 
     #[test]
     fn detach_group_needs_every_member_attached() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let vm = domain(&smmu);
         smmu.attach_group(vm, &[0x218, 0x200]).unwrap();
@@ -429,7 +417,7 @@ mod tests {
 
     #[test]
     fn declaring_groups_checks_membership_and_placement() {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         let smmu = driver(&regs);
         let vm = domain(&smmu);
         let g = smmu.declare_group(&[0x200, 0x218]).unwrap();

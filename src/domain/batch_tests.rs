@@ -19,12 +19,8 @@ fn enabled() -> (Box<FakeRegs>, Smmu<FakeHal>) {
 
 /// QEMU virt's ID registers with IDR3 = `idr3` (bit 10: RIL).
 fn enabled_idr3(idr3: u32) -> (Box<FakeRegs>, Smmu<FakeHal>) {
-    let regs = Box::new(FakeRegs::new());
-    regs.set32(0x00, 0x0D44_101B);
-    regs.set32(0x04, 0x0273_0010);
+    let regs = Box::new(FakeRegs::qemu_like());
     regs.set32(0x0C, idr3);
-    regs.set32(0x14, 0x0000_0075);
-    regs.set32(0x1C, 1);
     regs.respond();
     let config = Config {
         timeout_ns: 1_000_000,

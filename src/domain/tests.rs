@@ -17,13 +17,7 @@ const CERROR_ILL: u32 = 1;
 /// QEMU virt's ID registers on a register block that answers like an
 /// SMMU, with an enabled driver on it.
 fn enabled(coherent: Option<bool>) -> (Box<FakeRegs>, Smmu<FakeHal>) {
-    let regs = Box::new(FakeRegs::new());
-    regs.set32(0x00, 0x0D44_101B);
-    regs.set32(0x04, 0x0273_0010);
-    regs.set32(0x0C, 0x0000_1404);
-    // OAS 48 bits: host heap addresses stand in for physical ones.
-    regs.set32(0x14, 0x0000_0075);
-    regs.set32(0x1C, 1);
+    let regs = Box::new(FakeRegs::qemu_like());
     regs.respond();
     let config = Config {
         timeout_ns: 1_000_000,
@@ -543,22 +537,9 @@ fn a_refused_batch_change_keeps_the_safety_order() {
 fn every_store_is_published_before_the_mmio_write_that_makes_the_smmu_look() {
     use crate::fake::{Trace, check_published_before_kicks, start_trace, take_trace};
     for coherent in [true, false] {
-        let regs = Box::new(FakeRegs::new());
-        regs.set32(0x00, 0x0D44_101B);
-        regs.set32(0x04, 0x0273_0010);
-        regs.set32(0x0C, 0x0000_1404);
-        regs.set32(0x14, 0x0000_0075);
-        regs.set32(0x1C, 1);
-        regs.respond();
-        let config = Config {
-            timeout_ns: 1_000_000,
-            firmware_coherent: Some(coherent),
-            ..Config::default()
-        };
+        // From probe on: `enabled` builds and enables the driver.
         start_trace();
-        // SAFETY: as in `enabled`.
-        let smmu = unsafe { Smmu::<FakeHal>::new(regs.base(), config) }.unwrap();
-        smmu.enable().unwrap();
+        let (_regs, smmu) = enabled(Some(coherent));
         let id = domain(&smmu);
         smmu.map(id, 0x4000_1000, 0x8000_1000, 0x1000, Perm::ReadWrite)
             .unwrap();

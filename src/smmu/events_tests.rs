@@ -20,12 +20,7 @@ const F_TRANSLATION: u64 = 0x10;
 /// SMMU (OAS 48 bits: host heap addresses stand in for physical ones),
 /// with an event queue of 2^`eventq_log2` records.
 fn enabled(eventq_log2: u32) -> (Box<FakeRegs>, Smmu<FakeHal>) {
-    let regs = Box::new(FakeRegs::new());
-    regs.set32(0x00, 0x0D44_101B);
-    regs.set32(0x04, 0x0273_0010);
-    regs.set32(0x0C, 0x0000_1404);
-    regs.set32(0x14, 0x0000_0075);
-    regs.set32(0x1C, 1);
+    let regs = Box::new(FakeRegs::qemu_like());
     regs.respond();
     let config = Config {
         timeout_ns: 1_000_000,

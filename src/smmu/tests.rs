@@ -3,20 +3,6 @@
 use super::*;
 use crate::fake::{FakeHal, FakeRegs, Trace, start_trace, take_trace};
 
-/// A fake register block that reads like QEMU virt's SMMU and never
-/// acknowledges anything.
-fn qemu_like() -> FakeRegs {
-    let regs = FakeRegs::new();
-    regs.set32(0x00, 0x0D44_101B); // IDR0
-    regs.set32(0x04, 0x0273_0010); // IDR1
-    regs.set32(0x0C, 0x0000_1404); // IDR3: RIL, BBML2, HAD
-    // IDR5: QEMU reports OAS 44 (0x74); 48 bits here, so that the host
-    // heap's addresses are reachable (the driver refuses memory above OAS).
-    regs.set32(0x14, 0x0000_0075);
-    regs.set32(0x1C, 0x0000_0001); // AIDR: v3.1
-    regs
-}
-
 fn driver(regs: &FakeRegs) -> Smmu<FakeHal> {
     let config = Config {
         timeout_ns: 1_000_000,
@@ -28,7 +14,7 @@ fn driver(regs: &FakeRegs) -> Smmu<FakeHal> {
 
 #[test]
 fn probe_and_allocate_without_touching_the_smmu() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     let smmu = driver(&regs);
     assert_eq!(smmu.stream_table_format(), Format::TwoLevel);
     assert_eq!(smmu.sid_limit(), 1 << 16);
@@ -38,7 +24,7 @@ fn probe_and_allocate_without_touching_the_smmu() {
 
 #[test]
 fn gbpa_that_never_updates_times_out() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     let smmu = driver(&regs);
     assert_eq!(smmu.enable(), Err(Error::Timeout(Wait::GbpaUpdate)));
     assert_eq!(smmu.state(), State::Disabled);
@@ -47,7 +33,7 @@ fn gbpa_that_never_updates_times_out() {
 
 #[test]
 fn cr0_and_irq_ctrl_that_never_acknowledge_time_out() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     let smmu = driver(&regs);
     assert_eq!(
         smmu.write_cr0(CR0::CMDQEN::SET.value),
@@ -63,7 +49,7 @@ fn cr0_and_irq_ctrl_that_never_acknowledge_time_out() {
 
 #[test]
 fn a_sync_nobody_consumes_times_out() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     let smmu = driver(&regs);
     assert_eq!(smmu.submit(&[Command::TlbiNsnhAll]), Err(Error::NotEnabled));
     smmu.set_state(State::CommandsOnly);
@@ -85,7 +71,7 @@ fn undrivable_smmus_are_typed_errors() {
         (0x0D44_101B, 0x4273_0010, Unsupported::PresetTables),
         (0x0D44_101B, 0x2273_0010, Unsupported::PresetQueues),
     ] {
-        let regs = qemu_like();
+        let regs = FakeRegs::qemu_like();
         regs.set32(0x00, idr0);
         regs.set32(0x04, idr1);
         // SAFETY: as in `driver`.
@@ -100,7 +86,7 @@ fn undrivable_smmus_are_typed_errors() {
 
 #[test]
 fn a_stage_the_smmu_lacks_is_refused() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     regs.set32(0x00, 0x0D44_101A); // S2P = 0
     let smmu = driver(&regs);
     let cfg = crate::stage2::Stage2Config::new(crate::stage2::Granule::K4, 40, 44).unwrap();
@@ -125,7 +111,7 @@ fn a_stage_the_smmu_lacks_is_refused() {
 
 #[test]
 fn service_failure_disables_and_msi_aborts_are_counted() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     let smmu = driver(&regs);
     // MSI write aborts (bits 4..7) and a PRI queue abort (bit 3): counted
     // and acknowledged, nothing else.
@@ -151,7 +137,7 @@ fn service_failure_disables_and_msi_aborts_are_counted() {
 /// `idr0_extra` bits set in IDR0, and garbage in every IRQ_CFG register
 /// as a previous owner might leave it.
 fn responsive(idr0_extra: u32) -> FakeRegs {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     regs.set32(0x00, 0x0D44_101B | idr0_extra);
     for off in [
         0x68, 0x6C, 0x70, 0x74, 0xB0, 0xB4, 0xB8, 0xBC, 0xD0, 0xD4, 0xD8, 0xDC,
@@ -319,7 +305,7 @@ fn msi_configuration_is_programmed() {
 /// queues of its own maximum size.
 #[test]
 fn small_queues_are_clamped() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     // CMDQS [25:21] = 5, EVENTQS [20:16] = 4, SIDSIZE 16.
     regs.set32(0x04, 5 << 21 | 4 << 16 | 16);
     let smmu = driver(&regs);
@@ -351,7 +337,7 @@ fn firmware_coherency_overrides_cohacc() {
 
 #[test]
 fn bad_hal_memory_is_refused() {
-    let regs = qemu_like();
+    let regs = FakeRegs::qemu_like();
     crate::fake::FakeHal::misalign_next(true);
     // SAFETY: as in `driver`.
     let r = unsafe { Smmu::<FakeHal>::new(regs.base(), Config::default()) };
