@@ -194,25 +194,22 @@ impl<H: Hal, F: Format> Table<H, F> {
         b: &PartialBlock,
         reserve: &mut SplitReserve<H>,
     ) -> Result<SplitTable<H>> {
-        let children = if b.level + 1 < 3 {
-            reserve.children.pop()
-        } else {
-            Some(alloc::boxed::Box::default())
+        let Some(dma) = reserve.tables.pop() else {
+            return self.prepare_split(b);
         };
-        match (reserve.tables.pop(), children) {
-            (Some(dma), Some(children)) => Ok(self.fill_split(b, dma, children)),
-            (dma, children) => {
-                // Not reserved for this split (or the reserve is spent):
-                // hand back what was taken and allocate.
-                if let Some(d) = dma {
-                    reserve.tables.push(d);
+        let children = if b.level + 1 < 3 {
+            match reserve.children.pop() {
+                Some(c) => c,
+                None => {
+                    // Not reserved for this split: hand the table back.
+                    reserve.tables.push(dma);
+                    return self.prepare_split(b);
                 }
-                if let Some(c) = children.filter(|c| !c.is_empty()) {
-                    reserve.children.push(c);
-                }
-                self.prepare_split(b)
             }
-        }
+        } else {
+            alloc::boxed::Box::default()
+        };
+        Ok(self.fill_split(b, dma, children))
     }
 
     fn fill_split(
